@@ -1,0 +1,38 @@
+# Two commands matter: `make run` (whole default workflow) and `make test` (test suite).
+# Both create the virtual environment in .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: run test test-slow bench lint dryrun clean-env
+
+$(BIN)/snakemake: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: $(BIN)/snakemake
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+test: $(BIN)/snakemake
+	$(BIN)/python -m pytest -q
+
+test-slow: $(BIN)/snakemake
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(BIN)/snakemake
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+dryrun: $(BIN)/snakemake
+	$(BIN)/snakemake -n --cores 1 --configfile config/config.yaml
+
+lint: $(BIN)/snakemake
+	$(BIN)/snakemake --lint --configfile config/config.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,83 @@
+r"""Denoiser and trace-model interfaces shared by the estimators, the NLL and the adjoint code.
+
+A :class:`Denoiser` gives the ε-prediction :math:`\varepsilon(x, t) = -\sigma_t \nabla\log q_t(x)` and
+the posterior mean :math:`\bar y(x, t) = E[x_0 | x_t = x] = (x - \sigma_t \varepsilon)/\alpha_t`
+(Tweedie). A :class:`TraceModel` gives :math:`t_\theta(x, t) \approx E[\|x_0\|^2 | x_t = x]/d`,
+the target of Alg. 1 (Prop. 6). ``x`` is ``(B, d)`` or ``(B, C, H, W)``; ``t`` is ``(B,)``.
+
+:class:`ExactDenoiser` and :class:`ExactTraceModel` answer from a :class:`~dfcore.mixture.Mixture`,
+so every estimator can be tested apart from training error.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from dfcore.mixture import DiracMixture, Mixture
+from dfcore.schedules import Schedule
+
+__all__ = ["Denoiser", "TraceModel", "ExactDenoiser", "ExactTraceModel", "expand_like"]
+
+
+def expand_like(coef: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample coefficient (B,) to broadcast against x (B, ...)."""
+    return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
+
+
+class Denoiser(ABC):
+    """An ε-prediction model tied to its schedule."""
+
+    schedule: Schedule
+
+    @abstractmethod
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\varepsilon_\theta(x, t)`, same shape as x."""
+
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\bar y = (x - \sigma \varepsilon)/\alpha`."""
+        alpha, sigma = self.schedule(t)
+        return (x - expand_like(sigma, x) * self.eps(x, t)) / expand_like(alpha, x)
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\nabla \log q_t = -\varepsilon/\sigma`."""
+        return -self.eps(x, t) / expand_like(self.schedule.sigma(t), x)
+
+
+class TraceModel(ABC):
+    r"""A model of :math:`E[\|x_0\|^2 | x_t]/d` (Alg. 1)."""
+
+    @abstractmethod
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`t_\theta(x, t)`, shape (B,)."""
+
+
+class ExactDenoiser(Denoiser):
+    """The ideal denoiser of a mixture: ε = -σ ∇log q_t (differentiable through torch ops)."""
+
+    def __init__(self, mixture: Mixture, schedule: Schedule) -> None:
+        self.mixture = mixture
+        self.schedule = schedule
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        sigma = self.schedule.sigma(t.to(x.dtype))
+        return (-expand_like(sigma, flat) * self.mixture.score(flat, t, self.schedule)).reshape(x.shape)
+
+
+class ExactTraceModel(TraceModel):
+    r"""The optimum of Alg. 1 for a Dirac mixture: :math:`\frac1d \sum_i w_i \|y_i\|^2` (Prop. 6)."""
+
+    def __init__(self, mixture: DiracMixture, schedule: Schedule) -> None:
+        self.mixture = mixture
+        self.schedule = schedule
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        alpha, sigma = self.schedule(t.to(x.dtype))
+        stats = self.mixture._stats(flat, alpha, sigma, sq_norm=True)
+        center = self.mixture.center.to(flat)
+        # E||y||^2 = E||y - c||^2 + 2 <c, E[y - c]> + ||c||^2
+        return (stats.sq_norm + 2 * stats.mean @ center + center.pow(2).sum()) / flat.shape[1]

@@ -1,0 +1,368 @@
+r"""Exact diffused densities of mixtures and their diffusion Fisher.
+
+For a data distribution :math:`q_0` and the kernel :math:`q(x_t|x_0) = \mathcal N(\alpha x_0, \sigma^2 I)`,
+the diffused density is :math:`q_t = \int q(x_t|x_0) q_0(x_0) dx_0` and the diffusion Fisher is
+:math:`F_t(x) = -\nabla^2 \log q_t(x)` (Wang et al., 2025, Eq. 5).
+
+**Dirac mixture** :math:`q_0 = \frac1N \sum_i \delta(y_i)` (Prop. 1 and Prop. 5). With logits
+:math:`\ell_i = -\|x - \alpha y_i\|^2 / 2\sigma^2`, weights :math:`w = \mathrm{softmax}(\ell)` and
+:math:`\bar y = \sum_i w_i y_i`:
+
+.. math::
+    \log q_t(x) &= \mathrm{logsumexp}(\ell) - \log N - \tfrac d2 \log(2\pi\sigma^2) \\
+    \nabla \log q_t(x) &= -(x - \alpha \bar y)/\sigma^2 \\
+    F_t &= I/\sigma^2 - (\alpha^2/\sigma^4)\,[\textstyle\sum_i w_i y_i y_i^\top - \bar y \bar y^\top] \\
+    \operatorname{tr} F_t &= d/\sigma^2 - (\alpha^2/\sigma^4)\,[\textstyle\sum_i w_i \|y_i\|^2 - \|\bar y\|^2] \\
+    F_t v &= v/\sigma^2 - (\alpha^2/\sigma^4)\,[\textstyle\sum_i w_i \langle y_i, v\rangle y_i - \langle \bar y, v\rangle \bar y]
+
+The sums run over chunks of the data with a running log-sum-exp, so no ``B x N x d`` tensor is
+ever formed: each chunk costs two or three ``(B, d) x (d, N_c)`` matrix products. The points are
+stored centred on their mean (the bracketed posterior covariance is shift invariant), which keeps
+the cancellation in the bracket small.
+
+**Gaussian mixture** :math:`q_0 = \sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)` (Prop. 3 in closed form):
+:math:`q_t = \sum_k \pi_k \mathcal N(\alpha\mu_k, C_k)`, :math:`C_k = \alpha^2\Sigma_k + \sigma^2 I`.
+With responsibilities :math:`\gamma_k`, :math:`s_k = C_k^{-1}(\alpha\mu_k - x)` and :math:`\bar s = \sum_k \gamma_k s_k`,
+
+.. math:: F_t = \textstyle\sum_k \gamma_k C_k^{-1} - \sum_k \gamma_k (s_k - \bar s)(s_k - \bar s)^\top ,
+
+and a single Gaussian has the constant Fisher :math:`C^{-1}`.
+
+Shapes: ``x`` is ``(B, d)``; ``t`` is a scalar or ``(B,)`` in (0, 1]; ``v`` is ``(B, d)``.
+Everything runs in the dtype and on the device of ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dfcore.schedules import Schedule, check_time
+
+__all__ = ["Mixture", "DiracMixture", "GaussianMixture"]
+
+
+def _batch_coefficients(
+    x: Tensor, t: Tensor | float, schedule: Schedule, dim: int
+) -> tuple[Tensor, Tensor]:
+    """Validate ``x`` (B, d) and ``t`` (scalar or (B,)); return alpha, sigma as (B,) in x's dtype."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"x must have shape (B, {dim}); got {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor; got {x.dtype}")
+    t = check_time(t).to(dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    elif t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},); got {tuple(t.shape)}")
+    alpha, sigma = schedule(t)
+    return alpha, sigma
+
+
+def _check_vector(v: Tensor, x: Tensor) -> Tensor:
+    if not isinstance(v, Tensor) or v.shape != x.shape:
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {shape}")
+    return v.to(dtype=x.dtype)
+
+
+class Mixture(ABC):
+    """A data distribution whose diffused density, score and Fisher are known exactly."""
+
+    dim: int
+
+    @abstractmethod
+    def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\log q_t(x)`, shape (B,)."""
+
+    @abstractmethod
+    def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\nabla \log q_t(x)`, shape (B, d)."""
+
+    @abstractmethod
+    def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r"""The ideal denoiser :math:`\bar y = E[x_0 | x_t = x]`, shape (B, d)."""
+
+    @abstractmethod
+    def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`F_t(x) = -\nabla^2 \log q_t(x)`, shape (B, d, d)."""
+
+    @abstractmethod
+    def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\operatorname{tr} F_t(x)`, shape (B,)."""
+
+    @abstractmethod
+    def fisher_vp(self, x: Tensor, t: Tensor | float, v: Tensor, schedule: Schedule) -> Tensor:
+        r""":math:`F_t(x) v` (F is symmetric, so also :math:`F^\top v`), shape (B, d)."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draw ``n`` samples of :math:`x_0 \sim q_0`, shape (n, d)."""
+
+
+@dataclass
+class _DiracStats:
+    """Weighted sums over the data for one batch: log Z, E_w[y] and optional extras (centred)."""
+
+    log_z: Tensor  # (B,)  logsumexp of the logits
+    mean: Tensor  # (B, d) E_w[y - c]
+    sq_norm: Tensor | None = None  # (B,)  E_w[||y - c||^2]
+    proj: Tensor | None = None  # (B, d) E_w[<y - c, v> (y - c)]
+    second: Tensor | None = None  # (B, d, d) E_w[(y - c)(y - c)^T]
+
+
+class DiracMixture(Mixture):
+    r"""Uniform mixture of Diracs :math:`q_0 = \frac1N \sum_i \delta(y_i)` (Prop. 1, Prop. 5).
+
+    Args:
+        points: data :math:`y`, shape (N, d). Stored centred on their mean, not copied twice.
+        chunk_elements: bound on the number of elements of the largest per-chunk temporary
+            (``B x N_c`` logits, or ``B x N_c x d`` for the full Fisher). The default, 2**23,
+            keeps temporaries near 64 MB in float64.
+    """
+
+    def __init__(self, points: Tensor, chunk_elements: int = 2**23) -> None:
+        points = torch.as_tensor(points)
+        if points.ndim != 2 or points.shape[0] == 0:
+            raise ValueError(f"points must have shape (N, d) with N >= 1; got {tuple(points.shape)}")
+        if not torch.is_floating_point(points):
+            points = points.to(torch.get_default_dtype())
+        if not torch.isfinite(points).all():
+            raise ValueError("points contain NaN or Inf")
+        if chunk_elements < 1:
+            raise ValueError(f"chunk_elements must be positive; got {chunk_elements}")
+        self.num_points, self.dim = points.shape
+        self.center = points.mean(0)
+        self._centered = points - self.center
+        self._sq_norms = self._centered.pow(2).sum(1)
+        self.chunk_elements = int(chunk_elements)
+
+    @property
+    def points(self) -> Tensor:
+        """The data points, shape (N, d)."""
+        return self._centered + self.center
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiracMixture":
+        """Move the stored data (in place) and return self."""
+        self.center = self.center.to(device=device, dtype=dtype)
+        self._centered = self._centered.to(device=device, dtype=dtype)
+        self._sq_norms = self._sq_norms.to(device=device, dtype=dtype)
+        return self
+
+    def _data_like(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self._centered.dtype != x.dtype or self._centered.device != x.device:
+            self.to(device=x.device, dtype=x.dtype)
+        return self._centered, self._sq_norms, self.center
+
+    def _stats(
+        self,
+        x: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        *,
+        sq_norm: bool = False,
+        v: Tensor | None = None,
+        second: bool = False,
+    ) -> _DiracStats:
+        """One pass over the data in chunks with a running log-sum-exp (flash-attention style)."""
+        ys, ys_sq, center = self._data_like(x)
+        batch, d = x.shape
+        xc = x - alpha[:, None] * center  # x - alpha*y = xc - alpha*(y - c)
+        xc_sq = xc.pow(2).sum(1, keepdim=True)
+        inv_two_var = 0.5 / sigma.pow(2)[:, None]
+        per_row = batch * (d if second else 1)
+        chunk = max(1, min(self.num_points, self.chunk_elements // max(per_row, 1)))
+
+        run_max = torch.full((batch,), -math.inf, dtype=x.dtype, device=x.device)
+        s0 = torch.zeros(batch, dtype=x.dtype, device=x.device)
+        s1 = torch.zeros(batch, d, dtype=x.dtype, device=x.device)
+        s2 = torch.zeros(batch, dtype=x.dtype, device=x.device) if sq_norm else None
+        sv = torch.zeros(batch, d, dtype=x.dtype, device=x.device) if v is not None else None
+        ss = torch.zeros(batch, d, d, dtype=x.dtype, device=x.device) if second else None
+
+        for start in range(0, self.num_points, chunk):
+            y = ys[start : start + chunk]
+            y_sq = ys_sq[start : start + chunk]
+            dist2 = (xc_sq - 2.0 * alpha[:, None] * (xc @ y.T) + alpha[:, None].pow(2) * y_sq).clamp_min_(0.0)
+            logits = dist2.mul_(-inv_two_var)
+            new_max = torch.maximum(run_max, logits.amax(1))
+            rescale = torch.exp(run_max - new_max)  # exp(-inf) = 0 on the first chunk
+            p = torch.exp(logits.sub_(new_max[:, None]))
+            s0 = s0 * rescale + p.sum(1)
+            s1 = s1 * rescale[:, None] + p @ y
+            if s2 is not None:
+                s2 = s2 * rescale + p @ y_sq
+            if sv is not None:
+                sv = sv * rescale[:, None] + (p * (v @ y.T)) @ y
+            if ss is not None:
+                ss = ss * rescale[:, None, None] + torch.einsum("bn,nd,ne->bde", p, y, y)
+            run_max = new_max
+
+        return _DiracStats(
+            log_z=run_max + torch.log(s0),
+            mean=s1 / s0[:, None],
+            sq_norm=None if s2 is None else s2 / s0,
+            proj=None if sv is None else sv / s0[:, None],
+            second=None if ss is None else ss / s0[:, None, None],
+        )
+
+    def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        stats = self._stats(x, alpha, sigma)
+        return stats.log_z - math.log(self.num_points) - 0.5 * self.dim * torch.log(2 * math.pi * sigma.pow(2))
+
+    def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        return self._stats(x, alpha, sigma).mean + self._data_like(x)[2]
+
+    def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        ybar = self._stats(x, alpha, sigma).mean + self._data_like(x)[2]
+        return -(x - alpha[:, None] * ybar) / sigma.pow(2)[:, None]
+
+    def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        stats = self._stats(x, alpha, sigma, second=True)
+        cov = stats.second - stats.mean[:, :, None] * stats.mean[:, None, :]
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        var = sigma.pow(2)[:, None, None]
+        return eye / var - (alpha.pow(2)[:, None, None] / var.pow(2)) * cov
+
+    def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        stats = self._stats(x, alpha, sigma, sq_norm=True)
+        # tr Cov >= 0; the clamp removes round-off below zero when the posterior is a point mass.
+        tr_cov = (stats.sq_norm - stats.mean.pow(2).sum(1)).clamp_min(0.0)
+        var = sigma.pow(2)
+        return self.dim / var - alpha.pow(2) / var.pow(2) * tr_cov
+
+    def fisher_vp(self, x: Tensor, t: Tensor | float, v: Tensor, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        v = _check_vector(v, x)
+        stats = self._stats(x, alpha, sigma, v=v)
+        cov_v = stats.proj - (stats.mean * v).sum(1, keepdim=True) * stats.mean
+        var = sigma.pow(2)[:, None]
+        return v / var - alpha.pow(2)[:, None] / var.pow(2) * cov_v
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        idx = torch.randint(self.num_points, (n,), generator=generator, device=self._centered.device)
+        return self._centered[idx] + self.center
+
+
+class GaussianMixture(Mixture):
+    r"""Gaussian mixture :math:`q_0 = \sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)` (Prop. 3, closed form).
+
+    Args:
+        weights: mixture weights :math:`\pi`, shape (K,), positive (normalised here).
+        means: :math:`\mu`, shape (K, d).
+        covs: :math:`\Sigma`, shape (K, d, d), symmetric positive semi-definite
+            (:math:`C_k = \alpha^2 \Sigma_k + \sigma^2 I` is then positive definite for t > 0).
+    """
+
+    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor) -> None:
+        weights, means, covs = (torch.as_tensor(a) for a in (weights, means, covs))
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, d); got {tuple(means.shape)}")
+        k, d = means.shape
+        if weights.shape != (k,):
+            raise ValueError(f"weights must have shape ({k},); got {tuple(weights.shape)}")
+        if covs.shape != (k, d, d):
+            raise ValueError(f"covs must have shape ({k}, {d}, {d}); got {tuple(covs.shape)}")
+        if not (weights > 0).all():
+            raise ValueError("weights must be positive")
+        if not torch.allclose(covs, covs.transpose(-1, -2), atol=1e-10, rtol=1e-8):
+            raise ValueError("covs must be symmetric")
+        dtype = means.dtype if torch.is_floating_point(means) else torch.get_default_dtype()
+        self.num_components, self.dim = k, d
+        self.log_weights = torch.log(weights.to(dtype) / weights.to(dtype).sum())
+        self.means = means.to(dtype)
+        self.covs = covs.to(dtype)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GaussianMixture":
+        """Move the parameters (in place) and return self."""
+        self.log_weights = self.log_weights.to(device=device, dtype=dtype)
+        self.means = self.means.to(device=device, dtype=dtype)
+        self.covs = self.covs.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def weights(self) -> Tensor:
+        return self.log_weights.exp()
+
+    def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return (log q_t (B,), responsibilities (B,K), s_k (B,K,d), Cholesky factors of C_k)."""
+        if self.means.dtype != x.dtype or self.means.device != x.device:
+            self.to(device=x.device, dtype=x.dtype)
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        if bool((alpha == alpha[0]).all() and (sigma == sigma[0]).all()):
+            # One time for the whole batch: factor the K covariances once.
+            a, s = alpha[:1, None, None, None], sigma[:1, None, None, None]
+        else:
+            a, s = alpha[:, None, None, None], sigma[:, None, None, None]
+        cov_t = a.pow(2) * self.covs + s.pow(2) * eye  # (1 or B, K, d, d)
+        chol = torch.linalg.cholesky(cov_t)
+        resid = alpha[:, None, None] * self.means - x[:, None, :]  # (B, K, d)
+        chol_b = chol.expand(x.shape[0], *chol.shape[1:])
+        s_k = torch.cholesky_solve(resid.unsqueeze(-1), chol_b).squeeze(-1)
+        half_logdet = torch.log(torch.diagonal(chol_b, dim1=-2, dim2=-1)).sum(-1)
+        log_comp = -0.5 * (self.dim * math.log(2 * math.pi) + (resid * s_k).sum(-1)) - half_logdet
+        joint = self.log_weights + log_comp
+        log_q = torch.logsumexp(joint, dim=1)
+        return log_q, torch.exp(joint - log_q[:, None]), s_k, chol_b
+
+    def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        return self._components(x, alpha, sigma)[0]
+
+    def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        _, gamma, s_k, _ = self._components(x, alpha, sigma)
+        return (gamma[:, :, None] * s_k).sum(1)
+
+    def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r"""Tweedie: :math:`E[x_0|x_t] = (x + \sigma^2 \nabla\log q_t)/\alpha`."""
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        return (x + sigma.pow(2)[:, None] * self.score(x, t, schedule)) / alpha[:, None]
+
+    def _centred_scores(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        _, gamma, s_k, chol = self._components(x, alpha, sigma)
+        s_bar = (gamma[:, :, None] * s_k).sum(1, keepdim=True)
+        return gamma, s_k - s_bar, chol
+
+    def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        gamma, dev, chol = self._centred_scores(x, t, schedule)
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand_as(chol)
+        prec = torch.cholesky_solve(eye, chol)  # C_k^{-1}, (B, K, d, d)
+        g = gamma[:, :, None, None]
+        return (g * prec).sum(1) - torch.einsum("bk,bkd,bke->bde", gamma, dev, dev)
+
+    def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        gamma, dev, chol = self._centred_scores(x, t, schedule)
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand_as(chol)
+        inv_chol = torch.linalg.solve_triangular(chol, eye, upper=False)
+        tr_prec = inv_chol.pow(2).sum((-2, -1))  # tr C^{-1} = ||L^{-1}||_F^2
+        return (gamma * (tr_prec - dev.pow(2).sum(-1))).sum(1)
+
+    def fisher_vp(self, x: Tensor, t: Tensor | float, v: Tensor, schedule: Schedule) -> Tensor:
+        v = _check_vector(v, x)
+        gamma, dev, chol = self._centred_scores(x, t, schedule)
+        k = self.num_components
+        prec_v = torch.cholesky_solve(v[:, None, :, None].expand(-1, k, -1, -1), chol).squeeze(-1)
+        proj = (dev * v[:, None, :]).sum(-1, keepdim=True)
+        return (gamma[:, :, None] * (prec_v - proj * dev)).sum(1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        dev = self.means.device
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        # eigh tolerates singular (PSD) covariances, unlike Cholesky.
+        evals, evecs = torch.linalg.eigh(self.covs)
+        root = evecs * evals.clamp_min(0).sqrt()[:, None, :]
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=dev)
+        return self.means[comp] + (root[comp] @ z[:, :, None]).squeeze(-1)

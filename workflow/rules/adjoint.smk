@@ -1,0 +1,1 @@
+# Rules of the 'adjoint' stage (see README, 'Workflow').

@@ -1,0 +1,1 @@
+# Rules of the 'nll' stage (see README, 'Workflow').

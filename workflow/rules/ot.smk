@@ -1,0 +1,1 @@
+# Rules of the 'ot' stage (see README, 'Workflow').

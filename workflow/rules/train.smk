@@ -1,0 +1,1 @@
+# Rules of the 'train' stage (see README, 'Workflow').
