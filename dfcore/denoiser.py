@@ -76,8 +76,4 @@ class ExactTraceModel(TraceModel):
 
     def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
-        alpha, sigma = self.schedule(t.to(x.dtype))
-        stats = self.mixture._stats(flat, alpha, sigma, sq_norm=True)
-        center = self.mixture.center.to(flat)
-        # E||y||^2 = E||y - c||^2 + 2 <c, E[y - c]> + ||c||^2
-        return (stats.sq_norm + 2 * stats.mean @ center + center.pow(2).sum()) / flat.shape[1]
+        return self.mixture.posterior_sq_norm(flat, t, self.schedule) / flat.shape[1]

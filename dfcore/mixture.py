@@ -108,13 +108,31 @@ class Mixture(ABC):
 
 @dataclass
 class _DiracStats:
-    """Weighted sums over the data for one batch: log Z, E_w[y] and optional extras (centred)."""
+    """Posterior moments for one batch, relative to a per-row reference point ``ref``.
+
+    ``ref`` is the (centred) data point with the largest logit; moments of ``delta = y - c - ref``
+    are accumulated with that point masked out, so a posterior that collapses onto one point
+    gives exactly zero covariance instead of a difference of two O(1) numbers.
+    """
 
     log_z: Tensor  # (B,)  logsumexp of the logits
-    mean: Tensor  # (B, d) E_w[y - c]
-    sq_norm: Tensor | None = None  # (B,)  E_w[||y - c||^2]
-    proj: Tensor | None = None  # (B, d) E_w[<y - c, v> (y - c)]
-    second: Tensor | None = None  # (B, d, d) E_w[(y - c)(y - c)^T]
+    ref: Tensor  # (B, d) reference point (centred coordinates)
+    mean: Tensor  # (B, d) E_w[delta]
+    sq_norm: Tensor | None = None  # (B,)  E_w[||delta||^2]
+    proj: Tensor | None = None  # (B, d) E_w[<delta, v> delta]
+    second: Tensor | None = None  # (B, d, d) E_w[delta delta^T]
+
+    def cov_trace(self) -> Tensor:
+        """tr Cov_w[y] (>= 0; the clamp removes round-off below zero)."""
+        return (self.sq_norm - self.mean.pow(2).sum(1)).clamp_min(0.0)
+
+    def cov_vp(self, v: Tensor) -> Tensor:
+        """Cov_w[y] v."""
+        return self.proj - (self.mean * v).sum(1, keepdim=True) * self.mean
+
+    def cov(self) -> Tensor:
+        """Cov_w[y]."""
+        return self.second - self.mean[:, :, None] * self.mean[:, None, :]
 
 
 class DiracMixture(Mixture):
@@ -170,7 +188,11 @@ class DiracMixture(Mixture):
         v: Tensor | None = None,
         second: bool = False,
     ) -> _DiracStats:
-        """One pass over the data in chunks with a running log-sum-exp (flash-attention style)."""
+        """One pass over the data in chunks with a running log-sum-exp (flash-attention style).
+
+        Moments are kept relative to the running best point; when a chunk holds a better one,
+        the accumulated moments are re-centred on it (exact shift identities, O(B d) work).
+        """
         ys, ys_sq, center = self._data_like(x)
         batch, d = x.shape
         xc = x - alpha[:, None] * center  # x - alpha*y = xc - alpha*(y - c)
@@ -178,38 +200,70 @@ class DiracMixture(Mixture):
         inv_two_var = 0.5 / sigma.pow(2)[:, None]
         per_row = batch * (d if second else 1)
         chunk = max(1, min(self.num_points, self.chunk_elements // max(per_row, 1)))
+        rows = torch.arange(batch, device=x.device)
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(batch, *shape, dtype=x.dtype, device=x.device)
 
         run_max = torch.full((batch,), -math.inf, dtype=x.dtype, device=x.device)
-        s0 = torch.zeros(batch, dtype=x.dtype, device=x.device)
-        s1 = torch.zeros(batch, d, dtype=x.dtype, device=x.device)
-        s2 = torch.zeros(batch, dtype=x.dtype, device=x.device) if sq_norm else None
-        sv = torch.zeros(batch, d, dtype=x.dtype, device=x.device) if v is not None else None
-        ss = torch.zeros(batch, d, d, dtype=x.dtype, device=x.device) if second else None
+        ref, s0, m1 = zeros(d), zeros(), zeros(d)
+        m2 = zeros() if sq_norm else None
+        mv = zeros(d) if v is not None else None
+        mm = zeros(d, d) if second else None
 
         for start in range(0, self.num_points, chunk):
             y = ys[start : start + chunk]
             y_sq = ys_sq[start : start + chunk]
             dist2 = (xc_sq - 2.0 * alpha[:, None] * (xc @ y.T) + alpha[:, None].pow(2) * y_sq).clamp_min_(0.0)
             logits = dist2.mul_(-inv_two_var)
-            new_max = torch.maximum(run_max, logits.amax(1))
+            chunk_max, chunk_arg = logits.max(1)
+            new_best = chunk_max > run_max
+            new_max = torch.where(new_best, chunk_max, run_max)
+            new_ref = torch.where(new_best[:, None], y[chunk_arg], ref)
+
+            # Re-centre the accumulated moments on the new reference: delta' = delta + shift.
+            shift = ref - new_ref
+            if m2 is not None:
+                m2 = m2 + 2.0 * (shift * m1).sum(1) + s0 * shift.pow(2).sum(1)
+            if mv is not None:
+                shift_v = (shift * v).sum(1, keepdim=True)
+                mv = mv + shift_v * m1 + (m1 * v).sum(1, keepdim=True) * shift + s0[:, None] * shift_v * shift
+            if mm is not None:
+                outer = m1[:, :, None] * shift[:, None, :]
+                mm = mm + outer + outer.transpose(1, 2) + s0[:, None, None] * shift[:, :, None] * shift[:, None, :]
+            m1 = m1 + s0[:, None] * shift
+            ref = new_ref
+
             rescale = torch.exp(run_max - new_max)  # exp(-inf) = 0 on the first chunk
             p = torch.exp(logits.sub_(new_max[:, None]))
             s0 = s0 * rescale + p.sum(1)
-            s1 = s1 * rescale[:, None] + p @ y
-            if s2 is not None:
-                s2 = s2 * rescale + p @ y_sq
-            if sv is not None:
-                sv = sv * rescale[:, None] + (p * (v @ y.T)) @ y
-            if ss is not None:
-                ss = ss * rescale[:, None, None] + torch.einsum("bn,nd,ne->bde", p, y, y)
+            # The reference point itself has delta = 0: mask it out so it adds exact zeros.
+            p.index_put_((rows[new_best], chunk_arg[new_best]), p.new_zeros(()))
+            p_sum = p.sum(1, keepdim=True)
+            p_y = p @ y
+            ref_sq = ref.pow(2).sum(1)
+            m1 = m1 * rescale[:, None] + p_y - p_sum * ref
+            if m2 is not None:
+                m2 = m2 * rescale + p @ y_sq - 2.0 * (ref * p_y).sum(1) + p_sum[:, 0] * ref_sq
+            if mv is not None:
+                pv = p * (v @ y.T)
+                ref_v = (ref * v).sum(1, keepdim=True)
+                chunk_mv = pv @ y - pv.sum(1, keepdim=True) * ref - ref_v * p_y + ref_v * p_sum * ref
+                mv = mv * rescale[:, None] + chunk_mv
+            if mm is not None:
+                outer = p_y[:, :, None] * ref[:, None, :]
+                chunk_mm = torch.einsum("bn,nd,ne->bde", p, y, y) - outer - outer.transpose(1, 2)
+                mm = mm * rescale[:, None, None] + chunk_mm + p_sum[:, :, None] * ref[:, :, None] * ref[:, None, :]
             run_max = new_max
 
+        inv = 1.0 / s0
         return _DiracStats(
             log_z=run_max + torch.log(s0),
-            mean=s1 / s0[:, None],
-            sq_norm=None if s2 is None else s2 / s0,
-            proj=None if sv is None else sv / s0[:, None],
-            second=None if ss is None else ss / s0[:, None, None],
+            ref=ref,
+            mean=m1 * inv[:, None],
+            sq_norm=None if m2 is None else m2 * inv,
+            proj=None if mv is None else mv * inv[:, None],
+            second=None if mm is None else mm * inv[:, None, None],
         )
 
     def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
@@ -219,17 +273,26 @@ class DiracMixture(Mixture):
 
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
-        return self._stats(x, alpha, sigma).mean + self._data_like(x)[2]
+        stats = self._stats(x, alpha, sigma)
+        return stats.ref + stats.mean + self._data_like(x)[2]
+
+    def posterior_sq_norm(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`E[\|x_0\|^2 | x_t = x] = \sum_i w_i \|y_i\|^2`, shape (B,): d times the optimum of Alg. 1 (Prop. 6)."""
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        stats = self._stats(x, alpha, sigma, sq_norm=True)
+        anchor = stats.ref + self._data_like(x)[2]  # y = anchor + delta
+        return anchor.pow(2).sum(1) + 2.0 * (anchor * stats.mean).sum(1) + stats.sq_norm
 
     def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
-        ybar = self._stats(x, alpha, sigma).mean + self._data_like(x)[2]
+        stats = self._stats(x, alpha, sigma)
+        ybar = stats.ref + stats.mean + self._data_like(x)[2]
         return -(x - alpha[:, None] * ybar) / sigma.pow(2)[:, None]
 
     def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma, second=True)
-        cov = stats.second - stats.mean[:, :, None] * stats.mean[:, None, :]
+        cov = stats.cov()
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
         var = sigma.pow(2)[:, None, None]
         return eye / var - (alpha.pow(2)[:, None, None] / var.pow(2)) * cov
@@ -237,8 +300,7 @@ class DiracMixture(Mixture):
     def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma, sq_norm=True)
-        # tr Cov >= 0; the clamp removes round-off below zero when the posterior is a point mass.
-        tr_cov = (stats.sq_norm - stats.mean.pow(2).sum(1)).clamp_min(0.0)
+        tr_cov = stats.cov_trace()
         var = sigma.pow(2)
         return self.dim / var - alpha.pow(2) / var.pow(2) * tr_cov
 
@@ -246,7 +308,7 @@ class DiracMixture(Mixture):
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         v = _check_vector(v, x)
         stats = self._stats(x, alpha, sigma, v=v)
-        cov_v = stats.proj - (stats.mean * v).sum(1, keepdim=True) * stats.mean
+        cov_v = stats.cov_vp(v)
         var = sigma.pow(2)[:, None]
         return v / var - alpha.pow(2)[:, None] / var.pow(2) * cov_v
 
