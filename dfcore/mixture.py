@@ -16,7 +16,7 @@ the diffused density is :math:`q_t = \int q(x_t|x_0) q_0(x_0) dx_0` and the diff
     F_t v &= v/\sigma^2 - (\alpha^2/\sigma^4)\,[\textstyle\sum_i w_i \langle y_i, v\rangle y_i - \langle \bar y, v\rangle \bar y]
 
 The sums run over chunks of the data with a running log-sum-exp, so no ``B x N x d`` tensor is
-ever formed: each chunk costs two or three ``(B, d) x (d, N_c)`` matrix products. The points are
+ever formed: each chunk costs two ``(B, d) x (d, N_c)`` matrix products (three for ``F v``). The points are
 stored centred on their mean (the bracketed posterior covariance is shift invariant), which keeps
 the cancellation in the bracket small.
 
@@ -157,26 +157,28 @@ class DiracMixture(Mixture):
             raise ValueError(f"chunk_elements must be positive; got {chunk_elements}")
         self.num_points, self.dim = points.shape
         self.center = points.mean(0)
-        self._centered = points - self.center
-        self._sq_norms = self._centered.pow(2).sum(1)
+        # One (N, d + 2) table [y - c, ||y - c||^2, 1]: a single product p @ table then yields
+        # sum p (y - c), sum p ||y - c||^2 and sum p together.
+        centered = points - self.center
+        self._table = torch.cat([centered, centered.pow(2).sum(1, keepdim=True), torch.ones_like(centered[:, :1])], 1)
+        del centered
         self.chunk_elements = int(chunk_elements)
 
     @property
     def points(self) -> Tensor:
         """The data points, shape (N, d)."""
-        return self._centered + self.center
+        return self._table[:, : self.dim] + self.center
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiracMixture":
         """Move the stored data (in place) and return self."""
         self.center = self.center.to(device=device, dtype=dtype)
-        self._centered = self._centered.to(device=device, dtype=dtype)
-        self._sq_norms = self._sq_norms.to(device=device, dtype=dtype)
+        self._table = self._table.to(device=device, dtype=dtype)
         return self
 
-    def _data_like(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self._centered.dtype != x.dtype or self._centered.device != x.device:
+    def _data_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self._table.dtype != x.dtype or self._table.device != x.device:
             self.to(device=x.device, dtype=x.dtype)
-        return self._centered, self._sq_norms, self.center
+        return self._table, self.center
 
     def _stats(
         self,
@@ -190,17 +192,20 @@ class DiracMixture(Mixture):
     ) -> _DiracStats:
         """One pass over the data in chunks with a running log-sum-exp (flash-attention style).
 
-        Moments are kept relative to the running best point; when a chunk holds a better one,
-        the accumulated moments are re-centred on it (exact shift identities, O(B d) work).
+        The logits, up to the per-row constant ``-||x - a c||^2 / 2s^2`` (added back to log Z),
+        are one product ``[a x_c / s^2, -a^2 / 2s^2, 0] @ table^T``. Moments are kept relative to
+        the running best point; when a chunk holds a better one, the accumulated moments are
+        re-centred on it (exact shift identities, O(B d) work).
         """
-        ys, ys_sq, center = self._data_like(x)
+        table, center = self._data_like(x)
         batch, d = x.shape
-        xc = x - alpha[:, None] * center  # x - alpha*y = xc - alpha*(y - c)
-        xc_sq = xc.pow(2).sum(1, keepdim=True)
-        inv_two_var = 0.5 / sigma.pow(2)[:, None]
+        var = sigma.pow(2)[:, None]
+        xc = x - alpha[:, None] * center  # x - a y = xc - a (y - c)
+        query = torch.cat([xc * (alpha[:, None] / var), -0.5 * alpha[:, None].pow(2) / var, torch.zeros_like(var)], 1)
         per_row = batch * (d if second else 1)
         chunk = max(1, min(self.num_points, self.chunk_elements // max(per_row, 1)))
-        rows = torch.arange(batch, device=x.device)
+        floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
+        differentiable = torch.is_grad_enabled() and (query.requires_grad or (v is not None and v.requires_grad))
 
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(batch, *shape, dtype=x.dtype, device=x.device)
@@ -212,10 +217,9 @@ class DiracMixture(Mixture):
         mm = zeros(d, d) if second else None
 
         for start in range(0, self.num_points, chunk):
-            y = ys[start : start + chunk]
-            y_sq = ys_sq[start : start + chunk]
-            dist2 = (xc_sq - 2.0 * alpha[:, None] * (xc @ y.T) + alpha[:, None].pow(2) * y_sq).clamp_min_(0.0)
-            logits = dist2.mul_(-inv_two_var)
+            rows = table[start : start + chunk]
+            y = rows[:, :d]
+            logits = query @ rows.T
             chunk_max, chunk_arg = logits.max(1)
             new_best = chunk_max > run_max
             new_max = torch.where(new_best, chunk_max, run_max)
@@ -235,20 +239,31 @@ class DiracMixture(Mixture):
             ref = new_ref
 
             rescale = torch.exp(run_max - new_max)  # exp(-inf) = 0 on the first chunk
-            p = torch.exp(logits.sub_(new_max[:, None]))
-            s0 = s0 * rescale + p.sum(1)
-            # The reference point itself has delta = 0: mask it out so it adds exact zeros.
-            p.index_put_((rows[new_best], chunk_arg[new_best]), p.new_zeros(()))
-            p_sum = p.sum(1, keepdim=True)
-            p_y = p @ y
+            # Floor the shifted logits at log(tiny)/2 (-43.7 in float32, -354 in float64): exp and
+            # the products after it then never meet subnormal numbers, which are ~30x slower on
+            # CPUs, and a relative weight of 1e-19 (1e-154) is below the dtype's resolution.
+            if differentiable:
+                p = torch.exp((logits - new_max[:, None]).clamp_min(floor))
+            else:
+                p = logits.sub_(new_max[:, None]).clamp_min_(floor).exp_()
+            # The reference point has delta = 0 and p = 1: mask it out so it adds exact zeros
+            # (out of place when differentiating, so autograd and torch.func can go through).
+            at_ref = chunk_arg[:, None]
+            masked = torch.where(new_best[:, None], 0.0, p.gather(1, at_ref))
+            p = p.scatter(1, at_ref, masked) if differentiable else p.scatter_(1, at_ref, masked)
+            sums = p @ rows  # [sum p y, sum p ||y||^2, sum p] over the chunk, reference excluded
+            p_y, p_ysq, p_sum = sums[:, :d], sums[:, d], sums[:, d + 1 :]
+            s0 = s0 * rescale + p_sum[:, 0] + new_best.to(x.dtype)
             ref_sq = ref.pow(2).sum(1)
             m1 = m1 * rescale[:, None] + p_y - p_sum * ref
             if m2 is not None:
-                m2 = m2 * rescale + p @ y_sq - 2.0 * (ref * p_y).sum(1) + p_sum[:, 0] * ref_sq
+                m2 = m2 * rescale + p_ysq - 2.0 * (ref * p_y).sum(1) + p_sum[:, 0] * ref_sq
             if mv is not None:
                 pv = p * (v @ y.T)
+                pv_sums = pv @ rows
+                pv_y, pv_sum = pv_sums[:, :d], pv_sums[:, d + 1 :]
                 ref_v = (ref * v).sum(1, keepdim=True)
-                chunk_mv = pv @ y - pv.sum(1, keepdim=True) * ref - ref_v * p_y + ref_v * p_sum * ref
+                chunk_mv = pv_y - pv_sum * ref - ref_v * p_y + ref_v * p_sum * ref
                 mv = mv * rescale[:, None] + chunk_mv
             if mm is not None:
                 outer = p_y[:, :, None] * ref[:, None, :]
@@ -256,6 +271,8 @@ class DiracMixture(Mixture):
                 mm = mm * rescale[:, None, None] + chunk_mm + p_sum[:, :, None] * ref[:, :, None] * ref[:, None, :]
             run_max = new_max
 
+        # Add back the constant dropped from the logits: -||xc||^2 / 2s^2.
+        run_max = run_max - 0.5 * xc.pow(2).sum(1) / var[:, 0]
         inv = 1.0 / s0
         return _DiracStats(
             log_z=run_max + torch.log(s0),
@@ -274,19 +291,19 @@ class DiracMixture(Mixture):
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma)
-        return stats.ref + stats.mean + self._data_like(x)[2]
+        return stats.ref + stats.mean + self._data_like(x)[1]
 
     def posterior_sq_norm(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`E[\|x_0\|^2 | x_t = x] = \sum_i w_i \|y_i\|^2`, shape (B,): d times the optimum of Alg. 1 (Prop. 6)."""
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma, sq_norm=True)
-        anchor = stats.ref + self._data_like(x)[2]  # y = anchor + delta
+        anchor = stats.ref + self._data_like(x)[1]  # y = anchor + delta
         return anchor.pow(2).sum(1) + 2.0 * (anchor * stats.mean).sum(1) + stats.sq_norm
 
     def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma)
-        ybar = stats.ref + stats.mean + self._data_like(x)[2]
+        ybar = stats.ref + stats.mean + self._data_like(x)[1]
         return -(x - alpha[:, None] * ybar) / sigma.pow(2)[:, None]
 
     def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
@@ -313,8 +330,8 @@ class DiracMixture(Mixture):
         return v / var - alpha.pow(2)[:, None] / var.pow(2) * cov_v
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        idx = torch.randint(self.num_points, (n,), generator=generator, device=self._centered.device)
-        return self._centered[idx] + self.center
+        idx = torch.randint(self.num_points, (n,), generator=generator, device=self._table.device)
+        return self._table[idx, : self.dim] + self.center
 
 
 class GaussianMixture(Mixture):

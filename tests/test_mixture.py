@@ -266,3 +266,14 @@ def test_posterior_sq_norm_and_exact_models_match_direct_sums():
     denoiser = ExactDenoiser(mixture, schedule)
     assert rel_err(denoiser.posterior_mean(x, t), w @ points) < 1e-12
     assert rel_err(denoiser.score(x, t), mixture.score(x, t, schedule)) < 1e-12
+
+
+def test_score_is_differentiable_and_its_jacobian_is_minus_fisher():
+    """autograd and torch.func go through the chunked code (the VJP baselines rely on it)."""
+    gen = torch.Generator().manual_seed(2)
+    schedule = get_schedule("EDM")
+    mixture = DiracMixture(torch.randn(30, 3, generator=gen, dtype=torch.float64), chunk_elements=20)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    fisher = mixture.fisher(x, 0.01, schedule)
+    jac = vmap(torch.func.jacrev(lambda z: mixture.score(z[None], 0.01, schedule)[0]))(x)
+    assert rel_err(-jac, fisher) < 1e-10
