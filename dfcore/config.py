@@ -8,6 +8,7 @@ line that names the offending key and what is allowed.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,52 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """Load a YAML config and validate it (with defaults)."""
     return validate_config(load_yaml(path), schema_path)
+
+
+def _schema_rows(schema: dict[str, Any], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, sub in schema.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        kind = sub.get("type", "")
+        if "enum" in sub:
+            kind = " \\| ".join(map(str, sub["enum"]))
+        default = sub.get("default", "")
+        shown = "" if isinstance(default, dict) and default == {} else f"`{json.dumps(default)}`"
+        rows.append((key, str(kind), shown, " ".join(str(sub.get("description", "")).split())))
+        if sub.get("type") == "object":
+            rows.extend(_schema_rows(sub, key + "."))
+            if isinstance(sub.get("additionalProperties"), dict):
+                rows.extend(_schema_rows(sub["additionalProperties"], key + ".<name>."))
+    return rows
+
+
+def schema_markdown(schema_path: str | Path = SCHEMA_PATH) -> str:
+    """A markdown table of every config key, its type, default and description."""
+    rows = _schema_rows(load_yaml(schema_path))
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {t} | {d} | {desc} |" for k, t, d, desc in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dfcore.config [--check FILE] [--markdown]``: validate a config or print the key table."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m dfcore.config", description=main.__doc__)
+    parser.add_argument("--check", metavar="FILE", help="validate a YAML config against the schema")
+    parser.add_argument("--markdown", action="store_true", help="print the table of keys for config/README.md")
+    args = parser.parse_args(argv)
+    if args.check:
+        try:
+            load_config(args.check)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            raise SystemExit(2) from None
+        print(f"{args.check}: OK")
+    if args.markdown:
+        print(schema_markdown(), end="")
+
+
+if __name__ == "__main__":
+    main()
