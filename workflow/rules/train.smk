@@ -1,1 +1,44 @@
-# Rules of the 'train' stage (see README, 'Workflow').
+# Rules of the 'train' stage (see README, 'Workflow'): the denoiser and the trace network (Alg. 1) of a
+# (dataset, schedule) pair. Resume checkpoints live in {RESULTS}/models/resume/ (not outputs, so an
+# interrupted job keeps them and the rerun continues from the last one).
+
+
+rule train_denoiser:
+    input:
+        data=f"{RESULTS}/data/{{dataset}}.zarr",
+    output:
+        model=f"{RESULTS}/models/{{dataset}}_{{schedule}}_denoiser.pt",
+        losses=f"{RESULTS}/models/{{dataset}}_{{schedule}}_denoiser_loss.csv",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_denoiser.log",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: train_threads
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_denoiser.pt",
+    script:
+        "../scripts/train.py"
+
+
+rule train_trace:
+    input:
+        data=f"{RESULTS}/data/{{dataset}}.zarr",
+        denoiser=f"{RESULTS}/models/{{dataset}}_{{schedule}}_denoiser.pt",
+    output:
+        model=f"{RESULTS}/models/{{dataset}}_{{schedule}}_trace.pt",
+        losses=f"{RESULTS}/models/{{dataset}}_{{schedule}}_trace_loss.csv",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace.log",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: train_threads
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace.pt",
+    script:
+        "../scripts/train.py"

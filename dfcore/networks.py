@@ -1,0 +1,412 @@
+r"""Learned denoisers and trace networks: an MLP for low-d data, a diffusers ``UNet2DModel`` for images.
+
+**Preconditioning** (Karras et al., 2022, Table 1, written for any schedule). With
+:math:`\tilde x = x/\alpha_t` and :math:`\tilde\sigma = \sigma_t/\alpha_t` the problem is the VE one,
+:math:`\tilde x = x_0 + \tilde\sigma \varepsilon`. A backbone :math:`F(c_{in}\tilde x, t)` with
+:math:`c_{in} = 1/\sqrt{\tilde\sigma^2 + \sigma_d^2}` gives either
+
+* ``prediction: x0`` — :math:`\bar y_\theta = c_{skip}\tilde x + c_{out} F`, with
+  :math:`c_{skip} = \sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`, :math:`c_{out} = \tilde\sigma\sigma_d/\sqrt{\tilde\sigma^2+\sigma_d^2}`,
+  and :math:`\varepsilon_\theta = (x - \alpha\bar y_\theta)/\sigma`; or
+* ``prediction: eps`` — :math:`\varepsilon_\theta = F` and :math:`\bar y_\theta = (x - \sigma\varepsilon_\theta)/\alpha`.
+
+:math:`\sigma_d` is the data's RMS standard deviation, stored in the checkpoint.
+
+**Trace network** (Alg. 1). It models :math:`t_\theta(x, t) \approx E[\|x_0\|^2 | x_t]/d` (Prop. 6) as
+
+.. math:: d\, t_\theta = \|\bar y_\theta\|^2 + V_\theta, \qquad
+          V_\theta = d\, \frac{\tilde\sigma^2\sigma_d^2}{\tilde\sigma^2+\sigma_d^2}\, \mathrm{softplus}(G),
+
+i.e. :math:`V_\theta` is the trace of the posterior covariance :math:`\operatorname{tr}\mathrm{Cov}[x_0|x_t]`
+in units of its value for Gaussian data of variance :math:`\sigma_d^2` (the same preconditioning idea as
+above; it keeps the regression target O(1) at every noise level, which Eq. 17 needs because it
+multiplies :math:`d t_\theta - \|\bar y_\theta\|^2 = V_\theta` by :math:`\alpha^2/\sigma^4`).
+:math:`G` is either a head on the denoiser's trunk features (``share_trunk: true``) or a separate
+backbone of the same kind.
+
+Checkpoints hold the constructor hyper-parameters next to the weights, so :func:`load_denoiser`
+and :func:`load_trace_model` rebuild the model from the file alone (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dfcore.denoiser import Denoiser, TraceModel, expand_like
+from dfcore.device import resolve_device
+from dfcore.io import load_checkpoint
+from dfcore.schedules import Schedule, get_schedule
+
+__all__ = [
+    "timestep_embedding",
+    "MLPBackbone",
+    "UNetBackbone",
+    "TraceHead",
+    "build_backbone",
+    "LearnedDenoiser",
+    "LearnedTraceModel",
+    "schedule_from_spec",
+    "denoiser_from_state",
+    "trace_model_from_state",
+    "load_denoiser",
+    "load_trace_model",
+]
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of ``1000 t`` (Vaswani et al., 2017; Ho et al., 2020), shape (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return emb if dim % 2 == 0 else torch.cat([emb, torch.zeros_like(emb[:, :1])], 1)
+
+
+class MLPBackbone(nn.Module):
+    r"""Residual MLP :math:`F(x_{in}, t)` for flat data (B, d): ``layers`` SiLU blocks of width ``hidden``.
+
+    ``fourier_levels`` L > 0 appends :math:`\sin, \cos(2^l \pi x_{in})`, l < L, to the input
+    (positional encoding; Tancik et al., 2020), which lets a small MLP resolve fine structure of
+    low-dimensional data such as the individual training points at small noise.
+    """
+
+    def __init__(self, dim: int, hidden: int = 256, layers: int = 4, emb_dim: int = 64, out_dim: int | None = None,
+                 fourier_levels: int = 0) -> None:
+        super().__init__()
+        self.dim, self.hidden, self.emb_dim = dim, hidden, emb_dim
+        self.fourier_levels = int(fourier_levels)
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(self.fourier_levels, dtype=torch.float32), persistent=False)
+        self.inp = nn.Linear(dim * (1 + 2 * self.fourier_levels), hidden)
+        self.emb = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(layers)
+        )
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, dim if out_dim is None else out_dim)
+        self.feature_dim = hidden
+
+    def features(self, x_in: Tensor, t: Tensor) -> Tensor:
+        """Trunk features (B, hidden) before the output layer."""
+        z = x_in.flatten(1)
+        if self.fourier_levels:
+            args = (z[:, :, None] * self.freqs).flatten(1)
+            z = torch.cat([z, torch.sin(args), torch.cos(args)], 1)
+        h = self.inp(z) + self.emb(timestep_embedding(t, self.emb_dim))
+        for block in self.blocks:
+            h = h + block(h)
+        return torch.nn.functional.silu(self.out_norm(h))
+
+    def forward(self, x_in: Tensor, t: Tensor) -> Tensor:
+        out = self.out(self.features(x_in, t))
+        return out.reshape(x_in.shape) if out.shape[1] == self.dim else out
+
+
+class UNetBackbone(nn.Module):
+    """A diffusers ``UNet2DModel`` for images (B, C, H, W) or their flat form (B, C*H*W).
+
+    The time input is ``1000 t``. :meth:`features` returns the mid-block activations, pooled over
+    space, for a trace head sharing the trunk.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] | list[int],
+        block_out_channels: tuple[int, ...] | list[int] = (32, 64),
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        out_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.image_shape = tuple(int(s) for s in image_shape)
+        c, h, w = self.image_shape
+        n = len(block_out_channels)
+        self.unet = UNet2DModel(
+            sample_size=(h, w),
+            in_channels=c,
+            out_channels=c if out_channels is None else out_channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * n,
+            up_block_types=("UpBlock2D",) * n,
+            norm_num_groups=norm_num_groups,
+            add_attention=False,
+        )
+        self.feature_dim = int(block_out_channels[-1])
+        self._captured: Tensor | None = None
+        self.unet.mid_block.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        self._captured = output
+
+    def _as_image(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)
+
+    def forward(self, x_in: Tensor, t: Tensor) -> Tensor:
+        out = self.unet(self._as_image(x_in), 1000.0 * t.float()).sample
+        return out.reshape(x_in.shape[0], -1) if x_in.ndim == 2 else out
+
+    def features(self, x_in: Tensor, t: Tensor) -> Tensor:
+        self.forward(x_in, t)
+        feats, self._captured = self._captured, None
+        return feats.mean((-2, -1))
+
+
+def build_backbone(arch: str, dim: int, hparams: dict[str, Any], out_dim: int | None = None) -> nn.Module:
+    """``mlp`` or ``unet`` from plain hyper-parameters (as stored in checkpoints)."""
+    if arch == "mlp":
+        return MLPBackbone(dim, hparams.get("hidden", 256), hparams.get("layers", 4), hparams.get("emb_dim", 64), out_dim,
+                           hparams.get("fourier_levels", 0))
+    if arch == "unet":
+        shape = hparams["image_shape"]
+        if out_dim is not None:
+            raise ValueError("a UNet backbone has image outputs; use a TraceHead on its features for scalars")
+        return UNetBackbone(shape, hparams.get("block_out_channels", (32, 64)), hparams.get("layers_per_block", 1),
+                            hparams.get("norm_num_groups", 8))
+    raise ValueError(f"unknown architecture {arch!r}; choose 'mlp' or 'unet'")
+
+
+def schedule_from_spec(spec: dict[str, Any]) -> Schedule:
+    """Rebuild a schedule from ``{"name": ..., "params": {...}}``."""
+    return get_schedule(spec["name"], **spec.get("params", {}))
+
+
+def _scaled(schedule: Schedule, t: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """alpha, sigma, sigma~ = sigma/alpha and c_in, all (B,) float64."""
+    t64 = t.to(torch.float64)
+    alpha, sigma = schedule(t64)
+    s = sigma / alpha
+    c_in = 1.0 / torch.sqrt(s**2 + sigma_data**2)
+    return alpha, sigma, s, c_in
+
+
+class LearnedDenoiser(Denoiser):
+    r"""A preconditioned network as a :class:`~dfcore.denoiser.Denoiser` (see the module docstring).
+
+    Attributes:
+        module: the backbone ``nn.Module`` (its parameters are what training updates).
+        schedule: the forward schedule the model was trained for.
+        prediction: ``x0`` or ``eps``.
+        sigma_data: RMS data standard deviation used by the preconditioning.
+    """
+
+    def __init__(self, module: nn.Module, schedule: Schedule, prediction: str = "x0", sigma_data: float = 1.0,
+                 arch: str = "mlp", hparams: dict[str, Any] | None = None) -> None:
+        if prediction not in ("x0", "eps"):
+            raise ValueError(f"prediction must be 'x0' or 'eps'; got {prediction!r}")
+        self.module = module
+        self.schedule = schedule
+        self.prediction = prediction
+        self.sigma_data = float(sigma_data)
+        self.arch = arch
+        self.hparams = dict(hparams or {})
+
+    @property
+    def _param(self) -> Tensor:
+        return next(self.module.parameters())
+
+    def _inputs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        alpha, sigma, s, c_in = _scaled(self.schedule, t, self.sigma_data)
+        x_in = (x.to(torch.float64) * expand_like(c_in / alpha, x)).to(self._param.dtype)
+        return x_in, t.to(self._param.dtype), alpha, sigma
+
+    def raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The backbone output F (model dtype), and alpha, sigma (B,)."""
+        x_in, tm, alpha, sigma = self._inputs(x, t)
+        return self.module(x_in, tm), alpha, sigma
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        out, alpha, sigma = self.raw(x, t)
+        if self.prediction == "eps":
+            return out.to(x.dtype)
+        return ((x - expand_like(alpha, x).to(x.dtype) * self._x0(x, out, alpha, sigma)) / expand_like(sigma, x).to(x.dtype))
+
+    def _x0(self, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        s = sigma / alpha
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (s**2 + sd2)
+        c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
+        x_tilde = x / expand_like(alpha, x).to(x.dtype)
+        return expand_like(c_skip, x).to(x.dtype) * x_tilde + expand_like(c_out, x).to(x.dtype) * out.to(x.dtype)
+
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        out, alpha, sigma = self.raw(x, t)
+        if self.prediction == "x0":
+            return self._x0(x, out, alpha, sigma)
+        a, s = expand_like(alpha, x).to(x.dtype), expand_like(sigma, x).to(x.dtype)
+        return (x - s * out.to(x.dtype)) / a
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        r"""Denoising score matching with the EDM weighting: for ``x0`` prediction
+        :math:`\|F - (x_0 - c_{skip}\tilde x)/c_{out}\|^2`, for ``eps`` :math:`\|\varepsilon_\theta - \varepsilon\|^2`
+        (mean over batch and dimensions)."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        out, alpha, sigma = self.raw(x, t)
+        if self.prediction == "eps":
+            target = noise
+        else:
+            s = sigma / alpha
+            sd2 = self.sigma_data**2
+            c_skip = sd2 / (s**2 + sd2)
+            c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
+            x_tilde = x / expand_like(alpha, x).to(x.dtype)
+            target = (x0 - expand_like(c_skip, x0).to(x0.dtype) * x_tilde) / expand_like(c_out, x0).to(x0.dtype)
+        return (out - target.to(out.dtype)).pow(2).mean()
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model (weights-only safe)."""
+        return {
+            "kind": "denoiser",
+            "arch": self.arch,
+            "hparams": self.hparams,
+            "schedule": {"name": self.schedule.name, "params": self.schedule.params()},
+            "prediction": self.prediction,
+            "sigma_data": self.sigma_data,
+            "state_dict": self.module.state_dict(),
+        }
+
+
+class TraceHead(nn.Module):
+    """Scalar head :math:`G` on trunk features (B, F) and the time embedding."""
+
+    def __init__(self, feature_dim: int, hidden: int = 128, emb_dim: int = 64) -> None:
+        super().__init__()
+        self.emb_dim = emb_dim
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim + emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, features: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([features, timestep_embedding(t, self.emb_dim)], 1))[:, 0]
+
+
+class LearnedTraceModel(TraceModel):
+    r""":math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d` (module docstring) as a :class:`~dfcore.denoiser.TraceModel`.
+
+    ``module`` holds the trainable part: the head only (``share_trunk``; the denoiser's trunk is
+    frozen and shared) or a head on a separate backbone.
+    """
+
+    def __init__(self, denoiser: LearnedDenoiser, module: nn.Module, share_trunk: bool, hparams: dict[str, Any] | None = None,
+                 target: str = "residual") -> None:
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.module = module
+        self.share_trunk = bool(share_trunk)
+        self.hparams = dict(hparams or {})
+        self.target = target
+
+    def variance_scale(self, t: Tensor, dim: int) -> Tensor:
+        r""":math:`d\,\tilde\sigma^2\sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`, (B,) float64."""
+        _, _, s, _ = _scaled(self.schedule, t, self.denoiser.sigma_data)
+        sd2 = self.denoiser.sigma_data**2
+        return dim * s**2 * sd2 / (s**2 + sd2)
+
+    def head(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw head output G (B,)."""
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        x_in, tm, _, _ = self.denoiser._inputs(x, t)
+        if self.share_trunk:
+            with torch.no_grad():
+                feats = self.denoiser.module.features(x_in, tm)
+            return self.module(feats, tm)
+        return self.module["head"](self.module["trunk"].features(x_in, tm), tm)
+
+    def posterior_variance(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64."""
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        dim = x[0].numel()
+        return self.variance_scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        with torch.no_grad():
+            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        dim = ybar.shape[1]
+        return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / dim).to(x.dtype)
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        r"""Alg. 1 with the preconditioning above: :math:`((V_\theta - T)/c)^2` where ``target: sq_norm`` gives
+        :math:`T = \|x_0\|^2 - \|\bar y_\theta\|^2` (exactly Alg. 1's :math:`(d t_\theta - \|x_0\|^2)^2/c^2`) and
+        ``target: residual`` gives :math:`T = \|x_0 - \bar y_\theta\|^2` (same optimum when :math:`\bar y_\theta = \bar y`;
+        an error :math:`\delta` of the denoiser then enters squared instead of linearly)."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        with torch.no_grad():
+            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        flat = x0.flatten(1).to(torch.float64)
+        if self.target == "sq_norm":
+            target = flat.pow(2).sum(1) - ybar.pow(2).sum(1)
+        else:
+            target = (flat - ybar).pow(2).sum(1)
+        scale = self.variance_scale(t, flat.shape[1])
+        pred = nn.functional.softplus(self.head(x, t))
+        return (pred - (target / scale).to(pred.dtype)).pow(2).mean()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": "trace",
+            "share_trunk": self.share_trunk,
+            "target": self.target,
+            "hparams": self.hparams,
+            "denoiser": self.denoiser.state(),
+            "state_dict": self.module.state_dict(),
+        }
+
+
+def denoiser_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> LearnedDenoiser:
+    """Rebuild a :class:`LearnedDenoiser` from :meth:`LearnedDenoiser.state` (random weights if no state_dict)."""
+    hp = state["hparams"]
+    module = build_backbone(state["arch"], int(hp["dim"]), hp)
+    if state.get("state_dict") is not None:
+        module.load_state_dict(state["state_dict"])
+    module.to(resolve_device(device)).eval()
+    return LearnedDenoiser(module, schedule_from_spec(state["schedule"]), state["prediction"], state["sigma_data"],
+                           state["arch"], hp)
+
+
+def _trace_module(denoiser: LearnedDenoiser, share_trunk: bool, hparams: dict[str, Any]) -> nn.Module:
+    head_hidden = int(hparams.get("head_hidden", 128))
+    emb_dim = int(hparams.get("emb_dim", 64))
+    if share_trunk:
+        return TraceHead(denoiser.module.feature_dim, head_hidden, emb_dim)
+    trunk = build_backbone(denoiser.arch, int(denoiser.hparams["dim"]), {**denoiser.hparams, **hparams.get("backbone", {})})
+    return nn.ModuleDict({"trunk": trunk, "head": TraceHead(trunk.feature_dim, head_hidden, emb_dim)})
+
+
+def trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu",
+                           denoiser: LearnedDenoiser | None = None) -> LearnedTraceModel:
+    """Rebuild a :class:`LearnedTraceModel` (and its denoiser, stored inside it) from its state."""
+    den = denoiser if denoiser is not None else denoiser_from_state(state["denoiser"], device)
+    module = _trace_module(den, state["share_trunk"], state["hparams"])
+    if state.get("state_dict") is not None:
+        module.load_state_dict(state["state_dict"])
+    module.to(resolve_device(device)).eval()
+    return LearnedTraceModel(den, module, state["share_trunk"], state["hparams"], state.get("target", "residual"))
+
+
+def _model_state(path: str | Path, kind: str) -> dict[str, Any]:
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt)
+    if state.get("kind") != kind:
+        raise ValueError(f"{path}: not a {kind} checkpoint (kind={state.get('kind')!r})")
+    return state
+
+
+def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> LearnedDenoiser:
+    """Load a denoiser checkpoint (``weights_only=True``) and rebuild the model on ``device``."""
+    return denoiser_from_state(_model_state(path, "denoiser"), device)
+
+
+def load_trace_model(path: str | Path, device: torch.device | str = "cpu") -> LearnedTraceModel:
+    """Load a trace-network checkpoint (it embeds its denoiser) and rebuild the model on ``device``."""
+    return trace_model_from_state(_model_state(path, "trace"), device)

@@ -1,0 +1,257 @@
+r"""One training loop for the denoiser (denoising score matching) and the trace network (Alg. 1).
+
+Each step draws a batch :math:`x_0` from the data, :math:`t \sim U(t_{min}, 1)` and
+:math:`\varepsilon \sim \mathcal N(0, I)` from one seeded ``torch.Generator``, and takes an Adam step on
+the model's ``loss(x0, t, noise)``:
+
+* denoiser — :meth:`dfcore.networks.LearnedDenoiser.loss` (EDM-weighted x_0 or ε regression);
+* trace network — :meth:`dfcore.networks.LearnedTraceModel.loss`, the regression of Alg. 1 onto
+  :math:`\|x_0\|^2/d` (Wang et al., 2025, Alg. 1; optimum in Prop. 6), with the denoiser frozen.
+
+The learning rate warms up linearly and then follows a cosine to zero; it is a pure function of the
+step, so nothing but the optimizer state needs saving for it. Every ``checkpoint_every`` steps the
+loop saves model, optimizer, generator state, step and loss history atomically to ``resume_path``;
+a rerun with the same arguments resumes from there and ends bit-identical (on the CPU) to an
+uninterrupted run. Loading uses ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from dfcore.device import resolve_device
+from dfcore.io import load_checkpoint, save_checkpoint, write_csv
+from dfcore.networks import (
+    LearnedDenoiser,
+    LearnedTraceModel,
+    _trace_module,
+    build_backbone,
+)
+from dfcore.schedules import Schedule
+
+__all__ = [
+    "learning_rate", "train_loop", "section_for", "build_denoiser", "build_trace_model", "train_denoiser", "train_trace",
+    "run_training",
+]
+
+log = logging.getLogger(__name__)
+
+
+def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def section_for(section: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """A config section with its ``overrides[dataset]`` merged in (one level deep for nested dicts)."""
+    merged = copy.deepcopy({k: v for k, v in section.items() if k != "overrides"})
+    for key, value in (section.get("overrides") or {}).get(dataset, {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def train_loop(
+    model: Any,
+    data: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int = 0,
+    t_min: float = 1e-3,
+    checkpoint_every: int = 500,
+    seed: int = 0,
+    resume_path: str | Path | None = None,
+    grad_clip: float = 1.0,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
+    fingerprint: str = "",
+) -> list[float]:
+    """Train ``model.module`` on ``model.loss(x0, t, noise)``; return the loss of every step.
+
+    ``on_step(step)`` is called after each completed step (and its checkpoint, if any) — the tests
+    use it to interrupt a run. A resume checkpoint is used only if its ``fingerprint`` (settings,
+    seed, data) matches, and it is deleted once the run completes, so a rerun with other settings
+    starts afresh.
+    """
+    fingerprint = fingerprint or json.dumps([steps, batch_size, lr, warmup_steps, t_min, seed, list(data.shape),
+                                             float(data.double().sum())])
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    module = model.module
+    param = next(module.parameters())
+    device, dtype = param.device, param.dtype
+    data = data.to(device=device, dtype=dtype)
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    losses: list[float] = []
+    start = 0
+    resume_path = Path(resume_path) if resume_path is not None else None
+    ckpt = load_checkpoint(resume_path, map_location=device) if resume_path is not None and resume_path.exists() else None
+    if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
+        log.warning("ignoring %s: it was written with other settings or data", resume_path)
+        ckpt = None
+    if ckpt is not None:
+        module.load_state_dict(ckpt["model"]["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"].cpu())
+        start = int(ckpt["step"])
+        losses = [float(v) for v in ckpt["losses"].tolist()]
+        log.info("resumed %s from step %d (%s)", desc, start, resume_path)
+
+    module.train()
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress, mininterval=1.0)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, warmup_steps)
+        idx = torch.randint(len(data), (batch_size,), generator=gen)
+        t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64)
+        noise = torch.randn(batch_size, *data.shape[1:], generator=gen, dtype=torch.float64)
+        loss = model.loss(data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        done = step + 1
+        if resume_path is not None and (done % checkpoint_every == 0) and done < steps:
+            save_checkpoint(
+                {
+                    "model": model.state(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "step": done,
+                    "losses": torch.tensor(losses, dtype=torch.float64),
+                    "fingerprint": fingerprint,
+                },
+                resume_path,
+            )
+        if on_step is not None:
+            on_step(done)
+    module.eval()
+    if resume_path is not None:
+        resume_path.unlink(missing_ok=True)
+    return losses
+
+
+def _sigma_data(data: Tensor) -> float:
+    """RMS per-coordinate standard deviation of the data."""
+    return float(data.to(torch.float64).std(0).pow(2).mean().sqrt())
+
+
+def build_denoiser(
+    arch: str, dim: int, schedule: Schedule, cfg: dict[str, Any], sigma_data: float, *,
+    image_shape: tuple[int, ...] | None = None, seed: int = 0, device: torch.device | str = "cpu",
+) -> LearnedDenoiser:
+    """A freshly initialised (seeded) denoiser from the ``denoiser`` config section."""
+    if arch == "mlp":
+        hparams = {"dim": dim, **cfg.get("mlp", {})}
+    elif arch == "unet":
+        if image_shape is None:
+            raise ValueError("a UNet denoiser needs an image dataset (image_shape)")
+        hparams = {"dim": dim, "image_shape": list(image_shape), **cfg.get("unet", {})}
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose 'mlp' or 'unet'")
+    torch.manual_seed(int(seed))
+    module = build_backbone(arch, dim, hparams).to(resolve_device(device))
+    return LearnedDenoiser(module, schedule, cfg.get("prediction", "x0"), sigma_data, arch, hparams)
+
+
+def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: int = 0) -> LearnedTraceModel:
+    """A freshly initialised (seeded) trace model from the ``trace_net`` config section."""
+    share = bool(cfg.get("share_trunk", True))
+    hparams = {"head_hidden": int(cfg.get("head_hidden", 128))}
+    torch.manual_seed(int(seed))
+    module = _trace_module(denoiser, share, hparams).to(next(denoiser.module.parameters()).device)
+    for p in denoiser.module.parameters():
+        p.requires_grad_(False)
+    return LearnedTraceModel(denoiser, module, share, hparams, cfg.get("target", "residual"))
+
+
+def _finish(model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]) -> None:
+    save_checkpoint({"model": model.state(), "step": len(losses), "losses": torch.tensor(losses, dtype=torch.float64), "meta": meta}, out_path)
+    if loss_csv is not None:
+        write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
+
+
+def train_denoiser(
+    data: Tensor, schedule: Schedule, cfg: dict[str, Any], out_path: str | Path, *,
+    image_shape: tuple[int, ...] | None = None, resume_path: str | Path | None = None,
+    loss_csv: str | Path | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> LearnedDenoiser:
+    """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged)."""
+    arch = cfg.get("arch", "auto")
+    if arch == "auto":
+        arch = "unet" if image_shape is not None else "mlp"
+    dev = resolve_device(device)
+    model = build_denoiser(arch, data.shape[1], schedule, cfg, _sigma_data(data), image_shape=image_shape, seed=seed, device=dev)
+    losses = train_loop(
+        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
+        progress=progress, desc=f"denoiser[{arch}]", on_step=on_step,
+    )
+    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
+    return model
+
+
+def train_trace(
+    data: Tensor, denoiser: LearnedDenoiser, cfg: dict[str, Any], out_path: str | Path, *,
+    resume_path: str | Path | None = None, loss_csv: str | Path | None = None, seed: int = 0,
+    progress: bool = True, on_step: Callable[[int], None] | None = None,
+) -> LearnedTraceModel:
+    """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section."""
+    model = build_trace_model(denoiser, cfg, seed=seed)
+    losses = train_loop(
+        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
+        progress=progress, desc="trace_net", on_step=on_step,
+    )
+    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
+    return model
+
+
+def run_training(kind: str, dataset: str, schedule_name: str, config: dict[str, Any], data_path: str | Path,
+                 out: str | Path, *, denoiser_path: str | Path | None = None, loss_csv: str | Path | None = None,
+                 resume_path: str | Path | None = None, progress: bool = True) -> Any:
+    """Entry point of the train rules: ``kind`` = ``denoiser`` or ``trace`` for (dataset, schedule)."""
+    from dfcore.data import image_shape, load_dataset
+    from dfcore.networks import load_denoiser
+    from dfcore.schedules import get_schedule
+
+    schedule = get_schedule(schedule_name, **config.get("schedules", {}).get(schedule_name, {}))
+    data = load_dataset(data_path)
+    seed = int(config.get("seed", 0))
+    if kind == "denoiser":
+        cfg = section_for(config["denoiser"], dataset)
+        return train_denoiser(data, schedule, cfg, out, image_shape=image_shape(data_path), resume_path=resume_path,
+                              loss_csv=loss_csv, seed=seed + int(cfg.get("seed", 0)), device=config.get("device", "auto"),
+                              progress=progress)
+    if kind == "trace":
+        cfg = section_for(config["trace_net"], dataset)
+        den = load_denoiser(denoiser_path, resolve_device(config.get("device", "auto")))
+        return train_trace(data, den, cfg, out, resume_path=resume_path, loss_csv=loss_csv,
+                           seed=seed + int(cfg.get("seed", 0)), progress=progress)
+    raise ValueError(f"unknown training kind {kind!r}; choose 'denoiser' or 'trace'")

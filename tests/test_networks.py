@@ -1,0 +1,105 @@
+"""Networks: preconditioning identities (Tweedie, EDM loss weighting), the trace parameterisation, and
+checkpoint round trips through load_denoiser / load_trace_model (weights_only=True)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfcore.io import save_checkpoint
+from dfcore.networks import (
+    LearnedDenoiser,
+    denoiser_from_state,
+    load_denoiser,
+    load_trace_model,
+    trace_model_from_state,
+)
+from dfcore.schedules import get_schedule
+
+
+def _mlp_state(schedule="VE", prediction="x0", dim=2):
+    return {"kind": "denoiser", "arch": "mlp", "hparams": {"dim": dim, "hidden": 16, "layers": 2, "fourier_levels": 3},
+            "schedule": {"name": schedule, "params": {}}, "prediction": prediction, "sigma_data": 0.8, "state_dict": None}
+
+
+@pytest.mark.parametrize("schedule", ["VE", "VP", "subVP", "EDM"])
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+def test_eps_and_posterior_mean_satisfy_tweedie(schedule, prediction):
+    torch.manual_seed(0)
+    den = denoiser_from_state(_mlp_state(schedule, prediction))
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.1, 0.4, 0.7, 1.0], dtype=torch.float64)
+    alpha, sigma = den.schedule(t)
+    ybar, eps = den.posterior_mean(x, t), den.eps(x, t)
+    assert ybar.dtype == eps.dtype == torch.float64
+    torch.testing.assert_close(ybar, (x - sigma[:, None] * eps) / alpha[:, None])
+    torch.testing.assert_close(den.score(x, t), -eps / sigma[:, None])
+
+
+def test_x0_loss_is_the_edm_weighted_denoising_error():
+    r"""For x0 prediction the loss is :math:`\lambda(\sigma)\|D - x_0\|^2` with :math:`\lambda = 1/c_{out}^2` (VE)."""
+    torch.manual_seed(1)
+    den = denoiser_from_state(_mlp_state("VE", "x0"))
+    x0, noise = torch.randn(64, 2), torch.randn(64, 2)
+    t = torch.rand(64)
+    alpha, sigma = den.schedule(t.double())
+    x = (x0.double() + sigma[:, None] * noise.double())
+    c_out2 = sigma**2 * 0.64 / (sigma**2 + 0.64)
+    expected = ((den.posterior_mean(x, t) - x0.double()).pow(2) / c_out2[:, None]).mean()
+    torch.testing.assert_close(den.loss(x0, t, noise).double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_eps_loss_is_the_noise_regression():
+    torch.manual_seed(2)
+    den = denoiser_from_state(_mlp_state("VP", "eps"))
+    x0, noise, t = torch.randn(32, 2), torch.randn(32, 2), torch.rand(32) * 0.9 + 0.05
+    alpha, sigma = den.schedule(t.double())
+    x = alpha[:, None] * x0.double() + sigma[:, None] * noise.double()
+    expected = (den.eps(x.float(), t).double() - noise.double()).pow(2).mean()
+    torch.testing.assert_close(den.loss(x0, t, noise).double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_trace_model_is_ybar_norm_plus_nonnegative_variance(share, tmp_path):
+    torch.manual_seed(3)
+    state = {"kind": "trace", "share_trunk": share, "hparams": {"head_hidden": 8}, "target": "residual",
+             "denoiser": _mlp_state(), "state_dict": None}
+    model = trace_model_from_state(state)
+    x, t = torch.randn(6, 2, dtype=torch.float64), torch.rand(6, dtype=torch.float64) * 0.9 + 0.05
+    ybar = model.denoiser.posterior_mean(x, t)
+    var = model.posterior_variance(x, t)
+    assert (var >= 0).all()
+    torch.testing.assert_close(model.mean_sq_norm(x, t), (ybar.pow(2).sum(1) + var) / 2)
+    # round trip through a weights-only checkpoint
+    save_checkpoint({"model": model.state()}, tmp_path / "trace.pt")
+    again = load_trace_model(tmp_path / "trace.pt")
+    torch.testing.assert_close(again.mean_sq_norm(x, t), model.mean_sq_norm(x, t))
+    assert again.share_trunk == share
+
+
+def test_load_denoiser_rebuilds_the_same_function(tmp_path):
+    torch.manual_seed(4)
+    den = denoiser_from_state(_mlp_state("EDM", "x0"))
+    path = tmp_path / "den.pt"
+    save_checkpoint({"model": den.state(), "step": 3}, path)
+    again = load_denoiser(path, "cpu")
+    assert isinstance(again, LearnedDenoiser) and again.schedule.name == "EDM" and again.prediction == "x0"
+    assert isinstance(again.module, torch.nn.Module)
+    x, t = torch.randn(4, 2), torch.rand(4) * 0.5 + 0.1
+    torch.testing.assert_close(again.eps(x, t), den.eps(x, t))
+    with pytest.raises(ValueError, match="not a trace checkpoint"):
+        load_trace_model(path)
+
+
+@pytest.mark.slow
+def test_unet_denoiser_round_trip(tmp_path):
+    state = {"kind": "denoiser", "arch": "unet", "hparams": {"dim": 64, "image_shape": [1, 8, 8], "block_out_channels": [8, 16],
+             "norm_num_groups": 4}, "schedule": {"name": "VP", "params": {}}, "prediction": "eps", "sigma_data": 0.6,
+             "state_dict": None}
+    torch.manual_seed(5)
+    den = denoiser_from_state(state)
+    save_checkpoint({"model": den.state()}, tmp_path / "u.pt")
+    again = load_denoiser(tmp_path / "u.pt")
+    x, t = torch.randn(3, 64), torch.rand(3)
+    torch.testing.assert_close(again.eps(x, t), den.eps(x, t))
+    assert again.eps(x.reshape(3, 1, 8, 8), t).shape == (3, 1, 8, 8)

@@ -1,0 +1,151 @@
+"""Trace estimators against the analytic trace, with the networks replaced by the exact ȳ and trace model
+(so each formula is tested apart from training error), and against autograd for learned networks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dfcore.denoiser import ExactDenoiser, ExactTraceModel
+from dfcore.estimators import TRACE_METHODS, fisher_trace
+from dfcore.mixture import DiracMixture, GaussianMixture
+from dfcore.networks import denoiser_from_state
+from dfcore.schedules import get_schedule
+
+SCHEDULES = ["VE", "VP", "subVP", "EDM"]
+TIMES = [1.0, 0.6, 0.3, 0.1, 0.02]
+
+
+@pytest.fixture(scope="module")
+def dirac():
+    gen = torch.Generator().manual_seed(0)
+    return DiracMixture(torch.randn(40, 3, generator=gen, dtype=torch.float64) * 1.5)
+
+
+def _points(mixture, schedule, t, n=12, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    y = mixture.sample(n, generator=gen)
+    alpha, sigma = schedule(torch.tensor(t, dtype=torch.float64))
+    return alpha * y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("t", TIMES)
+def test_dftm_with_exact_models_equals_analytic(dirac, name, t):
+    schedule = get_schedule(name)
+    x = _points(dirac, schedule, t)
+    truth = fisher_trace("analytic", x, t, schedule=schedule, mixture=dirac)
+    est = fisher_trace("dftm", x, t, denoiser=ExactDenoiser(dirac, schedule), trace_model=ExactTraceModel(dirac, schedule))
+    # Eq. 17 is a difference of O(d/sigma^2) terms; compare relative to that scale.
+    scale = x.shape[1] / schedule.sigma(torch.tensor(t, dtype=torch.float64)) ** 2
+    assert ((est - truth).abs() / scale).max() < 1e-10
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("t", [1.0, 0.3, 0.05])
+def test_vjp_with_exact_denoiser_equals_analytic(dirac, name, t):
+    schedule = get_schedule(name)
+    x = _points(dirac, schedule, t)
+    truth = fisher_trace("analytic", x, t, schedule=schedule, mixture=dirac)
+    est = fisher_trace("vjp", x, t, denoiser=ExactDenoiser(dirac, schedule), chunk_size=2)
+    scale = x.shape[1] / schedule.sigma(torch.tensor(t, dtype=torch.float64)) ** 2
+    assert ((est - truth).abs() / scale).max() < 1e-9
+
+
+def test_analytic_trace_matches_autograd_hessian_of_log_density():
+    """Independent check of the ground truth itself: -tr of the autograd Hessian of log q_t."""
+    gen = torch.Generator().manual_seed(2)
+    mixture = GaussianMixture(torch.tensor([0.4, 0.6]), torch.randn(2, 3, generator=gen, dtype=torch.float64),
+                              torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * torch.tensor([0.3, 0.8])[:, None, None])
+    schedule = get_schedule("VP")
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    t = 0.3
+    hess = [torch.autograd.functional.hessian(lambda z: mixture.log_prob(z[None], t, schedule)[0], xi) for xi in x]
+    truth = -torch.stack([h.trace() for h in hess])
+    torch.testing.assert_close(fisher_trace("analytic", x, t, schedule=schedule, mixture=mixture), truth)
+    torch.testing.assert_close(fisher_trace("vjp", x, t, denoiser=ExactDenoiser(mixture, schedule)), truth)
+
+
+@pytest.mark.parametrize("t", [0.8, 0.2])
+def test_hutchinson_is_unbiased_within_a_statistical_bound(dirac, t):
+    schedule = get_schedule("VE")
+    x = _points(dirac, schedule, t, n=4)
+    truth = fisher_trace("analytic", x, t, schedule=schedule, mixture=dirac)
+    den = ExactDenoiser(dirac, schedule)
+    gen = torch.Generator().manual_seed(3)
+    groups, per_group = 20, 25  # 500 probes; the spread of group means gives the standard error
+    means = torch.stack([fisher_trace("hutchinson", x, t, denoiser=den, num_probes=per_group, generator=gen)
+                         for _ in range(groups)])
+    mean, std = means.mean(0), means.std(0)
+    assert ((mean - truth).abs() <= 5 * std / math.sqrt(groups) + 1e-9 * truth.abs()).all()
+    # a nonzero off-diagonal makes single probes noisy: the test would catch a biased estimator, not a constant one
+    assert (std > 0).any()
+
+
+def test_hutchinson_with_fixed_probes_is_the_quadratic_form():
+    torch.manual_seed(0)
+    lin = torch.randn(3, 3, dtype=torch.float64)
+
+    class Linear(ExactDenoiser):
+        def __init__(self):
+            self.schedule = get_schedule("VE")
+
+        def eps(self, x, t):
+            return x @ lin.T
+
+    x = torch.randn(2, 3, dtype=torch.float64)
+    z = torch.tensor([[[1.0, -1.0, 1.0]] * 2], dtype=torch.float64)
+    sigma = get_schedule("VE").sigma(torch.tensor(0.5, dtype=torch.float64))
+    est = fisher_trace("hutchinson", x, 0.5, denoiser=Linear(), probes=z)
+    torch.testing.assert_close(est, (z[0] @ lin * z[0]).sum(1) / sigma)
+    torch.testing.assert_close(fisher_trace("vjp", x, 0.5, denoiser=Linear()), lin.trace().expand(2) / sigma)
+
+
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("unet", marks=pytest.mark.slow)])
+def test_vjp_of_a_network_equals_trace_of_its_autograd_jacobian(arch):
+    hp = {"dim": 2, "hidden": 16, "layers": 1, "fourier_levels": 2} if arch == "mlp" else {
+        "dim": 16, "image_shape": [1, 4, 4], "block_out_channels": [8, 16], "norm_num_groups": 4}
+    torch.manual_seed(0)
+    den = denoiser_from_state({"kind": "denoiser", "arch": arch, "hparams": hp, "schedule": {"name": "VP", "params": {}},
+                               "prediction": "x0", "sigma_data": 0.7, "state_dict": None})
+    x = torch.randn(2, hp["dim"])
+    t = torch.tensor([0.2, 0.9])
+    sigma = den.schedule.sigma(t.double())
+    jac = [torch.autograd.functional.jacobian(lambda z: den.eps(z[None], ti[None])[0], xi) for xi, ti in zip(x, t)]
+    truth = torch.stack([j.trace() for j in jac]).double() / sigma
+    torch.testing.assert_close(fisher_trace("vjp", x, t, denoiser=den, chunk_size=16), truth, rtol=1e-4, atol=1e-4)
+
+
+def test_one_signature_and_clear_errors(dirac):
+    schedule = get_schedule("VE")
+    x = _points(dirac, schedule, 0.5, n=2)
+    assert set(TRACE_METHODS) == {"analytic", "dftm", "vjp", "hutchinson"}
+    with pytest.raises(ValueError, match="unknown trace method 'magic'"):
+        fisher_trace("magic", x, 0.5, schedule=schedule)
+    with pytest.raises(ValueError, match="mixture"):
+        fisher_trace("analytic", x, 0.5, schedule=schedule)
+    with pytest.raises(ValueError, match="trace model"):
+        fisher_trace("dftm", x, 0.5, denoiser=ExactDenoiser(dirac, schedule))
+    with pytest.raises(ValueError, match="schedule"):
+        fisher_trace("vjp", x, 0.5)
+
+
+def test_dftm_shortcut_for_learned_trace_models_is_eq17():
+    """For a LearnedTraceModel fisher_trace uses V = d t - ||ybar||^2 directly; check it against Eq. 17 computed
+    from mean_sq_norm and posterior_mean (in float64, so the cancellation is harmless)."""
+    from dfcore.networks import trace_model_from_state
+
+    torch.manual_seed(0)
+    state = {"kind": "denoiser", "arch": "mlp", "hparams": {"dim": 3, "hidden": 16, "layers": 1},
+             "schedule": {"name": "VE", "params": {}}, "prediction": "x0", "sigma_data": 1.0, "state_dict": None}
+    model = trace_model_from_state({"kind": "trace", "share_trunk": True, "hparams": {"head_hidden": 8}, "denoiser": state,
+                                    "state_dict": None})
+    x = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64)
+    alpha, sigma = model.schedule(t)
+    ybar = model.denoiser.posterior_mean(x, t)
+    eq17 = 3 / sigma**2 - alpha**2 / sigma**4 * (3 * model.mean_sq_norm(x, t) - ybar.pow(2).sum(1))
+    est = fisher_trace("dftm", x, t, denoiser=model.denoiser, trace_model=model)
+    torch.testing.assert_close(est, eq17, rtol=1e-9, atol=0)

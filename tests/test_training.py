@@ -1,0 +1,117 @@
+"""Training: seed => bit-identical weights; an interrupted run resumes to exactly the weights of an
+uninterrupted one (denoiser and trace network, shared or separate trunk); the learning-rate schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfcore.data import make_checkerboard
+from dfcore.io import load_checkpoint
+from dfcore.networks import load_denoiser, load_trace_model
+from dfcore.schedules import get_schedule
+from dfcore.training import learning_rate, section_for, train_denoiser, train_trace
+
+CFG = {"steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 10, "prediction": "x0",
+       "mlp": {"hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 2}}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _weights(path, kind="denoiser"):
+    model = load_denoiser(path) if kind == "denoiser" else load_trace_model(path)
+    return {k: v.clone() for k, v in model.module.state_dict().items()}
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_checkerboard(64, seed=0)
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path, data):
+    sched = get_schedule("VE")
+    train_denoiser(data, sched, CFG, tmp_path / "a.pt", seed=1, device="cpu", progress=False)
+    train_denoiser(data, sched, CFG, tmp_path / "b.pt", seed=1, device="cpu", progress=False)
+    train_denoiser(data, sched, CFG, tmp_path / "c.pt", seed=2, device="cpu", progress=False)
+    assert _equal(_weights(tmp_path / "a.pt"), _weights(tmp_path / "b.pt"))
+    assert not _equal(_weights(tmp_path / "a.pt"), _weights(tmp_path / "c.pt"))
+
+
+@pytest.mark.parametrize("stop_at", [17])
+def test_interrupted_denoiser_training_resumes_to_the_same_weights(tmp_path, data, stop_at):
+    sched = get_schedule("VP")
+    train_denoiser(data, sched, CFG, tmp_path / "full.pt", seed=3, device="cpu", progress=False,
+                   loss_csv=tmp_path / "full.csv")
+
+    def crash(step):
+        if step == stop_at:
+            raise Interrupt
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Interrupt):
+        train_denoiser(data, sched, CFG, tmp_path / "part.pt", seed=3, device="cpu", progress=False,
+                       resume_path=resume, on_step=crash)
+    assert not (tmp_path / "part.pt").exists()
+    assert load_checkpoint(resume)["step"] == 10  # the last checkpoint before the crash
+    train_denoiser(data, sched, CFG, tmp_path / "part.pt", seed=3, device="cpu", progress=False,
+                   resume_path=resume, loss_csv=tmp_path / "part.csv")
+    assert _equal(_weights(tmp_path / "full.pt"), _weights(tmp_path / "part.pt"))
+    assert (tmp_path / "full.csv").read_text() == (tmp_path / "part.csv").read_text()  # no step lost or repeated
+    assert not resume.exists()  # removed once the run completed
+
+
+def test_a_resume_checkpoint_from_other_settings_is_ignored(tmp_path, data):
+    sched = get_schedule("VE")
+    resume = tmp_path / "resume.pt"
+
+    def crash(step):
+        if step == 15:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_denoiser(data, sched, CFG, tmp_path / "x.pt", seed=5, device="cpu", progress=False, resume_path=resume,
+                       on_step=crash)
+    other = {**CFG, "lr": 1e-3}
+    train_denoiser(data, sched, other, tmp_path / "fresh.pt", seed=5, device="cpu", progress=False)
+    train_denoiser(data, sched, other, tmp_path / "resumed.pt", seed=5, device="cpu", progress=False, resume_path=resume)
+    assert _equal(_weights(tmp_path / "fresh.pt"), _weights(tmp_path / "resumed.pt"))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_interrupted_trace_training_resumes_to_the_same_weights(tmp_path, data, share):
+    sched = get_schedule("VE")
+    den = train_denoiser(data, sched, {**CFG, "steps": 10}, tmp_path / "den.pt", seed=0, device="cpu", progress=False)
+    cfg = {**CFG, "share_trunk": share, "head_hidden": 8, "steps": 20}
+    train_trace(data, den, cfg, tmp_path / "full.pt", seed=4, progress=False)
+
+    def crash(step):
+        if step == 13:
+            raise Interrupt
+
+    den = load_denoiser(tmp_path / "den.pt")
+    with pytest.raises(Interrupt):
+        train_trace(data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt", on_step=crash)
+    den = load_denoiser(tmp_path / "den.pt")
+    train_trace(data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt")
+    assert _equal(_weights(tmp_path / "full.pt", "trace"), _weights(tmp_path / "part.pt", "trace"))
+
+
+def test_learning_rate_warmup_then_cosine():
+    assert learning_rate(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert learning_rate(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert learning_rate(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert learning_rate(55, 100, 1.0, 10) == pytest.approx(0.5)
+    assert learning_rate(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_per_dataset_overrides_are_merged():
+    section = {"steps": 10, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"digits": {"steps": 3, "mlp": {"hidden": 4}}}}
+    assert section_for(section, "digits") == {"steps": 3, "mlp": {"hidden": 4, "layers": 2}}
+    assert section_for(section, "board") == {"steps": 10, "mlp": {"hidden": 8, "layers": 2}}
+

@@ -1,0 +1,23 @@
+"""Snakemake wrapper of dfcore.nll.run_nll (rule `nll`, workflow/rules/nll.smk)."""
+
+import logging
+import sys
+
+import torch
+
+from dfcore.nll import run_nll
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
+torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
+frame = run_nll(
+    snakemake.wildcards.dataset,
+    snakemake.wildcards.schedule,
+    snakemake.wildcards.method,
+    snakemake.config,
+    snakemake.input.data,
+    snakemake.output[0],
+    denoiser_path=snakemake.input.get("denoiser"),
+    trace_path=snakemake.input.get("trace"),
+)
+logging.info("mean NLL %.4f nats (%.4f bits/dim)", frame["nll_nats"].mean(), frame["bpd"].mean())

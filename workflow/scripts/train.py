@@ -1,0 +1,25 @@
+"""Snakemake wrapper of dfcore.training.run_training (rules `train_denoiser`, `train_trace`, workflow/rules/train.smk)."""
+
+import logging
+import sys
+
+import torch
+
+from dfcore.training import run_training
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
+torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
+kind = "trace" if snakemake.rule == "train_trace" else "denoiser"
+run_training(
+    kind,
+    snakemake.wildcards.dataset,
+    snakemake.wildcards.schedule,
+    snakemake.config,
+    snakemake.input.data,
+    snakemake.output.model,
+    denoiser_path=snakemake.input.get("denoiser"),
+    loss_csv=snakemake.output.losses,
+    resume_path=snakemake.params.resume,
+)
+logging.info("wrote %s", snakemake.output.model)
