@@ -1,0 +1,22 @@
+"""Snakemake wrapper of dfcore.adjoint_cli.run_digits_task (rule `adjoint_digits`)."""
+
+import logging
+import sys
+
+import torch
+
+from dfcore.adjoint_cli import run_digits_task
+
+with open(snakemake.log[0], "w") as log_file:
+    sys.stderr = log_file  # tqdm progress and warnings go to the rule's log
+    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(snakemake.threads)
+    run_digits_task(
+        snakemake.params.adjoint,
+        denoiser_path=snakemake.input.denoiser,
+        classifier_path=snakemake.input.classifier,
+        out=dict(snakemake.output.items()),
+        seed=snakemake.params.seed,
+        device=snakemake.params.device,
+        config=snakemake.config,
+    )

@@ -1,0 +1,23 @@
+"""Snakemake wrapper of dfcore.adjoint_cli.run_mixture_task (rule `adjoint_mixture`)."""
+
+import logging
+import sys
+
+import torch
+
+from dfcore.adjoint_cli import run_mixture_task
+
+with open(snakemake.log[0], "w") as log_file:
+    sys.stderr = log_file  # tqdm progress and warnings go to the rule's log
+    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(snakemake.threads)
+    run_mixture_task(
+        snakemake.params.adjoint,
+        snakemake.params.schedules,
+        schedule_name=snakemake.wildcards.schedule,
+        data_path=snakemake.input.data,
+        out=dict(snakemake.output.items()),
+        seed=snakemake.params.seed,
+        device=snakemake.params.device,
+        config=snakemake.config,
+    )
