@@ -1,0 +1,488 @@
+r"""Stable Diffusion through diffusers: the latent ε-model with classifier-free guidance as a
+:class:`~dfcore.denoiser.Denoiser`, a latent trace network (Alg. 1), DF-TM likelihoods (Eq. 14, 17)
+and DF-EA adjoint guidance (Eq. 20) of generated latents.
+
+**Schedule.** SD's DDIM scheduler (scaled-linear :math:`\beta \in [0.00085, 0.012]`, T = 1000) gives
+:math:`\bar\alpha_i`; :class:`~dfcore.schedules.DiscreteSchedule` makes it continuous
+(:math:`\alpha_t = \sqrt{\bar\alpha}`, :math:`\sigma_t = \sqrt{1-\bar\alpha}`, step i at t = (i+1)/T), and
+t is passed to the UNet as the fractional timestep ``schedule.timestep(t)`` = tT - 1.
+
+**Classifier-free guidance** (Ho & Salimans, 2022) with scale w:
+:math:`\varepsilon_\theta(z, t) = \varepsilon(z, t, \varnothing) + w\,(\varepsilon(z, t, c) - \varepsilon(z, t, \varnothing))`.
+
+**DF-TM** (Alg. 1, Eq. 17): :math:`\operatorname{tr}F_t \approx d/\sigma^2 - (\alpha^2/\sigma^4)(d\,t_\theta - \|\bar y_\theta\|^2)`,
+with :math:`t_\theta(z_t, t)` regressed onto :math:`\|z_0\|^2/d` over latents :math:`z_0` of an image folder
+(:class:`LatentTraceModel`: a diffusers ``UNet2DModel`` whose one-channel output is averaged to a scalar).
+
+**NLL** (Eq. 14): :math:`\log q_{t_{min}}(z) = \log p_T(z_T) + \int_{t_{min}}^1 (f d + \tfrac12 g^2 \operatorname{tr}F_t)\,dt`
+along the PF-ODE (torchdiffeq). The prior is the diagonal Gaussian :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)`
+with v the latents' variance per coordinate (SD latents are scaled to v ≈ 1, and then
+:math:`\alpha_T^2 + \sigma_T^2 = 1`); unlike :func:`dfcore.nll.log_likelihood` it never forms a d×d covariance,
+which at d = 4·64·64 would not fit in memory.
+
+**Weights are never downloaded**: :func:`load_pipeline` reads a local folder only
+(``local_files_only=True`` with ``HF_HUB_OFFLINE=1``) and names what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dfcore.denoiser import Denoiser, TraceModel, expand_like
+from dfcore.estimators.trace import fisher_trace
+from dfcore.schedules import DiscreteSchedule
+
+__all__ = [
+    "SDWeightsError",
+    "check_pipeline_dir",
+    "load_pipeline",
+    "build_tiny_pipeline",
+    "build_tiny_clip",
+    "encode_prompt",
+    "CFGDenoiser",
+    "LatentTraceModel",
+    "build_latent_trace_model",
+    "latent_trace_model_from_state",
+    "encode_image_folder",
+    "decode_latents",
+    "to_uint8",
+    "sample_latents",
+    "latent_log_likelihood",
+    "CLIPReward",
+    "load_reward",
+]
+
+PIPELINE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class SDWeightsError(FileNotFoundError):
+    """A local Stable Diffusion (or CLIP) folder is missing or incomplete. Nothing is ever downloaded."""
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def check_pipeline_dir(path: str | Path) -> Path:
+    """Check that ``path`` is a saved diffusers Stable Diffusion folder with UNet, VAE, text encoder and tokenizer."""
+    if not str(path).strip():
+        raise SDWeightsError("no Stable Diffusion folder given: set the config key sd.pipeline to a local diffusers "
+                             "pipeline folder (or sd.tiny: true for the tiny test pipeline)")
+    path = Path(path)
+    hint = ("Point the config key sd.pipeline at a local folder made by StableDiffusionPipeline.save_pretrained "
+            "(or a snapshot of e.g. stable-diffusion-v1-5 downloaded beforehand); weights are never fetched at run time.")
+    if not path.is_dir():
+        raise SDWeightsError(f"Stable Diffusion folder {str(path)!r} does not exist. {hint}")
+    if not (path / "model_index.json").is_file():
+        raise SDWeightsError(f"{str(path)!r} has no model_index.json, so it is not a diffusers pipeline folder. {hint}")
+    missing = [sub for sub in ("unet", "vae") if not any((path / sub / name).is_file() for name in PIPELINE_WEIGHT_FILES)]
+    if not any((path / "text_encoder" / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+        missing.append("text_encoder")
+    if not (path / "tokenizer").is_dir():
+        missing.append("tokenizer")
+    if missing:
+        raise SDWeightsError(f"{str(path)!r} lacks weights for: {', '.join(missing)}. {hint}")
+    return path
+
+
+def load_pipeline(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """``StableDiffusionPipeline.from_pretrained(path, local_files_only=True)`` with offline hub access,
+    safety checker off, modules frozen in eval mode; a clear :class:`SDWeightsError` if the folder is incomplete."""
+    _offline()
+    path = check_pipeline_dir(path)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path), local_files_only=True, dtype=dtype, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe = pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny random pipeline (tests, CI)
+
+
+def _write_tiny_tokenizer(path: Path, max_length: int) -> None:
+    """A byte-level BPE vocabulary of lowercase letters, digits and a few merges (CLIP's format)."""
+    from transformers import CLIPTokenizer
+
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("o", "n</w>"), ("i", "n"), ("e", "r</w>")]
+    tokens += ["".join(m) for m in merges]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=max_length,
+                        pad_token="<|endoftext|>")
+    tok.save_pretrained(str(path))
+
+
+def build_tiny_pipeline(path: str | Path, seed: int = 0, image_size: int = 16) -> Path:
+    """Save a tiny random Stable Diffusion pipeline to ``path`` (a few hundred kB; 4×(image_size/2)² latents).
+
+    UNet2DConditionModel (channels 8/16, cross-attention 16), AutoencoderKL (downsampling ×2),
+    CLIPTextModel (2 layers, width 16), a CLIPTokenizer from a local vocab, and DDIM with scaled-linear
+    betas 0.00085–0.012 as in SD-1.5. Loadable with :func:`load_pipeline`.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    max_length = 16
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=image_size,
+    )
+    tok_dir = path.parent / (path.name + ".tokenizer_tmp")
+    _write_tiny_tokenizer(tok_dir, max_length)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=max_length, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    for item in tok_dir.iterdir():
+        item.unlink()
+    tok_dir.rmdir()
+    return path
+
+
+def build_tiny_clip(path: str | Path, seed: int = 0, image_size: int = 16) -> Path:
+    """Save a tiny random ``transformers.CLIPModel`` plus its tokenizer to ``path`` (the test reward model)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    path = Path(path)
+    _write_tiny_tokenizer(path, 16)
+    tokenizer = CLIPTokenizer.from_pretrained(str(path))
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=4),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# ε-model with classifier-free guidance
+
+
+@torch.no_grad()
+def encode_prompt(pipe: Any, prompts: Sequence[str]) -> Tensor:
+    """Text-encoder hidden states (B, L, D) of ``prompts`` padded to the tokenizer's length (the UNet's context)."""
+    tokens = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
+
+
+class CFGDenoiser(Denoiser):
+    r"""SD's UNet as :math:`\varepsilon_\theta(z, t)` on the continuous schedule, with classifier-free guidance
+    :math:`\varepsilon_\varnothing + w(\varepsilon_c - \varepsilon_\varnothing)` (``guidance_scale`` w; w = 1 is the
+    conditional model alone, w = 0 the unconditional one).
+
+    ``cond`` / ``uncond`` are text embeddings (1 or B, L, D). Inputs of any float dtype are cast to the
+    UNet's dtype, and the output back to the input's, so float64 ODE solvers and autograd both pass through.
+    """
+
+    def __init__(self, unet: nn.Module, schedule: DiscreteSchedule, cond: Tensor, uncond: Tensor | None = None,
+                 guidance_scale: float = 7.5) -> None:
+        if guidance_scale != 1.0 and uncond is None:
+            raise ValueError("classifier-free guidance with guidance_scale != 1 needs the unconditional embedding")
+        self.unet = unet
+        self.schedule = schedule
+        self.cond = cond
+        self.uncond = uncond
+        self.guidance_scale = float(guidance_scale)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, prompt: str, guidance_scale: float = 7.5, negative_prompt: str = "") -> "CFGDenoiser":
+        """Build from a loaded pipeline and one prompt (the unconditional text is ``negative_prompt``)."""
+        cond = encode_prompt(pipe, [prompt])
+        uncond = encode_prompt(pipe, [negative_prompt]) if guidance_scale != 1.0 else None
+        return cls(pipe.unet, DiscreteSchedule.from_scheduler(pipe.scheduler), cond, uncond, guidance_scale)
+
+    def _context(self, emb: Tensor, batch: int) -> Tensor:
+        return emb.expand(batch, *emb.shape[1:]) if emb.shape[0] == 1 else emb
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        batch = x.shape[0]
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(batch)
+        step = self.schedule.timestep(t).clamp(0.0, self.schedule.num_steps - 1).to(torch.float32)
+        z = x.to(dtype)
+        cond = self._context(self.cond, batch).to(dtype)
+        if self.guidance_scale == 1.0:
+            out = self.unet(z, step, encoder_hidden_states=cond).sample
+        else:
+            uncond = self._context(self.uncond, batch).to(dtype)
+            both = self.unet(torch.cat([z, z]), torch.cat([step, step]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+            eps_u, eps_c = both.chunk(2)
+            out = eps_u + self.guidance_scale * (eps_c - eps_u)
+        return out.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace network for latents (Alg. 1)
+
+
+class LatentTraceModel(TraceModel):
+    r""":math:`t_\theta(z_t, t)`, the spatial mean of a one-channel diffusers ``UNet2DModel`` output, trained by
+    Alg. 1 (regression onto :math:`\|z_0\|^2/d` with :math:`z_t = \alpha_t z_0 + \sigma_t\varepsilon`; optimum
+    :math:`E[\|z_0\|^2 \mid z_t]/d`, Prop. 6). Implements ``module`` / ``loss`` / ``state`` for
+    :func:`dfcore.training.train_loop`."""
+
+    def __init__(self, module: nn.Module, schedule: DiscreteSchedule, hparams: dict[str, Any]) -> None:
+        self.module = module
+        self.schedule = schedule
+        self.hparams = dict(hparams)
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        dtype = next(self.module.parameters()).dtype
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        step = self.schedule.timestep(t).clamp(0.0, self.schedule.num_steps - 1).to(torch.float32)
+        return self.module(x.to(dtype), step).sample.mean(dim=(1, 2, 3)).to(x.dtype)
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        alpha, sigma = self.schedule(t)
+        xt = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        target = x0.flatten(1).pow(2).mean(1)
+        return (self.mean_sq_norm(xt, t) - target).pow(2).mean()
+
+    def state(self) -> dict[str, Any]:
+        return {"state_dict": self.module.state_dict(), "hparams": self.hparams,
+                "alphas_cumprod": torch.exp(self.schedule._log_ac[1:])}
+
+
+def build_latent_trace_model(latent_shape: Sequence[int], schedule: DiscreteSchedule,
+                             block_out_channels: Sequence[int] = (32, 64), layers_per_block: int = 1,
+                             norm_num_groups: int = 8, seed: int = 0) -> LatentTraceModel:
+    """A small ``UNet2DModel`` (C latent channels in, 1 out) as the latent trace network."""
+    from diffusers import UNet2DModel
+
+    channels, height, _ = (int(v) for v in latent_shape)
+    hparams = {"latent_shape": [int(v) for v in latent_shape], "block_out_channels": [int(c) for c in block_out_channels],
+               "layers_per_block": int(layers_per_block), "norm_num_groups": int(norm_num_groups)}
+    torch.manual_seed(seed)
+    module = UNet2DModel(sample_size=height, in_channels=channels, out_channels=1, layers_per_block=layers_per_block,
+                         block_out_channels=tuple(block_out_channels),
+                         down_block_types=("DownBlock2D",) * len(block_out_channels),
+                         up_block_types=("UpBlock2D",) * len(block_out_channels), norm_num_groups=norm_num_groups)
+    return LatentTraceModel(module, schedule, hparams)
+
+
+def latent_trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> LatentTraceModel:
+    """Rebuild a trained :class:`LatentTraceModel` from its checkpoint's ``model`` entry."""
+    hp = state["hparams"]
+    model = build_latent_trace_model(hp["latent_shape"], DiscreteSchedule(state["alphas_cumprod"]),
+                                     hp["block_out_channels"], hp["layers_per_block"], hp["norm_num_groups"])
+    model.module.load_state_dict(state["state_dict"])
+    model.module.to(device).eval().requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Images <-> latents
+
+
+@torch.no_grad()
+def encode_image_folder(pipe: Any, folder: str | Path, max_images: int | None = None) -> Tensor:
+    """Latents :math:`z_0` = VAE posterior mean × ``scaling_factor`` of every image in ``folder`` (sorted),
+    resized to the VAE's ``sample_size``; shape (N, 4, h, w), float32."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r} (config key sd.trace_net.image_dir)")
+    files = files[:max_images] if max_images else files
+    size = int(pipe.vae.config.sample_size)
+    vae = pipe.vae
+    latents = []
+    for file in files:
+        img = Image.open(file).convert("RGB").resize((size, size), Image.BICUBIC)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        dist = vae.encode(arr.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        latents.append(dist.mean.float().cpu() * vae.config.scaling_factor)
+    return torch.cat(latents)
+
+
+def decode_latents(pipe: Any, z: Tensor) -> Tensor:
+    """Images in [-1, 1], (B, 3, H, W), float32: ``vae.decode(z / scaling_factor)`` (differentiable)."""
+    vae = pipe.vae
+    return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((images.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+@torch.no_grad()
+def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float | None = None) -> Tensor:
+    r"""DDIM (Euler of the PF-ODE) from t = 1 to ``t_min`` (default: 1/T, SD's first training step), float64."""
+    from dfcore.adjoint import sample_trajectory, time_grid
+
+    t_min = 1.0 / denoiser.schedule.num_steps if t_min is None else t_min
+    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, 1.0, t_min), "ddim").x0
+
+
+# ----------------------------------------------------------------------------------------------
+# NLL via DF-TM (Eq. 14, 17)
+
+
+def latent_prior_log_prob(z: Tensor, alpha_T: float, sigma_T: float, data_var: float = 1.0) -> Tensor:
+    r""":math:`\log\mathcal N(z; 0, (\alpha_T^2 v + \sigma_T^2) I)` per sample (B,), in closed form."""
+    var = alpha_T**2 * data_var + sigma_T**2
+    flat = z.flatten(1).to(torch.float64)
+    return -0.5 * (flat.pow(2).sum(1) / var + flat.shape[1] * math.log(2 * math.pi * var))
+
+
+def latent_log_likelihood(z: Tensor, denoiser: Denoiser, trace_model: TraceModel | None, *, method: str = "dftm",
+                          t_min: float | None = None, t_max: float = 1.0, solver: str = "rk4", num_steps: int = 50,
+                          data_var: float = 1.0) -> dict[str, Tensor]:
+    r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14, with :math:`\operatorname{tr}F_t` from
+    :func:`dfcore.estimators.trace.fisher_trace` (``dftm`` by default; any method works). Fixed-step
+    torchdiffeq ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has kinks every 1/T,
+    which make adaptive steppers crawl). Returns ``log_q``, ``bpd``, ``prior``, ``delta``, ``nfe``."""
+    from torchdiffeq import odeint
+
+    schedule = denoiser.schedule
+    t_min = 1.0 / schedule.num_steps if t_min is None else t_min
+    z = z.to(torch.float64)
+    batch, dim = z.shape[0], z[0].numel()
+    nfe = 0
+
+    def drift(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        nonlocal nfe
+        nfe += 1
+        zt = state[0]
+        tt = t.to(torch.float64).expand(batch)
+        f, g2 = schedule.f(tt), schedule.g2(tt)
+        with torch.no_grad():
+            score = denoiser.score(zt, tt).to(torch.float64)
+        tr = fisher_trace(method, zt, tt, schedule=schedule, denoiser=denoiser, trace_model=trace_model)
+        return expand_like(f, zt) * zt - 0.5 * expand_like(g2, zt) * score, f * dim + 0.5 * g2 * tr
+
+    times = torch.tensor([t_min, t_max], dtype=torch.float64, device=z.device)
+    state0 = (z, torch.zeros(batch, dtype=torch.float64, device=z.device))
+    zs, deltas = odeint(drift, state0, times, method=solver, options={"step_size": (t_max - t_min) / num_steps})
+    alpha_T, sigma_T = (v.item() for v in schedule(torch.tensor(t_max, dtype=torch.float64)))
+    prior = latent_prior_log_prob(zs[-1], alpha_T, sigma_T, data_var)
+    log_q = prior + deltas[-1]
+    return {"log_q": log_q, "bpd": -log_q / (dim * math.log(2.0)), "prior": prior, "delta": deltas[-1],
+            "nfe": torch.tensor(nfe)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Differentiable rewards
+
+
+class CLIPReward(nn.Module):
+    r"""CLIP similarity :math:`\cos(E_{img}(\mathrm{decode}(z)), E_{txt}(\text{prompt}))` of latents z (B,),
+    through the pipeline's VAE decoder and a local ``transformers.CLIPModel`` (differentiable in z)."""
+
+    MEAN = (0.48145466, 0.4578275, 0.40821073)
+    STD = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, clip_path: str | Path, pipe: Any) -> None:
+        super().__init__()
+        _offline()
+        from transformers import CLIPModel, CLIPTokenizer
+
+        clip_path = Path(clip_path)
+        if not (clip_path / "config.json").is_file():
+            raise SDWeightsError(f"CLIP reward folder {str(clip_path)!r} has no config.json (config key sd.adjoint.clip_path); "
+                                 "save a transformers CLIPModel and its tokenizer there first")
+        self.clip = CLIPModel.from_pretrained(str(clip_path), local_files_only=True).eval().requires_grad_(False)
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_path), local_files_only=True)
+        self.pipe = pipe
+        self.image_size = int(self.clip.config.vision_config.image_size)
+        self.prompt = ""
+        self._text: Tensor | None = None
+
+    def set_prompt(self, prompt: str) -> None:
+        tokens = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            text = self.clip.get_text_features(input_ids=tokens.input_ids.to(self.clip.device))
+        text = getattr(text, "pooler_output", text)
+        self.prompt, self._text = prompt, torch.nn.functional.normalize(text.float(), dim=-1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self._text is None:
+            raise RuntimeError("call set_prompt(prompt) before scoring")
+        images = decode_latents(self.pipe, z)
+        images = torch.nn.functional.interpolate((images + 1) / 2, size=(self.image_size,) * 2, mode="bilinear",
+                                                 align_corners=False)
+        mean = torch.tensor(self.MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.STD, device=images.device).view(1, 3, 1, 1)
+        feats = self.clip.get_image_features(pixel_values=((images - mean) / std).to(self.clip.dtype))
+        feats = getattr(feats, "pooler_output", feats)
+        return (torch.nn.functional.normalize(feats.float(), dim=-1) * self._text).sum(-1).to(z.dtype)
+
+
+class _ModuleReward(nn.Module):
+    """A user reward ``module(images in [-1, 1]) -> (B,)`` applied to decoded latents."""
+
+    def __init__(self, module: nn.Module, pipe: Any) -> None:
+        super().__init__()
+        self.module, self.pipe = module, pipe
+
+    def set_prompt(self, prompt: str) -> None:
+        if hasattr(self.module, "set_prompt"):
+            self.module.set_prompt(prompt)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.module(decode_latents(self.pipe, z)).reshape(z.shape[0]).to(z.dtype)
+
+
+def load_reward(kind: str, pipe: Any, *, clip_path: str | None = None, module: str | None = None,
+                module_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The differentiable reward of adjoint guidance: ``clip`` (a :class:`CLIPReward` from ``clip_path``) or
+    ``module``: ``"package.module:Name"`` importable, called with ``module_kwargs``, mapping images (B, 3, H, W)
+    in [-1, 1] to scores (B,). (An import path, not a pickled module: nothing unsafe is unpickled.)"""
+    if kind == "clip":
+        if not clip_path:
+            raise ValueError("reward 'clip' needs sd.adjoint.clip_path")
+        return CLIPReward(clip_path, pipe)
+    if kind == "module":
+        if not module or ":" not in module:
+            raise ValueError(f"reward 'module' needs sd.adjoint.reward_module as 'package.module:Name'; got {module!r}")
+        mod_name, attr = module.split(":", 1)
+        factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), attr)
+        return _ModuleReward(factory(**(module_kwargs or {})).eval().requires_grad_(False), pipe)
+    raise ValueError(f"unknown reward {kind!r}; choose 'clip' or 'module'")
