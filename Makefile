@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slow bench lint dryrun clean-env
+.PHONY: run test test-slow test-cluster bench lint dryrun clean-env
 
 $(BIN)/snakemake: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -23,6 +23,17 @@ test: $(BIN)/snakemake
 
 test-slow: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q -m slow
+
+# A real single-node SLURM cluster (Debian's slurm + munge, started as root without systemd) runs the
+# tiny test config through profiles/slurm; see tests/cluster/. Installs the packages when missing.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+test-cluster: $(BIN)/snakemake
+	@if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then \
+	  echo "installing $(SLURM_PACKAGES)"; \
+	  timeout 600 apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES) >/dev/null; \
+	fi
+	DFCORE_TEST_CLUSTER=1 timeout 1200 $(BIN)/python -m pytest -q -m cluster -p no:cacheprovider tests/cluster
 
 bench: $(BIN)/snakemake
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
