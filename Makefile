@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slow test-cluster bench lint dryrun clean-env
+.PHONY: run test test-slow test-cluster bench lint dryrun config-docs clean-env
 
 $(BIN)/snakemake: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -44,6 +44,10 @@ dryrun: $(BIN)/snakemake
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+# config/README.md is generated from workflow/schemas/config.schema.yaml (tests/test_config.py checks it is current).
+config-docs: $(BIN)/snakemake
+	$(BIN)/python -m dfcore.config --readme > config/README.md
 
 clean-env:
 	rm -rf $(VENV)

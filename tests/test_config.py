@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 import yaml
 
-from dfcore.config import SCHEMA_PATH, ConfigError, load_config, load_yaml, validate_config
+from dfcore.config import (
+    SCHEMA_PATH,
+    ConfigError,
+    config_readme,
+    dataset_section,
+    load_config,
+    load_yaml,
+    schema_markdown,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -101,6 +110,36 @@ def test_defaults_are_filled_in_every_section():
 def test_every_section_is_described():
     undocumented = [name for name, sub in SCHEMA["properties"].items() if not sub.get("description")]
     assert not undocumented, f"top-level sections without a description: {undocumented}"
+
+
+def test_config_readme_is_up_to_date_with_the_schema():
+    readme = REPO / "config" / "README.md"
+    assert readme.exists() and readme.read_text() == config_readme(), (
+        "config/README.md is out of date with workflow/schemas/config.schema.yaml; regenerate it with "
+        "`make config-docs` (python -m dfcore.config --readme > config/README.md)"
+    )
+
+
+def test_the_key_table_describes_every_key():
+    rows = [line.split(" | ") for line in schema_markdown().splitlines()[2:]]
+    assert all(len(row) == 4 for row in rows), "a '|' inside a cell breaks the table"
+    undescribed = [row[0].strip("| `") for row in rows if not row[3].strip(" |")]
+    assert not undescribed, f"keys without a description in the schema: {undescribed}"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
+def test_dataset_section_merges_overrides_as_training_does(name):
+    """The training rules' params (dataset_section) are exactly what run_training reads (section_for)."""
+    from dfcore.training import section_for
+
+    config = load_config(REPO / "config" / name)
+    for section in ("denoiser", "trace_net"):
+        for dataset in [*config["datasets"], "absent"]:
+            merged = dataset_section(config[section], dataset)
+            assert merged == section_for(config[section], dataset)
+            assert section_for(merged, dataset) == merged  # run_training merging again changes nothing
+    overridden = dataset_section({"steps": 5, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"a": {"steps": 7, "mlp": {"hidden": 4}}}}, "a")
+    assert overridden == {"steps": 7, "mlp": {"hidden": 4, "layers": 2}}
 
 
 def test_validation_does_not_mutate_a_valid_value():

@@ -70,11 +70,10 @@ rule adjoint_mixture:
         mem_mb=2000,
         runtime=10,
     params:
-        adjoint=config["adjoint"],
-        schedules=config["schedules"],
+        adjoint=adjoint_task_params("mixture"),
+        schedule=schedule_params,
         seed=config["seed"],
         device=config["device"],
-        config=config,
     script:
         "../scripts/adjoint_mixture.py"
 
@@ -124,10 +123,9 @@ rule adjoint_digits:
         mem_mb=3000,
         runtime=15,
     params:
-        adjoint=config["adjoint"],
+        adjoint=adjoint_task_params("digits"),
         seed=config["seed"],
         device=config["device"],
-        config=config,
     script:
         "../scripts/adjoint_digits.py"
 

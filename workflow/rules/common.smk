@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from dfcore.config import ConfigError, validate_config
+from dfcore.config import ConfigError, dataset_section, validate_config
 
 try:
     validate_config(config)
@@ -22,7 +22,99 @@ def all_targets():
     return TARGETS
 
 
-# Input functions of the rules files (kept here: rule files hold rules only).
+# Params of the rules (kept here: rule files hold rules only). Each rule declares as params exactly the
+# config values its script reads, and its script reads them from snakemake.params, never snakemake.config:
+# Snakemake reruns a job when one of its params changes (rerun trigger `params`), so a changed key reruns
+# the rules that read it and nothing else. Keys that only select targets (nll.runs, ot.convergence for
+# Table 3, adjoint.mixture.schedules, ...) are left out: they add or remove jobs, never change one.
+# `device` is a param of every rule that computes (a result on another device may differ in its last
+# bits), so changing it reruns them; threads are not params (a changed --cores reruns nothing).
+
+
+def without(section, *keys):
+    """A config section without ``keys``."""
+    return {key: value for key, value in section.items() if key not in keys}
+
+
+def schedule_params(wildcards):
+    """Param function: the parameters of the job's schedule (top-level 'schedules' section)."""
+    return config["schedules"].get(wildcards.schedule, {})
+
+
+def schedules_of(names):
+    """The 'schedules' section restricted to ``names``."""
+    return {name: config["schedules"].get(name, {}) for name in names}
+
+
+def dataset_spec(wildcards):
+    """Param function: the job's entry of the 'datasets' section (None when absent; the job then says so)."""
+    return config["datasets"].get(wildcards.dataset)
+
+
+def training_section(name):
+    """Param function for section ``name`` (denoiser, trace_net): the section as the job's dataset sees it,
+    its own entry of ``overrides`` merged in, so another dataset's override, or a base key that this dataset
+    overrides, retrains nothing here."""
+
+    def section(wildcards):
+        return dataset_section(config[name], wildcards.dataset)
+
+    return section
+
+
+def ot_table3_params():
+    """The 'ot' keys of Table 3: all but 'convergence', t_min of its schedules only."""
+    ot = config["ot"]
+    return {
+        **without(ot, "convergence"),
+        "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
+    }
+
+
+def ot_convergence_params():
+    """The 'ot' keys of the convergence study: 'convergence', the grid keys and its own data sets."""
+    ot, conv = config["ot"], config["ot"]["convergence"]
+    return {
+        **{key: ot[key] for key in ("dim", "spacing", "rho", "schedules")},
+        "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
+        "datasets": {
+            d: ot["datasets"][d] for d in conv["datasets"] if d in ot["datasets"]
+        },
+        "convergence": conv,
+    }
+
+
+# Keys of an adjoint task that only name the rule's inputs or targets (not read by the task itself).
+ADJOINT_TASK_TARGET_KEYS = {
+    "mixture": ("dataset", "schedules"),
+    "digits": ("schedule",),
+}
+
+
+def adjoint_task_params(task):
+    """The 'adjoint' keys of ``task`` (mixture, digits): the shared sampler keys and its own subsection."""
+    adjoint = config["adjoint"]
+    return {
+        **without(adjoint, "mixture", "digits", "classifier"),
+        task: without(adjoint[task], *ADJOINT_TASK_TARGET_KEYS[task]),
+    }
+
+
+def sd_params(*keys):
+    """The 'sd' section restricted to ``keys``."""
+    return {key: config["sd"][key] for key in keys if key in config["sd"]}
+
+
+def sd_tiny_params():
+    """The 'sd' keys of the tiny pipeline's images: the last guidance scale of sd.nll only."""
+    scales = config["sd"]["nll"]["guidance_scales"]
+    return {
+        **sd_params("prompts", "tiny_images", "num_steps"),
+        "nll": {"guidance_scales": scales[-1:]},
+    }
+
+
+# Input functions of the rules files.
 def nll_models(wildcards):
     stem = f"{RESULTS}/models/{wildcards.dataset}_{wildcards.schedule}"
     return {

@@ -17,6 +17,8 @@ rule make_data:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        spec=dataset_spec,
     script:
         "../scripts/make_data.py"
 

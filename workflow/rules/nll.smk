@@ -22,6 +22,11 @@ rule nll:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        nll=without(config["nll"], "runs"),
+        schedule=schedule_params,
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/nll.py"
 
@@ -58,6 +63,10 @@ rule trace_error:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        trace_error=config["trace_error"],
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/trace_error.py"
 

@@ -32,11 +32,10 @@ rule ot_table3:
         mem_mb=2000,
         runtime=10,
     params:
-        ot=config["ot"],
-        schedules=config["schedules"],
+        ot=ot_table3_params(),
+        schedules=schedules_of(config["ot"]["schedules"]),
         seed=config["seed"],
         device=config["device"],
-        config=config,
     script:
         "../scripts/ot_table3.py"
 
@@ -58,8 +57,8 @@ rule ot_convergence:
         mem_mb=2000,
         runtime=10,
     params:
-        ot=config["ot"],
-        schedules=config["schedules"],
+        ot=ot_convergence_params(),
+        schedules=schedules_of(config["ot"]["schedules"]),
         seed=config["seed"],
         device=config["device"],
     script:

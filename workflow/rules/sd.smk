@@ -30,7 +30,7 @@ rule sd_tiny_pipeline:
         mem_mb=2000,
         runtime=5,
     params:
-        sd=SD,
+        sd=sd_tiny_params(),
         seed=config["seed"],
     script:
         "../scripts/sd.py"
@@ -52,7 +52,7 @@ rule sd_trace_net:
         mem_mb=8000,
         runtime=120,
     params:
-        sd=SD,
+        sd=sd_params("dtype", "trace_net"),
         pipeline=SD_PIPELINE,
         images=SD_IMAGES,
         resume=f"{RESULTS}/models/sd_trace_net.resume.pt",
@@ -92,7 +92,7 @@ rule sd_nll:
         mem_mb=8000,
         runtime=120,
     params:
-        sd=SD,
+        sd=sd_params("dtype", "prompts", "negative_prompt", "num_steps", "nll"),
         pipeline=SD_PIPELINE,
         device=config["device"],
     script:
@@ -123,7 +123,7 @@ rule sd_adjoint:
         mem_mb=8000,
         runtime=240,
     params:
-        sd=SD,
+        sd=sd_params("dtype", "prompts", "negative_prompt", "adjoint"),
         pipeline=SD_PIPELINE,
         clip=SD_CLIP,
         device=config["device"],

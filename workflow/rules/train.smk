@@ -18,6 +18,10 @@ rule train_denoiser:
         mem_mb=4000,
         runtime=60,
     params:
+        denoiser=training_section("denoiser"),
+        schedule=schedule_params,
+        seed=config["seed"],
+        device=config["device"],
         resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_denoiser.pt",
     script:
         "../scripts/train.py"
@@ -39,6 +43,9 @@ rule train_trace:
         mem_mb=4000,
         runtime=60,
     params:
+        trace_net=training_section("trace_net"),
+        seed=config["seed"],
+        device=config["device"],
         resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace.pt",
     script:
         "../scripts/train.py"

@@ -18,5 +18,5 @@ with open(snakemake.log[0], "w") as log_file:
         out=dict(snakemake.output.items()),
         seed=snakemake.params.seed,
         device=snakemake.params.device,
-        config=snakemake.config,
+        config=dict(snakemake.params.items()),  # provenance: the config values the rule declares
     )

@@ -7,5 +7,6 @@ from dfcore.data import prepare_dataset
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
 sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
-x = prepare_dataset(snakemake.wildcards.dataset, snakemake.config, snakemake.output[0])
+name, spec = snakemake.wildcards.dataset, snakemake.params.spec  # the rule's params: this dataset's entry only
+x = prepare_dataset(name, {"datasets": {} if spec is None else {name: spec}}, snakemake.output[0])
 logging.info("wrote %s with %d samples of dimension %d", snakemake.output[0], x.shape[0], x.shape[1])

@@ -10,11 +10,13 @@ from dfcore.nll import run_nll
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
 sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
 torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
+p = snakemake.params  # exactly the config values run_nll reads (workflow/rules/nll.smk)
+config = {"nll": p.nll, "schedules": {snakemake.wildcards.schedule: p.schedule}, "seed": p.seed, "device": p.device}
 frame = run_nll(
     snakemake.wildcards.dataset,
     snakemake.wildcards.schedule,
     snakemake.wildcards.method,
-    snakemake.config,
+    config,
     snakemake.input.data,
     snakemake.output[0],
     denoiser_path=snakemake.input.get("denoiser"),

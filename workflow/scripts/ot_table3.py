@@ -21,5 +21,5 @@ with open(snakemake.log[0], "w") as log_file:
         heatmap_path=snakemake.output.heatmap,
         fundamental_zarr=snakemake.output.fundamental,
         paths_zarr=snakemake.output.paths,
-        config=snakemake.config,
+        config=dict(snakemake.params.items()),  # provenance: the config values the rule declares
     )

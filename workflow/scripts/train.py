@@ -11,11 +11,17 @@ logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asc
 sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
 torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
 kind = "trace" if snakemake.rule == "train_trace" else "denoiser"
+p = snakemake.params  # exactly the config values run_training reads (workflow/rules/train.smk)
+config = {"seed": p.seed, "device": p.device}
+if kind == "denoiser":
+    config.update(denoiser=p.denoiser, schedules={snakemake.wildcards.schedule: p.schedule})
+else:
+    config.update(trace_net=p.trace_net)  # the schedule comes with the trained denoiser
 run_training(
     kind,
     snakemake.wildcards.dataset,
     snakemake.wildcards.schedule,
-    snakemake.config,
+    config,
     snakemake.input.data,
     snakemake.output.model,
     denoiser_path=snakemake.input.get("denoiser"),
