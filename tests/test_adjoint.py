@@ -253,6 +253,50 @@ def test_guided_sample_lowers_loss_and_counts_evaluations():
     assert len(out.xs) == 21 and out.fvp_calls == 15
 
 
+def test_guided_sample_rejects_non_finite_updates_and_flags_them():
+    """A non-finite adjoint must not poison the sample: the update is skipped and the sample is flagged."""
+    mix, schedule = _dirac(n=32, d=2, seed=9), get_schedule("VP")
+    den = ExactDenoiser(mix, schedule)
+    times = time_grid(10, 1.0, 0.01)
+    xT = torch.randn(6, 2, generator=torch.Generator().manual_seed(10))
+    target = torch.tensor([1.0, 1.0])
+    poisoned = torch.tensor([True, False, False, True, False, False])
+
+    def loss(x0):
+        # finite value, but d/du sqrt(|u|) at u = 0 is NaN: the gradient of the poisoned samples is not finite
+        shift = (~poisoned).to(x0.dtype)  # sqrt(|u| + 1) - 1 has a finite gradient at u = 0
+        kink = ((x0[:, 0] - x0[:, 0].detach()).abs() + shift).sqrt() - shift
+        return 0.5 * (x0 - target).pow(2).sum(1) + kink
+
+    base = sample_trajectory(den, xT, times).x0
+    out = guided_sample(den, xT, times, loss, method="analytic", update_steps=(5, 2), step_size=0.5, mixture=mix)
+    assert out.diverged.tolist() == poisoned.tolist()
+    assert torch.isfinite(out.final_loss).all() and torch.isfinite(out.x0).all()
+    torch.testing.assert_close(out.x0[poisoned], base[poisoned])  # never moved
+    assert not torch.allclose(out.x0[~poisoned], base[~poisoned])
+
+
+@pytest.mark.parametrize("normalize", ["grad", "rms"])
+def test_guided_sample_normalized_step_length(normalize):
+    """With normalize, the update moves x_t by eta * ||grad L(x_0)|| (grad) or eta * sqrt(d) (rms), whatever the method."""
+    mix, schedule = _dirac(n=32, d=3, seed=11), get_schedule("VP")
+    den = ExactDenoiser(mix, schedule)
+    times = time_grid(10, 1.0, 0.01)
+    xT = torch.randn(5, 3, generator=torch.Generator().manual_seed(12))
+    target = torch.tensor([1.0, 0.5, -0.5])
+    eta, u = 0.3, 4
+    k = len(times) - 1 - u
+    plain = sample_trajectory(den, xT, times)
+    lookahead = sample_trajectory(den, plain.xs[k], times[k:]).x0
+    want = eta * ((lookahead - target).norm(dim=1) if normalize == "grad" else torch.full((5,), 3**0.5))
+    for method in ("analytic", "dfea"):
+        out = guided_sample(den, xT, times, _target_loss, method=method, update_steps=(u,), step_size=eta,
+                            mixture=mix, normalize=normalize)
+        torch.testing.assert_close((out.xs[k] - plain.xs[k]).norm(dim=1), want)
+    with pytest.raises(ValueError, match="normalize"):
+        guided_sample(den, xT, times, _target_loss, method="analytic", mixture=mix, normalize="unit")
+
+
 # --- classifier, config and the task runner ----------------------------------------------------------
 
 
@@ -289,6 +333,9 @@ def test_adjoint_config_errors_name_the_key():
         validate_config({"adjoint": {"mixture": {"methods": ["exact"]}}})
     cfg = validate_config({})
     assert cfg["adjoint"]["update_steps"] == [10, 5] and cfg["adjoint"]["num_steps"] == 20
+    assert cfg["adjoint"]["t_min"] == 0.05 and cfg["adjoint"]["normalize"] == "grad"
+    with pytest.raises(ConfigError, match="adjoint.normalize"):
+        validate_config({"adjoint": {"normalize": "unit"}})
 
 
 def test_mixture_task_outputs(tmp_path):
@@ -313,6 +360,10 @@ def test_mixture_task_outputs(tmp_path):
     assert m.loc["analytic", "loss_after"] < m.loc["analytic", "loss_before"]
     assert m.loc["analytic", "loss_after"] == pytest.approx(m.loc["vjp", "loss_after"], rel=1e-9)
     assert m.loc["vjp", "nfe_vjp"] == 3 and m.loc["dfea", "nfe_vjp"] == 0
+    assert m.loc["analytic", "improvement_vs_vjp"] == pytest.approx(1.0, rel=1e-9)
+    assert m.loc["analytic", "lambda_update_cosine"] > 0.999999
+    assert not m["diverged"].any() and (m["diverged_fraction"] == 0).all() and (m["finite_fraction"] == 1).all()
+    assert metrics[["loss_after", "improvement", "lambda_T_cosine"]].notna().all().all()
     ds = read_zarr(out["trajectories"])
     assert ds["x"].dims == ("method", "step", "sample", "dim") and ds.sizes["step"] == 7
     assert list(ds["method"].values) == ["unguided", "analytic", "dfea", "dfea_centered", "vjp"]
