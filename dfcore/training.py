@@ -180,7 +180,9 @@ def build_denoiser(
 def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: int = 0) -> LearnedTraceModel:
     """A freshly initialised (seeded) trace model from the ``trace_net`` config section."""
     share = bool(cfg.get("share_trunk", True))
-    hparams = {"head_hidden": int(cfg.get("head_hidden", 128))}
+    hparams: dict[str, Any] = {"head_hidden": int(cfg.get("head_hidden", 128))}
+    if not share and cfg.get("backbone"):
+        hparams["backbone"] = dict(cfg["backbone"])  # overrides of the denoiser's backbone settings
     torch.manual_seed(int(seed))
     module = _trace_module(denoiser, share, hparams).to(next(denoiser.module.parameters()).device)
     for p in denoiser.module.parameters():

@@ -103,3 +103,30 @@ def test_unet_denoiser_round_trip(tmp_path):
     x, t = torch.randn(3, 64), torch.rand(3)
     torch.testing.assert_close(again.eps(x, t), den.eps(x, t))
     assert again.eps(x.reshape(3, 1, 8, 8), t).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("dim", [2, 5, 80])  # 80 > 64 takes the moment (not centred) branch
+@pytest.mark.parametrize("t", [1e-3, 0.2, 0.7])
+def test_batch_posterior_target_is_the_dirac_mixture_posterior_variance(dim, t):
+    """When the minibatch is the whole (distinct) training set, the reduced-variance target equals
+    Prop. 5's bracket sum_i w_i ||y_i||^2 - ||ybar||^2 of the exact Dirac mixture, computed independently."""
+    from dfcore.mixture import DiracMixture
+    from dfcore.networks import batch_posterior_variance
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(12, dim, generator=g, dtype=torch.float64)
+    schedule = get_schedule("VP")
+    tt = torch.full((12,), t, dtype=torch.float64)
+    alpha, sigma = schedule(tt)
+    x = alpha[:, None] * y + sigma[:, None] * torch.randn(12, dim, generator=g, dtype=torch.float64)
+    mix = DiracMixture(y)
+    expected = mix.posterior_sq_norm(x, tt, schedule) - mix.posterior_mean(x, tt, schedule).pow(2).sum(1)
+    got = batch_posterior_variance(x, y, alpha, sigma)
+    torch.testing.assert_close(got, expected.clamp_min(0), rtol=1e-7, atol=1e-9 * dim)
+    # a duplicated sample counts twice: the empirical distribution of the batch, not of its distinct points
+    dup = torch.cat([y, y[:1]])
+    mix2 = DiracMixture(dup)
+    x2 = torch.cat([x, x[:1]])
+    a2, s2 = schedule(torch.full((13,), t, dtype=torch.float64))
+    expected2 = mix2.posterior_sq_norm(x2, a2.new_full((13,), t), schedule) - mix2.posterior_mean(x2, a2.new_full((13,), t), schedule).pow(2).sum(1)
+    torch.testing.assert_close(batch_posterior_variance(x2, dup, a2, s2), expected2.clamp_min(0), rtol=1e-7, atol=1e-9 * dim)
