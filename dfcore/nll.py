@@ -49,17 +49,19 @@ SOLVERS = ("dopri5", "euler", "rk4")
 
 
 def prior_log_prob(x: Tensor, schedule: Schedule, t_max: float = 1.0, data_mean: Tensor | None = None,
-                   data_cov: Tensor | None = None) -> Tensor:
+                   data_cov: Tensor | None = None, data_var: float | None = None) -> Tensor:
     r""":math:`\log\mathcal N(x; \alpha_T m, \alpha_T^2 \Sigma + \sigma_T^2 I)`, shape (B,): the Gaussian with the
     data's mean ``m`` and covariance ``Sigma`` pushed to time T (both default to 0, giving
-    :math:`\mathcal N(0, \sigma_T^2 I)`)."""
+    :math:`\mathcal N(0, \sigma_T^2 I)`). ``data_var`` v stands for :math:`\Sigma = v I` without forming it
+    (e.g. Stable Diffusion latents)."""
     alpha, sigma = (v.item() for v in schedule(torch.tensor(t_max, dtype=torch.float64)))
     flat = x.flatten(1).to(torch.float64)
     d = flat.shape[1]
     mean = torch.zeros(d, dtype=torch.float64) if data_mean is None else data_mean.to(torch.float64).flatten()
     resid = flat - alpha * mean.to(flat.device)
     if data_cov is None:  # isotropic: closed form, no d x d factorisation
-        return -0.5 * resid.pow(2).sum(1) / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
+        var = sigma**2 + (alpha**2 * data_var if data_var is not None else 0.0)
+        return -0.5 * resid.pow(2).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
     cov = sigma**2 * torch.eye(d, dtype=torch.float64) + alpha**2 * data_cov.to(torch.float64)
     return torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), covariance_matrix=cov).log_prob(resid.cpu())
 
@@ -95,6 +97,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     data_mean: Tensor | None = None,
     data_cov: Tensor | None = None,
+    data_var: float | None = None,
 ) -> dict[str, Any]:
     r"""Integrate the PF-ODE and Eq. 14 from ``t_min`` to ``t_max`` for data ``x`` (B, d...).
 
@@ -143,7 +146,7 @@ def log_likelihood(
     xs, deltas = odeint(drift, state0, times, **kwargs)
     seconds = time.perf_counter() - start
     x_T, delta = xs[-1], deltas[-1]
-    prior = prior_log_prob(x_T, schedule, t_max, data_mean, data_cov)
+    prior = prior_log_prob(x_T, schedule, t_max, data_mean, data_cov, data_var)
     log_q = prior + delta
     return {"log_q": log_q, "bpd": bits_per_dim(log_q, dim), "prior": prior, "delta": delta, "x_T": x_T,
             "nfe": nfe, "seconds": seconds}

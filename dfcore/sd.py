@@ -17,8 +17,8 @@ with :math:`t_\theta(z_t, t)` regressed onto :math:`\|z_0\|^2/d` over latents :m
 **NLL** (Eq. 14): :math:`\log q_{t_{min}}(z) = \log p_T(z_T) + \int_{t_{min}}^1 (f d + \tfrac12 g^2 \operatorname{tr}F_t)\,dt`
 along the PF-ODE (torchdiffeq). The prior is the diagonal Gaussian :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)`
 with v the latents' variance per coordinate (SD latents are scaled to v ≈ 1, and then
-:math:`\alpha_T^2 + \sigma_T^2 = 1`); unlike :func:`dfcore.nll.log_likelihood` it never forms a d×d covariance,
-which at d = 4·64·64 would not fit in memory.
+:math:`\alpha_T^2 + \sigma_T^2 = 1`), passed to :func:`dfcore.nll.log_likelihood` as ``data_var`` so that no d×d
+covariance is formed (at d = 4·64·64 it would not fit in memory).
 
 **Weights are never downloaded**: :func:`load_pipeline` reads a local folder only
 (``local_files_only=True`` with ``HF_HUB_OFFLINE=1``) and names what is missing.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -364,47 +363,23 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
 # NLL via DF-TM (Eq. 14, 17)
 
 
-def latent_prior_log_prob(z: Tensor, alpha_T: float, sigma_T: float, data_var: float = 1.0) -> Tensor:
-    r""":math:`\log\mathcal N(z; 0, (\alpha_T^2 v + \sigma_T^2) I)` per sample (B,), in closed form."""
-    var = alpha_T**2 * data_var + sigma_T**2
-    flat = z.flatten(1).to(torch.float64)
-    return -0.5 * (flat.pow(2).sum(1) / var + flat.shape[1] * math.log(2 * math.pi * var))
-
-
 def latent_log_likelihood(z: Tensor, denoiser: Denoiser, trace_model: TraceModel | None, *, method: str = "dftm",
                           t_min: float | None = None, t_max: float = 1.0, solver: str = "rk4", num_steps: int = 50,
                           data_var: float = 1.0) -> dict[str, Tensor]:
-    r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14, with :math:`\operatorname{tr}F_t` from
-    :func:`dfcore.estimators.trace.fisher_trace` (``dftm`` by default; any method works). Fixed-step
-    torchdiffeq ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has kinks every 1/T,
-    which make adaptive steppers crawl). Returns ``log_q``, ``bpd``, ``prior``, ``delta``, ``nfe``."""
-    from torchdiffeq import odeint
+    r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14 (:func:`dfcore.nll.log_likelihood`), with
+    :math:`\operatorname{tr}F_t` from :func:`dfcore.estimators.trace.fisher_trace` (``dftm`` by default) and the
+    prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with v = ``data_var``. Fixed-step torchdiffeq
+    ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has kinks every 1/T, which make
+    adaptive steppers crawl). Returns ``log_q``, ``bpd``, ``prior``, ``delta``, ``nfe``."""
+    from dfcore.nll import log_likelihood
 
     schedule = denoiser.schedule
     t_min = 1.0 / schedule.num_steps if t_min is None else t_min
-    z = z.to(torch.float64)
-    batch, dim = z.shape[0], z[0].numel()
-    nfe = 0
-
-    def drift(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        nonlocal nfe
-        nfe += 1
-        zt = state[0]
-        tt = t.to(torch.float64).expand(batch)
-        f, g2 = schedule.f(tt), schedule.g2(tt)
-        with torch.no_grad():
-            score = denoiser.score(zt, tt).to(torch.float64)
-        tr = fisher_trace(method, zt, tt, schedule=schedule, denoiser=denoiser, trace_model=trace_model)
-        return expand_like(f, zt) * zt - 0.5 * expand_like(g2, zt) * score, f * dim + 0.5 * g2 * tr
-
-    times = torch.tensor([t_min, t_max], dtype=torch.float64, device=z.device)
-    state0 = (z, torch.zeros(batch, dtype=torch.float64, device=z.device))
-    zs, deltas = odeint(drift, state0, times, method=solver, options={"step_size": (t_max - t_min) / num_steps})
-    alpha_T, sigma_T = (v.item() for v in schedule(torch.tensor(t_max, dtype=torch.float64)))
-    prior = latent_prior_log_prob(zs[-1], alpha_T, sigma_T, data_var)
-    log_q = prior + deltas[-1]
-    return {"log_q": log_q, "bpd": -log_q / (dim * math.log(2.0)), "prior": prior, "delta": deltas[-1],
-            "nfe": torch.tensor(nfe)}
+    if solver not in ("euler", "rk4"):
+        raise ValueError(f"latent NLL uses a fixed-step solver, 'euler' or 'rk4'; got {solver!r}")
+    res = log_likelihood(z, method=method, schedule=schedule, denoiser=denoiser, trace_model=trace_model, t_min=t_min,
+                         t_max=t_max, solver=solver, num_steps=num_steps, data_var=data_var)
+    return {key: res[key] for key in ("log_q", "bpd", "prior", "delta")} | {"nfe": torch.tensor(res["nfe"])}
 
 
 # ----------------------------------------------------------------------------------------------
