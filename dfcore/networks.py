@@ -368,15 +368,16 @@ class LearnedTraceModel(TraceModel):
         (:func:`batch_posterior_variance`; same optimum, far less variance)."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
-        with torch.no_grad():
-            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         flat = x0.flatten(1).to(torch.float64)
-        if self.target == "sq_norm":
-            target = flat.pow(2).sum(1) - ybar.pow(2).sum(1)
-        elif self.target == "batch_posterior":
+        if self.target == "batch_posterior":  # needs no denoiser call
             target = batch_posterior_variance(x.flatten(1).to(torch.float64), flat, alpha, sigma)
         else:
-            target = (flat - ybar).pow(2).sum(1)
+            with torch.no_grad():
+                ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+            if self.target == "sq_norm":
+                target = flat.pow(2).sum(1) - ybar.pow(2).sum(1)
+            else:
+                target = (flat - ybar).pow(2).sum(1)
         scale = self.variance_scale(t, flat.shape[1])
         pred = nn.functional.softplus(self.head(x, t))
         return (pred - (target / scale).to(pred.dtype)).pow(2).mean()
