@@ -51,7 +51,7 @@ from dfcore.adjoint import (  # noqa: E402
 from dfcore.classifier import class_nll, load_classifier, save_classifier, train_classifier  # noqa: E402
 from dfcore.denoiser import Denoiser, ExactDenoiser  # noqa: E402
 from dfcore.device import resolve_device  # noqa: E402
-from dfcore.io import provenance, write_csv, write_zarr  # noqa: E402
+from dfcore.io import provenance, save_figure, write_csv, write_zarr  # noqa: E402
 from dfcore.mixture import DiracMixture, Mixture  # noqa: E402
 from dfcore.schedules import get_schedule  # noqa: E402
 
@@ -235,9 +235,7 @@ def plot_loss_vs_time(history: pd.DataFrame, path: str | Path, title: str) -> No
     sns.lineplot(data=history, x="wall_s", y="loss", hue="method", marker="o", ax=ax)
     ax.set(xlabel="wall time (s)", ylabel="mean loss L(x_0)", title=title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_lambda_agreement(agreement: pd.DataFrame, path: str | Path, title: str) -> None:
@@ -250,8 +248,7 @@ def plot_lambda_agreement(agreement: pd.DataFrame, path: str | Path, title: str)
     axes[1].set(xlabel="steps to go (T at the right)", ylabel="relative error", yscale="log")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_digit_grid(ds: xr.Dataset, path: str | Path, num_show: int = 8, image_shape: Sequence[int] = (8, 8)) -> None:
@@ -269,8 +266,7 @@ def plot_digit_grid(ds: xr.Dataset, path: str | Path, num_show: int = 8, image_s
             if c == 0:
                 ax.set_ylabel(method, rotation=0, ha="right", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _write_outputs(

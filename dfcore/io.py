@@ -22,6 +22,7 @@ __all__ = [
     "git_revision",
     "provenance",
     "write_zarr",
+    "save_figure",
     "read_zarr",
     "write_csv",
     "write_text",
@@ -131,6 +132,21 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically (temporary sibling, then rename; the format follows the
+    suffix of ``path``) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        _replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -30,7 +30,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device
-from dfcore.io import provenance, write_csv, write_text, write_zarr
+from dfcore.io import provenance, save_figure, write_csv, write_text, write_zarr
 from dfcore.mixture import DiracMixture, GaussianMixture, Mixture
 from dfcore.ot import (
     asymmetry_index,
@@ -298,11 +298,7 @@ def _heatmap(table: pd.DataFrame, path: str | Path) -> None:
         ax.set_xlabel("schedule")
         ax.set_ylabel("data")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def run_convergence(
@@ -369,11 +365,7 @@ def _convergence_plot(table: pd.DataFrame, path: str | Path) -> None:
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,7 +38,7 @@ import xarray as xr  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from dfcore.device import resolve_device, resolve_dtype  # noqa: E402
-from dfcore.io import load_checkpoint, provenance, write_csv, write_zarr  # noqa: E402
+from dfcore.io import load_checkpoint, provenance, save_figure, write_csv, write_zarr  # noqa: E402
 from dfcore import sd  # noqa: E402
 
 __all__ = ["run_tiny", "run_trace_net", "run_nll", "run_adjoint", "main"]
@@ -162,8 +162,7 @@ def _plot_nll_guidance(frame: pd.DataFrame, path: str) -> None:
     sns.lineplot(data=frame, x="guidance_scale", y="bpd", hue="prompt", marker="o", errorbar="sd", ax=ax)
     ax.set(xlabel="guidance scale w", ylabel="NLL (bits/dim, DF-TM)", title="NLL vs guidance scale")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _plot_nll_seeds(frame: pd.DataFrame, thumbs: np.ndarray, prompts: list[str], scales: list[float], seeds: list[int],
@@ -181,8 +180,7 @@ def _plot_nll_seeds(frame: pd.DataFrame, thumbs: np.ndarray, prompts: list[str],
         tax.imshow(thumbs[0, j, k])
         tax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str, *, clip_path: str | None = None,
@@ -223,8 +221,7 @@ def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str,
     sns.barplot(data=frame, x="method", y="seconds", ax=axes[1])
     axes[1].set(ylabel="seconds per image", title="wall time")
     fig.tight_layout()
-    fig.savefig(out_plot, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_plot, dpi=120)
     return frame
 
 

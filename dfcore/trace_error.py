@@ -23,7 +23,7 @@ import xarray as xr
 
 from dfcore.denoiser import Denoiser, TraceModel
 from dfcore.estimators.trace import fisher_trace
-from dfcore.io import provenance, write_csv, write_text, write_zarr
+from dfcore.io import provenance, save_figure, write_csv, write_text, write_zarr
 from dfcore.mixture import DiracMixture
 from dfcore.schedules import Schedule
 
@@ -104,11 +104,7 @@ def plot_trace_errors(ds: xr.Dataset, path: str | Path, title: str = "") -> None
     sns.lineplot(data=frame, x="t", y="rel_error", hue="method", marker="o", ax=ax)
     ax.set(yscale="log", ylabel="relative trace error (%)", xlabel="t", title=title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=150)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=150)
 
 
 PAPER_TABLE2 = {"VJP": [6.68, 5.79, 10.46, 20.13, 51.14, 70.95], "DF-TM": [3.41, 4.56, 4.13, 4.28, 5.33, 5.81]}
