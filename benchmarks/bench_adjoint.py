@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -32,29 +31,12 @@ from dfcore.io import write_csv
 from dfcore.networks import LearnedDenoiser, MLPBackbone, UNetBackbone
 from dfcore.schedules import DiscreteSchedule
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 
 
 def best_time(fn, device: torch.device, repeats: int, warmup: bool = True, min_time: float = 0.5) -> float:
     """Best over ``repeats`` of the mean time per call, each repeat calling ``fn`` until ``min_time`` has passed."""
-    if warmup:
-        fn()
-        sync(device)
-    times = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            sync(device)
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        times.append(elapsed / calls)
-    return min(times)
+    return timing.best_time(fn, device, repeats, min_time=min_time, warmup=warmup)
 
 
 def sd_schedule() -> DiscreteSchedule:

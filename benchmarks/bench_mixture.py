@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -30,28 +29,12 @@ from dfcore import DiracMixture, get_schedule
 from dfcore.device import resolve_device, resolve_dtype
 from dfcore.io import write_csv
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 
 
 def best_time(fn, device: torch.device, repeats: int = 3, min_time: float = 0.2) -> float:
-    """Median-free minimum of several timed calls after a warm-up (seconds per call)."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            sync(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time or calls >= 50:
-                break
-        times.append(elapsed / calls)
-    return min(times)
+    """Minimum over ``repeats`` rounds of the mean time per call (each round at least ``min_time``, at most 50 calls)."""
+    return timing.best_time(fn, device, repeats, min_time=min_time, max_calls=50)
 
 
 def autograd_trace_time(points, x, alpha, sigma, max_columns: int, device) -> tuple[float, int, torch.Tensor]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,22 +35,12 @@ from dfcore.estimators.vp import fisher_vp
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Fastest of ``repeats`` single calls after a warm-up call."""
+    return timing.best_time(fn, device, repeats)
 
 
 def _device_name(device: torch.device) -> str:

@@ -29,6 +29,8 @@ from dfcore.io import write_csv
 from dfcore.networks import denoiser_from_state, trace_model_from_state
 from dfcore.nll import log_likelihood
 
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
+
 VJP_SUBSET = 32
 NLL_STEPS = 4
 
@@ -44,13 +46,8 @@ def _models(arch: str, dim: int):
 
 
 def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median of ``repeats`` single calls after a warm-up call."""
+    return timing.best_time(fn, "cpu", repeats, reduce=statistics.median)
 
 
 def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp: bool, nll_batch: int) -> list[dict]:
