@@ -300,6 +300,13 @@ class DiracMixture(Mixture):
         anchor = stats.ref + self._data_like(x)[1]  # y = anchor + delta
         return anchor.pow(2).sum(1) + 2.0 * (anchor * stats.mean).sum(1) + stats.sq_norm
 
+    def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t = x] = \sum_i w_i \|y_i\|^2 - \|\bar y\|^2` (the bracket of
+        Prop. 5), shape (B,). Accumulated about the most likely point, so it is exactly 0, not a difference
+        of two O(1) numbers, where the posterior has collapsed onto one point."""
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        return self._stats(x, alpha, sigma, sq_norm=True).cov_trace()
+
     def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma)

@@ -50,6 +50,7 @@ __all__ = [
     "build_backbone",
     "LearnedDenoiser",
     "LearnedTraceModel",
+    "TRACE_TARGETS",
     "batch_posterior_variance",
     "schedule_from_spec",
     "denoiser_from_state",
@@ -290,6 +291,9 @@ class TraceHead(nn.Module):
         return self.net(torch.cat([features, timestep_embedding(t, self.emb_dim)], 1))[:, 0]
 
 
+TRACE_TARGETS = ("dataset_posterior", "batch_posterior", "residual", "sq_norm")
+
+
 def batch_posterior_variance(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     r"""Reduced-variance target of Alg. 1: :math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]` under the empirical
     distribution of the minibatch's clean samples (a "stable target field", Xu et al., ICLR 2023).
@@ -322,8 +326,11 @@ class LearnedTraceModel(TraceModel):
     """
 
     def __init__(self, denoiser: LearnedDenoiser, module: nn.Module, share_trunk: bool, hparams: dict[str, Any] | None = None,
-                 target: str = "residual") -> None:
+                 target: str = "residual", reference: Any = None) -> None:
+        if target not in TRACE_TARGETS:
+            raise ValueError(f"unknown trace_net target {target!r}; choose one of {list(TRACE_TARGETS)}")
         self.denoiser = denoiser
+        self.reference = reference  # a DiracMixture of the training set; needed (for training) by dataset_posterior
         self.schedule = denoiser.schedule
         self.module = module
         self.share_trunk = bool(share_trunk)
@@ -365,11 +372,17 @@ class LearnedTraceModel(TraceModel):
         ``target: residual`` gives :math:`T = \|x_0 - \bar y_\theta\|^2` (same optimum when :math:`\bar y_\theta = \bar y`;
         an error :math:`\delta` of the denoiser then enters squared instead of linearly) and
         ``target: batch_posterior`` gives the posterior variance over the minibatch's clean samples
-        (:func:`batch_posterior_variance`; same optimum, far less variance)."""
+        (:func:`batch_posterior_variance`; same optimum, far less variance), and ``target: dataset_posterior``
+        the posterior variance over the whole training set (``self.reference``, a Dirac mixture): the
+        conditional expectation of Alg. 1's target itself (Prop. 6), so the same optimum with no variance at all."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
         flat = x0.flatten(1).to(torch.float64)
-        if self.target == "batch_posterior":  # needs no denoiser call
+        if self.target == "dataset_posterior":  # needs no denoiser call
+            if self.reference is None:
+                raise ValueError("trace_net target 'dataset_posterior' needs the training set (reference=DiracMixture(data))")
+            target = self.reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
+        elif self.target == "batch_posterior":  # needs no denoiser call
             target = batch_posterior_variance(x.flatten(1).to(torch.float64), flat, alpha, sigma)
         else:
             with torch.no_grad():

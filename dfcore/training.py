@@ -37,6 +37,7 @@ from dfcore.networks import (
     _trace_module,
     build_backbone,
 )
+from dfcore.mixture import DiracMixture
 from dfcore.schedules import Schedule
 
 __all__ = [
@@ -75,6 +76,7 @@ def train_loop(
     lr: float,
     warmup_steps: int = 0,
     t_min: float = 1e-3,
+    time_power: float = 1.0,
     checkpoint_every: int = 500,
     seed: int = 0,
     resume_path: str | Path | None = None,
@@ -87,14 +89,19 @@ def train_loop(
     """Train ``model.module`` on ``model.loss(x0, t, noise)``; return the loss of every step.
 
     ``on_step(step)`` is called after each completed step (and its checkpoint, if any) — the tests
-    use it to interrupt a run. A resume checkpoint is used only if its ``fingerprint`` (settings,
+    use it to interrupt a run. Training times are :math:`t = t_{min} + (1 - t_{min}) u^p`, u uniform and
+    p = ``time_power`` (1: uniform in t; p > 1 puts more of the steps at small t).
+
+    A resume checkpoint is used only if its ``fingerprint`` (settings,
     seed, data) matches, and it is deleted once the run completes, so a rerun with other settings
     starts afresh.
     """
-    fingerprint = fingerprint or json.dumps([steps, batch_size, lr, warmup_steps, t_min, seed, list(data.shape),
+    fingerprint = fingerprint or json.dumps([steps, batch_size, lr, warmup_steps, t_min, time_power, seed, list(data.shape),
                                              float(data.double().sum())])
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    if not time_power > 0:
+        raise ValueError(f"time_power must be positive; got {time_power}")
     module = model.module
     param = next(module.parameters())
     device, dtype = param.device, param.dtype
@@ -122,7 +129,7 @@ def train_loop(
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
         idx = torch.randint(len(data), (batch_size,), generator=gen)
-        t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64)
+        t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64).pow(time_power)
         noise = torch.randn(batch_size, *data.shape[1:], generator=gen, dtype=torch.float64)
         loss = model.loss(data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype))
         opt.zero_grad(set_to_none=True)
@@ -177,8 +184,10 @@ def build_denoiser(
     return LearnedDenoiser(module, schedule, cfg.get("prediction", "x0"), sigma_data, arch, hparams)
 
 
-def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: int = 0) -> LearnedTraceModel:
-    """A freshly initialised (seeded) trace model from the ``trace_net`` config section."""
+def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: int = 0,
+                      data: Tensor | None = None) -> LearnedTraceModel:
+    """A freshly initialised (seeded) trace model from the ``trace_net`` config section; ``target:
+    dataset_posterior`` needs the training set ``data`` (N, ...), kept as a float64 Dirac mixture."""
     share = bool(cfg.get("share_trunk", True))
     hparams: dict[str, Any] = {"head_hidden": int(cfg.get("head_hidden", 128))}
     if not share and cfg.get("backbone"):
@@ -187,7 +196,13 @@ def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: i
     module = _trace_module(denoiser, share, hparams).to(next(denoiser.module.parameters()).device)
     for p in denoiser.module.parameters():
         p.requires_grad_(False)
-    return LearnedTraceModel(denoiser, module, share, hparams, cfg.get("target", "residual"))
+    target = cfg.get("target", "residual")
+    reference = None
+    if target == "dataset_posterior":
+        if data is None:
+            raise ValueError("trace_net.target 'dataset_posterior' needs the training set (data=)")
+        reference = DiracMixture(data.flatten(1).to(device=next(module.parameters()).device, dtype=torch.float64))
+    return LearnedTraceModel(denoiser, module, share, hparams, target, reference)
 
 
 def _finish(model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]) -> None:
@@ -224,10 +239,11 @@ def train_trace(
     progress: bool = True, on_step: Callable[[int], None] | None = None,
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section."""
-    model = build_trace_model(denoiser, cfg, seed=seed)
+    model = build_trace_model(denoiser, cfg, seed=seed, data=data)
     losses = train_loop(
         model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
         warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
+        time_power=float(cfg.get("time_power", 1.0)),
         checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
         progress=progress, desc="trace_net", on_step=on_step,
     )

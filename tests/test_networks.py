@@ -130,3 +130,38 @@ def test_batch_posterior_target_is_the_dirac_mixture_posterior_variance(dim, t):
     a2, s2 = schedule(torch.full((13,), t, dtype=torch.float64))
     expected2 = mix2.posterior_sq_norm(x2, a2.new_full((13,), t), schedule) - mix2.posterior_mean(x2, a2.new_full((13,), t), schedule).pow(2).sum(1)
     torch.testing.assert_close(batch_posterior_variance(x2, dup, a2, s2), expected2.clamp_min(0), rtol=1e-7, atol=1e-9 * dim)
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.2, 0.7])
+def test_dataset_posterior_target_is_the_brute_force_posterior_variance(t):
+    """target dataset_posterior: the loss regresses softplus(G) onto tr Cov[x_0|x_t] / c over the whole
+    training set, here recomputed by brute force (explicit softmax weights over all N points)."""
+    from dfcore.mixture import DiracMixture
+
+    g = torch.Generator().manual_seed(5)
+    data = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    state = {"kind": "trace", "share_trunk": False, "hparams": {"head_hidden": 8}, "target": "dataset_posterior",
+             "denoiser": _mlp_state(), "state_dict": None}
+    model = trace_model_from_state(state)
+    model.reference = DiracMixture(data)
+    x0, noise = data[:16].float(), torch.randn(16, 2, generator=g)
+    tt = torch.full((16,), t, dtype=torch.float64)
+    alpha, sigma = model.schedule(tt)
+    x = (alpha[:, None] * x0.double() + sigma[:, None] * noise.double()).float()
+    logits = -(x.double()[:, None] - alpha[:, None, None] * data[None]).pow(2).sum(-1) / (2 * sigma[:, None] ** 2)
+    w = torch.softmax(logits, 1)
+    ybar = w @ data
+    var = (w * (data[None] - ybar[:, None]).pow(2).sum(-1)).sum(1)
+    pred = torch.nn.functional.softplus(model.head(x, tt.float()))
+    expected = (pred - (var / model.variance_scale(tt, 2)).float()).pow(2).mean()
+    torch.testing.assert_close(model.loss(x0, tt.float(), noise), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.reference.posterior_variance(x.double(), tt, model.schedule), var, rtol=1e-9, atol=1e-12)
+    model.reference = None
+    with pytest.raises(ValueError, match="dataset_posterior"):
+        model.loss(x0, tt.float(), noise)
+
+
+def test_unknown_trace_target_is_rejected():
+    state = {"kind": "trace", "share_trunk": True, "hparams": {}, "target": "typo", "denoiser": _mlp_state(), "state_dict": None}
+    with pytest.raises(ValueError, match="typo"):
+        trace_model_from_state(state)

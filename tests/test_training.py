@@ -115,3 +115,43 @@ def test_per_dataset_overrides_are_merged():
     assert section_for(section, "digits") == {"steps": 3, "mlp": {"hidden": 4, "layers": 2}}
     assert section_for(section, "board") == {"steps": 10, "mlp": {"hidden": 8, "layers": 2}}
 
+
+
+def test_time_power_draws_training_times_towards_t_min(data):
+    """time_power p: t = t_min + (1 - t_min) u^p; the recorded training times have the law of u^p
+    (P(t <= t_min + (1 - t_min) q) = q^(1/p)), checked against the empirical fraction."""
+    seen = []
+
+    class Probe:
+        module = torch.nn.Linear(1, 1)
+
+        def loss(self, x0, t, noise):
+            seen.append(t.detach().clone())
+            return self.module.weight.sum() * 0.0
+
+        def state(self):
+            return {}
+
+    for power in (1.0, 3.0):
+        seen.clear()
+        from dfcore.training import train_loop
+
+        train_loop(Probe(), data, steps=20, batch_size=500, lr=1e-3, t_min=0.01, time_power=power, progress=False)
+        u = ((torch.cat(seen) - 0.01) / 0.99).clamp(0, 1)
+        for q in (0.1, 0.5):
+            assert abs((u <= q).double().mean().item() - q ** (1 / power)) < 0.02
+    with pytest.raises(ValueError, match="time_power"):
+        train_loop(Probe(), data, steps=1, batch_size=2, lr=1e-3, time_power=0.0, progress=False)
+
+
+def test_dataset_posterior_training_needs_and_uses_the_training_set(tmp_path, data):
+    sched = get_schedule("VE")
+    den = train_denoiser(data, sched, {**CFG, "steps": 5}, tmp_path / "den.pt", seed=0, device="cpu", progress=False)
+    cfg = {**CFG, "share_trunk": False, "head_hidden": 8, "steps": 5, "target": "dataset_posterior", "time_power": 2.0}
+    model = train_trace(data, den, cfg, tmp_path / "trace.pt", seed=0, progress=False)
+    assert model.reference.num_points == len(data)
+    assert load_trace_model(tmp_path / "trace.pt").target == "dataset_posterior"
+    from dfcore.training import build_trace_model
+
+    with pytest.raises(ValueError, match="dataset_posterior"):
+        build_trace_model(den, cfg)
