@@ -212,12 +212,12 @@ def compare_methods(
     flat = lambda a: a.detach().double().cpu().reshape(*a.shape[: a.ndim - (x_T.ndim - 1)], -1).numpy()  # noqa: E731
     ds = xr.Dataset(
         {
-            "x": (("method", "step", "sample", "dim"), np.stack([flat(p) for p in guided_paths])),
+            "x": (("guidance", "step", "sample", "dim"), np.stack([flat(p) for p in guided_paths])),
             "loss_before": (("sample",), loss_before.cpu().numpy()),
             "lambda_T": (("fvp_method", "lambda_sample", "dim"), np.stack([flat(lam_T[m]) for m in methods])),
             "lambda_T_truth": (("lambda_sample", "dim"), flat(truth[0])),
         },
-        coords={"method": ["unguided"] + methods, "fvp_method": methods, "step": np.arange(len(times)), "t": ("step", times.cpu().numpy())},
+        coords={"guidance": ["unguided"] + methods, "fvp_method": methods, "step": np.arange(len(times)), "t": ("step", times.cpu().numpy())},
     )
     ds["x"].attrs["description"] = "guided PF-ODE trajectories (states after each guidance update), 'unguided' = plain sampler"
     ds["lambda_T"].attrs["description"] = "adjoint dL/dx_T of the plain trajectory by each Fisher-vector-product method"
@@ -253,14 +253,14 @@ def plot_lambda_agreement(agreement: pd.DataFrame, path: str | Path, title: str)
 
 def plot_digit_grid(ds: xr.Dataset, path: str | Path, num_show: int = 8, image_shape: Sequence[int] = (8, 8)) -> None:
     """Final samples x_0, one row per method ('unguided' first), ``num_show`` columns."""
-    methods = list(ds["method"].values)
+    methods = list(ds["guidance"].values)
     n = min(num_show, ds.sizes["sample"])
     fig, axes = plt.subplots(len(methods), n, figsize=(1.1 * n, 1.2 * len(methods)), squeeze=False)
     final = ds["x"].isel(step=-1)
     for r, method in enumerate(methods):
         for c in range(n):
             ax = axes[r, c]
-            ax.imshow(final.sel({"method": method}).isel(sample=c).values.reshape(image_shape), cmap="gray_r", vmin=-1, vmax=1)
+            ax.imshow(final.sel(guidance=method).isel(sample=c).values.reshape(image_shape), cmap="gray_r", vmin=-1, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -355,7 +355,7 @@ def run_digits_task(
         final = torch.as_tensor(ds["x"].isel(step=-1).values, dtype=dtype, device=dev)
         probs = torch.softmax(classifier(final.reshape(-1, 64)), 1).reshape(final.shape[0], final.shape[1], -1)
     hit = (probs.argmax(-1) == target).double().mean(1).cpu().numpy()  # per method incl. unguided
-    acc = dict(zip(ds["method"].values.tolist(), hit.tolist()))
+    acc = dict(zip(ds["guidance"].values.tolist(), hit.tolist()))
     metrics["target_rate_before"] = acc["unguided"]
     metrics["target_rate_after"] = [acc[m] for m in metrics["method"]]
     attrs = provenance(config, seed, task="digits", solver=cfg["solver"], target_class=target,

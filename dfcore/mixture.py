@@ -302,8 +302,8 @@ class DiracMixture(Mixture):
 
     def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t = x] = \sum_i w_i \|y_i\|^2 - \|\bar y\|^2` (the bracket of
-        Prop. 5), shape (B,). Accumulated about the most likely point, so it is exactly 0, not a difference
-        of two O(1) numbers, where the posterior has collapsed onto one point."""
+        Prop. 5), shape (B,). Accumulated about the most likely point, so where the posterior has collapsed
+        onto one point it is ~0 (below 1e-150 in float64: the weight floor), not a difference of two O(1) numbers."""
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         return self._stats(x, alpha, sigma, sq_norm=True).cov_trace()
 

@@ -43,7 +43,10 @@ def trace_errors(
     num_probes: int = 1,
     seed: int = 0,
 ) -> xr.Dataset:
-    """Estimates and errors for every (method, t): a Dataset with dims ``method``, ``t``, ``point``."""
+    """Estimates and errors for every (method, t): a Dataset with dims ``estimator``, ``t``, ``point``.
+
+    The dimension is not called ``method``: ``Dataset.sel(method=...)`` is xarray's keyword for inexact
+    matching, so ``ds.sel(method="dftm")`` would silently select nothing and return every estimator."""
     mixture = DiracMixture(data.to(torch.float64))
     gen = torch.Generator().manual_seed(int(seed))
     dtype = next(denoiser.module.parameters()).dtype if hasattr(denoiser, "module") else torch.float64
@@ -65,15 +68,15 @@ def trace_errors(
     t_eval = np.array([t if t > 0 else t_zero for t in times], dtype=float)
     ds = xr.Dataset(
         {
-            "rel_error": (("method", "t"), rel_l2, {"units": "%", "description": "||est - true||_2 / ||true||_2 over points"}),
-            "mean_rel_error": (("method", "t"), ratio.mean(-1), {"units": "%"}),
-            "median_rel_error": (("method", "t"), np.median(ratio, -1), {"units": "%"}),
-            "estimate": (("method", "t", "point"), estimates),
+            "rel_error": (("estimator", "t"), rel_l2, {"units": "%", "description": "||est - true||_2 / ||true||_2 over points"}),
+            "mean_rel_error": (("estimator", "t"), ratio.mean(-1), {"units": "%"}),
+            "median_rel_error": (("estimator", "t"), np.median(ratio, -1), {"units": "%"}),
+            "estimate": (("estimator", "t", "point"), estimates),
             "analytic": (("t", "point"), truth, {"description": "exact trace of the Dirac mixture over the training set"}),
             "sigma": (("t",), schedule.sigma(torch.as_tensor(t_eval)).numpy()),
             "t_eval": (("t",), t_eval),
         },
-        coords={"method": list(methods), "t": np.asarray(times, dtype=float), "point": np.arange(num_points)},
+        coords={"estimator": list(methods), "t": np.asarray(times, dtype=float), "point": np.arange(num_points)},
     )
     return ds
 
@@ -82,8 +85,8 @@ def markdown_table(ds: xr.Dataset, paper: dict[str, Sequence[float]] | None = No
     """The table laid out like the paper's: one row per method, one column per t (relative error, %)."""
     cols = [f"t = {t:.1f}" + ("+" if t == 0 else "") for t in ds["t"].values]
     labels = {"vjp": "VJP", "dftm": "DF-TM", "hutchinson": "Hutchinson", "analytic": "analytic"}
-    rows = {labels.get(str(m), str(m)): [f"{float(v):.2f}" for v in ds["rel_error"].sel({"method": m}).values]
-            for m in ds["method"].values}
+    rows = {labels.get(str(m), str(m)): [f"{float(v):.2f}" for v in ds["rel_error"].sel(estimator=m).values]
+            for m in ds["estimator"].values}
     for name, values in (paper or {}).items():
         rows[f"{name} (paper)"] = [f"{v:.2f}" for v in values]
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
@@ -101,7 +104,7 @@ def plot_trace_errors(ds: xr.Dataset, path: str | Path, title: str = "") -> None
 
     frame = ds["rel_error"].to_dataframe().reset_index()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(data=frame, x="t", y="rel_error", hue="method", marker="o", ax=ax)
+    sns.lineplot(data=frame, x="t", y="rel_error", hue="estimator", marker="o", ax=ax)
     ax.set(yscale="log", ylabel="relative trace error (%)", xlabel="t", title=title)
     fig.tight_layout()
     save_figure(fig, path, dpi=150)

@@ -365,7 +365,7 @@ def test_mixture_task_outputs(tmp_path):
     assert not m["diverged"].any() and (m["diverged_fraction"] == 0).all() and (m["finite_fraction"] == 1).all()
     assert metrics[["loss_after", "improvement", "lambda_T_cosine"]].notna().all().all()
     ds = read_zarr(out["trajectories"])
-    assert ds["x"].dims == ("method", "step", "sample", "dim") and ds.sizes["step"] == 7
-    assert list(ds["method"].values) == ["unguided", "analytic", "dfea", "dfea_centered", "vjp"]
+    assert ds["x"].dims == ("guidance", "step", "sample", "dim") and ds.sizes["step"] == 7
+    assert list(ds["guidance"].values) == ["unguided", "analytic", "dfea", "dfea_centered", "vjp"]
     assert len(pd.read_csv(out["agreement"])) == 4 * 7
     assert out["loss_plot"].stat().st_size > 0 and out["agreement_plot"].stat().st_size > 0

@@ -77,6 +77,12 @@ def check_against_autograd(mixture, log_q, x, t, schedule, generator):
     assert rel_err(fisher, ref_fisher) < RTOL
     assert rel_err(mixture.fisher_trace(x, t, schedule), ref_fisher.diagonal(dim1=1, dim2=2).sum(1)) < RTOL
     assert rel_err(mixture.fisher_vp(x, t, v, schedule), (ref_fisher @ v[:, :, None]).squeeze(-1)) < RTOL
+    if isinstance(mixture, DiracMixture):  # Prop. 5: (a^2/s^4) tr Cov[x0|xt] = d/s^2 - tr F
+        var = mixture.posterior_variance(x, t, schedule)
+        ref_dev = x.shape[1] / sigma**2 - ref_fisher.diagonal(dim1=1, dim2=2).sum(1)
+        # absolute scale d/s^2: where the posterior has collapsed the reference is a cancellation of O(d/s^2) terms
+        assert ((alpha**2 / sigma**4 * var - ref_dev).abs() <= RTOL * (x.shape[1] / sigma**2 + ref_dev.abs())).all()
+        assert (var >= 0).all()
     # The per-sample-t path gives the same numbers as the scalar-t path.
     assert rel_err(mixture.fisher_trace(x, tt, schedule), mixture.fisher_trace(x, t, schedule)) < 1e-14
 
@@ -180,6 +186,8 @@ def test_point_mass_limit_gives_isotropic_fisher():
     sigma = schedule.sigma(torch.tensor(t, dtype=torch.float64))
     fisher = mixture.fisher(points, t, schedule)
     torch.testing.assert_close(fisher, torch.eye(2, dtype=torch.float64).expand(3, 2, 2) / sigma**2)
+    var = mixture.posterior_variance(points, t, schedule)
+    assert ((var >= 0) & (var < 1e-150)).all()  # no O(1) cancellation left
 
 
 def test_bad_inputs_raise_value_errors():
