@@ -135,3 +135,9 @@ def train_threads(wildcards):
         if config["datasets"].get(wildcards.dataset, {}).get("kind") == "digits"
         else 1
     )
+
+
+def trace_threads(wildcards):
+    """As train_threads, and 2 threads for batches of 1,024 or more, where the MLP is GEMM-bound."""
+    batch = dataset_section(config["trace_net"], wildcards.dataset).get("batch_size", 0)
+    return 2 if batch >= 1024 else train_threads(wildcards)

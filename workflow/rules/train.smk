@@ -38,7 +38,7 @@ rule train_trace:
         f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace.log",
     conda:
         "../envs/dfcore.yaml"
-    threads: train_threads
+    threads: trace_threads
     resources:
         mem_mb=4000,
         runtime=60,
