@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from dfcore.denoiser import Denoiser, TraceModel, expand_like
 from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint
+from dfcore.mixture import DiracMixture
 from dfcore.schedules import Schedule, get_schedule
 
 __all__ = [
@@ -326,7 +327,7 @@ class LearnedTraceModel(TraceModel):
     """
 
     def __init__(self, denoiser: LearnedDenoiser, module: nn.Module, share_trunk: bool, hparams: dict[str, Any] | None = None,
-                 target: str = "residual", reference: Any = None) -> None:
+                 target: str = "residual", reference: DiracMixture | None = None) -> None:
         if target not in TRACE_TARGETS:
             raise ValueError(f"unknown trace_net target {target!r}; choose one of {list(TRACE_TARGETS)}")
         self.denoiser = denoiser
