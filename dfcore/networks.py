@@ -52,7 +52,6 @@ __all__ = [
     "LearnedDenoiser",
     "LearnedTraceModel",
     "TRACE_TARGETS",
-    "batch_posterior_variance",
     "schedule_from_spec",
     "denoiser_from_state",
     "trace_model_from_state",
@@ -295,30 +294,6 @@ class TraceHead(nn.Module):
 TRACE_TARGETS = ("dataset_posterior", "batch_posterior", "residual", "sq_norm")
 
 
-def batch_posterior_variance(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    r"""Reduced-variance target of Alg. 1: :math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]` under the empirical
-    distribution of the minibatch's clean samples (a "stable target field", Xu et al., ICLR 2023).
-
-    Row i of ``x`` (B, d) is :math:`x_t^{(i)} = \alpha_i x_0^{(i)} + \sigma_i\varepsilon_i`. With the minibatch
-    :math:`\{x_0^{(j)}\}` as reference set (it contains the sample's own :math:`x_0^{(i)}`),
-
-    .. math:: w_{ij} = \mathrm{softmax}_j\bigl(-\|x_t^{(i)} - \alpha_i x_0^{(j)}\|^2 / 2\sigma_i^2\bigr),\qquad
-              T_i = \sum_j w_{ij}\,\bigl\|x_0^{(j)} - \textstyle\sum_k w_{ik} x_0^{(k)}\bigr\|^2,
-
-    a self-normalised importance-sampling estimate of :math:`E[\|x_0\|^2|x_t] - \|E[x_0|x_t]\|^2` (Prop. 5's
-    bracket) whose expectation tends to it as the batch grows; the single-sample target of Alg. 1 is
-    the batch-of-one case. Cost: one (B, B) logit matrix. Float64 in, float64 out, shape (B,).
-    """
-    a, s = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
-    sq = x.pow(2).sum(1, keepdim=True) - 2 * a * (x @ x0.T) + a**2 * x0.pow(2).sum(1)[None]  # ||x_i - a_i y_j||^2
-    w = torch.softmax(-sq.clamp_min(0) / (2 * s**2), dim=1)
-    mean = w @ x0
-    dev = (x0[None] - mean[:, None]).pow(2).sum(-1) if x0.shape[1] <= 64 else None
-    if dev is not None:
-        return (w * dev).sum(1)
-    return (w @ x0.pow(2).sum(1)) - mean.pow(2).sum(1)
-
-
 class LearnedTraceModel(TraceModel):
     r""":math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d` (module docstring) as a :class:`~dfcore.denoiser.TraceModel`.
 
@@ -372,19 +347,21 @@ class LearnedTraceModel(TraceModel):
         :math:`T = \|x_0\|^2 - \|\bar y_\theta\|^2` (exactly Alg. 1's :math:`(d t_\theta - \|x_0\|^2)^2/c^2`),
         ``target: residual`` gives :math:`T = \|x_0 - \bar y_\theta\|^2` (same optimum when :math:`\bar y_\theta = \bar y`;
         an error :math:`\delta` of the denoiser then enters squared instead of linearly) and
-        ``target: batch_posterior`` gives the posterior variance over the minibatch's clean samples
-        (:func:`batch_posterior_variance`; same optimum, far less variance), and ``target: dataset_posterior``
-        the posterior variance over the whole training set (``self.reference``, a Dirac mixture): the
-        conditional expectation of Alg. 1's target itself (Prop. 6), so the same optimum with no variance at all."""
+        ``target: batch_posterior`` gives :math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]` under the empirical
+        distribution of the minibatch's clean samples, duplicates counted (a "stable target field", Xu et al.,
+        ICLR 2023: a self-normalised importance-sampling estimate of Prop. 5's bracket whose expectation tends
+        to it as the batch grows; Alg. 1's single-sample target is the batch-of-one case), and
+        ``target: dataset_posterior`` the same over the whole training set (``self.reference``): the
+        conditional expectation of Alg. 1's target itself (Prop. 6), so the same optimum with no variance at all.
+        Both come from :meth:`DiracMixture.posterior_variance` and need no denoiser call."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
         flat = x0.flatten(1).to(torch.float64)
-        if self.target == "dataset_posterior":  # needs no denoiser call
-            if self.reference is None:
+        if self.target in ("dataset_posterior", "batch_posterior"):
+            reference = self.reference if self.target == "dataset_posterior" else DiracMixture(flat)
+            if reference is None:
                 raise ValueError("trace_net target 'dataset_posterior' needs the training set (reference=DiracMixture(data))")
-            target = self.reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
-        elif self.target == "batch_posterior":  # needs no denoiser call
-            target = batch_posterior_variance(x.flatten(1).to(torch.float64), flat, alpha, sigma)
+            target = reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
         else:
             with torch.no_grad():
                 ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)

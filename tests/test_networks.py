@@ -105,60 +105,44 @@ def test_unet_denoiser_round_trip(tmp_path):
     assert again.eps(x.reshape(3, 1, 8, 8), t).shape == (3, 1, 8, 8)
 
 
-@pytest.mark.parametrize("dim", [2, 5, 80])  # 80 > 64 takes the moment (not centred) branch
+def _brute_force_posterior_variance(x, alpha, sigma, reference):
+    """tr Cov[x_0 | x_t] over the rows of ``reference`` (duplicates counted), by explicit softmax weights."""
+    logits = -(x[:, None] - alpha[:, None, None] * reference[None]).pow(2).sum(-1) / (2 * sigma[:, None] ** 2)
+    w = torch.softmax(logits, 1)
+    return (w * (reference[None] - (w @ reference)[:, None]).pow(2).sum(-1)).sum(1)
+
+
+@pytest.mark.parametrize("target", ["dataset_posterior", "batch_posterior"])
+@pytest.mark.parametrize("dim", [2, 5, 80])
 @pytest.mark.parametrize("t", [1e-3, 0.2, 0.7])
-def test_batch_posterior_target_is_the_dirac_mixture_posterior_variance(dim, t):
-    """When the minibatch is the whole (distinct) training set, the reduced-variance target equals
-    Prop. 5's bracket sum_i w_i ||y_i||^2 - ||ybar||^2 of the exact Dirac mixture, computed independently."""
-    from dfcore.mixture import DiracMixture
-    from dfcore.networks import batch_posterior_variance
-
-    g = torch.Generator().manual_seed(3)
-    y = torch.randn(12, dim, generator=g, dtype=torch.float64)
-    schedule = get_schedule("VP")
-    tt = torch.full((12,), t, dtype=torch.float64)
-    alpha, sigma = schedule(tt)
-    x = alpha[:, None] * y + sigma[:, None] * torch.randn(12, dim, generator=g, dtype=torch.float64)
-    mix = DiracMixture(y)
-    expected = mix.posterior_sq_norm(x, tt, schedule) - mix.posterior_mean(x, tt, schedule).pow(2).sum(1)
-    got = batch_posterior_variance(x, y, alpha, sigma)
-    torch.testing.assert_close(got, expected.clamp_min(0), rtol=1e-7, atol=1e-9 * dim)
-    # a duplicated sample counts twice: the empirical distribution of the batch, not of its distinct points
-    dup = torch.cat([y, y[:1]])
-    mix2 = DiracMixture(dup)
-    x2 = torch.cat([x, x[:1]])
-    a2, s2 = schedule(torch.full((13,), t, dtype=torch.float64))
-    expected2 = mix2.posterior_sq_norm(x2, a2.new_full((13,), t), schedule) - mix2.posterior_mean(x2, a2.new_full((13,), t), schedule).pow(2).sum(1)
-    torch.testing.assert_close(batch_posterior_variance(x2, dup, a2, s2), expected2.clamp_min(0), rtol=1e-7, atol=1e-9 * dim)
-
-
-@pytest.mark.parametrize("t", [1e-3, 0.2, 0.7])
-def test_dataset_posterior_target_is_the_brute_force_posterior_variance(t):
-    """target dataset_posterior: the loss regresses softplus(G) onto tr Cov[x_0|x_t] / c over the whole
-    training set, here recomputed by brute force (explicit softmax weights over all N points)."""
+def test_posterior_targets_are_the_brute_force_posterior_variance(target, dim, t):
+    """The loss regresses softplus(G) onto tr Cov[x_0|x_t] / c: over the whole training set
+    (dataset_posterior) or over the minibatch's clean samples, a duplicated sample counting twice
+    (batch_posterior, Prop. 5's bracket of the batch's empirical distribution); recomputed here by brute force."""
     from dfcore.mixture import DiracMixture
 
     g = torch.Generator().manual_seed(5)
-    data = torch.randn(40, 2, generator=g, dtype=torch.float64)
-    state = {"kind": "trace", "share_trunk": False, "hparams": {"head_hidden": 8}, "target": "dataset_posterior",
-             "denoiser": _mlp_state(), "state_dict": None}
+    data = torch.randn(40, dim, generator=g, dtype=torch.float64)
+    state = {"kind": "trace", "share_trunk": False, "hparams": {"head_hidden": 8}, "target": target,
+             "denoiser": _mlp_state(dim=dim), "state_dict": None}
     model = trace_model_from_state(state)
     model.reference = DiracMixture(data)
-    x0, noise = data[:16].float(), torch.randn(16, 2, generator=g)
+    x0 = torch.cat([data[:15], data[:1]]).float()  # sample 0 twice
+    noise = torch.randn(16, dim, generator=g)
     tt = torch.full((16,), t, dtype=torch.float64)
     alpha, sigma = model.schedule(tt)
     x = (alpha[:, None] * x0.double() + sigma[:, None] * noise.double()).float()
-    logits = -(x.double()[:, None] - alpha[:, None, None] * data[None]).pow(2).sum(-1) / (2 * sigma[:, None] ** 2)
-    w = torch.softmax(logits, 1)
-    ybar = w @ data
-    var = (w * (data[None] - ybar[:, None]).pow(2).sum(-1)).sum(1)
+    reference = data if target == "dataset_posterior" else x0.double()
+    var = _brute_force_posterior_variance(x.double(), alpha, sigma, reference)
     pred = torch.nn.functional.softplus(model.head(x, tt.float()))
-    expected = (pred - (var / model.variance_scale(tt, 2)).float()).pow(2).mean()
+    expected = (pred - (var / model.variance_scale(tt, dim)).float()).pow(2).mean()
     torch.testing.assert_close(model.loss(x0, tt.float(), noise), expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(model.reference.posterior_variance(x.double(), tt, model.schedule), var, rtol=1e-9, atol=1e-12)
-    model.reference = None
-    with pytest.raises(ValueError, match="dataset_posterior"):
-        model.loss(x0, tt.float(), noise)
+    if target == "dataset_posterior":
+        torch.testing.assert_close(model.reference.posterior_variance(x.double(), tt, model.schedule), var,
+                                   rtol=1e-7, atol=1e-9 * dim)
+        model.reference = None
+        with pytest.raises(ValueError, match="dataset_posterior"):
+            model.loss(x0, tt.float(), noise)
 
 
 def test_unknown_trace_target_is_rejected():
