@@ -2,8 +2,8 @@
 
 For each model, with random weights (the cost does not depend on training):
 
-- ``mlp`` at d = 64 (dfcore.networks.MLPBackbone), and a diffusers ``UNet2DModel`` at 4x32x32 (and 4x64x64,
-  the SD-1.5 latent shape, unless ``--skip-large``), both behind dfcore.networks.LearnedDenoiser;
+- ``mlp`` at d = 64 (dfcore.models.networks.MLPBackbone), and a diffusers ``UNet2DModel`` at 4x32x32 (and 4x64x64,
+  the SD-1.5 latent shape, unless ``--skip-large``), both behind dfcore.models.networks.LearnedDenoiser;
 - the SD-1.5 schedule from diffusers' DDIMScheduler (scaled-linear betas 0.00085-0.012) as a DiscreteSchedule;
 - the BELM-style guidance of MATH.md: 20 DDIM steps, adjoint updates at 10 and 5 steps to go,
   loss = squared distance of x_0 to a fixed random target (a tiny step size: with random weights only the cost means anything).
@@ -25,10 +25,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dfcore.adjoint import PeakMemory, discrete_adjoint, guided_sample, sample_trajectory, time_grid
+from dfcore.adjoint import discrete_adjoint, guided_sample
+from dfcore.profiling import PeakMemory
+from dfcore.sampling import sample_trajectory
+from dfcore.sde import time_grid
 from dfcore.device import resolve_device
 from dfcore.io import write_csv
-from dfcore.networks import LearnedDenoiser, MLPBackbone, UNetBackbone
+from dfcore.models.networks import LearnedDenoiser, MLPBackbone, UNetBackbone
 from dfcore.schedules import DiscreteSchedule
 
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
@@ -61,7 +64,7 @@ def make_model(kind: str, device: torch.device) -> tuple[LearnedDenoiser, tuple[
 
 def bench(kind: str, device: torch.device, batch: int, repeats: int) -> list[dict]:
     denoiser, shape = make_model(kind, device)
-    times = time_grid(20, 1.0, 1.0 / 1000, dtype=torch.float32).to(device)
+    times = time_grid(20, 1.0 / 1000, t_max=1.0, dtype=torch.float32).to(device)
     gen = torch.Generator().manual_seed(1)
     x_T = torch.randn(batch, *shape, generator=gen).to(device)
     target = torch.randn(batch, *shape, generator=gen).to(device)

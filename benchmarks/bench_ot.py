@@ -29,7 +29,9 @@ import torch
 from dfcore.config import load_config
 from dfcore.device import resolve_device
 from dfcore.io import write_csv
-from dfcore.ot import fundamental_matrix, make_dataset, pairing_gap, sample_prior, time_grid
+from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
+from dfcore.ot import fundamental_matrix, pairing_gap
+from dfcore.sde import time_grid
 from dfcore.schedules import get_schedule
 
 TABLE3_DATASETS = ["single_gaussian", "affine", "non_affine"]
@@ -46,9 +48,9 @@ def run_alg2(ot_cfg, schedules_cfg, device, update: str, starts: int | None = No
     res = None
     for s_name in ot_cfg["schedules"]:
         schedule = get_schedule(s_name, **schedules_cfg.get(s_name, {}))
-        times = time_grid(schedule, ot_cfg["num_steps"], ot_cfg["t_min"][s_name], ot_cfg["spacing"], rho=ot_cfg["rho"])
+        times = time_grid(ot_cfg["num_steps"], ot_cfg["t_min"][s_name], spacing=ot_cfg["spacing"], rho=ot_cfg["rho"], schedule=schedule)
         for d_name in TABLE3_DATASETS:
-            mixture = make_dataset(ot_cfg["datasets"][d_name], ot_cfg["dim"])
+            mixture = make_ot_mixture(ot_cfg["datasets"][d_name], ot_cfg["dim"])
             x1 = sample_prior(mixture, schedule, starts or ot_cfg["num_starts"], seed=1, device=device)
             mixture.to(device=device, dtype=torch.float64)
             w0, c0 = time.perf_counter(), cpu_seconds()

@@ -28,10 +28,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from dfcore import sd
+from dfcore.integrations import diffusers as sd
 from dfcore.device import resolve_device
-from dfcore.estimators.trace import _jacobian_quadratic_forms, fisher_trace
-from dfcore.estimators.vp import fisher_vp
+from dfcore.fisher.trace import _jacobian_quadratic_forms, fisher_trace
+from dfcore.fisher.vp import fisher_vp
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
 

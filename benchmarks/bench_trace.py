@@ -23,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dfcore.estimators import fisher_trace
-from dfcore.estimators.trace import _jacobian_quadratic_forms
+from dfcore.fisher import fisher_trace
+from dfcore.fisher.trace import _jacobian_quadratic_forms
 from dfcore.io import write_csv
-from dfcore.networks import denoiser_from_state, trace_model_from_state
-from dfcore.nll import log_likelihood
+from dfcore.models.networks import trace_model_from_state
+from dfcore.likelihood import log_likelihood
 
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 

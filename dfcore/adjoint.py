@@ -1,28 +1,17 @@
-r"""Deterministic PF-ODE sampling with a stored trajectory, its discrete adjoint, and adjoint guidance.
+r"""The discrete adjoint of the PF-ODE sampler and adjoint guidance (Wang et al., 2025, Eq. 19-20).
 
-**Sampler.** In the variables :math:`\bar x = x/\alpha_t`, :math:`\bar\sigma = \sigma_t/\alpha_t` the
-probability-flow ODE (Song et al., 2021, Eq. 13) reads :math:`d\bar x/d\bar\sigma = \varepsilon(x, t)`.
-One Euler step from t to s < t is the DDIM step (Song et al., 2021b, Eq. 12)
-
-.. math:: x_s = \alpha_s \bar y_\theta(x_t, t) + \sigma_s \varepsilon_\theta(x_t, t), \qquad
-          \bar y_\theta = (x_t - \sigma_t \varepsilon_\theta)/\alpha_t ,
-
-and the ``heun`` option is its second-order (trapezoidal) correction, Heun's method in
-:math:`(\bar\sigma, \bar x)` as in EDM (Karras et al., 2022, Alg. 1): with :math:`h = \bar\sigma_s - \bar\sigma_t`,
-:math:`x'_s = \alpha_s(\bar x_t + h\,\varepsilon_t)` and
-:math:`x_s = \alpha_s(\bar x_t + \tfrac h2(\varepsilon_t + \varepsilon(x'_s, s)))`.
-The trajectory keeps every state and the network outputs (ε and :math:`\bar y_\theta`) of the pass.
+The sampler (:mod:`dfcore.sampling`) takes DDIM steps (Euler in :math:`(\bar\sigma, \bar x)`) or Heun steps.
 
 **Discrete adjoint.** For a loss :math:`L(x_0)`, :math:`\lambda_t = \partial L/\partial x_t` obeys
 :math:`\lambda_t = (\partial x_s/\partial x_t)^\top \lambda_s` with :math:`\lambda_0 = \nabla L(x_0)`. Since
-:math:`\partial\varepsilon/\partial x = \sigma_t F_t` (MATH.md), for DDIM
+:math:`\partial\varepsilon/\partial x = \sigma_t F_t` (since :math:`\varepsilon = -\sigma_t\nabla\log q_t`), for DDIM
 
 .. math:: \lambda_t = \frac{\alpha_s}{\alpha_t}\lambda_s + \Big(\sigma_s - \frac{\alpha_s\sigma_t}{\alpha_t}\Big)\sigma_t F_t^\top\lambda_s ,
 
 the discretisation of :math:`d\lambda/dt = -(f I + \tfrac12 g^2 F_t)^\top\lambda` (Wang et al., 2025, Eq. 19).
 For Heun, with :math:`\mu = \alpha_s\lambda_s` and :math:`\nu = \tfrac h2\alpha_s\sigma_s F_s(x'_s)^\top\mu`:
 :math:`\lambda_t = (\mu + \nu)/\alpha_t + h\,\sigma_t F_t^\top(\tfrac12\mu + \nu)`.
-Only Fisher-vector products are needed; they come from :func:`dfcore.estimators.fisher_vp`
+Only Fisher-vector products are needed; they come from :func:`dfcore.fisher.fisher_vp`
 (``analytic``, ``dfea`` (Eq. 20) or ``vjp``). :func:`autograd_adjoint` is the ground truth:
 reverse-mode autograd through the whole discrete sampler, with activation checkpointing per step.
 
@@ -49,8 +38,6 @@ the sample keeps its state and is reported as diverged.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -59,132 +46,16 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from dfcore.denoiser import Denoiser, expand_like
-from dfcore.estimators.vp import fisher_vp
-from dfcore.mixture import Mixture
+from dfcore.fisher.vp import fisher_vp
+from dfcore.mixtures import Mixture
+from dfcore.models.base import Denoiser
+from dfcore.sampling import Trajectory, ode_step, sample_trajectory, schedule_at
 from dfcore.schedules import Schedule
+from dfcore.sde import expand_like
 
-__all__ = [
-    "SOLVERS",
-    "CountingDenoiser",
-    "Trajectory",
-    "GuidedSample",
-    "PeakMemory",
-    "time_grid",
-    "ode_step",
-    "sample_trajectory",
-    "discrete_adjoint",
-    "autograd_adjoint",
-    "guided_sample",
-    "cosine_and_relative_error",
-]
+__all__ = ["GuidedSample", "discrete_adjoint", "autograd_adjoint", "guided_sample", "cosine_and_relative_error"]
 
-SOLVERS = ("ddim", "heun")
 LossFn = Callable[[Tensor], Tensor]
-
-
-class CountingDenoiser(Denoiser):
-    """Wraps a denoiser and counts its ε evaluations (``calls`` batched calls, ``evals`` = samples)."""
-
-    def __init__(self, inner: Denoiser) -> None:
-        self.inner = inner
-        self.schedule = inner.schedule
-        self.calls = 0
-        self.evals = 0
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        self.calls += 1
-        self.evals += x.shape[0]
-        return self.inner.eps(x, t)
-
-    def reset(self) -> None:
-        self.calls = self.evals = 0
-
-
-def time_grid(num_steps: int, t_max: float = 1.0, t_min: float = 1e-3, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Decreasing times ``t_max = t_0 > t_1 > ... > t_K = t_min``, uniform in t, shape (K+1,)."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    if not 0 < t_min < t_max <= 1:
-        raise ValueError(f"need 0 < t_min < t_max <= 1; got t_min={t_min}, t_max={t_max}")
-    return torch.linspace(t_max, t_min, num_steps + 1, dtype=dtype)
-
-
-@dataclass
-class _StepCache:
-    eps: Tensor
-    ybar: Tensor
-    x_pred: Tensor | None = None  # Heun predictor x'_s
-    eps_pred: Tensor | None = None
-    ybar_pred: Tensor | None = None
-
-
-def _coef(schedule: Schedule, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    tb = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
-    alpha, sigma = schedule(tb)
-    return tb, expand_like(alpha, x), expand_like(sigma, x)
-
-
-def _step(denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, solver: str) -> tuple[Tensor, _StepCache]:
-    schedule = denoiser.schedule
-    tb, a_t, s_t = _coef(schedule, t, x)
-    sb, a_s, s_s = _coef(schedule, s, x)
-    eps = denoiser.eps(x, tb)
-    ybar = (x - s_t * eps) / a_t
-    x_next = a_s * ybar + s_s * eps  # DDIM / Euler in (sigma-bar, x-bar)
-    if solver == "ddim":
-        return x_next, _StepCache(eps, ybar)
-    if solver == "heun":
-        eps_pred = denoiser.eps(x_next, sb)
-        ybar_pred = (x_next - s_s * eps_pred) / a_s
-        h = s_s / a_s - s_t / a_t
-        x_corr = a_s * (x / a_t + 0.5 * h * (eps + eps_pred))
-        return x_corr, _StepCache(eps, ybar, x_next, eps_pred, ybar_pred)
-    raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
-
-
-def ode_step(denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, solver: str = "ddim") -> Tensor:
-    """One PF-ODE step from time t to s < t (``ddim`` or ``heun``); differentiable through the network."""
-    return _step(denoiser, x, t, s, solver)[0]
-
-
-@dataclass
-class Trajectory:
-    """States ``xs[k]`` at ``times[k]`` (k = 0..K) and the network outputs cached at each step."""
-
-    times: Tensor
-    xs: list[Tensor]
-    caches: list[_StepCache]
-    solver: str
-
-    @property
-    def x0(self) -> Tensor:
-        """The endpoint :math:`x_0` (state at ``times[-1]``)."""
-        return self.xs[-1]
-
-    @property
-    def x0_denoised(self) -> Tensor:
-        r"""The sampler's last clean prediction :math:`\bar y_\theta` (of the final step; for Heun at
-        ``times[-1]``): the endpoint in the limit :math:`t_{min} \to 0`, free of the :math:`\sigma_{min}\varepsilon` left in ``x0``."""
-        last = self.caches[-1]
-        return last.ybar_pred if last.ybar_pred is not None else last.ybar
-
-    def stack(self) -> Tensor:
-        """All states as one tensor, shape (K+1, B, ...)."""
-        return torch.stack(self.xs)
-
-
-@torch.no_grad()
-def sample_trajectory(denoiser: Denoiser, x: Tensor, times: Tensor, solver: str = "ddim") -> Trajectory:
-    """Integrate the PF-ODE from ``times[0]`` to ``times[-1]``, keeping states and network outputs."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
-    xs, caches = [x], []
-    for k in range(len(times) - 1):
-        x, cache = _step(denoiser, x, times[k], times[k + 1], solver)
-        xs.append(x)
-        caches.append(cache)
-    return Trajectory(times, xs, caches, solver)
 
 
 def discrete_adjoint(
@@ -217,8 +88,8 @@ def discrete_adjoint(
     for k in range(num - 1, stop - 1, -1):
         x, cache = traj.xs[k], traj.caches[k]
         t, s = traj.times[k], traj.times[k + 1]
-        tb, a_t, s_t = _coef(schedule, t, x)
-        sb, a_s, s_s = _coef(schedule, s, x)
+        tb, a_t, s_t = schedule_at(schedule, t, x)
+        sb, a_s, s_s = schedule_at(schedule, s, x)
 
         def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
             return fisher_vp(method, point, time, vec, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)
@@ -270,54 +141,6 @@ def cosine_and_relative_error(est: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]
     return cos, rel
 
 
-class PeakMemory:
-    """Peak memory of a block: CUDA ``max_memory_allocated``, or on CPU the peak resident set size
-    above the level at entry, sampled every few milliseconds by a background thread (bytes)."""
-
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.002) -> None:
-        self.device = torch.device(device)
-        self.interval = interval
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-    def _rss(self) -> int:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * self._page
-        except OSError:  # not Linux: fall back to the lifetime maximum
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, self._rss())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            self._base = self._max = self._rss()
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self._max = max(self._max, self._rss())
-            self.peak_bytes = self._max - self._base
-
-
 @dataclass
 class GuidedSample:
     """Result of :func:`guided_sample`."""
@@ -350,8 +173,7 @@ def guided_sample(
     to go), ``iterations`` times: look ahead to :math:`x_0`, take :math:`\lambda_t` by :func:`discrete_adjoint`
     with ``method``, and set :math:`x_t \leftarrow x_t - \eta\lambda_t`. ``loss_fn`` maps (B, ...) to (B,).
 
-    ``normalize`` sets the length of the update: ``none`` (:math:`\eta\lambda_t` as is, the default and the
-    comparison of issue 4), ``grad`` (:math:`\lambda_t` rescaled per sample to the norm of
+    ``normalize`` sets the length of the update: ``none`` (:math:`\eta\lambda_t` as is, the default), ``grad`` (:math:`\lambda_t` rescaled per sample to the norm of
     :math:`\nabla L(x_0)` of the look-ahead, the same for every method) or ``rms`` (rescaled to unit RMS per
     coordinate); the last two compare only the directions of the methods' adjoints.
 

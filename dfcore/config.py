@@ -86,9 +86,8 @@ def dataset_section(section: dict[str, Any], dataset: str) -> dict[str, Any]:
     """A config section (``denoiser``, ``trace_net``) as dataset ``dataset`` sees it: ``overrides[dataset]``
     merged in (one level deep for nested dicts), ``overrides`` itself left out.
 
-    The same merge as :func:`dfcore.training.section_for` (a test checks they agree), without importing torch:
-    the workflow's training rules declare its result as their params, so a key of another dataset's override,
-    or a base key that this dataset overrides, retrains nothing here.
+    It imports no torch: the workflow's training rules declare its result as their params, so a key of
+    another dataset's override, or a base key that this dataset overrides, retrains nothing here.
     """
     merged = copy.deepcopy({k: v for k, v in section.items() if k != "overrides"})
     for key, value in (section.get("overrides") or {}).get(dataset, {}).items():

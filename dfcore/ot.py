@@ -56,22 +56,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dfcore.mixture import DiracMixture, GaussianMixture, Mixture
+from dfcore.mixtures import Mixture
 from dfcore.schedules import Schedule
+from dfcore.sde import pf_ode_velocity
 
 __all__ = [
-    "SPACINGS",
     "UPDATES",
-    "DATASET_KINDS",
-    "time_grid",
-    "pf_ode_drift",
     "euler_step",
     "flow_map",
     "flow_jacobian",
@@ -80,99 +77,16 @@ __all__ = [
     "asymmetry_index",
     "min_sym_eigenvalue",
     "pairing_gap",
-    "make_dataset",
-    "sample_prior",
 ]
 
-SPACINGS = ("uniform", "log_snr", "edm")
 UPDATES = ("adjoint", "euler")
-DATASET_KINDS = ("gaussian", "dirac", "collinear", "random_dirac", "gaussian_mixture")
-
-
-# ----------------------------------------------------------------------------------------------
-# Time grid
-# ----------------------------------------------------------------------------------------------
-
-
-def _noise_ratio(schedule: Schedule, t: Tensor) -> Tensor:
-    r""":math:`r_t = \sigma_t / \alpha_t`, increasing in t for every schedule."""
-    alpha, sigma = schedule(t)
-    return sigma / alpha
-
-
-def _invert_ratio(schedule: Schedule, target: Tensor, t_lo: float, t_hi: float) -> Tensor:
-    """Solve r(t) = target on [t_lo, t_hi] by vectorised bisection in float64 (r is increasing)."""
-    lo = torch.full_like(target, t_lo)
-    hi = torch.full_like(target, t_hi)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        above = _noise_ratio(schedule, mid) > target
-        hi = torch.where(above, mid, hi)
-        lo = torch.where(above, lo, mid)
-        if bool(((hi - lo) <= 1e-15 * hi).all()):
-            break
-    return 0.5 * (lo + hi)
-
-
-def time_grid(
-    schedule: Schedule,
-    num_steps: int,
-    t_min: float,
-    spacing: Literal["uniform", "log_snr", "edm"] = "log_snr",
-    *,
-    t_max: float = 1.0,
-    rho: float = 7.0,
-) -> Tensor:
-    r"""Decreasing float64 grid :math:`t_0 = t_{max} > \dots > t_S = t_{min}` with ``num_steps`` steps.
-
-    ``uniform``: uniform in t. ``log_snr``: uniform in :math:`\log(\sigma_t/\alpha_t)` (half the log
-    SNR), which makes the stiff part :math:`\tfrac12 g^2 / \sigma^2 \approx -d\log r/dt` of the drift
-    equally resolved at every noise level. ``edm``: Karras et al. (2022, Eq. 5) ρ-spacing of
-    :math:`r = \sigma/\alpha`, :math:`r_i = (r_{max}^{1/\rho} + \tfrac iS (r_{min}^{1/\rho} - r_{max}^{1/\rho}))^\rho`.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    if not 0.0 < t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 < t_min < t_max <= 1; got t_min={t_min}, t_max={t_max}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {list(SPACINGS)}")
-    frac = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
-    if spacing == "uniform":
-        grid = t_max + frac * (t_min - t_max)
-    else:
-        ends = torch.tensor([t_max, t_min], dtype=torch.float64)
-        r_max, r_min = _noise_ratio(schedule, ends).tolist()
-        if spacing == "log_snr":
-            target = torch.exp(math.log(r_max) + frac * (math.log(r_min) - math.log(r_max)))
-        else:
-            target = (r_max ** (1 / rho) + frac * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
-        grid = _invert_ratio(schedule, target, t_min, t_max)
-    grid[0], grid[-1] = t_max, t_min
-    if not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError("time grid is not strictly decreasing; use fewer steps or another spacing")
-    return grid
-
-
-# ----------------------------------------------------------------------------------------------
-# The PF-ODE and its Euler map
-# ----------------------------------------------------------------------------------------------
-
-
-def _coefficients(schedule: Schedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    t = t.to(dtype=like.dtype, device=like.device)
-    return schedule.f(t), schedule.g2(t)
-
-
-def pf_ode_drift(mixture: Mixture, schedule: Schedule, x: Tensor, t: Tensor) -> Tensor:
-    r"""PF-ODE velocity :math:`h(x, t) = f x - \tfrac12 g^2 \nabla\log q_t(x)` (Eq. 2), shape (B, d)."""
-    f, g2 = _coefficients(schedule, t, x)
-    return f * x - 0.5 * g2 * mixture.score(x, t.to(x.dtype), schedule)
 
 
 def euler_step(mixture: Mixture, schedule: Schedule, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
     r"""One explicit Euler step :math:`x + (t_{next} - t)\, h(x, t)` of the PF-ODE."""
     dt = (t_next - t).to(dtype=x.dtype, device=x.device)
-    return x + dt * pf_ode_drift(mixture, schedule, x, t)
+    t_x = t.to(dtype=x.dtype, device=x.device)
+    return x + dt * pf_ode_velocity(x, t_x, mixture.score(x, t_x, schedule), schedule)
 
 
 def flow_map(mixture: Mixture, schedule: Schedule, x_start: Tensor, times: Tensor) -> Tensor:
@@ -268,7 +182,7 @@ def fundamental_matrix(
             t, t_next = times[k], times[k + 1]
             t_x = t.to(dtype=dtype, device=device)
             dt = (t_next - t).to(dtype=dtype, device=device)
-            f, g2 = _coefficients(schedule, t, x)
+            f, g2 = schedule.f(t_x), schedule.g2(t_x)
             fisher = mixture.fisher(x, t_x, schedule)
             score = mixture.score(x, t_x, schedule)
             step_jac = (1.0 + dt * f) * eye + (0.5 * dt * g2) * fisher  # M_k, symmetric
@@ -280,7 +194,7 @@ def fundamental_matrix(
                 alpha_now, _ = schedule(t_x)
                 alpha_next, _ = schedule(t_next.to(dtype=dtype, device=device))
                 a_mat = (alpha_next / alpha_now) ** 2 * torch.linalg.solve(step_jac, a_mat)
-            x = x + dt * (f * x - 0.5 * g2 * score)  # the same Euler step as euler_step()
+            x = x + dt * pf_ode_velocity(x, t_x, score, schedule)  # the same Euler step as euler_step()
             if keep:
                 path.append(x[:keep].clone())
                 a_path.append(a_mat[:keep].clone())
@@ -349,77 +263,3 @@ def pairing_gap(x_start: Tensor, x_end: Tensor, *, num_iter_max: int = 10_000_00
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Data sets
-# ----------------------------------------------------------------------------------------------
-
-
-def _pad(points: Any, dim: int, what: str) -> Tensor:
-    pts = torch.as_tensor(points, dtype=torch.float64)
-    if pts.ndim == 1:
-        pts = pts[None, :]
-    if pts.shape[-1] > dim:
-        raise ValueError(f"{what}: points have {pts.shape[-1]} coordinates but ot.dim is {dim}")
-    return torch.nn.functional.pad(pts, (0, dim - pts.shape[-1]))
-
-
-def _random_covariance(dim: int, scale: float, generator: torch.Generator) -> Tensor:
-    """A full (non-diagonal) covariance: random rotation times eigenvalues spread over [0.25, 1] scale²."""
-    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    evals = scale**2 * torch.linspace(1.0, 0.25, dim, dtype=torch.float64)
-    return (q * evals) @ q.T
-
-
-def make_dataset(spec: Mapping[str, Any], dim: int, seed: int = 0) -> Mixture:
-    """Build one data set of the OT test from its config entry (``kind`` plus parameters).
-
-    ``gaussian``: one Gaussian, ``mean`` (default 0) and full ``covariance`` (default: random
-    rotation, eigenvalues in [0.25, 1] ``scale``²). ``dirac``: the given ``points`` (zero-padded to
-    ``dim``). ``collinear``: ``num_points`` points ``offset + s u`` on one random line (affine data).
-    ``random_dirac``: ``num_points`` points N(0, ``scale``² I). ``gaussian_mixture``:
-    ``num_components`` Gaussians with N(0, ``scale``² I) means and random full covariances of size ``cov_scale``.
-    """
-    kind = spec.get("kind")
-    if kind not in DATASET_KINDS:
-        raise ValueError(f"unknown OT data set kind {kind!r}; choose one of {list(DATASET_KINDS)}")
-    gen = torch.Generator().manual_seed(int(seed))
-    scale = float(spec.get("scale", 1.0))
-    if kind == "gaussian":
-        mean = _pad(spec["mean"], dim, "gaussian mean")[0] if spec.get("mean") is not None else torch.zeros(dim, dtype=torch.float64)
-        if spec.get("covariance") is not None:
-            cov = torch.as_tensor(spec["covariance"], dtype=torch.float64)
-            if cov.shape != (dim, dim):
-                raise ValueError(f"gaussian covariance must be {dim}x{dim}; got {tuple(cov.shape)}")
-        else:
-            cov = _random_covariance(dim, scale, gen)
-        return GaussianMixture(torch.ones(1, dtype=torch.float64), mean[None], cov[None])
-    if kind == "dirac":
-        if not spec.get("points"):
-            raise ValueError("a 'dirac' data set needs 'points'")
-        return DiracMixture(_pad(spec["points"], dim, "dirac"))
-    num = int(spec.get("num_points", spec.get("num_components", 3)))
-    if kind == "collinear":
-        u = torch.randn(dim, generator=gen, dtype=torch.float64)
-        u = u / u.norm()
-        offset = scale * torch.randn(dim, generator=gen, dtype=torch.float64)
-        s = scale * torch.randn(num, 1, generator=gen, dtype=torch.float64)
-        return DiracMixture(offset + s * u)
-    if kind == "random_dirac":
-        return DiracMixture(scale * torch.randn(num, dim, generator=gen, dtype=torch.float64))
-    means = scale * torch.randn(num, dim, generator=gen, dtype=torch.float64)
-    cov_scale = float(spec.get("cov_scale", 0.3))
-    covs = torch.stack([_random_covariance(dim, cov_scale, gen) for _ in range(num)])
-    return GaussianMixture(torch.ones(num, dtype=torch.float64), means, covs)
-
-
-def sample_prior(mixture: Mixture, schedule: Schedule, n: int, t: float = 1.0, *, seed: int = 0, device: str | torch.device = "cpu") -> Tensor:
-    r"""Exact samples of :math:`q_t`: :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` with :math:`x_0 \sim q_0`, (n, d) float64.
-
-    Drawn on the CPU with a seeded CPU generator (the same numbers on every device; the mixture must be
-    on the CPU while sampling), then moved to ``device``.
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    x0 = mixture.sample(n, generator=gen).to("cpu", torch.float64)
-    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    alpha, sigma = schedule(torch.tensor(t, dtype=torch.float64))
-    return (alpha * x0 + sigma * eps).to(device)

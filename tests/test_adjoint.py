@@ -12,18 +12,12 @@ import math
 import pytest
 import torch
 
-from dfcore.adjoint import (
-    CountingDenoiser,
-    autograd_adjoint,
-    cosine_and_relative_error,
-    discrete_adjoint,
-    guided_sample,
-    sample_trajectory,
-    time_grid,
-)
-from dfcore.denoiser import ExactDenoiser
-from dfcore.estimators import fisher_vp
-from dfcore.mixture import DiracMixture, GaussianMixture
+from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
+from dfcore.sampling import CountingDenoiser, sample_trajectory
+from dfcore.sde import time_grid
+from dfcore.models.base import ExactDenoiser
+from dfcore.fisher import fisher_vp
+from dfcore.mixtures import DiracMixture, GaussianMixture
 from dfcore.schedules import get_schedule
 
 
@@ -154,7 +148,7 @@ def test_ddim_step_formula_and_solver_orders():
     xT = _gaussian_flow(schedule, mu, s2, z, torch.tensor(t_max))
     exact = _gaussian_flow(schedule, mu, s2, z, torch.tensor(t_min))
 
-    times = time_grid(1, t_max, t_min)
+    times = time_grid(1, t_min, t_max=t_max)
     one = sample_trajectory(den, xT, times, "ddim").x0
     tb = torch.full((4,), t_max)
     eps = den.eps(xT, tb)
@@ -164,7 +158,7 @@ def test_ddim_step_formula_and_solver_orders():
     errs = {}
     for solver in ("ddim", "heun"):
         errs[solver] = [
-            (sample_trajectory(den, xT, time_grid(n, t_max, t_min), solver).x0 - exact).norm().item() for n in (10, 20)
+            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), solver).x0 - exact).norm().item() for n in (10, 20)
         ]
     assert 1.6 < errs["ddim"][0] / errs["ddim"][1] < 2.5  # first order
     assert 3.2 < errs["heun"][0] / errs["heun"][1] < 5.0  # second order
@@ -183,7 +177,7 @@ def _target_loss(x0):
 def test_discrete_adjoint_analytic_matches_autograd(solver, sched):
     mix, schedule = _dirac(n=8, d=3), get_schedule(sched)
     den = ExactDenoiser(mix, schedule)
-    times = time_grid(12, 1.0, 0.05)
+    times = time_grid(12, 0.05, t_max=1.0)
     xT = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)) * schedule.sigma(torch.tensor(1.0))
     truth, loss = autograd_adjoint(den, xT, times, _target_loss, solver)
     traj = sample_trajectory(den, xT, times, solver)
@@ -200,7 +194,7 @@ def test_discrete_adjoint_analytic_matches_autograd(solver, sched):
 def test_checkpointed_ground_truth_equals_plain_autograd():
     mix, schedule = _gmm(d=3), get_schedule("VP")
     den = ExactDenoiser(mix, schedule)
-    times = time_grid(6, 1.0, 0.05)
+    times = time_grid(6, 0.05, t_max=1.0)
     xT = torch.randn(3, 3, generator=torch.Generator().manual_seed(2))
     a, _ = autograd_adjoint(den, xT, times, _target_loss, "heun", use_checkpoint=True)
     b, _ = autograd_adjoint(den, xT, times, _target_loss, "heun", use_checkpoint=False)
@@ -212,7 +206,7 @@ def test_dfea_adjoint_is_the_product_of_eq20_step_matrices_and_calls_no_network(
     """lambda_T by DF-EA equals the product of explicit DDIM step Jacobians built from Eq. 20 matrices."""
     mix, schedule = _dirac(n=6, d=2, seed=4), get_schedule("VP")
     den = CountingDenoiser(ExactDenoiser(mix, schedule))
-    times = time_grid(8, 1.0, 0.01)
+    times = time_grid(8, 0.01, t_max=1.0)
     xT = torch.randn(3, 2, generator=torch.Generator().manual_seed(5))
     traj = sample_trajectory(den, xT, times)
     lam0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(6))
@@ -238,7 +232,7 @@ def test_dfea_adjoint_is_the_product_of_eq20_step_matrices_and_calls_no_network(
 def test_guided_sample_lowers_loss_and_counts_evaluations():
     mix, schedule = _dirac(n=64, d=2, seed=7), get_schedule("VP")
     den = CountingDenoiser(ExactDenoiser(mix, schedule))
-    times = time_grid(20, 1.0, 0.001)
+    times = time_grid(20, 0.001, t_max=1.0)
     xT = torch.randn(16, 2, generator=torch.Generator().manual_seed(8))
     target = torch.tensor([1.0, 1.0])
 
@@ -257,7 +251,7 @@ def test_guided_sample_rejects_non_finite_updates_and_flags_them():
     """A non-finite adjoint must not poison the sample: the update is skipped and the sample is flagged."""
     mix, schedule = _dirac(n=32, d=2, seed=9), get_schedule("VP")
     den = ExactDenoiser(mix, schedule)
-    times = time_grid(10, 1.0, 0.01)
+    times = time_grid(10, 0.01, t_max=1.0)
     xT = torch.randn(6, 2, generator=torch.Generator().manual_seed(10))
     target = torch.tensor([1.0, 1.0])
     poisoned = torch.tensor([True, False, False, True, False, False])
@@ -281,7 +275,7 @@ def test_guided_sample_normalized_step_length(normalize):
     """With normalize, the update moves x_t by eta * ||grad L(x_0)|| (grad) or eta * sqrt(d) (rms), whatever the method."""
     mix, schedule = _dirac(n=32, d=3, seed=11), get_schedule("VP")
     den = ExactDenoiser(mix, schedule)
-    times = time_grid(10, 1.0, 0.01)
+    times = time_grid(10, 0.01, t_max=1.0)
     xT = torch.randn(5, 3, generator=torch.Generator().manual_seed(12))
     target = torch.tensor([1.0, 0.5, -0.5])
     eta, u = 0.3, 4
@@ -301,8 +295,8 @@ def test_guided_sample_normalized_step_length(normalize):
 
 
 def test_labelled_digits_match_the_data_stage_scaling():
-    from dfcore.adjoint_cli import labelled_digits
-    from dfcore.data import make_digits
+    from dfcore.data.datasets import labelled_digits
+    from dfcore.data.datasets import make_digits
 
     x, labels = labelled_digits()
     torch.testing.assert_close(x, make_digits())
@@ -310,8 +304,8 @@ def test_labelled_digits_match_the_data_stage_scaling():
 
 
 def test_classifier_learns_and_round_trips(tmp_path):
-    from dfcore.adjoint_cli import labelled_digits
-    from dfcore.classifier import class_nll, load_classifier, save_classifier, train_classifier
+    from dfcore.data.datasets import labelled_digits
+    from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
 
     x, labels = labelled_digits()
     model, metrics = train_classifier(x, labels, hidden=64, epochs=4, seed=0, progress=False)
@@ -342,9 +336,10 @@ def test_mixture_task_outputs(tmp_path):
     """Task (a) end to end on a tiny checkerboard: analytic and vjp agree with autograd and with each other."""
     import pandas as pd
 
-    from dfcore.adjoint_cli import run_mixture_task
+    from dfcore.experiments.adjoint import run_mixture_task
     from dfcore.config import validate_config
-    from dfcore.data import make_checkerboard, write_dataset
+    from dfcore.data.datasets import make_checkerboard
+    from dfcore.data.store import write_dataset
     from dfcore.io import read_zarr
 
     write_dataset(tmp_path / "cb.zarr", make_checkerboard(100), name="checkerboard")

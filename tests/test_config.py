@@ -22,7 +22,6 @@ from dfcore.config import (
     SCHEMA_PATH,
     ConfigError,
     config_readme,
-    dataset_section,
     load_config,
     load_yaml,
     schema_markdown,
@@ -129,15 +128,15 @@ def test_the_key_table_describes_every_key():
 
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_dataset_section_merges_overrides_as_training_does(name):
-    """The training rules' params (dataset_section) are exactly what run_training reads (section_for)."""
-    from dfcore.training import section_for
+    """The training rules' params (dataset_section) are exactly what run_training reads (dataset_section)."""
+    from dfcore.config import dataset_section
 
     config = load_config(REPO / "config" / name)
     for section in ("denoiser", "trace_net"):
         for dataset in [*config["datasets"], "absent"]:
             merged = dataset_section(config[section], dataset)
-            assert merged == section_for(config[section], dataset)
-            assert section_for(merged, dataset) == merged  # run_training merging again changes nothing
+            assert merged == dataset_section(config[section], dataset)
+            assert dataset_section(merged, dataset) == merged  # run_training merging again changes nothing
     overridden = dataset_section({"steps": 5, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"a": {"steps": 7, "mlp": {"hidden": 4}}}}, "a")
     assert overridden == {"steps": 7, "mlp": {"hidden": 4, "layers": 2}}
 

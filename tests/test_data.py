@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfcore.data import (
-    load_dataset,
-    load_mixture,
-    make_checkerboard,
-    make_dataset,
-    make_digits,
-    make_gaussian_mixture,
-    prepare_dataset,
-    image_shape,
-    write_dataset,
-)
+from dfcore.data.datasets import make_checkerboard, make_dataset, make_digits, make_gaussian_mixture
+from dfcore.data.store import load_dataset, load_mixture, image_shape, write_dataset
+from dfcore.experiments.data import prepare_dataset
 from dfcore.io import read_zarr
-from dfcore.mixture import DiracMixture, GaussianMixture
+from dfcore.mixtures import DiracMixture, GaussianMixture
 
 
 def test_checkerboard_lies_on_black_squares_and_is_balanced():
@@ -90,14 +82,14 @@ def test_zarr_round_trip_keeps_samples_dims_and_mixture(tmp_path):
 def test_dirac_mixture_and_image_shape_from_store(tmp_path):
     config = {"datasets": {"digits": {"kind": "digits", "num_samples": 20, "seed": 1},
                            "board": {"kind": "checkerboard", "num_samples": 10, "seed": 0}}}
-    prepare_dataset("digits", config, tmp_path / "digits.zarr")
-    prepare_dataset("board", config, tmp_path / "board.zarr")
+    prepare_dataset("digits", config["datasets"]["digits"], tmp_path / "digits.zarr")
+    prepare_dataset("board", config["datasets"]["board"], tmp_path / "board.zarr")
     assert image_shape(tmp_path / "digits.zarr") == (1, 8, 8)
     board = load_mixture(tmp_path / "board.zarr")
     assert isinstance(board, DiracMixture)
     torch.testing.assert_close(board.points, make_checkerboard(10, 0))
-    with pytest.raises(ValueError, match="not in the config"):
-        prepare_dataset("absent", config, tmp_path / "x.zarr")
+    with pytest.raises(ValueError, match="'absent' is not defined in the config's 'datasets' section"):
+        prepare_dataset("absent", config["datasets"].get("absent"), tmp_path / "x.zarr")
 
 
 def test_cli_make_data_writes_the_configured_dataset(tmp_path):

@@ -1,6 +1,6 @@
 """Exact mixture Fisher against autograd on independently written log-densities (float64).
 
-The references below share no code with dfcore.mixture: the Dirac log-density is a direct
+The references below share no code with dfcore.mixtures: the Dirac log-density is a direct
 log-sum-exp over explicit differences ``x - alpha*y`` (no norm expansion, no chunking), the
 Gaussian one is built from torch.distributions. Score = autograd gradient, Fisher = minus the
 autograd Hessian (torch.func), so every formula of Prop. 1, 3 and 5 is checked independently.
@@ -15,7 +15,7 @@ import torch
 from torch.distributions import MultivariateNormal
 from torch.func import grad, hessian, vmap
 
-from dfcore.mixture import DiracMixture, GaussianMixture
+from dfcore.mixtures import DiracMixture, GaussianMixture
 from dfcore.schedules import SCHEDULES, get_schedule
 
 DIMS = [1, 2, 5, 16]
@@ -257,7 +257,7 @@ def test_million_points_d784_fit_in_a_few_gigabytes():
 
 def test_posterior_sq_norm_and_exact_models_match_direct_sums():
     """E[||x0||^2 | x_t] (Prop. 6 optimum) and the ideal denoiser against explicit softmax sums."""
-    from dfcore.denoiser import ExactDenoiser, ExactTraceModel
+    from dfcore.models.base import ExactDenoiser, ExactTraceModel
 
     gen = torch.Generator().manual_seed(11)
     schedule = get_schedule("VP")

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from dfcore.io import save_checkpoint
-from dfcore.networks import (
+from dfcore.models.networks import (
     LearnedDenoiser,
     denoiser_from_state,
     load_denoiser,
     load_trace_model,
     trace_model_from_state,
 )
-from dfcore.schedules import get_schedule
 
 
 def _mlp_state(schedule="VE", prediction="x0", dim=2):
@@ -119,7 +118,7 @@ def test_posterior_targets_are_the_brute_force_posterior_variance(target, dim, t
     """The loss regresses softplus(G) onto tr Cov[x_0|x_t] / c: over the whole training set
     (dataset_posterior) or over the minibatch's clean samples, a duplicated sample counting twice
     (batch_posterior, Prop. 5's bracket of the batch's empirical distribution); recomputed here by brute force."""
-    from dfcore.mixture import DiracMixture
+    from dfcore.mixtures import DiracMixture
 
     g = torch.Generator().manual_seed(5)
     data = torch.randn(40, dim, generator=g, dtype=torch.float64)

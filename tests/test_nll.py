@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from dfcore.data import make_gaussian_mixture
-from dfcore.denoiser import ExactDenoiser, ExactTraceModel
-from dfcore.mixture import DiracMixture
-from dfcore.nll import bits_per_dim, gaussian_mixture_log_q0, log_likelihood, prior_log_prob
+from dfcore.data.datasets import make_gaussian_mixture
+from dfcore.models.base import ExactDenoiser, ExactTraceModel
+from dfcore.mixtures import DiracMixture
+from dfcore.likelihood import bits_per_dim, gaussian_mixture_log_q0, log_likelihood, prior_log_prob
 from dfcore.schedules import get_schedule
 
 

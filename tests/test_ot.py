@@ -18,17 +18,10 @@ import torch
 
 from dfcore.config import ConfigError, load_yaml, validate_config
 from dfcore.io import read_zarr
-from dfcore.ot import (
-    asymmetry_index,
-    flow_jacobian,
-    fundamental_matrix,
-    make_dataset,
-    min_sym_eigenvalue,
-    pairing_gap,
-    sample_prior,
-    time_grid,
-)
-from dfcore.ot_cli import is_affine, run_table3
+from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
+from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
+from dfcore.sde import time_grid
+from dfcore.experiments.ot import is_affine, run_table3
 from dfcore.schedules import get_schedule
 
 SCHEDULES = ["VE", "VP", "subVP", "EDM"]
@@ -90,7 +83,7 @@ def test_verdict_same_for_j_and_inverse_transpose():
 @pytest.mark.parametrize("spacing", ["uniform", "log_snr", "edm"])
 def test_time_grid(name, spacing):
     schedule = get_schedule(name)
-    grid = time_grid(schedule, 50, T_MIN[name], spacing)
+    grid = time_grid(50, T_MIN[name], spacing=spacing, schedule=schedule)
     assert grid[0] == 1.0 and grid[-1] == T_MIN[name] and (grid[1:] < grid[:-1]).all()
     alpha, sigma = schedule(grid)
     log_r = torch.log(sigma / alpha)
@@ -113,19 +106,19 @@ def test_pairing_gap_hand_computed():
 
 
 def test_datasets_and_affinity():
-    assert is_affine(make_dataset(AFFINE, 2)) and not is_affine(make_dataset(NON_AFFINE, 2))
-    assert is_affine(make_dataset({"kind": "collinear", "num_points": 20}, 4, seed=3))
-    assert not is_affine(make_dataset({"kind": "random_dirac", "num_points": 20}, 2))
-    assert is_affine(make_dataset({"kind": "gaussian"}, 3))
-    assert not is_affine(make_dataset({"kind": "gaussian_mixture", "num_components": 2}, 2))
-    padded = make_dataset(NON_AFFINE, 3).points
+    assert is_affine(make_ot_mixture(AFFINE, 2)) and not is_affine(make_ot_mixture(NON_AFFINE, 2))
+    assert is_affine(make_ot_mixture({"kind": "collinear", "num_points": 20}, 4, seed=3))
+    assert not is_affine(make_ot_mixture({"kind": "random_dirac", "num_points": 20}, 2))
+    assert is_affine(make_ot_mixture({"kind": "gaussian"}, 3))
+    assert not is_affine(make_ot_mixture({"kind": "gaussian_mixture", "num_components": 2}, 2))
+    padded = make_ot_mixture(NON_AFFINE, 3).points
     assert padded.shape == (3, 3) and (padded[:, 2] == 0).all()
-    cov = make_dataset({"kind": "gaussian"}, 2).covs[0]
+    cov = make_ot_mixture({"kind": "gaussian"}, 2).covs[0]
     assert abs(cov[0, 1].item()) > 1e-3  # a full covariance, not axis-aligned
     with pytest.raises(ValueError, match="ot.dim"):
-        make_dataset(NON_AFFINE, 1)
+        make_ot_mixture(NON_AFFINE, 1)
     with pytest.raises(ValueError, match="kind"):
-        make_dataset({"kind": "moons"}, 2)
+        make_ot_mixture({"kind": "moons"}, 2)
 
 
 def test_config_section_defaults_and_errors():
@@ -151,12 +144,12 @@ def test_sign_convention_closed_form_gaussian(name, update):
     r"""For N(0, Sigma) the PF-ODE map is linear, J = (C_t C_1^{-1})^{1/2} with C_t = alpha_t^2 Sigma + sigma_t^2 I
     (all C_t commute), so Alg. 2 with B = f I - 1/2 g^2 F must tend to (alpha_t/alpha_1)^2 (C_1 C_t^{-1})^{1/2}, at first order."""
     schedule = get_schedule(name)
-    mixture = make_dataset({"kind": "gaussian"}, 2)
+    mixture = make_ot_mixture({"kind": "gaussian"}, 2)
     cov = mixture.covs[0]
     x1 = sample_prior(mixture, schedule, 3, seed=1)
     errors = []
     for steps in (100, 200):
-        times = time_grid(schedule, steps, T_MIN[name])
+        times = time_grid(steps, T_MIN[name], spacing="log_snr", schedule=schedule)
         alpha, sigma = schedule(times[[0, -1]])
         c1, ct = (alpha[i] ** 2 * cov + sigma[i] ** 2 * torch.eye(2, dtype=torch.float64) for i in (0, 1))
         evals, evecs = torch.linalg.eigh(c1)
@@ -176,9 +169,9 @@ def test_sign_convention_closed_form_gaussian(name, update):
 def test_alg2_matches_autograd_jacobian(name, spec):
     """Adjoint update: A == (alpha_end/alpha_1)^2 J^{-T}, J by autograd through the same Euler solver (bar: 1e-4)."""
     schedule = get_schedule(name)
-    mixture = make_dataset(spec, 2)
+    mixture = make_ot_mixture(spec, 2)
     x1 = sample_prior(mixture, schedule, 8, seed=2)
-    times = time_grid(schedule, 60, T_MIN[name])
+    times = time_grid(60, T_MIN[name], spacing="log_snr", schedule=schedule)
     x_end, jac = flow_jacobian(mixture, schedule, x1, times)
     res = fundamental_matrix(mixture, schedule, x1, times, update="adjoint")
     torch.testing.assert_close(res.x_end, x_end, rtol=1e-13, atol=1e-13)  # the very same path
@@ -193,11 +186,11 @@ def test_euler_update_converges_at_first_order(name):
     """The authors' literal A <- A + dt B A differs from the discrete adjoint (= autograd J^{-T}, tested above)
     by O(dt): halving dt halves the error."""
     schedule = get_schedule(name)
-    mixture = make_dataset(NON_AFFINE, 2)
+    mixture = make_ot_mixture(NON_AFFINE, 2)
     x1 = sample_prior(mixture, schedule, 1, seed=3)
     errors = []
     for steps in (200, 400):
-        times = time_grid(schedule, steps, T_MIN[name])
+        times = time_grid(steps, T_MIN[name], spacing="log_snr", schedule=schedule)
         ref = fundamental_matrix(mixture, schedule, x1, times, update="adjoint").fundamental
         res = fundamental_matrix(mixture, schedule, x1, times, update="euler")
         errors.append(rel_err(res.fundamental, ref).max().item())
@@ -230,9 +223,9 @@ def test_affine_rows_are_zero(name, update, spec, dim):
     eps |y|^2 alpha^2 / sigma^2 (about 1e-8 for sub-VP, sigma(1e-3) = 1e-4), which bounds their index.
     """
     schedule = get_schedule(name)
-    mixture = make_dataset(spec, dim, seed=5)
+    mixture = make_ot_mixture(spec, dim, seed=5)
     x1 = sample_prior(mixture, schedule, 64, seed=4)
-    times = time_grid(schedule, 60, T_MIN[name])
+    times = time_grid(60, T_MIN[name], spacing="log_snr", schedule=schedule)
     res = fundamental_matrix(mixture, schedule, x1, times, update=update)
     assert torch.isfinite(res.fundamental).all()
     bound = 1e-10
@@ -250,9 +243,9 @@ def test_affine_rows_are_zero(name, update, spec, dim):
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_non_affine_rows_are_clearly_nonzero_and_pot_agrees(name):
     schedule = get_schedule(name)
-    mixture = make_dataset(NON_AFFINE, 2)
+    mixture = make_ot_mixture(NON_AFFINE, 2)
     x1 = sample_prior(mixture, schedule, 300, seed=4)
-    res = fundamental_matrix(mixture, schedule, x1, time_grid(schedule, 100, T_MIN[name]))
+    res = fundamental_matrix(mixture, schedule, x1, time_grid(100, T_MIN[name], spacing="log_snr", schedule=schedule))
     asym = asymmetry_index(res.fundamental)
     assert asym.mean() > 0.1 and (asym > 1e-8).float().mean() > 0.9
     gap = pairing_gap(res.x_start, res.x_end)
@@ -261,9 +254,9 @@ def test_non_affine_rows_are_clearly_nonzero_and_pot_agrees(name):
 
 def test_no_nan_with_tiny_t_min():
     schedule = get_schedule("EDM")
-    mixture = make_dataset({"kind": "random_dirac", "num_points": 50}, 2)
+    mixture = make_ot_mixture({"kind": "random_dirac", "num_points": 50}, 2)
     x1 = sample_prior(mixture, schedule, 32, seed=0)
-    res = fundamental_matrix(mixture, schedule, x1, time_grid(schedule, 100, 1e-6), keep=4)
+    res = fundamental_matrix(mixture, schedule, x1, time_grid(100, 1e-6, spacing="log_snr", schedule=schedule), keep=4)
     assert torch.isfinite(res.fundamental).all() and torch.isfinite(res.path).all()
     assert (res.min_step_eigenvalue > 0).all()
     assert res.path.shape == (4, 101, 2) and res.fundamental_path.shape == (4, 101, 2, 2)

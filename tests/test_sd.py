@@ -1,4 +1,4 @@
-"""Stable Diffusion path (dfcore.sd, dfcore.sd_cli) on a tiny random pipeline built locally: no weights,
+"""Stable Diffusion path (dfcore.integrations.diffusers, dfcore.experiments.sd) on a tiny random pipeline built locally: no weights,
 no network. Every formula is checked against an independent computation (the pipeline's own UNet call,
 dense autograd Jacobians, finite differences, a closed-form Gaussian likelihood)."""
 
@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dfcore import sd
-from dfcore.denoiser import ExactDenoiser, TraceModel
-from dfcore.estimators.trace import fisher_trace
-from dfcore.estimators.vp import fisher_vp
+from dfcore.integrations import diffusers as sd
+from dfcore.models.base import ExactDenoiser, TraceModel
+from dfcore.fisher.trace import fisher_trace
+from dfcore.fisher.vp import fisher_vp
 from dfcore.io import read_zarr
-from dfcore.mixture import GaussianMixture
+from dfcore.mixtures import GaussianMixture
 from dfcore.schedules import DiscreteSchedule
 
 
@@ -101,7 +101,7 @@ def test_sampler_matches_diffusers_ddim(pipe64):
             e = pipe64.unet(torch.cat([ref, ref]), step, encoder_hidden_states=torch.cat([uncond, cond])).sample
         e_u, e_c = e.chunk(2)
         ref = sched.step(e_u + 3.0 * (e_c - e_u), step, ref, eta=0.0).prev_sample
-    from dfcore.adjoint import sample_trajectory
+    from dfcore.sampling import sample_trajectory
 
     times = torch.tensor([(int(s) + 1) / 1000 for s in sched.timesteps] + [1e-9], dtype=torch.float64)
     # final DDIM step of diffusers goes to alpha_bar = final_alpha_cumprod (= alphas_cumprod[0] here)
@@ -209,7 +209,7 @@ def test_rewards_are_differentiable(tiny, pipe64):
 
 def test_cli_end_to_end(tmp_path):
     """tiny -> trace net (resumable) -> NLL (Zarr, CSV, plots) -> adjoint (DF-EA and VJP) on the tiny pipeline."""
-    from dfcore import sd_cli
+    from dfcore.experiments import sd as sd_cli
     from dfcore.config import validate_config
 
     cfg = validate_config({"sd": {

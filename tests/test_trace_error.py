@@ -1,4 +1,4 @@
-"""Table 2 (dfcore.trace_error): with the exact denoiser and trace model every exact estimator has zero
+"""Table 2 (dfcore.experiments.trace_error): with the exact denoiser and trace model every exact estimator has zero
 error; a trace model whose posterior variance is off by a known factor gives exactly the relative error
 computed independently from the mixture; the markdown table and the Zarr layout."""
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dfcore.denoiser import ExactDenoiser, ExactTraceModel, TraceModel
-from dfcore.mixture import DiracMixture
+from dfcore.models.base import ExactDenoiser, ExactTraceModel, TraceModel
+from dfcore.mixtures import DiracMixture
 from dfcore.schedules import get_schedule
-from dfcore.trace_error import markdown_table, trace_errors
+from dfcore.experiments.trace_error import markdown_table, trace_errors
 
 TIMES = [1.0, 0.4, 0.0]
 

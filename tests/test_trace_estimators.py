@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from dfcore.denoiser import ExactDenoiser, ExactTraceModel
-from dfcore.estimators import TRACE_METHODS, fisher_trace
-from dfcore.mixture import DiracMixture, GaussianMixture
-from dfcore.networks import denoiser_from_state
+from dfcore.models.base import ExactDenoiser, ExactTraceModel
+from dfcore.fisher import TRACE_METHODS, fisher_trace
+from dfcore.mixtures import DiracMixture, GaussianMixture
+from dfcore.models.networks import denoiser_from_state
 from dfcore.schedules import get_schedule
 
 SCHEDULES = ["VE", "VP", "subVP", "EDM"]
@@ -135,7 +135,7 @@ def test_one_signature_and_clear_errors(dirac):
 def test_dftm_shortcut_for_learned_trace_models_is_eq17():
     """For a LearnedTraceModel fisher_trace uses V = d t - ||ybar||^2 directly; check it against Eq. 17 computed
     from mean_sq_norm and posterior_mean (in float64, so the cancellation is harmless)."""
-    from dfcore.networks import trace_model_from_state
+    from dfcore.models.networks import trace_model_from_state
 
     torch.manual_seed(0)
     state = {"kind": "denoiser", "arch": "mlp", "hparams": {"dim": 3, "hidden": 16, "layers": 1},

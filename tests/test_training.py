@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfcore.data import make_checkerboard
+from dfcore.data.datasets import make_checkerboard
 from dfcore.io import load_checkpoint
-from dfcore.networks import load_denoiser, load_trace_model
+from dfcore.models.networks import load_denoiser, load_trace_model
 from dfcore.schedules import get_schedule
-from dfcore.training import learning_rate, section_for, train_denoiser, train_trace
+from dfcore.config import dataset_section
+from dfcore.experiments.train import train_denoiser, train_trace
+from dfcore.train import learning_rate
 
 CFG = {"steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 10, "prediction": "x0",
        "mlp": {"hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 2}}
@@ -112,8 +114,8 @@ def test_learning_rate_warmup_then_cosine():
 
 def test_per_dataset_overrides_are_merged():
     section = {"steps": 10, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"digits": {"steps": 3, "mlp": {"hidden": 4}}}}
-    assert section_for(section, "digits") == {"steps": 3, "mlp": {"hidden": 4, "layers": 2}}
-    assert section_for(section, "board") == {"steps": 10, "mlp": {"hidden": 8, "layers": 2}}
+    assert dataset_section(section, "digits") == {"steps": 3, "mlp": {"hidden": 4, "layers": 2}}
+    assert dataset_section(section, "board") == {"steps": 10, "mlp": {"hidden": 8, "layers": 2}}
 
 
 
@@ -134,7 +136,7 @@ def test_time_power_draws_training_times_towards_t_min(data):
 
     for power in (1.0, 3.0):
         seen.clear()
-        from dfcore.training import train_loop
+        from dfcore.train import train_loop
 
         train_loop(Probe(), data, steps=20, batch_size=500, lr=1e-3, t_min=0.01, time_power=power, progress=False)
         u = ((torch.cat(seen) - 0.01) / 0.99).clamp(0, 1)
@@ -151,7 +153,7 @@ def test_dataset_posterior_training_needs_and_uses_the_training_set(tmp_path, da
     model = train_trace(data, den, cfg, tmp_path / "trace.pt", seed=0, progress=False)
     assert model.reference.num_points == len(data)
     assert load_trace_model(tmp_path / "trace.pt").target == "dataset_posterior"
-    from dfcore.training import build_trace_model
+    from dfcore.train import build_trace_model
 
     with pytest.raises(ValueError, match="dataset_posterior"):
         build_trace_model(den, cfg)

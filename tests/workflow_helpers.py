@@ -129,7 +129,7 @@ def same_content(a: Path, b: Path) -> bool:
     import pandas as pd
 
     from dfcore.io import load_checkpoint
-    from dfcore.summary import output_digest
+    from dfcore.experiments.summary import output_digest
 
     if a.suffix == ".csv":
         x, y = pd.read_csv(a), pd.read_csv(b)

@@ -1,11 +1,11 @@
-"""Snakemake wrapper of dfcore.adjoint_cli.run_train_classifier (rule `adjoint_classifier`)."""
+"""Snakemake wrapper of dfcore.experiments.adjoint.run_train_classifier (rule `adjoint_classifier`)."""
 
 import logging
 import sys
 
 import torch
 
-from dfcore.adjoint_cli import run_train_classifier
+from dfcore.experiments.adjoint import run_train_classifier
 
 with open(snakemake.log[0], "w") as log_file:
     sys.stderr = log_file  # tqdm progress and warnings go to the rule's log

@@ -1,11 +1,11 @@
-"""Snakemake wrapper of dfcore.adjoint_cli.run_digits_task (rule `adjoint_digits`)."""
+"""Snakemake wrapper of dfcore.experiments.adjoint.run_digits_task (rule `adjoint_digits`)."""
 
 import logging
 import sys
 
 import torch
 
-from dfcore.adjoint_cli import run_digits_task
+from dfcore.experiments.adjoint import run_digits_task
 
 with open(snakemake.log[0], "w") as log_file:
     sys.stderr = log_file  # tqdm progress and warnings go to the rule's log

@@ -1,24 +1,27 @@
-"""Snakemake wrapper of dfcore.nll.run_nll (rule `nll`, workflow/rules/nll.smk)."""
+"""Rule `nll`: dfcore.experiments.likelihood.run_nll."""
 
 import logging
 import sys
 
 import torch
 
-from dfcore.nll import run_nll
+from dfcore.experiments.likelihood import run_nll
+from dfcore.schedules import get_schedule
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
-torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
-p = snakemake.params  # exactly the config values run_nll reads (workflow/rules/nll.smk)
-config = {"nll": p.nll, "schedules": {snakemake.wildcards.schedule: p.schedule}, "seed": p.seed, "device": p.device}
+sys.stderr = open(snakemake.log[0], "a")
+torch.set_num_threads(snakemake.threads)
+p, w = snakemake.params, snakemake.wildcards
 frame = run_nll(
-    snakemake.wildcards.dataset,
-    snakemake.wildcards.schedule,
-    snakemake.wildcards.method,
-    config,
+    p.nll,
     snakemake.input.data,
     snakemake.output[0],
+    dataset=w.dataset,
+    schedule_name=w.schedule,
+    schedule=get_schedule(w.schedule, **p.schedule),
+    method=w.method,
+    seed=p.seed,
+    device=p.device,
     denoiser_path=snakemake.input.get("denoiser"),
     trace_path=snakemake.input.get("trace"),
 )

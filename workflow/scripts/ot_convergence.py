@@ -1,11 +1,11 @@
-"""Snakemake wrapper of dfcore.ot_cli.run_convergence (rule `ot_convergence`, workflow/rules/ot.smk)."""
+"""Snakemake wrapper of dfcore.experiments.ot.run_convergence (rule `ot_convergence`, workflow/rules/ot.smk)."""
 
 import logging
 import sys
 
 import torch
 
-from dfcore.ot_cli import run_convergence
+from dfcore.experiments.ot import run_convergence
 
 with open(snakemake.log[0], "w") as log_file:
     sys.stderr = log_file  # tqdm progress and warnings go to the rule's log

@@ -1,11 +1,11 @@
-"""Snakemake wrapper of dfcore.ot_cli.run_table3 (rule `ot_table3`, workflow/rules/ot.smk)."""
+"""Snakemake wrapper of dfcore.experiments.ot.run_table3 (rule `ot_table3`, workflow/rules/ot.smk)."""
 
 import logging
 import sys
 
 import torch
 
-from dfcore.ot_cli import run_table3
+from dfcore.experiments.ot import run_table3
 
 with open(snakemake.log[0], "w") as log_file:
     sys.stderr = log_file  # tqdm progress and warnings go to the rule's log

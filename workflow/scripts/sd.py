@@ -1,10 +1,10 @@
-"""Snakemake wrapper of dfcore.sd_cli (rules sd_*, workflow/rules/sd.smk): unpack and call."""
+"""Snakemake wrapper of dfcore.experiments.sd (rules sd_*, workflow/rules/sd.smk): unpack and call."""
 
 import logging
 
 import torch
 
-from dfcore import sd_cli
+from dfcore.experiments import sd as sd_cli
 
 torch.set_num_threads(max(1, int(snakemake.threads)))
 

@@ -1,31 +1,31 @@
-"""Snakemake wrapper of dfcore.training.run_training (rules `train_denoiser`, `train_trace`, workflow/rules/train.smk)."""
+"""Rules `train_denoiser` and `train_trace`: dfcore.experiments.train.run_training."""
 
 import logging
 import sys
 
 import torch
 
-from dfcore.training import run_training
+from dfcore.experiments.train import run_training
+from dfcore.schedules import get_schedule
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
-torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
-kind = "trace" if snakemake.rule == "train_trace" else "denoiser"
-p = snakemake.params  # exactly the config values run_training reads (workflow/rules/train.smk)
-config = {"seed": p.seed, "device": p.device}
-if kind == "denoiser":
-    config.update(denoiser=p.denoiser, schedules={snakemake.wildcards.schedule: p.schedule})
+sys.stderr = open(snakemake.log[0], "a")
+torch.set_num_threads(snakemake.threads)
+p = snakemake.params
+if snakemake.rule == "train_trace":
+    kind, section, schedule = "trace", p.trace_net, None  # the schedule comes with the trained denoiser
 else:
-    config.update(trace_net=p.trace_net)  # the schedule comes with the trained denoiser
+    kind, section, schedule = "denoiser", p.denoiser, get_schedule(snakemake.wildcards.schedule, **p.schedule)
 run_training(
     kind,
-    snakemake.wildcards.dataset,
-    snakemake.wildcards.schedule,
-    config,
+    section,
     snakemake.input.data,
     snakemake.output.model,
+    schedule=schedule,
     denoiser_path=snakemake.input.get("denoiser"),
     loss_csv=snakemake.output.losses,
-    resume_path=snakemake.params.resume,
+    resume_path=p.resume,
+    seed=p.seed,
+    device=p.device,
 )
 logging.info("wrote %s", snakemake.output.model)

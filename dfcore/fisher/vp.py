@@ -6,7 +6,7 @@ The adjoint of the probability-flow ODE needs :math:`(\partial h/\partial x)^\to
 methods, selected by a config word, give :math:`F_t^\top v`:
 
 ``analytic``
-    exact for a :class:`~dfcore.mixture.Mixture` (Dirac or Gaussian), through its closed-form
+    exact for a :class:`~dfcore.mixtures.Mixture` (Dirac or Gaussian), through its closed-form
     ``fisher_vp`` (Prop. 5 / Prop. 3).
 ``dfea``
     the endpoint approximation of Eq. 20: the posterior second moment
@@ -45,8 +45,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dfcore.denoiser import Denoiser, expand_like
-from dfcore.mixture import Mixture
+from dfcore.models.base import Denoiser
+from dfcore.sde import expand_like
+from dfcore.mixtures import Mixture
 from dfcore.schedules import Schedule
 
 __all__ = [

@@ -5,7 +5,7 @@ the posterior mean :math:`\bar y(x, t) = E[x_0 | x_t = x] = (x - \sigma_t \varep
 (Tweedie). A :class:`TraceModel` gives :math:`t_\theta(x, t) \approx E[\|x_0\|^2 | x_t = x]/d`,
 the target of Alg. 1 (Prop. 6). ``x`` is ``(B, d)`` or ``(B, C, H, W)``; ``t`` is ``(B,)``.
 
-:class:`ExactDenoiser` and :class:`ExactTraceModel` answer from a :class:`~dfcore.mixture.Mixture`,
+:class:`ExactDenoiser` and :class:`ExactTraceModel` answer from a :class:`~dfcore.mixtures.Mixture`,
 so every estimator can be tested apart from training error.
 """
 
@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-import torch
 from torch import Tensor
 
-from dfcore.mixture import DiracMixture, Mixture
+from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.schedules import Schedule
+from dfcore.sde import expand_like
 
-__all__ = ["Denoiser", "TraceModel", "ExactDenoiser", "ExactTraceModel", "expand_like"]
-
-
-def expand_like(coef: Tensor, x: Tensor) -> Tensor:
-    """Reshape a per-sample coefficient (B,) to broadcast against x (B, ...)."""
-    return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
+__all__ = ["Denoiser", "TraceModel", "ExactDenoiser", "ExactTraceModel"]
 
 
 class Denoiser(ABC):

@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dfcore.denoiser import Denoiser, TraceModel
-from dfcore.mixture import Mixture
+from dfcore.models.base import Denoiser, TraceModel
+from dfcore.mixtures import Mixture
 from dfcore.schedules import Schedule
 
 __all__ = ["TRACE_METHODS", "fisher_trace", "rademacher"]

@@ -37,10 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dfcore.denoiser import Denoiser, TraceModel, expand_like
+from dfcore.models.base import Denoiser, TraceModel
+from dfcore.sde import expand_like
 from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint
-from dfcore.mixture import DiracMixture
+from dfcore.mixtures import DiracMixture
 from dfcore.schedules import Schedule, get_schedule
 
 __all__ = [
@@ -190,7 +191,7 @@ def _scaled(schedule: Schedule, t: Tensor, sigma_data: float) -> tuple[Tensor, T
 
 
 class LearnedDenoiser(Denoiser):
-    r"""A preconditioned network as a :class:`~dfcore.denoiser.Denoiser` (see the module docstring).
+    r"""A preconditioned network as a :class:`~dfcore.models.base.Denoiser` (see the module docstring).
 
     Attributes:
         module: the backbone ``nn.Module`` (its parameters are what training updates).
@@ -295,7 +296,7 @@ TRACE_TARGETS = ("dataset_posterior", "batch_posterior", "residual", "sq_norm")
 
 
 class LearnedTraceModel(TraceModel):
-    r""":math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d` (module docstring) as a :class:`~dfcore.denoiser.TraceModel`.
+    r""":math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d` (module docstring) as a :class:`~dfcore.models.base.TraceModel`.
 
     ``module`` holds the trainable part: the head only (``share_trunk``; the denoiser's trunk is
     frozen and shared) or a head on a separate backbone.

@@ -1,5 +1,5 @@
 r"""Stable Diffusion through diffusers: the latent ε-model with classifier-free guidance as a
-:class:`~dfcore.denoiser.Denoiser`, a latent trace network (Alg. 1), DF-TM likelihoods (Eq. 14, 17)
+:class:`~dfcore.models.base.Denoiser`, a latent trace network (Alg. 1), DF-TM likelihoods (Eq. 14, 17)
 and DF-EA adjoint guidance (Eq. 20) of generated latents.
 
 **Schedule.** SD's DDIM scheduler (scaled-linear :math:`\beta \in [0.00085, 0.012]`, T = 1000) gives
@@ -17,7 +17,7 @@ with :math:`t_\theta(z_t, t)` regressed onto :math:`\|z_0\|^2/d` over latents :m
 **NLL** (Eq. 14): :math:`\log q_{t_{min}}(z) = \log p_T(z_T) + \int_{t_{min}}^1 (f d + \tfrac12 g^2 \operatorname{tr}F_t)\,dt`
 along the PF-ODE (torchdiffeq). The prior is the diagonal Gaussian :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)`
 with v the latents' variance per coordinate (SD latents are scaled to v ≈ 1, and then
-:math:`\alpha_T^2 + \sigma_T^2 = 1`), passed to :func:`dfcore.nll.log_likelihood` as ``data_var`` so that no d×d
+:math:`\alpha_T^2 + \sigma_T^2 = 1`), passed to :func:`dfcore.likelihood.log_likelihood` as ``data_var`` so that no d×d
 covariance is formed (at d = 4·64·64 it would not fit in memory).
 
 **Weights are never downloaded**: :func:`load_pipeline` reads a local folder only
@@ -35,8 +35,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from dfcore.denoiser import Denoiser, TraceModel, expand_like
-from dfcore.estimators.trace import fisher_trace
+from dfcore.models.base import Denoiser, TraceModel
+from dfcore.sde import expand_like
 from dfcore.schedules import DiscreteSchedule
 
 __all__ = [
@@ -262,7 +262,7 @@ class LatentTraceModel(TraceModel):
     r""":math:`t_\theta(z_t, t)`, the spatial mean of a one-channel diffusers ``UNet2DModel`` output, trained by
     Alg. 1 (regression onto :math:`\|z_0\|^2/d` with :math:`z_t = \alpha_t z_0 + \sigma_t\varepsilon`; optimum
     :math:`E[\|z_0\|^2 \mid z_t]/d`, Prop. 6). Implements ``module`` / ``loss`` / ``state`` for
-    :func:`dfcore.training.train_loop`."""
+    :func:`dfcore.train.train_loop`."""
 
     def __init__(self, module: nn.Module, schedule: DiscreteSchedule, hparams: dict[str, Any]) -> None:
         self.module = module
@@ -353,10 +353,11 @@ def to_uint8(images: Tensor) -> Tensor:
 @torch.no_grad()
 def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float | None = None) -> Tensor:
     r"""DDIM (Euler of the PF-ODE) from t = 1 to ``t_min`` (default: 1/T, SD's first training step), float64."""
-    from dfcore.adjoint import sample_trajectory, time_grid
+    from dfcore.sampling import sample_trajectory
+    from dfcore.sde import time_grid
 
     t_min = 1.0 / denoiser.schedule.num_steps if t_min is None else t_min
-    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, 1.0, t_min), "ddim").x0
+    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, t_min, t_max=1.0), "ddim").x0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,12 +367,12 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
 def latent_log_likelihood(z: Tensor, denoiser: Denoiser, trace_model: TraceModel | None, *, method: str = "dftm",
                           t_min: float | None = None, t_max: float = 1.0, solver: str = "rk4", num_steps: int = 50,
                           data_var: float = 1.0) -> dict[str, Tensor]:
-    r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14 (:func:`dfcore.nll.log_likelihood`), with
-    :math:`\operatorname{tr}F_t` from :func:`dfcore.estimators.trace.fisher_trace` (``dftm`` by default) and the
+    r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14 (:func:`dfcore.likelihood.log_likelihood`), with
+    :math:`\operatorname{tr}F_t` from :func:`dfcore.fisher.trace.fisher_trace` (``dftm`` by default) and the
     prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with v = ``data_var``. Fixed-step torchdiffeq
     ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has kinks every 1/T, which make
     adaptive steppers crawl). Returns ``log_q``, ``bpd``, ``prior``, ``delta``, ``nfe``."""
-    from dfcore.nll import log_likelihood
+    from dfcore.likelihood import log_likelihood
 
     schedule = denoiser.schedule
     t_min = 1.0 / schedule.num_steps if t_min is None else t_min

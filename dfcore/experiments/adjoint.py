@@ -11,16 +11,11 @@ method's adjoint :math:`\lambda_k` with the autograd ground truth at every step 
 (cosine and relative error, at T in particular). Outputs: CSV metrics, a Zarr store of trajectories,
 and seaborn figures (loss vs wall time; agreement per step; a grid of digits before/after).
 
-Command line (the config is validated against the workflow schema, defaults filled)::
-
-    python -m dfcore.adjoint_cli classifier --config config/test.yaml
-    python -m dfcore.adjoint_cli mixture --config config/test.yaml
-    python -m dfcore.adjoint_cli digits --config config/test.yaml
+Command line: ``python -m dfcore adjoint ...`` (:mod:`dfcore.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -38,25 +33,19 @@ import xarray as xr  # noqa: E402
 from torch import Tensor  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from dfcore.adjoint import (  # noqa: E402
-    CountingDenoiser,
-    PeakMemory,
-    autograd_adjoint,
-    cosine_and_relative_error,
-    discrete_adjoint,
-    guided_sample,
-    sample_trajectory,
-    time_grid,
-)
-from dfcore.classifier import class_nll, load_classifier, save_classifier, train_classifier  # noqa: E402
-from dfcore.denoiser import Denoiser, ExactDenoiser  # noqa: E402
+from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
+from dfcore.profiling import PeakMemory
+from dfcore.sampling import CountingDenoiser, sample_trajectory
+from dfcore.sde import time_grid
+from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier  # noqa: E402
+from dfcore.models.base import Denoiser, ExactDenoiser# noqa: E402
 from dfcore.device import resolve_device  # noqa: E402
+from dfcore.data.datasets import labelled_digits  # noqa: E402
 from dfcore.io import provenance, save_figure, write_csv, write_zarr  # noqa: E402
-from dfcore.mixture import DiracMixture, Mixture  # noqa: E402
+from dfcore.mixtures import DiracMixture, Mixture  # noqa: E402
 from dfcore.schedules import get_schedule  # noqa: E402
 
 __all__ = [
-    "labelled_digits",
     "run_train_classifier",
     "compare_methods",
     "run_mixture_task",
@@ -64,7 +53,6 @@ __all__ = [
     "plot_loss_vs_time",
     "plot_lambda_agreement",
     "plot_digit_grid",
-    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,15 +60,6 @@ LossFn = Callable[[Tensor], Tensor]
 
 
 # --- classifier ------------------------------------------------------------------------------------
-
-
-def labelled_digits() -> tuple[Tensor, Tensor]:
-    """sklearn's 1797 digits as (N, 64) in the scaling of dfcore.data (``x / 8 - 1`` in [-1, 1]) and labels (N,)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images.reshape(-1, 64), dtype=torch.float64) / 8.0 - 1.0
-    return x, torch.as_tensor(digits.target, dtype=torch.long)
 
 
 def run_train_classifier(
@@ -124,7 +103,7 @@ def compare_methods(
     ``cfg['lambda_samples']`` samples. Returns (metrics, history, agreement, trajectories)."""
     device = x_T.device
     counter = CountingDenoiser(denoiser)
-    times = time_grid(cfg["num_steps"], 1.0, cfg["t_min"], dtype=x_T.dtype).to(device)
+    times = time_grid(cfg["num_steps"], cfg["t_min"], t_max=1.0, dtype=x_T.dtype).to(device)
     solver, methods = cfg["solver"], list(task_cfg["methods"])
 
     counter.reset()
@@ -285,7 +264,7 @@ def _write_outputs(
 
 
 def _load_points(path: str | Path) -> Tensor:
-    from dfcore.data import load_dataset
+    from dfcore.data.store import load_dataset
 
     return load_dataset(path)
 
@@ -330,7 +309,7 @@ def run_digits_task(
     seed: int, device: str = "auto", config: dict[str, Any] | None = None, progress: bool = True,
 ) -> pd.DataFrame:
     """Task (b): trained digits denoiser, L = -log p(target class | x_0) under the pipeline's classifier."""
-    from dfcore.networks import load_denoiser
+    from dfcore.models.networks import load_denoiser
 
     task = cfg["digits"]
     dev = resolve_device(device)
@@ -365,44 +344,3 @@ def run_digits_task(
     return metrics
 
 
-# --- command line --------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore.adjoint_cli {classifier,mixture,digits} --config FILE [--out-dir DIR]``."""
-    from dfcore.config import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m dfcore.adjoint_cli", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["classifier", "mixture", "digits"])
-    parser.add_argument("--config", default="config/config.yaml", help="YAML config (validated, defaults filled)")
-    parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/adjoint)")
-    parser.add_argument("--schedule", default=None, help="mixture task: schedule (default: first of adjoint.mixture.schedules)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = load_config(args.config)
-    res = Path(cfg["results"])
-    out_dir = Path(args.out_dir or res / "adjoint")
-    adj = cfg["adjoint"]
-    common = dict(seed=cfg["seed"], progress=not args.quiet)
-    if args.command == "classifier":
-        table = run_train_classifier(adj["classifier"], checkpoint_path=res / "models" / "digits_classifier.pt",
-                                     metrics_path=out_dir / "classifier.csv", **common)
-    else:
-        sched = args.schedule or adj["mixture"]["schedules"][0]
-        sub = out_dir / (f"mixture_{adj['mixture']['dataset']}_{sched}" if args.command == "mixture" else "digits")
-        out = {key: sub / name for key, name in
-               [("metrics", "metrics.csv"), ("agreement", "agreement.csv"), ("trajectories", "trajectories.zarr"),
-                ("loss_plot", "loss_vs_time.png"), ("agreement_plot", "agreement.png"), ("grid_plot", "samples.png")]}
-        if args.command == "mixture":
-            table = run_mixture_task(adj, cfg["schedules"], schedule_name=sched, data_path=res / "data" / f"{adj['mixture']['dataset']}.zarr",
-                                     out=out, device=cfg["device"], config=cfg, **common)
-        else:
-            table = run_digits_task(adj, denoiser_path=res / "models" / f"digits_{adj['digits']['schedule']}_denoiser.pt",
-                                    classifier_path=res / "models" / "digits_classifier.pt", out=out,
-                                    device=cfg["device"], config=cfg, **common)
-    print(table.to_string(index=False))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,8 +4,8 @@ Each step draws a batch :math:`x_0` from the data, :math:`t \sim U(t_{min}, 1)` 
 :math:`\varepsilon \sim \mathcal N(0, I)` from one seeded ``torch.Generator``, and takes an Adam step on
 the model's ``loss(x0, t, noise)``:
 
-* denoiser — :meth:`dfcore.networks.LearnedDenoiser.loss` (EDM-weighted x_0 or ε regression);
-* trace network — :meth:`dfcore.networks.LearnedTraceModel.loss`, the regression of Alg. 1 onto
+* denoiser — :meth:`dfcore.models.networks.LearnedDenoiser.loss` (EDM-weighted x_0 or ε regression);
+* trace network — :meth:`dfcore.models.networks.LearnedTraceModel.loss`, the regression of Alg. 1 onto
   :math:`\|x_0\|^2/d` (Wang et al., 2025, Alg. 1; optimum in Prop. 6), with the denoiser frozen.
 
 The learning rate warms up linearly and then follows a cosine to zero; it is a pure function of the
@@ -17,33 +17,28 @@ uninterrupted run. Loading uses ``weights_only=True``.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device
-from dfcore.io import load_checkpoint, save_checkpoint, write_csv
-from dfcore.networks import (
+from dfcore.io import load_checkpoint, save_checkpoint
+from dfcore.models.networks import (
     LearnedDenoiser,
     LearnedTraceModel,
     _trace_module,
     build_backbone,
 )
-from dfcore.mixture import DiracMixture
+from dfcore.mixtures import DiracMixture
 from dfcore.schedules import Schedule
 
-__all__ = [
-    "learning_rate", "train_loop", "section_for", "build_denoiser", "build_trace_model", "train_denoiser", "train_trace",
-    "run_training",
-]
+__all__ = ["learning_rate", "train_loop", "sigma_data", "build_denoiser", "build_trace_model"]
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +49,6 @@ def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def section_for(section: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """A config section with its ``overrides[dataset]`` merged in (one level deep for nested dicts)."""
-    merged = copy.deepcopy({k: v for k, v in section.items() if k != "overrides"})
-    for key, value in (section.get("overrides") or {}).get(dataset, {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
 
 
 def train_loop(
@@ -161,7 +145,7 @@ def train_loop(
     return losses
 
 
-def _sigma_data(data: Tensor) -> float:
+def sigma_data(data: Tensor) -> float:
     """RMS per-coordinate standard deviation of the data."""
     return float(data.to(torch.float64).std(0).pow(2).mean().sqrt())
 
@@ -203,73 +187,3 @@ def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: i
             raise ValueError("trace_net.target 'dataset_posterior' needs the training set (data=)")
         reference = DiracMixture(data.flatten(1).to(device=next(module.parameters()).device, dtype=torch.float64))
     return LearnedTraceModel(denoiser, module, share, hparams, target, reference)
-
-
-def _finish(model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]) -> None:
-    save_checkpoint({"model": model.state(), "step": len(losses), "losses": torch.tensor(losses, dtype=torch.float64), "meta": meta}, out_path)
-    if loss_csv is not None:
-        write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
-
-
-def train_denoiser(
-    data: Tensor, schedule: Schedule, cfg: dict[str, Any], out_path: str | Path, *,
-    image_shape: tuple[int, ...] | None = None, resume_path: str | Path | None = None,
-    loss_csv: str | Path | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
-) -> LearnedDenoiser:
-    """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged)."""
-    arch = cfg.get("arch", "auto")
-    if arch == "auto":
-        arch = "unet" if image_shape is not None else "mlp"
-    dev = resolve_device(device)
-    model = build_denoiser(arch, data.shape[1], schedule, cfg, _sigma_data(data), image_shape=image_shape, seed=seed, device=dev)
-    losses = train_loop(
-        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
-        progress=progress, desc=f"denoiser[{arch}]", on_step=on_step,
-    )
-    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
-    return model
-
-
-def train_trace(
-    data: Tensor, denoiser: LearnedDenoiser, cfg: dict[str, Any], out_path: str | Path, *,
-    resume_path: str | Path | None = None, loss_csv: str | Path | None = None, seed: int = 0,
-    progress: bool = True, on_step: Callable[[int], None] | None = None,
-) -> LearnedTraceModel:
-    """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section."""
-    model = build_trace_model(denoiser, cfg, seed=seed, data=data)
-    losses = train_loop(
-        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
-        time_power=float(cfg.get("time_power", 1.0)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
-        progress=progress, desc="trace_net", on_step=on_step,
-    )
-    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
-    return model
-
-
-def run_training(kind: str, dataset: str, schedule_name: str, config: dict[str, Any], data_path: str | Path,
-                 out: str | Path, *, denoiser_path: str | Path | None = None, loss_csv: str | Path | None = None,
-                 resume_path: str | Path | None = None, progress: bool = True) -> Any:
-    """Entry point of the train rules: ``kind`` = ``denoiser`` or ``trace`` for (dataset, schedule)."""
-    from dfcore.data import image_shape, load_dataset
-    from dfcore.networks import load_denoiser
-    from dfcore.schedules import get_schedule
-
-    schedule = get_schedule(schedule_name, **config.get("schedules", {}).get(schedule_name, {}))
-    data = load_dataset(data_path)
-    seed = int(config.get("seed", 0))
-    if kind == "denoiser":
-        cfg = section_for(config["denoiser"], dataset)
-        return train_denoiser(data, schedule, cfg, out, image_shape=image_shape(data_path), resume_path=resume_path,
-                              loss_csv=loss_csv, seed=seed + int(cfg.get("seed", 0)), device=config.get("device", "auto"),
-                              progress=progress)
-    if kind == "trace":
-        cfg = section_for(config["trace_net"], dataset)
-        den = load_denoiser(denoiser_path, resolve_device(config.get("device", "auto")))
-        return train_trace(data, den, cfg, out, resume_path=resume_path, loss_csv=loss_csv,
-                           seed=seed + int(cfg.get("seed", 0)), progress=progress)
-    raise ValueError(f"unknown training kind {kind!r}; choose 'denoiser' or 'trace'")

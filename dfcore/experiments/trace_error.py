@@ -21,10 +21,13 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dfcore.denoiser import Denoiser, TraceModel
-from dfcore.estimators.trace import fisher_trace
+from dfcore.models.base import Denoiser, TraceModel
+from dfcore.fisher.trace import fisher_trace
+from dfcore.data.store import load_dataset
+from dfcore.device import resolve_device
 from dfcore.io import provenance, save_figure, write_csv, write_text, write_zarr
-from dfcore.mixture import DiracMixture
+from dfcore.models.networks import load_trace_model
+from dfcore.mixtures import DiracMixture
 from dfcore.schedules import Schedule
 
 __all__ = ["trace_errors", "markdown_table", "plot_trace_errors", "write_trace_error", "run_trace_error", "PAPER_TABLE2"]
@@ -124,17 +127,14 @@ def write_trace_error(ds: xr.Dataset, *, csv: str | Path, markdown: str | Path, 
     write_zarr(ds, zarr, attrs=provenance(config, seed, title=title))
 
 
-def run_trace_error(config: dict[str, Any], data_path: str | Path, trace_path: str | Path, *, csv: str | Path,
-                    markdown: str | Path, figure: str | Path, zarr: str | Path) -> xr.Dataset:
-    """Entry point of the trace_error rule (config section ``trace_error``)."""
-    from dfcore.data import load_dataset
-    from dfcore.device import resolve_device
-    from dfcore.networks import load_trace_model
-
-    cfg = config["trace_error"]
-    trace_model = load_trace_model(trace_path, resolve_device(config.get("device", "auto")))
+def run_trace_error(section: dict[str, Any], data_path: str | Path, trace_path: str | Path, *, csv: str | Path,
+                    markdown: str | Path, figure: str | Path, zarr: str | Path, seed: int = 0,
+                    device: str = "auto") -> xr.Dataset:
+    """The trace_error stage (Table 2; ``section`` = the ``trace_error`` config section)."""
+    cfg = section
+    trace_model = load_trace_model(trace_path, resolve_device(device))
     denoiser = trace_model.denoiser
-    seed = int(config.get("seed", 0)) + int(cfg.get("seed", 0))
+    seed = int(seed) + int(cfg.get("seed", 0))
     ds = trace_errors(load_dataset(data_path), denoiser.schedule, denoiser, trace_model, times=cfg["times"],
                       t_zero=float(cfg["t_zero"]), methods=cfg["methods"], num_points=int(cfg["num_points"]),
                       num_probes=int(cfg["num_probes"]), seed=seed)

@@ -9,7 +9,7 @@ so, integrating the augmented state :math:`(x_t, \Delta_t)` from :math:`t_{min}`
 
 .. math:: \log q_{t_{min}}(x) = \log p_T(x_T) + \int_{t_{min}}^{T} \big(f d + \tfrac12 g^2 \operatorname{tr}F_t(x_t)\big)\,dt .
 
-The trace is :func:`dfcore.estimators.fisher_trace` with any method; the drift's score comes from
+The trace is :func:`dfcore.fisher.fisher_trace` with any method; the drift's score comes from
 the denoiser (``ExactDenoiser`` of the mixture for ``analytic``). Integration is torchdiffeq's
 adaptive ``dopri5`` (``rtol``/``atol``) or fixed-step ``euler``/``rk4`` (``num_steps``), entirely in torch
 (no numpy round trip per step) and in float64.
@@ -38,14 +38,15 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from dfcore.denoiser import Denoiser, ExactDenoiser, TraceModel, expand_like
-from dfcore.estimators.trace import fisher_trace, rademacher
-from dfcore.mixture import GaussianMixture, Mixture
+from dfcore.models.base import Denoiser, ExactDenoiser, TraceModel
+from dfcore.fisher.trace import fisher_trace, rademacher
+from dfcore.mixtures import GaussianMixture, Mixture
 from dfcore.schedules import Schedule
+from dfcore.sde import pf_ode_velocity
 
-__all__ = ["SOLVERS", "prior_log_prob", "log_likelihood", "bits_per_dim", "gaussian_mixture_log_q0", "run_nll"]
+__all__ = ["ODE_SOLVERS", "prior_log_prob", "log_likelihood", "bits_per_dim", "gaussian_mixture_log_q0"]
 
-SOLVERS = ("dopri5", "euler", "rk4")
+ODE_SOLVERS = ("dopri5", "euler", "rk4")
 
 
 def prior_log_prob(x: Tensor, schedule: Schedule, t_max: float = 1.0, data_mean: Tensor | None = None,
@@ -104,8 +105,8 @@ def log_likelihood(
     Returns ``log_q`` (:math:`\log q_{t_{min}}(x)`, nats, (B,)), ``bpd``, ``prior``, ``delta``
     (the integral), ``x_T`` and ``nfe`` (drift evaluations).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {list(ODE_SOLVERS)}")
     if not 0 < t_min < t_max <= 1:
         raise ValueError(f"need 0 < t_min < t_max <= 1; got {t_min}, {t_max}")
     if denoiser is None:
@@ -128,7 +129,7 @@ def log_likelihood(
         f, g2 = schedule.f(tt), schedule.g2(tt)
         with torch.no_grad():
             score = denoiser.score(xt, tt).to(torch.float64)
-        dx = expand_like(f, xt) * xt - 0.5 * expand_like(g2, xt) * score
+        dx = pf_ode_velocity(xt, tt, score, schedule)
         tr = fisher_trace(method, xt, tt, schedule=schedule, mixture=mixture, denoiser=denoiser,
                           trace_model=trace_model, probes=probes)
         return dx, f * dim + 0.5 * g2 * tr
@@ -150,58 +151,3 @@ def log_likelihood(
     log_q = prior + delta
     return {"log_q": log_q, "bpd": bits_per_dim(log_q, dim), "prior": prior, "delta": delta, "x_T": x_T,
             "nfe": nfe, "seconds": seconds}
-
-
-def run_nll(dataset: str, schedule_name: str, method: str, config: dict[str, Any], data_path: str, out_csv: str,
-            *, denoiser_path: str | None = None, trace_path: str | None = None) -> "pd.DataFrame":
-    """Entry point of the nll rule: NLL of the first ``nll.num_points`` samples of a dataset, one row per point.
-
-    ``analytic`` uses the exact mixture of the dataset (its Gaussian mixture, or the Dirac mixture
-    over its samples, for which :math:`\\log q_{t_{min}}` is compared); the other methods use the
-    trained networks. The exact :math:`\\log q_0` (Gaussian mixtures) or :math:`\\log q_{t_{min}}`
-    (Dirac mixtures) is stored next to the estimate when it exists.
-    """
-    import pandas as pd
-
-    from dfcore.data import load_dataset, load_mixture
-    from dfcore.device import resolve_device
-    from dfcore.io import write_csv
-    from dfcore.networks import load_denoiser, load_trace_model
-    from dfcore.schedules import get_schedule
-
-    cfg = config["nll"]
-    schedule = get_schedule(schedule_name, **config.get("schedules", {}).get(schedule_name, {}))
-    data = load_dataset(data_path)
-    mixture = load_mixture(data_path)
-    x = data[: int(cfg["num_points"])]
-    device = resolve_device(config.get("device", "auto"))
-    denoiser = trace_model = None
-    if method == "dftm":
-        trace_model = load_trace_model(trace_path, device)
-        denoiser = trace_model.denoiser
-    elif method != "analytic":
-        denoiser = load_denoiser(denoiser_path, device)
-    gen = torch.Generator().manual_seed(int(config.get("seed", 0)) + int(cfg.get("seed", 0)))
-    t_min = float(cfg["t_min"])
-    result = log_likelihood(
-        x.to(device), method=method, schedule=schedule, denoiser=denoiser, trace_model=trace_model,
-        mixture=mixture if method == "analytic" else None, t_min=t_min, solver=cfg["solver"], rtol=float(cfg["rtol"]),
-        atol=float(cfg["atol"]), num_steps=int(cfg["num_steps"]), num_probes=int(cfg["num_probes"]), generator=gen,
-        data_mean=data.mean(0), data_cov=torch.cov(data.T).reshape(data.shape[1], data.shape[1]),
-    )
-    dim = data.shape[1]
-    if isinstance(mixture, GaussianMixture):
-        exact, label = gaussian_mixture_log_q0(mixture, x), "log_q0"
-    elif data.shape[1] <= 16:
-        exact, label = mixture.log_prob(x, t_min, schedule), "log_q_tmin"
-    else:
-        exact, label = torch.full((len(x),), float("nan"), dtype=torch.float64), "none"
-    frame = pd.DataFrame({
-        "dataset": dataset, "schedule": schedule_name, "method": method, "point": range(len(x)),
-        "nll_nats": (-result["log_q"]).cpu().numpy(), "bpd": result["bpd"].cpu().numpy(),
-        "exact_nll_nats": (-exact).cpu().numpy(), "exact_kind": label,
-        "abs_error_nats_per_dim": ((result["log_q"].cpu() - exact).abs() / dim).numpy(),
-        "nfe": result["nfe"], "seconds": result["seconds"], "solver": cfg["solver"], "t_min": t_min,
-    })
-    write_csv(frame, out_csv)
-    return frame

@@ -10,17 +10,11 @@ r"""The Stable Diffusion experiments (issue 7), as plain functions and a command
   products and a differentiable reward (CLIP similarity or a user module); per image: reward before and
   after, wall time, peak memory (Fig. 4).
 
-Command line (config validated against the workflow schema, defaults filled)::
-
-    python -m dfcore.sd_cli tiny    --config config/test.yaml --out results/sd/tiny
-    python -m dfcore.sd_cli trace   --config config/test.yaml --pipeline P --images DIR --out trace.pt
-    python -m dfcore.sd_cli nll     --config config/test.yaml --pipeline P --trace trace.pt --out results/sd/nll
-    python -m dfcore.sd_cli adjoint --config config/test.yaml --pipeline P --out results/sd/adjoint [--clip C]
+Command line: ``python -m dfcore sd ...`` (:mod:`dfcore.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -39,9 +33,9 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from dfcore.device import resolve_device, resolve_dtype  # noqa: E402
 from dfcore.io import load_checkpoint, provenance, save_figure, write_csv, write_zarr  # noqa: E402
-from dfcore import sd  # noqa: E402
+from dfcore.integrations import diffusers as sd  # noqa: E402
 
-__all__ = ["run_tiny", "run_trace_net", "run_nll", "run_adjoint", "main"]
+__all__ = ["run_tiny", "run_trace_net", "run_nll", "run_adjoint"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +75,7 @@ def run_tiny(cfg: dict[str, Any], out_pipeline: str, out_clip: str, out_images: 
 def run_trace_net(cfg: dict[str, Any], pipeline: str, image_dir: str, out: str, loss_csv: str, *,
                   device: str = "auto", seed: int = 0, resume: str | None = None) -> sd.LatentTraceModel:
     """Alg. 1 on VAE latents of ``image_dir``: regress t_θ(z_t, t) onto ‖z_0‖²/d (resumable)."""
-    from dfcore.training import train_loop
+    from dfcore.train import train_loop
     from dfcore.io import save_checkpoint
 
     tcfg = cfg["trace_net"]
@@ -186,14 +180,16 @@ def _plot_nll_seeds(frame: pd.DataFrame, thumbs: np.ndarray, prompts: list[str],
 def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str, *, clip_path: str | None = None,
                 device: str = "auto", config: dict[str, Any] | None = None) -> pd.DataFrame:
     """DF-EA vs VJP adjoint guidance (BELM-style schedule) with a differentiable reward; one row per image and method."""
-    from dfcore.adjoint import PeakMemory, guided_sample, time_grid
+    from dfcore.adjoint import guided_sample
+    from dfcore.profiling import PeakMemory
+    from dfcore.sde import time_grid
 
     acfg = cfg["adjoint"]
     pipe, dev = _load(pipeline, cfg, device)
     reward = sd.load_reward(acfg["reward"], pipe, clip_path=clip_path or acfg["clip_path"] or None,
                             module=acfg["reward_module"] or None, module_kwargs=acfg["reward_kwargs"]).to(dev)
     shape = _latent_shape(pipe)
-    times = time_grid(int(acfg["num_steps"]), 1.0, 1.0 / pipe.scheduler.config.num_train_timesteps).to(dev)
+    times = time_grid(int(acfg["num_steps"]), 1.0 / pipe.scheduler.config.num_train_timesteps, t_max=1.0).to(dev)
     rows = []
     jobs = [(p, s, m) for p in cfg["prompts"] for s in acfg["seeds"] for m in acfg["methods"]]
     for prompt, seed, method in tqdm(jobs, desc="sd adjoint"):
@@ -223,38 +219,3 @@ def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str,
     fig.tight_layout()
     save_figure(fig, out_plot, dpi=120)
     return frame
-
-
-def main(argv: list[str] | None = None) -> None:
-    from dfcore.config import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m dfcore.sd_cli", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["tiny", "trace", "nll", "adjoint"])
-    parser.add_argument("--config", default="config/config.yaml")
-    parser.add_argument("--pipeline", help="local Stable Diffusion folder (default: config sd.pipeline)")
-    parser.add_argument("--images", help="image folder for the trace net (default: sd.trace_net.image_dir)")
-    parser.add_argument("--trace", help="trained trace-net checkpoint (nll)")
-    parser.add_argument("--clip", help="local CLIPModel folder (default: sd.adjoint.clip_path)")
-    parser.add_argument("--out", required=True, help="output folder (tiny, nll, adjoint) or checkpoint (trace)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = load_config(args.config)
-    cfg, out = config["sd"], Path(args.out)
-    pipeline = args.pipeline or cfg["pipeline"]
-    if args.command == "tiny":
-        run_tiny(cfg, str(out / "pipeline"), str(out / "clip"), str(out / "images"), seed=config["seed"])
-    elif args.command == "trace":
-        run_trace_net(cfg, pipeline, args.images or cfg["trace_net"]["image_dir"], str(out),
-                      str(out.with_suffix(".loss.csv")), device=config["device"], seed=config["seed"])
-    elif args.command == "nll":
-        out.mkdir(parents=True, exist_ok=True)
-        run_nll(cfg, pipeline, args.trace, str(out / "nll.zarr"), str(out / "nll.csv"), str(out / "nll_vs_guidance.png"),
-                str(out / "nll_seeds.png"), device=config["device"], config=config)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        run_adjoint(cfg, pipeline, str(out / "metrics.csv"), str(out / "scores.png"), clip_path=args.clip,
-                    device=config["device"], config=config)
-
-
-if __name__ == "__main__":
-    main()

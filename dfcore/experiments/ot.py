@@ -7,21 +7,17 @@ gap, and writes the CSV, a markdown table laid out like the paper's, a seaborn h
 stores with the fundamental matrices and trajectories. :func:`run_convergence` measures the
 asymmetry and the Alg. 2 vs autograd discrepancy against the step count.
 
-Command line (the config is validated against the workflow schema, defaults filled)::
-
-    python -m dfcore.ot_cli table3 --config config/config.yaml --out-dir results/ot
-    python -m dfcore.ot_cli convergence --config config/test.yaml --out-dir results/ot
+Command line: ``python -m dfcore ot ...`` (:mod:`dfcore.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import resource
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -31,20 +27,13 @@ from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device
 from dfcore.io import provenance, save_figure, write_csv, write_text, write_zarr
-from dfcore.mixture import DiracMixture, GaussianMixture, Mixture
-from dfcore.ot import (
-    asymmetry_index,
-    flow_jacobian,
-    fundamental_matrix,
-    make_dataset,
-    min_sym_eigenvalue,
-    pairing_gap,
-    sample_prior,
-    time_grid,
-)
+from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
+from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
+from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
+from dfcore.sde import time_grid
 from dfcore.schedules import Schedule, get_schedule
 
-__all__ = ["is_affine", "run_table3", "run_convergence", "table3_markdown", "main"]
+__all__ = ["is_affine", "run_table3", "run_convergence", "table3_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +97,7 @@ def run_table3(
     dim, n_starts, n_steps = int(ot_cfg["dim"]), int(ot_cfg["num_starts"]), int(ot_cfg["num_steps"])
     tol, pot_tol = float(ot_cfg["tolerance"]), float(ot_cfg["pot_tolerance"])
     keep, n_auto = int(ot_cfg["keep_paths"]), int(ot_cfg["autograd_starts"])
-    datasets = {name: make_dataset(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()}
+    datasets = {name: make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()}
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[xr.Dataset]] = {}
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -117,7 +106,7 @@ def run_table3(
     for s_name, d_name in tqdm(pairs, desc="Table 3", disable=not progress):
         schedule, mixture = schedules[s_name], datasets[d_name].to(device="cpu", dtype=torch.float64)
         t_min = float(ot_cfg["t_min"][s_name])
-        times = time_grid(schedule, n_steps, t_min, ot_cfg["spacing"], rho=float(ot_cfg["rho"]))
+        times = time_grid(n_steps, t_min, spacing=ot_cfg["spacing"], rho=float(ot_cfg["rho"]), schedule=schedule)
         x_start = sample_prior(mixture, schedule, n_starts, seed=seed + 1, device=dev)  # CPU generator
         mixture.to(device=dev)
         w0, c0 = time.perf_counter(), _cpu_seconds()
@@ -322,8 +311,8 @@ def run_convergence(
             raise ValueError(f"ot.convergence.datasets names {d_name!r}, which is not in ot.datasets")
         spec = ot_cfg["datasets"][d_name]
         schedule = schedules[s_name]
-        mixture = make_dataset(spec, dim, seed + int(spec.get("seed", 0)))
-        times = time_grid(schedule, int(n_steps), float(ot_cfg["t_min"][s_name]), ot_cfg["spacing"], rho=float(ot_cfg["rho"]))
+        mixture = make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0)))
+        times = time_grid(int(n_steps), float(ot_cfg["t_min"][s_name]), spacing=ot_cfg["spacing"], rho=float(ot_cfg["rho"]), schedule=schedule)
         x_start = sample_prior(mixture, schedule, int(conv["num_starts"]), seed=seed + 1, device=dev)
         mixture.to(device=dev, dtype=torch.float64)
         w0 = time.perf_counter()
@@ -366,33 +355,3 @@ def _convergence_plot(table: pd.DataFrame, path: str | Path) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore.ot_cli {table3,convergence} --config FILE --out-dir DIR``."""
-    from dfcore.config import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m dfcore.ot_cli", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["table3", "convergence"])
-    parser.add_argument("--config", default="config/config.yaml", help="YAML config (validated, defaults filled)")
-    parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/ot)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = load_config(args.config)
-    out = Path(args.out_dir or Path(cfg["results"]) / "ot")
-    common = dict(seed=cfg["seed"], device=cfg["device"], progress=not args.quiet)
-    if args.command == "table3":
-        table = run_table3(
-            cfg["ot"], cfg["schedules"], csv_path=out / "table3.csv", markdown_path=out / "table3.md",
-            heatmap_path=out / "table3_heatmap.png", fundamental_zarr=out / "fundamental.zarr",
-            paths_zarr=out / "paths.zarr", config=cfg, **common,
-        )
-    else:
-        table = run_convergence(cfg["ot"], cfg["schedules"], csv_path=out / "convergence.csv",
-                                plot_path=out / "convergence.png", **common)
-    print(table.to_string(index=False, max_colwidth=14))
-
-
-if __name__ == "__main__":
-    main()

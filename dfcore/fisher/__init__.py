@@ -2,16 +2,16 @@ r"""Interchangeable estimators of the diffusion Fisher :math:`F_t(x) = -\nabla^2
 2025), one call each, the method chosen by a config word.
 
 ``fisher_trace(method, x, t, ...)`` -> :math:`\operatorname{tr}F_t(x)`, shape (B,), float64
-(:mod:`dfcore.estimators.trace`); the methods, in ``TRACE_METHODS``:
+(:mod:`dfcore.fisher.trace`); the methods, in ``TRACE_METHODS``:
 
-* ``analytic`` — exact trace of a ``mixture`` (:class:`~dfcore.mixture.Mixture`; Dirac mixture: Prop. 5).
+* ``analytic`` — exact trace of a ``mixture`` (:class:`~dfcore.mixtures.Mixture`; Dirac mixture: Prop. 5).
 * ``dftm`` — DF-TM, Eq. 17: :math:`d/\sigma^2 - (\alpha^2/\sigma^4)(d\,t_\theta - \|\bar y_\theta\|^2)` from the
   ``denoiser`` and the ``trace_model`` :math:`t_\theta` of Alg. 1.
 * ``vjp`` — exact trace of the network Jacobian :math:`\partial\varepsilon_\theta/\partial x\,/\sigma`, d VJPs.
 * ``hutchinson`` — Skilling–Hutchinson estimate of the same trace with Rademacher probes
   (``rademacher(shape, generator, dtype, device)`` draws them).
 
-``fisher_vp(method, x, t, v, ...)`` -> :math:`F_t(x)^\top v`, shape of ``v`` (:mod:`dfcore.estimators.vp`);
+``fisher_vp(method, x, t, v, ...)`` -> :math:`F_t(x)^\top v`, shape of ``v`` (:mod:`dfcore.fisher.vp`);
 the methods, in ``FVP_METHODS`` (name -> function), each also exported on its own:
 
 * ``analytic`` (``fisher_vp_analytic``) — exact, through the mixture's closed form (Prop. 5 / Prop. 3).
@@ -22,5 +22,5 @@ the methods, in ``FVP_METHODS`` (name -> function), each also exported on its ow
 * ``vjp`` (``fisher_vp_vjp``) — :math:`v^\top \partial\varepsilon_\theta/\partial x\,/\sigma` through the network.
 """
 
-from dfcore.estimators.trace import *  # noqa: F401,F403
-from dfcore.estimators.vp import *  # noqa: F401,F403
+from dfcore.fisher.trace import *  # noqa: F401,F403
+from dfcore.fisher.vp import *  # noqa: F401,F403

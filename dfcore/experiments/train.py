@@ -1,0 +1,103 @@
+r"""The train stage: denoiser and trace network (Alg. 1) of one (data set, schedule), checkpoint and loss CSV out.
+
+The loop, the models and their losses are in :mod:`dfcore.train` and :mod:`dfcore.models`; this module
+reads the data store, writes the final checkpoint (model state, step, losses, the config it was trained
+with) and the loss curve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from dfcore.data.store import image_shape, load_dataset
+from dfcore.device import resolve_device
+from dfcore.io import save_checkpoint, write_csv
+from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
+from dfcore.schedules import Schedule
+from dfcore.train import build_denoiser, build_trace_model, sigma_data, train_loop
+
+__all__ = ["train_denoiser", "train_trace", "run_training"]
+
+
+def _finish(model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]) -> None:
+    save_checkpoint({"model": model.state(), "step": len(losses), "losses": torch.tensor(losses, dtype=torch.float64), "meta": meta}, out_path)
+    if loss_csv is not None:
+        write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
+
+
+def train_denoiser(
+    data: Tensor, schedule: Schedule, cfg: dict[str, Any], out_path: str | Path, *,
+    image_shape: tuple[int, ...] | None = None, resume_path: str | Path | None = None,
+    loss_csv: str | Path | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> LearnedDenoiser:
+    """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged)."""
+    arch = cfg.get("arch", "auto")
+    if arch == "auto":
+        arch = "unet" if image_shape is not None else "mlp"
+    dev = resolve_device(device)
+    model = build_denoiser(arch, data.shape[1], schedule, cfg, sigma_data(data), image_shape=image_shape, seed=seed, device=dev)
+    losses = train_loop(
+        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
+        progress=progress, desc=f"denoiser[{arch}]", on_step=on_step,
+    )
+    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
+    return model
+
+
+def train_trace(
+    data: Tensor, denoiser: LearnedDenoiser, cfg: dict[str, Any], out_path: str | Path, *,
+    resume_path: str | Path | None = None, loss_csv: str | Path | None = None, seed: int = 0,
+    progress: bool = True, on_step: Callable[[int], None] | None = None,
+) -> LearnedTraceModel:
+    """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section."""
+    model = build_trace_model(denoiser, cfg, seed=seed, data=data)
+    losses = train_loop(
+        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
+        time_power=float(cfg.get("time_power", 1.0)),
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
+        progress=progress, desc="trace_net", on_step=on_step,
+    )
+    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
+    return model
+
+
+def run_training(
+    kind: str,
+    section: dict[str, Any],
+    data_path: str | Path,
+    out: str | Path,
+    *,
+    schedule: Schedule | None = None,
+    denoiser_path: str | Path | None = None,
+    loss_csv: str | Path | None = None,
+    resume_path: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> Any:
+    """The train stage: ``kind`` = ``denoiser`` (needs ``schedule``) or ``trace`` (needs ``denoiser_path``; the
+    schedule comes with the denoiser). ``section`` is the ``denoiser`` or ``trace_net`` config section as the
+    data set sees it (its ``overrides`` entry merged in, :func:`dfcore.config.dataset_section`)."""
+    data = load_dataset(data_path)
+    seed = int(seed) + int(section.get("seed", 0))
+    if kind == "denoiser":
+        if schedule is None:
+            raise ValueError("training a denoiser needs its schedule")
+        return train_denoiser(data, schedule, section, out, image_shape=image_shape(data_path), resume_path=resume_path,
+                              loss_csv=loss_csv, seed=seed, device=device, progress=progress)
+    if kind == "trace":
+        if denoiser_path is None:
+            raise ValueError("training a trace network needs the trained denoiser (denoiser_path)")
+        den = load_denoiser(denoiser_path, resolve_device(device))
+        return train_trace(data, den, section, out, resume_path=resume_path, loss_csv=loss_csv, seed=seed,
+                           progress=progress)
+    raise ValueError(f"unknown training kind {kind!r}; choose 'denoiser' or 'trace'")
