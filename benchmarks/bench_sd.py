@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,9 @@ from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
 
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for the test fixtures
+from tests.fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     dtype = getattr(torch, args.dtype)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = sd.load_pipeline(sd.build_tiny_pipeline(Path(tmp) / "pipe"))
+        pipe = sd.load_pipeline(build_tiny_pipeline(Path(tmp) / "pipe"))
         schedule = DiscreteSchedule.from_scheduler(pipe.scheduler)
         rows += bench_model("tiny", pipe.unet, schedule, 16, pipe.tokenizer.model_max_length, device, torch.float32,
                             args.repeats, None)

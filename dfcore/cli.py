@@ -12,7 +12,7 @@ config's ``results`` folder, laid out as the workflow lays it out).
     python -m dfcore trace-error --data D --trace T --out-dir results/trace_error
     python -m dfcore ot table3 --out-dir results/ot
     python -m dfcore adjoint mixture --schedule VP
-    python -m dfcore sd tiny --out results/sd/tiny
+    python -m dfcore sd trace --pipeline resources/sd-pipeline --images resources/images --out trace.pt
 """
 
 from __future__ import annotations
@@ -172,24 +172,22 @@ def _adjoint_main(argv: Sequence[str] | None = None) -> None:
     print(table.to_string(index=False))
 
 def _sd_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore sd {tiny,trace,nll,adjoint} --configfile FILE --out PATH``."""
-    from dfcore.experiments.sd import run_adjoint, run_nll, run_tiny, run_trace_net
+    """``python -m dfcore sd {trace,nll,adjoint} --configfile FILE --out PATH``."""
+    from dfcore.experiments.sd import run_adjoint, run_nll, run_trace_net
 
     parser = argparse.ArgumentParser(prog="python -m dfcore sd", description=_sd_main.__doc__)
-    parser.add_argument("command", choices=["tiny", "trace", "nll", "adjoint"])
+    parser.add_argument("command", choices=["trace", "nll", "adjoint"])
     parser.add_argument("--configfile", default="config/config.yaml")
     parser.add_argument("--pipeline", help="local Stable Diffusion folder (default: config sd.pipeline)")
     parser.add_argument("--images", help="image folder for the trace net (default: sd.trace_net.image_dir)")
     parser.add_argument("--trace", help="trained trace-net checkpoint (nll)")
     parser.add_argument("--clip", help="local CLIPModel folder (default: sd.adjoint.clip_path)")
-    parser.add_argument("--out", required=True, help="output folder (tiny, nll, adjoint) or checkpoint (trace)")
+    parser.add_argument("--out", required=True, help="output folder (nll, adjoint) or checkpoint (trace)")
     args = parser.parse_args(argv)
     config = load_config(args.configfile)
     cfg, out = config["sd"], Path(args.out)
     pipeline = args.pipeline or cfg["pipeline"]
-    if args.command == "tiny":
-        run_tiny(cfg, str(out / "pipeline"), str(out / "clip"), str(out / "images"), seed=config["seed"])
-    elif args.command == "trace":
+    if args.command == "trace":
         run_trace_net(cfg, pipeline, args.images or cfg["trace_net"]["image_dir"], str(out),
                       str(out.with_suffix(".loss.csv")), device=config["device"], seed=config["seed"])
     elif args.command == "nll":

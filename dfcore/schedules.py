@@ -257,6 +257,11 @@ class DiscreteSchedule(Schedule):
     def g2(self, t: Tensor) -> Tensor:
         return -2.0 * self.f(t)
 
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        r"""The table :math:`\bar\alpha_i`, i = 0..T-1, float64."""
+        return torch.exp(self._log_ac[1:])
+
     def params(self) -> dict[str, Any]:
         return {"num_steps": self.num_steps}
 

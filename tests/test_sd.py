@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dfcore.integrations import diffusers as sd
+from tests.fixtures.tiny_sd import build_tiny_clip, build_tiny_pipeline, run_tiny
 from dfcore.models.base import ExactDenoiser, TraceModel
 from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fisher_vp
@@ -38,8 +39,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd")
-    sd.build_tiny_pipeline(root / "pipeline")
-    sd.build_tiny_clip(root / "clip")
+    build_tiny_pipeline(root / "pipeline")
+    build_tiny_clip(root / "clip")
     return root
 
 
@@ -218,7 +219,7 @@ def test_cli_end_to_end(tmp_path):
         "nll": {"guidance_scales": [1.0, 4.0], "seeds": [0, 1], "num_steps": 2, "thumbnail_size": 8},
         "adjoint": {"seeds": [0], "num_steps": 2, "update_steps": [1], "step_size": 1.0},
     }})["sd"]
-    sd_cli.run_tiny(cfg, str(tmp_path / "pipe"), str(tmp_path / "clip"), str(tmp_path / "images"))
+    run_tiny(cfg, str(tmp_path / "pipe"), str(tmp_path / "clip"), str(tmp_path / "images"))
     assert len(list((tmp_path / "images").glob("*.png"))) == 2
     model = sd_cli.run_trace_net(cfg, str(tmp_path / "pipe"), str(tmp_path / "images"), str(tmp_path / "trace.pt"),
                                  str(tmp_path / "loss.csv"), device="cpu", resume=str(tmp_path / "resume.pt"))

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
-from dfcore.sde import expand_like
+from dfcore.sde import add_noise, batch_time, expand_like
 from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint
 from dfcore.mixtures import DiracMixture
@@ -190,6 +190,14 @@ def _scaled(schedule: Schedule, t: Tensor, sigma_data: float) -> tuple[Tensor, T
     return alpha, sigma, s, c_in
 
 
+def skip_scalings(s: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:
+    r"""EDM preconditioning (Karras et al., 2022, Table 1) in the scaled variable :math:`\tilde x = x/\alpha`,
+    noise level :math:`\tilde\sigma` = ``s``: :math:`c_{skip} = \sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`,
+    :math:`c_{out} = \tilde\sigma\sigma_d/\sqrt{\tilde\sigma^2+\sigma_d^2}`."""
+    sd2 = sigma_data**2
+    return sd2 / (s**2 + sd2), s * sigma_data / torch.sqrt(s**2 + sd2)
+
+
 class LearnedDenoiser(Denoiser):
     r"""A preconditioned network as a :class:`~dfcore.models.base.Denoiser` (see the module docstring).
 
@@ -216,7 +224,7 @@ class LearnedDenoiser(Denoiser):
         return next(self.module.parameters())
 
     def _inputs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t = batch_time(t, x, t.dtype)
         alpha, sigma, s, c_in = _scaled(self.schedule, t, self.sigma_data)
         x_in = (x.to(torch.float64) * expand_like(c_in / alpha, x)).to(self._param.dtype)
         return x_in, t.to(self._param.dtype), alpha, sigma
@@ -233,10 +241,7 @@ class LearnedDenoiser(Denoiser):
         return ((x - expand_like(alpha, x).to(x.dtype) * self._x0(x, out, alpha, sigma)) / expand_like(sigma, x).to(x.dtype))
 
     def _x0(self, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        s = sigma / alpha
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (s**2 + sd2)
-        c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
+        c_skip, c_out = skip_scalings(sigma / alpha, self.sigma_data)
         x_tilde = x / expand_like(alpha, x).to(x.dtype)
         return expand_like(c_skip, x).to(x.dtype) * x_tilde + expand_like(c_out, x).to(x.dtype) * out.to(x.dtype)
 
@@ -252,15 +257,12 @@ class LearnedDenoiser(Denoiser):
         :math:`\|F - (x_0 - c_{skip}\tilde x)/c_{out}\|^2`, for ``eps`` :math:`\|\varepsilon_\theta - \varepsilon\|^2`
         (mean over batch and dimensions)."""
         alpha, sigma = self.schedule(t.to(torch.float64))
-        x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        x = add_noise(x0, noise, alpha, sigma)
         out, alpha, sigma = self.raw(x, t)
         if self.prediction == "eps":
             target = noise
         else:
-            s = sigma / alpha
-            sd2 = self.sigma_data**2
-            c_skip = sd2 / (s**2 + sd2)
-            c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
+            c_skip, c_out = skip_scalings(sigma / alpha, self.sigma_data)
             x_tilde = x / expand_like(alpha, x).to(x.dtype)
             target = (x0 - expand_like(c_skip, x0).to(x0.dtype) * x_tilde) / expand_like(c_out, x0).to(x0.dtype)
         return (out - target.to(out.dtype)).pow(2).mean()
@@ -322,7 +324,7 @@ class LearnedTraceModel(TraceModel):
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw head output G (B,)."""
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t = batch_time(t, x, t.dtype)
         x_in, tm, _, _ = self.denoiser._inputs(x, t)
         if self.share_trunk:
             with torch.no_grad():
@@ -332,12 +334,12 @@ class LearnedTraceModel(TraceModel):
 
     def posterior_variance(self, x: Tensor, t: Tensor) -> Tensor:
         r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64."""
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t = batch_time(t, x, t.dtype)
         dim = x[0].numel()
         return self.variance_scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
 
     def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t = batch_time(t, x, t.dtype)
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         dim = ybar.shape[1]
@@ -356,7 +358,7 @@ class LearnedTraceModel(TraceModel):
         conditional expectation of Alg. 1's target itself (Prop. 6), so the same optimum with no variance at all.
         Both come from :meth:`DiracMixture.posterior_variance` and need no denoiser call."""
         alpha, sigma = self.schedule(t.to(torch.float64))
-        x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        x = add_noise(x0, noise, alpha, sigma)
         flat = x0.flatten(1).to(torch.float64)
         if self.target in ("dataset_posterior", "batch_posterior"):
             reference = self.reference if self.target == "dataset_posterior" else DiracMixture(flat)

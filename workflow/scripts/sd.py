@@ -11,7 +11,9 @@ torch.set_num_threads(max(1, int(snakemake.threads)))
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
 p, out = snakemake.params, snakemake.output
 if snakemake.rule == "sd_tiny_pipeline":
-    sd_cli.run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
+    from tests.fixtures.tiny_sd import run_tiny  # test inputs: the tiny pipeline is not part of dfcore
+
+    run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
 elif snakemake.rule == "sd_trace_net":
     sd_cli.run_trace_net(p.sd, p.pipeline, p.images, out.checkpoint, out.loss, device=p.device, seed=p.seed,
                          resume=p.resume)
