@@ -31,7 +31,8 @@ import torch
 
 from dfcore.integrations import diffusers as sd
 from dfcore.device import resolve_device
-from dfcore.fisher.trace import _jacobian_quadratic_forms, fisher_trace
+from dfcore.fisher.common import jacobian_quadratic_forms
+from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fisher_vp
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
@@ -103,7 +104,7 @@ def bench_model(name: str, unet: torch.nn.Module, schedule: DiscreteSchedule, co
     else:  # time `probes` basis-vector VJPs and scale to d of them
         basis = torch.zeros(probes, *shape, device=device, dtype=dtype)
         basis.view(probes, -1)[torch.arange(probes), torch.arange(probes)] = 1.0
-        t_part = _time(lambda: _jacobian_quadratic_forms(lambda x: den.eps(x, t), z, basis, None), device, 1)
+        t_part = _time(lambda: jacobian_quadratic_forms(lambda x: den.eps(x, t), z, basis, None), device, 1)
         t_exact = t_part * dim / probes
     rows += [{**base, "quantity": "trace", "method": "dftm", "seconds": t_dftm, "extrapolated": False},
              {**base, "quantity": "trace", "method": "vjp_exact", "seconds": t_exact, "extrapolated": probes != dim}]

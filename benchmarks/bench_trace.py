@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from dfcore.fisher import fisher_trace
-from dfcore.fisher.trace import _jacobian_quadratic_forms
+from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.io import write_csv
 from dfcore.models.networks import trace_model_from_state
 from dfcore.likelihood import log_likelihood
@@ -63,7 +63,7 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
             vectors = basis[:, None, :].expand(VJP_SUBSET, batch, dim).contiguous()
 
             def run():
-                _jacobian_quadratic_forms(lambda z: den.eps(z, t), x, vectors, 64)
+                jacobian_quadratic_forms(lambda z: den.eps(z, t), x, vectors, 64)
 
             seconds = _time(run, max(1, repeats // 5)) * dim / VJP_SUBSET
             how = f"extrapolated from {VJP_SUBSET} of {dim} VJPs"

@@ -1,4 +1,4 @@
-r"""Fisher-trace estimators behind one signature: ``fisher_trace(method, x, t, ...)`` -> (B,).
+r"""Fisher-trace estimators: a registry of functions with one signature, ``fisher_trace(method, x, t, ...)`` -> (B,).
 
 With :math:`\partial\varepsilon/\partial x = \sigma F_t` (since :math:`\varepsilon = -\sigma\nabla\log q_t`):
 
@@ -13,28 +13,53 @@ With :math:`\partial\varepsilon/\partial x = \sigma F_t` (since :math:`\varepsil
 * ``hutchinson`` — Skilling–Hutchinson: :math:`\frac1k\sum_{j=1}^k z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma`
   with Rademacher :math:`z_j` (unbiased; pass ``probes`` to fix them, e.g. along an ODE solve).
 
-``x`` is (B, d) or (B, C, H, W); ``t`` is a scalar or (B,). The result is float64.
+``x`` is (B, d) or (B, C, H, W); ``t`` is a scalar or (B,). The result is float64 (a scalar per sample,
+accumulated in double precision whatever the network's dtype). Each method is a function of
+:data:`TRACE_METHODS` with the signature of :class:`TraceFn`; :func:`fisher_trace` looks it up by name.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from dfcore.models.base import Denoiser, TraceModel
+from dfcore.fisher.common import jacobian_quadratic_forms, resolve_schedule
 from dfcore.mixtures import Mixture
+from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import Schedule
+from dfcore.sde import batch_time
 
-__all__ = ["TRACE_METHODS", "fisher_trace", "rademacher"]
+__all__ = [
+    "TRACE_METHODS",
+    "TraceFn",
+    "fisher_trace",
+    "trace_analytic",
+    "trace_dftm",
+    "trace_vjp",
+    "trace_hutchinson",
+    "rademacher",
+]
 
-TRACE_METHODS = ("analytic", "dftm", "vjp", "hutchinson")
 
+class TraceFn(Protocol):
+    """The signature every trace method shares; each reads only the keywords it needs."""
 
-def _times(x: Tensor, t: Tensor | float) -> Tensor:
-    t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
-    return t.expand(x.shape[0]) if t.ndim == 0 else t
+    def __call__(
+        self,
+        x: Tensor,
+        t: Tensor,
+        *,
+        schedule: Schedule,
+        mixture: Mixture | None = None,
+        denoiser: Denoiser | None = None,
+        trace_model: TraceModel | None = None,
+        num_probes: int = 1,
+        probes: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = 256,
+    ) -> Tensor: ...
 
 
 def rademacher(shape: tuple[int, ...], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
@@ -43,17 +68,81 @@ def rademacher(shape: tuple[int, ...], generator: torch.Generator | None = None,
     return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(dtype=dtype, device=device)
 
 
-def _jacobian_quadratic_forms(eps: Callable[[Tensor], Tensor], x: Tensor, vectors: Tensor, chunk_size: int | None) -> Tensor:
-    r"""For cotangents ``vectors`` (K, B, d...) return :math:`v_k^\top J` per sample, reduced to
-    :math:`\langle v_k, v_k^\top J\rangle` (K, B), where J is the (block-diagonal) Jacobian of ``eps`` at x."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        _, vjp_fn = torch.func.vjp(eps, x)
-        try:
-            rows = torch.func.vmap(lambda v: vjp_fn(v)[0], chunk_size=chunk_size)(vectors)
-        except (RuntimeError, NotImplementedError):  # an op without a batching rule: loop instead
-            rows = torch.stack([vjp_fn(v)[0] for v in vectors])
-    return (rows.flatten(2) * vectors.flatten(2)).sum(-1)
+def _need(value: object, what: str, method: str) -> None:
+    if value is None:
+        raise ValueError(f"trace method {method!r} needs {what}")
+
+
+def trace_analytic(x: Tensor, t: Tensor, *, schedule: Schedule, mixture: Mixture | None = None, **_: object) -> Tensor:
+    r"""Exact :math:`\operatorname{tr}F_t` of a mixture (Dirac: Prop. 5; Gaussian: closed form)."""
+    _need(mixture, "the exact mixture (mixture=)", "analytic")
+    assert mixture is not None
+    return mixture.fisher_trace(x.flatten(1).to(torch.float64), t, schedule)
+
+
+def trace_dftm(
+    x: Tensor,
+    t: Tensor,
+    *,
+    schedule: Schedule,
+    denoiser: Denoiser | None = None,
+    trace_model: TraceModel | None = None,
+    **_: object,
+) -> Tensor:
+    r"""DF-TM, Eq. 17: :math:`d/\sigma^2 - (\alpha^2/\sigma^4)\,V`, with the bracket
+    :math:`V = d\,t_\theta - \|\bar y_\theta\|^2` from :meth:`TraceModel.posterior_variance`."""
+    _need(denoiser, "a denoiser (denoiser=)", "dftm")
+    _need(trace_model, "a trace model (trace_model=)", "dftm")
+    assert denoiser is not None and trace_model is not None
+    alpha, sigma = schedule(t)
+    with torch.no_grad():
+        bracket = trace_model.posterior_variance(x, t, denoiser).to(torch.float64)
+    return x[0].numel() / sigma**2 - alpha**2 / sigma**4 * bracket
+
+
+def trace_vjp(
+    x: Tensor, t: Tensor, *, schedule: Schedule, denoiser: Denoiser | None = None, chunk_size: int | None = 256,
+    **_: object,
+) -> Tensor:
+    r""":math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma` from d VJPs with the basis vectors."""
+    _need(denoiser, "a denoiser (denoiser=)", "vjp")
+    assert denoiser is not None
+    dim = x[0].numel()
+    basis = torch.eye(dim, dtype=x.dtype, device=x.device)  # cotangent e_j for every sample at once
+    vectors = basis[:, None, :].expand(dim, x.shape[0], dim).reshape(dim, *x.shape)
+    diag = jacobian_quadratic_forms(lambda z: denoiser.eps(z, t), x, vectors, chunk_size)  # (d, B): J_jj
+    return diag.sum(0).detach().to(torch.float64) / schedule.sigma(t)
+
+
+def trace_hutchinson(
+    x: Tensor,
+    t: Tensor,
+    *,
+    schedule: Schedule,
+    denoiser: Denoiser | None = None,
+    num_probes: int = 1,
+    probes: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = 256,
+    **_: object,
+) -> Tensor:
+    r"""Skilling–Hutchinson: :math:`\frac1k\sum_j z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma`."""
+    _need(denoiser, "a denoiser (denoiser=)", "hutchinson")
+    assert denoiser is not None
+    if probes is None:
+        if num_probes < 1:
+            raise ValueError(f"num_probes must be positive; got {num_probes}")
+        probes = rademacher((num_probes, *x.shape), generator, x.dtype, x.device)
+    forms = jacobian_quadratic_forms(lambda z: denoiser.eps(z, t), x, probes.to(x.dtype), chunk_size)
+    return forms.mean(0).detach().to(torch.float64) / schedule.sigma(t)
+
+
+TRACE_METHODS: dict[str, TraceFn] = {
+    "analytic": trace_analytic,
+    "dftm": trace_dftm,
+    "vjp": trace_vjp,
+    "hutchinson": trace_hutchinson,
+}
 
 
 def fisher_trace(
@@ -70,60 +159,20 @@ def fisher_trace(
     generator: torch.Generator | None = None,
     chunk_size: int | None = 256,
 ) -> Tensor:
-    r"""Estimate :math:`\operatorname{tr}F_t(x)` with ``method`` (one of :data:`TRACE_METHODS`), shape (B,), float64.
+    r"""Estimate :math:`\operatorname{tr}F_t(x)` with ``method`` (a key of :data:`TRACE_METHODS`), shape (B,), float64.
 
     Args:
-        method: ``analytic`` (needs ``mixture`` and ``schedule``), ``dftm`` (``denoiser`` and
-            ``trace_model``), ``vjp`` or ``hutchinson`` (``denoiser``).
+        method: ``analytic`` (needs ``mixture``), ``dftm`` (``denoiser`` and ``trace_model``), ``vjp`` or
+            ``hutchinson`` (``denoiser``).
         schedule: defaults to ``denoiser.schedule``.
         num_probes: Rademacher probes for ``hutchinson`` (ignored when ``probes`` (k, *x.shape) is given).
         chunk_size: basis vectors / probes per vectorised batch (bounds memory at chunk x B x d).
     """
-    if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace method {method!r}; choose one of {list(TRACE_METHODS)}")
-    schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)
-    if schedule is None:
-        raise ValueError(f"method {method!r} needs a schedule (or a denoiser that has one)")
-    tt = _times(x, t)
-    alpha, sigma = schedule(tt)
-    dim = x[0].numel()
-    flat = x.flatten(1)
-
-    if method == "analytic":
-        if mixture is None:
-            raise ValueError("method 'analytic' needs the exact mixture")
-        return mixture.fisher_trace(flat.to(torch.float64), tt, schedule)
-
-    if denoiser is None:
-        raise ValueError(f"method {method!r} needs a denoiser")
-
-    if method == "dftm":
-        if trace_model is None:
-            raise ValueError("method 'dftm' needs a trace model")
-        with torch.no_grad():
-            if hasattr(trace_model, "posterior_variance"):
-                # A LearnedTraceModel is parameterised as d t = ||ybar||^2 + V, so the bracket
-                # d t - ||ybar||^2 is V itself: one trunk pass, and no cancellation.
-                bracket = trace_model.posterior_variance(x, tt).to(torch.float64)
-            else:
-                ybar = denoiser.posterior_mean(x, tt).flatten(1).to(torch.float64)
-                t_theta = trace_model.mean_sq_norm(x, tt).to(torch.float64)
-                bracket = dim * t_theta - ybar.pow(2).sum(1)
-        return dim / sigma**2 - alpha**2 / sigma**4 * bracket
-
-    def eps(z: Tensor) -> Tensor:
-        return denoiser.eps(z, tt)
-
-    if method == "vjp":
-        basis = torch.eye(dim, dtype=x.dtype, device=x.device)  # cotangent e_j for every sample at once
-        vectors = basis[:, None, :].expand(dim, x.shape[0], dim).reshape(dim, *x.shape)
-        diag = _jacobian_quadratic_forms(eps, x, vectors, chunk_size)  # (d, B): J_jj
-        return diag.sum(0).detach().to(torch.float64) / sigma
-
-    # hutchinson
-    if probes is None:
-        if num_probes < 1:
-            raise ValueError(f"num_probes must be positive; got {num_probes}")
-        probes = rademacher((num_probes, *x.shape), generator, x.dtype, x.device)
-    forms = _jacobian_quadratic_forms(eps, x, probes.to(x.dtype), chunk_size)
-    return forms.mean(0).detach().to(torch.float64) / sigma
+    try:
+        fn = TRACE_METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown trace method {method!r}; choose one of {list(TRACE_METHODS)}") from None
+    schedule = resolve_schedule(schedule, denoiser, method)
+    return fn(x, batch_time(t, x, torch.float64), schedule=schedule, mixture=mixture, denoiser=denoiser,
+              trace_model=trace_model, num_probes=num_probes, probes=probes, generator=generator,
+              chunk_size=chunk_size)

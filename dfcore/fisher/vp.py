@@ -40,18 +40,19 @@ Shapes: ``x``, ``v``, ``x0``, ``ybar`` are ``(B, ...)`` (flat ``(B, d)`` or imag
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
-import torch
 from torch import Tensor
 
-from dfcore.models.base import Denoiser
-from dfcore.sde import expand_like
+from dfcore.fisher.common import resolve_schedule, vjp
 from dfcore.mixtures import Mixture
+from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
+from dfcore.sde import batch_time, expand_like
 
 __all__ = [
     "FVP_METHODS",
+    "FisherVpFn",
     "fisher_vp",
     "fisher_vp_analytic",
     "fisher_vp_dfea",
@@ -60,9 +61,21 @@ __all__ = [
 ]
 
 
-def _batch_time(t: Tensor | float, x: Tensor) -> Tensor:
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    return t.expand(x.shape[0]) if t.ndim == 0 else t
+class FisherVpFn(Protocol):
+    """The signature every Fisher-vector-product method shares; each reads only the keywords it needs."""
+
+    def __call__(
+        self,
+        x: Tensor,
+        t: Tensor,
+        v: Tensor,
+        *,
+        schedule: Schedule,
+        mixture: Mixture | None = None,
+        denoiser: Denoiser | None = None,
+        x0: Tensor | None = None,
+        ybar: Tensor | None = None,
+    ) -> Tensor: ...
 
 
 def _inner(a: Tensor, b: Tensor) -> Tensor:
@@ -71,24 +84,23 @@ def _inner(a: Tensor, b: Tensor) -> Tensor:
 
 
 def fisher_vp_analytic(
-    x: Tensor, t: Tensor | float, v: Tensor, *, schedule: Schedule, mixture: Mixture, **_: object
+    x: Tensor, t: Tensor, v: Tensor, *, schedule: Schedule, mixture: Mixture | None = None, **_: object
 ) -> Tensor:
     r"""Exact :math:`F_t(x) v` of a mixture (F is symmetric). Prop. 5 (Dirac) / Prop. 3 (Gaussian)."""
     if mixture is None:
         raise ValueError("fisher_vp method 'analytic' needs mixture=")
-    t = _batch_time(t, x)
     flat = mixture.fisher_vp(x.reshape(x.shape[0], -1), t, v.reshape(v.shape[0], -1), schedule)
     return flat.reshape(x.shape)
 
 
 def fisher_vp_dfea(
     x: Tensor,
-    t: Tensor | float,
+    t: Tensor,
     v: Tensor,
     *,
     schedule: Schedule,
-    x0: Tensor,
-    ybar: Tensor,
+    x0: Tensor | None = None,
+    ybar: Tensor | None = None,
     **_: object,
 ) -> Tensor:
     r"""DF-EA, Eq. 20: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)(\langle x_0, v\rangle x_0 - \langle\bar y, v\rangle\bar y)`.
@@ -100,7 +112,7 @@ def fisher_vp_dfea(
     """
     if x0 is None or ybar is None:
         raise ValueError("fisher_vp method 'dfea' needs x0= (trajectory endpoint) and ybar= (cached posterior mean)")
-    alpha, sigma = schedule(_batch_time(t, x))
+    alpha, sigma = schedule(t)
     var = expand_like(sigma.pow(2), v)
     scale = expand_like(alpha.pow(2) / sigma.pow(4), v)
     proj_x0 = expand_like(_inner(x0, v), v)
@@ -110,38 +122,34 @@ def fisher_vp_dfea(
 
 def fisher_vp_dfea_centered(
     x: Tensor,
-    t: Tensor | float,
+    t: Tensor,
     v: Tensor,
     *,
     schedule: Schedule,
-    x0: Tensor,
-    ybar: Tensor,
+    x0: Tensor | None = None,
+    ybar: Tensor | None = None,
     **_: object,
 ) -> Tensor:
     r"""One-sample covariance form: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)\langle x_0 - \bar y, v\rangle (x_0 - \bar y)`."""
     if x0 is None or ybar is None:
         raise ValueError("fisher_vp method 'dfea_centered' needs x0= (trajectory endpoint) and ybar= (cached posterior mean)")
-    alpha, sigma = schedule(_batch_time(t, x))
+    alpha, sigma = schedule(t)
     dev = x0 - ybar
     scale = expand_like(alpha.pow(2) / sigma.pow(4), v)
     return v / expand_like(sigma.pow(2), v) - scale * expand_like(_inner(dev, v), v) * dev
 
 
 def fisher_vp_vjp(
-    x: Tensor, t: Tensor | float, v: Tensor, *, schedule: Schedule, denoiser: Denoiser, **_: object
+    x: Tensor, t: Tensor, v: Tensor, *, schedule: Schedule, denoiser: Denoiser | None = None, **_: object
 ) -> Tensor:
     r""":math:`v^\top (\partial\varepsilon_\theta/\partial x) / \sigma` by one reverse-mode pass through the network."""
     if denoiser is None:
         raise ValueError("fisher_vp method 'vjp' needs denoiser=")
-    t = _batch_time(t, x)
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        eps = denoiser.eps(xg, t)
-        (jtv,) = torch.autograd.grad(eps, xg, grad_outputs=v.to(eps.dtype))
+    jtv = vjp(lambda z: denoiser.eps(z, t), x, v)
     return jtv / expand_like(schedule.sigma(t), jtv)
 
 
-FVP_METHODS: dict[str, Callable[..., Tensor]] = {
+FVP_METHODS: dict[str, FisherVpFn] = {
     "analytic": fisher_vp_analytic,
     "dfea": fisher_vp_dfea,
     "dfea_centered": fisher_vp_dfea_centered,
@@ -155,16 +163,16 @@ def fisher_vp(
     t: Tensor | float,
     v: Tensor,
     *,
-    schedule: Schedule,
+    schedule: Schedule | None = None,
     mixture: Mixture | None = None,
     denoiser: Denoiser | None = None,
     x0: Tensor | None = None,
     ybar: Tensor | None = None,
 ) -> Tensor:
-    r""":math:`F_t(x)^\top v` by ``method`` (``analytic``, ``dfea``, ``dfea_centered`` or ``vjp``); one signature.
+    r""":math:`F_t(x)^\top v` by ``method`` (a key of :data:`FVP_METHODS`), in the shape and dtype of ``v``.
 
     Each method reads only the keyword arguments it needs: ``mixture`` (analytic), ``x0`` and
-    ``ybar`` (dfea, dfea_centered), ``denoiser`` (vjp). The result has the shape of ``v``.
+    ``ybar`` (dfea, dfea_centered), ``denoiser`` (vjp). ``schedule`` defaults to ``denoiser.schedule``.
     """
     try:
         fn = FVP_METHODS[method]
@@ -172,4 +180,5 @@ def fisher_vp(
         raise ValueError(f"unknown fisher_vp method {method!r}; choose one of {sorted(FVP_METHODS)}") from None
     if v.shape != x.shape:
         raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {tuple(v.shape)}")
-    return fn(x, t, v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)
+    schedule = resolve_schedule(schedule, denoiser, method)
+    return fn(x, batch_time(t, x), v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)

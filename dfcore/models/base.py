@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
 from torch import Tensor
 
 from dfcore.mixtures import DiracMixture, Mixture
@@ -42,11 +43,24 @@ class Denoiser(ABC):
 
 
 class TraceModel(ABC):
-    r"""A model of :math:`E[\|x_0\|^2 | x_t]/d` (Alg. 1)."""
+    r"""A model of :math:`E[\|x_0\|^2 | x_t]/d` (Alg. 1).
+
+    DF-TM (Eq. 17) needs the bracket :math:`d\,t_\theta - \|\bar y_\theta\|^2`, the model's
+    :math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]`: :meth:`posterior_variance` forms it from
+    :meth:`mean_sq_norm` and the denoiser's posterior mean; a model that parameterises the variance
+    directly overrides it (no cancellation between two large numbers).
+    """
 
     @abstractmethod
     def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
         r""":math:`t_\theta(x, t)`, shape (B,)."""
+
+    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+        r""":math:`d\,t_\theta(x, t) - \|\bar y_\theta(x, t)\|^2`, shape (B,), float64."""
+        if denoiser is None:
+            raise ValueError("this trace model needs the denoiser for the posterior variance (denoiser=)")
+        ybar = denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        return x[0].numel() * self.mean_sq_norm(x, t).to(torch.float64) - ybar.pow(2).sum(1)
 
 
 class ExactDenoiser(Denoiser):

@@ -332,8 +332,9 @@ class LearnedTraceModel(TraceModel):
             return self.module(feats, tm)
         return self.module["head"](self.module["trunk"].features(x_in, tm), tm)
 
-    def posterior_variance(self, x: Tensor, t: Tensor) -> Tensor:
-        r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64."""
+    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+        r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64: the learned
+        variance itself (``denoiser`` is not needed: the model holds its own)."""
         t = batch_time(t, x, t.dtype)
         dim = x[0].numel()
         return self.variance_scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
