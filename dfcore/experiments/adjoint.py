@@ -19,40 +19,33 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-import xarray as xr  # noqa: E402
-from torch import Tensor  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from torch import Tensor
+from tqdm.auto import tqdm
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
 from dfcore.profiling import PeakMemory
 from dfcore.sampling import CountingDenoiser, sample_trajectory
 from dfcore.sde import time_grid
-from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier  # noqa: E402
+from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
 from dfcore.models.base import Denoiser, ExactDenoiser# noqa: E402
-from dfcore.device import resolve_device  # noqa: E402
-from dfcore.data.datasets import labelled_digits  # noqa: E402
-from dfcore.io import provenance, save_figure, write_csv, write_zarr  # noqa: E402
-from dfcore.mixtures import DiracMixture, Mixture  # noqa: E402
-from dfcore.schedules import get_schedule  # noqa: E402
+from dfcore.device import resolve_device
+from dfcore.data.datasets import labelled_digits
+from dfcore.plots import plot_digit_grid, plot_lambda_agreement, plot_loss_vs_time
+from dfcore.io import provenance, write_csv, write_zarr
+from dfcore.mixtures import DiracMixture, Mixture
+from dfcore.schedules import get_schedule
 
 __all__ = [
     "run_train_classifier",
     "compare_methods",
     "run_mixture_task",
     "run_digits_task",
-    "plot_loss_vs_time",
-    "plot_lambda_agreement",
-    "plot_digit_grid",
 ]
 
 log = logging.getLogger(__name__)
@@ -205,47 +198,6 @@ def compare_methods(
 
 
 # --- figures -------------------------------------------------------------------------------------------
-
-
-def plot_loss_vs_time(history: pd.DataFrame, path: str | Path, title: str) -> None:
-    """Mean loss of the current look-ahead x_0 against wall time, one line per method."""
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.lineplot(data=history, x="wall_s", y="loss", hue="method", marker="o", ax=ax)
-    ax.set(xlabel="wall time (s)", ylabel="mean loss L(x_0)", title=title)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-
-
-def plot_lambda_agreement(agreement: pd.DataFrame, path: str | Path, title: str) -> None:
-    """Cosine and relative error of each method's lambda_k against autograd, per step (steps to go)."""
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    sns.lineplot(data=agreement, x="steps_to_go", y="cosine_mean", hue="method", marker="o", ax=axes[0])
-    sns.lineplot(data=agreement, x="steps_to_go", y="rel_err_mean", hue="method", marker="o", ax=axes[1])
-    axes[0].set(xlabel="steps to go (T at the right)", ylabel="cosine to ground truth")
-    axes[1].set(xlabel="steps to go (T at the right)", ylabel="relative error", yscale="log")
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-
-
-def plot_digit_grid(ds: xr.Dataset, path: str | Path, num_show: int = 8, image_shape: Sequence[int] = (8, 8)) -> None:
-    """Final samples x_0, one row per method ('unguided' first), ``num_show`` columns."""
-    methods = list(ds["guidance"].values)
-    n = min(num_show, ds.sizes["sample"])
-    fig, axes = plt.subplots(len(methods), n, figsize=(1.1 * n, 1.2 * len(methods)), squeeze=False)
-    final = ds["x"].isel(step=-1)
-    for r, method in enumerate(methods):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(final.sel(guidance=method).isel(sample=c).values.reshape(image_shape), cmap="gray_r", vmin=-1, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(method, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
 
 
 def _write_outputs(

@@ -26,7 +26,8 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device
-from dfcore.io import provenance, save_figure, write_csv, write_text, write_zarr
+from dfcore.plots import plot_ot_convergence, plot_table3_heatmap
+from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
@@ -175,7 +176,7 @@ def run_table3(
     timing = {"alg2_wall_s": alg2_wall, "alg2_cpu_s": alg2_cpu, "total_wall_s": wall, "total_cpu_s": cpu, "threads": torch.get_num_threads()}
     write_text(table3_markdown(table, timing), markdown_path)
     _write_stores(finals, schedules, ot_cfg, fundamental_zarr, paths_zarr, attrs)
-    _heatmap(table, heatmap_path)
+    plot_table3_heatmap(table, heatmap_path)
     log.info("Table 3: Alg. 2 %.2f s wall (%.2f s CPU), everything %.2f s wall (%.2f s CPU)", alg2_wall, alg2_cpu, wall, cpu)
     return table
 
@@ -266,30 +267,6 @@ def table3_markdown(table: pd.DataFrame, timing: Mapping[str, float] | None = No
     return "\n".join(lines)
 
 
-def _heatmap(table: pd.DataFrame, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    order_d = list(dict.fromkeys(table["dataset"]))
-    order_s = list(dict.fromkeys(table["schedule"]))
-    asym = table.pivot(index="dataset", columns="schedule", values="asym_mean").reindex(index=order_d, columns=order_s) * 100
-    gap = table.pivot(index="dataset", columns="schedule", values="pot_rel_gap").reindex(index=order_d, columns=order_s)
-    log_gap = np.log10(gap.clip(lower=1e-16))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(order_d) + 2.2))
-    sns.heatmap(asym, annot=True, fmt=".2f", cmap="rocket_r", vmin=0, ax=axes[0], cbar_kws={"label": "mean asymmetry (%)"})
-    axes[0].set_title("Alg. 2 asymmetry index (%)")
-    sns.heatmap(log_gap, annot=True, fmt=".1f", cmap="mako_r", vmin=-16, ax=axes[1], cbar_kws={"label": "log10 relative gap"})
-    axes[1].set_title("POT: log10 (pairing cost / optimal cost - 1)")
-    for ax in axes:
-        ax.set_xlabel("schedule")
-        ax.set_ylabel("data")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-
-
 def run_convergence(
     ot_cfg: Mapping[str, Any],
     schedules_cfg: Mapping[str, Any],
@@ -328,30 +305,7 @@ def run_convergence(
         )
     table = pd.DataFrame(rows)
     write_csv(table, csv_path, float_format="%.6g")
-    _convergence_plot(table, plot_path)
+    plot_ot_convergence(table, plot_path)
     return table
 
 
-def _convergence_plot(table: pd.DataFrame, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    import matplotlib.ticker  # noqa: F401  (NullFormatter below)
-
-    data = table.assign(asym_pct=100 * table["asym_mean"], err=table["autograd_rel_err"].clip(lower=1e-17))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    kw = dict(x="num_steps", hue="schedule", style="update", markers=True, dashes=True, data=data)
-    sns.lineplot(y="asym_pct", ax=axes[0], **kw)
-    axes[0].set(xscale="log", xlabel="Euler steps", ylabel="mean asymmetry (%)", title="Asymmetry vs step count")
-    sns.lineplot(y="err", ax=axes[1], legend=False, **kw)
-    axes[1].set(xscale="log", yscale="log", xlabel="Euler steps", ylabel="max relative error",
-                title="Alg. 2 vs (alpha ratio)^2 J^-T by autograd")
-    steps = sorted(data["num_steps"].unique())
-    for ax in axes:
-        ax.set_xticks(steps, [str(s) for s in steps])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)

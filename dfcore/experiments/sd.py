@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-import xarray as xr  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from dfcore.device import resolve_device, resolve_dtype  # noqa: E402
-from dfcore.io import load_checkpoint, provenance, save_figure, write_csv, write_zarr  # noqa: E402
-from dfcore.integrations import diffusers as sd  # noqa: E402
+from dfcore.device import resolve_device, resolve_dtype
+from dfcore.plots import plot_sd_adjoint, plot_sd_nll_seeds, plot_sd_nll_vs_guidance, thumbnail
+from dfcore.io import load_checkpoint, provenance, write_csv, write_zarr
+from dfcore.integrations import diffusers as sd
 
 __all__ = ["run_trace_net", "run_nll", "run_adjoint"]
 
@@ -78,12 +73,6 @@ def run_trace_net(cfg: dict[str, Any], pipeline: str, image_dir: str, out: str, 
     return model
 
 
-def _thumb(img: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
-
-
 def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_csv: str, plot_guidance: str,
             plot_seeds: str, *, device: str = "auto", config: dict[str, Any] | None = None) -> pd.DataFrame:
     """NLL of CFG-generated latents by DF-TM for every (prompt, guidance scale, seed)."""
@@ -112,7 +101,7 @@ def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_c
             for k, s in enumerate(seeds):
                 nll[i, j, k], bpd[i, j, k] = -res["log_q"][k].item(), res["bpd"][k].item()
                 prior[i, j, k], seconds[i, j, k] = res["prior"][k].item(), elapsed
-                thumbs[i, j, k] = _thumb(imgs[k], thumb)
+                thumbs[i, j, k] = thumbnail(imgs[k], thumb)
                 rows.append({"prompt": prompt, "guidance_scale": w, "seed": s, "nll_nats": nll[i, j, k],
                              "bpd": bpd[i, j, k], "seconds": elapsed, "nfe": int(res["nfe"])})
                 bar.update(1)
@@ -128,35 +117,9 @@ def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_c
     write_zarr(ds, out_zarr, provenance(config, None, stage="sd_nll", method=ncfg["method"], latent_shape=list(shape)))
     frame = pd.DataFrame(rows)
     write_csv(frame, out_csv)
-    _plot_nll_guidance(frame, plot_guidance)
-    _plot_nll_seeds(frame, thumbs, prompts, scales, seeds, plot_seeds)
+    plot_sd_nll_vs_guidance(frame, plot_guidance)
+    plot_sd_nll_seeds(frame, thumbs, prompts, scales, seeds, plot_seeds)
     return frame
-
-
-def _plot_nll_guidance(frame: pd.DataFrame, path: str) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(data=frame, x="guidance_scale", y="bpd", hue="prompt", marker="o", errorbar="sd", ax=ax)
-    ax.set(xlabel="guidance scale w", ylabel="NLL (bits/dim, DF-TM)", title="NLL vs guidance scale")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-
-
-def _plot_nll_seeds(frame: pd.DataFrame, thumbs: np.ndarray, prompts: list[str], scales: list[float], seeds: list[int],
-                    path: str) -> None:
-    """NLL of each seed (first prompt, largest guidance scale), each bar with its image underneath."""
-    j = len(scales) - 1
-    sub = frame[(frame.prompt == prompts[0]) & (frame.guidance_scale == scales[j])]
-    fig = plt.figure(figsize=(max(4, 1.3 * len(seeds)), 4.2))
-    grid = fig.add_gridspec(2, len(seeds), height_ratios=[3, 1])
-    ax = fig.add_subplot(grid[0, :])
-    sns.barplot(data=sub, x="seed", y="bpd", color="tab:blue", ax=ax)
-    ax.set(ylabel="NLL (bits/dim)", title=f"NLL across seeds: {prompts[0]!r}, w = {scales[j]:g}")
-    for k in range(len(seeds)):
-        tax = fig.add_subplot(grid[1, k])
-        tax.imshow(thumbs[0, j, k])
-        tax.set_axis_off()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
 
 
 def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str, *, clip_path: str | None = None,
@@ -193,11 +156,5 @@ def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str,
     frame = pd.DataFrame(rows)
     frame["improvement"] = frame.score_after - frame.score_before
     write_csv(frame, out_csv)
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
-    sns.barplot(data=frame, x="method", y="improvement", ax=axes[0])
-    axes[0].set(ylabel=f"{acfg['reward']} score gain", title="reward improvement")
-    sns.barplot(data=frame, x="method", y="seconds", ax=axes[1])
-    axes[1].set(ylabel="seconds per image", title="wall time")
-    fig.tight_layout()
-    save_figure(fig, out_plot, dpi=120)
+    plot_sd_adjoint(frame, out_plot, acfg["reward"])
     return frame

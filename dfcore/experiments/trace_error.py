@@ -25,12 +25,13 @@ from dfcore.models.base import Denoiser, TraceModel
 from dfcore.fisher.trace import fisher_trace
 from dfcore.data.store import load_dataset
 from dfcore.device import resolve_device
-from dfcore.io import provenance, save_figure, write_csv, write_text, write_zarr
+from dfcore.plots import plot_trace_errors
+from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.models.networks import load_trace_model
 from dfcore.mixtures import DiracMixture
 from dfcore.schedules import Schedule
 
-__all__ = ["trace_errors", "markdown_table", "plot_trace_errors", "write_trace_error", "run_trace_error", "PAPER_TABLE2"]
+__all__ = ["trace_errors", "markdown_table", "write_trace_error", "run_trace_error", "PAPER_TABLE2"]
 
 
 def trace_errors(
@@ -95,22 +96,6 @@ def markdown_table(ds: xr.Dataset, paper: dict[str, Sequence[float]] | None = No
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
     frame.index.name = "relative error (%)"
     return frame.to_markdown() + "\n"
-
-
-def plot_trace_errors(ds: xr.Dataset, path: str | Path, title: str = "") -> None:
-    """Seaborn line plot of the relative error against t, one line per method (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    frame = ds["rel_error"].to_dataframe().reset_index()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(data=frame, x="t", y="rel_error", hue="estimator", marker="o", ax=ax)
-    ax.set(yscale="log", ylabel="relative trace error (%)", xlabel="t", title=title)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=150)
 
 
 PAPER_TABLE2 = {"VJP": [6.68, 5.79, 10.46, 20.13, 51.14, 70.95], "DF-TM": [3.41, 4.56, 4.13, 4.28, 5.33, 5.81]}

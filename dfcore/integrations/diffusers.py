@@ -27,7 +27,6 @@ covariance is formed (at d = 4·64·64 it would not fit in memory).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
