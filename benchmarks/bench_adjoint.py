@@ -5,7 +5,7 @@ For each model, with random weights (the cost does not depend on training):
 - ``mlp`` at d = 64 (dfcore.models.networks.MLPBackbone), and a diffusers ``UNet2DModel`` at 4x32x32 (and 4x64x64,
   the SD-1.5 latent shape, unless ``--skip-large``), both behind dfcore.models.networks.LearnedDenoiser;
 - the SD-1.5 schedule from diffusers' DDIMScheduler (scaled-linear betas 0.00085-0.012) as a DiscreteSchedule;
-- the BELM-style guidance of MATH.md: 20 DDIM steps, adjoint updates at 10 and 5 steps to go,
+- the BELM-style guidance of the paper: 20 DDIM steps, adjoint updates at 10 and 5 steps to go,
   loss = squared distance of x_0 to a fixed random target (a tiny step size: with random weights only the cost means anything).
 
 Timed (best of ``--repeats``; adjoint steps after a warm-up): one adjoint step (one Fisher-vector product and the DDIM

@@ -1,4 +1,4 @@
-"""Benchmark (issue 7): DF-EA vs VJP per adjoint step, and DF-TM vs exact VJP per Fisher trace, on Stable
+"""Benchmark: DF-EA vs VJP per adjoint step, and DF-TM vs exact VJP per Fisher trace, on Stable
 Diffusion latents. Both methods of a pair are timed side by side in one run; the ratio is VJP time / DF time.
 
 Models: the tiny random pipeline (built in a temporary folder; 4×8×8 latents) and, with ``--sd-size``, a

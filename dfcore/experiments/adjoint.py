@@ -179,7 +179,7 @@ def compare_methods(
 
     metrics = pd.DataFrame(rows)
     metrics["improvement_vs_best"] = metrics["improvement"] / metrics["improvement"].max()
-    if "vjp" in methods:  # issue 4's bar: dfea should reach >= 0.9 of the exact VJP's improvement
+    if "vjp" in methods:  # each method's improvement as a share of the exact VJP's
         metrics["improvement_vs_vjp"] = metrics["improvement"] / metrics.set_index("method").loc["vjp", "improvement"]
     flat = lambda a: a.detach().double().cpu().reshape(*a.shape[: a.ndim - (x_T.ndim - 1)], -1).numpy()  # noqa: E731
     ds = xr.Dataset(

@@ -38,7 +38,7 @@ __all__ = ["is_affine", "run_table3", "run_convergence", "table3_markdown"]
 
 log = logging.getLogger(__name__)
 
-PAPER_TABLE3 = {"VE": 25.28, "VP": 23.36, "subVP": 13.84, "EDM": 27.09}  # non-affine Asym. (%), MATH.md
+PAPER_TABLE3 = {"VE": 25.28, "VP": 23.36, "subVP": 13.84, "EDM": 27.09}  # non-affine Asym. (%), Table 3 of the paper
 
 
 def is_affine(mixture: Mixture, tol: float = 1e-12) -> bool:

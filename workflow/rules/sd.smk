@@ -1,4 +1,4 @@
-# Rules of the 'sd' stage (issue 7; README, 'Using real Stable Diffusion weights'): DF-TM likelihoods and
+# Rules of the 'sd' stage (docs/stable-diffusion.md, resources/README.md): DF-TM likelihoods and
 # DF-EA adjoint guidance on a local Stable Diffusion pipeline. Off unless config sd.enabled; with sd.tiny a
 # tiny random pipeline, CLIP reward and image folder are built here (tests, CI) instead of real weights.
 
