@@ -1,6 +1,7 @@
 """Workflow configuration: YAML loading and JSON-schema validation with defaults.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the single description of every key;
+The schema (``workflow/schemas/config.schema.yaml``, shipped inside the package as
+``dfcore/schemas/config.schema.yaml``) is the single description of every key;
 :func:`validate_config` fills in its ``default`` values and turns the first violation into one
 line that names the offending key and what is allowed.
 """
@@ -18,7 +19,7 @@ import yaml
 __all__ = ["ConfigError", "load_yaml", "validate_config", "load_config", "dataset_section", "schema_markdown", "config_readme",
            "SCHEMA_PATH"]
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

@@ -77,7 +77,8 @@ def check_pipeline_dir(path: str | Path) -> Path:
                              "pipeline folder (or sd.tiny: true for the tiny test pipeline)")
     path = Path(path)
     hint = ("Point the config key sd.pipeline at a local folder made by StableDiffusionPipeline.save_pretrained "
-            "(or a snapshot of e.g. stable-diffusion-v1-5 downloaded beforehand); weights are never fetched at run time.")
+            "(or a snapshot of e.g. stable-diffusion-v1-5 downloaded beforehand; resources/README.md); weights are never "
+            "fetched at run time.")
     if not path.is_dir():
         raise SDWeightsError(f"Stable Diffusion folder {str(path)!r} does not exist. {hint}")
     if not (path / "model_index.json").is_file():
