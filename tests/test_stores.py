@@ -1,5 +1,5 @@
 """Zarr stores are read whole or not at all: a missing chunk, a damaged chunk or a flipped byte raises an
-error that names the store and the array."""
+error that names the store and the array, and data sets with NaN or Inf are refused at load."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
-from dfcore.data import load_dataset, make_gaussian_mixture, write_dataset
+from dfcore.data import load_dataset, load_mixture, make_gaussian_mixture, write_dataset
 from dfcore.io import read_zarr, write_zarr
 
 
@@ -90,3 +91,24 @@ def test_arrays_of_fill_values_are_written_and_read_back(tmp_path):
     write_zarr(ds, path)
     back = read_zarr(path)
     assert np.isnan(back["nan"].values).all() and (back["zero"].values == 0).all() and np.isnan(back["s"].values)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_data_set_with_non_finite_values_is_refused_at_load(tmp_path, bad):
+    x = torch.randn(20, 2, dtype=torch.float64)
+    x[7, 1] = bad
+    path = tmp_path / "bad.zarr"
+    write_dataset(path, x, name="bad")
+    with pytest.raises(ValueError, match=r"bad\.zarr.*'x'.*1 non-finite value.*index \(7, 1\)"):
+        load_dataset(path)
+    with pytest.raises(ValueError, match=r"bad\.zarr.*'x'.*non-finite"):
+        load_mixture(path)
+
+
+def test_a_mixture_with_non_finite_parameters_is_refused_at_load(store):
+    ds = read_zarr(store)
+    ds["mixture_means"][0, 0] = np.nan
+    write_zarr(ds, store)
+    load_dataset(store)  # the samples are fine
+    with pytest.raises(ValueError, match=r"gmm\.zarr.*'mixture_means'.*non-finite"):
+        load_mixture(store)
