@@ -2,8 +2,9 @@
 
 import logging
 
+from dfcore.logs import rule_log
 from dfcore.summary import write_summary
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-table = write_summary(snakemake.input.outputs, snakemake.output[0], root=snakemake.params.root)
-logging.info("summarised %d outputs into %s", len(table), snakemake.output[0])
+with rule_log(snakemake.log[0]):  # output, warnings and tracebacks go to the rule's log
+    table = write_summary(snakemake.input.outputs, snakemake.output[0], root=snakemake.params.root)
+    logging.info("summarised %d outputs into %s", len(table), snakemake.output[0])
