@@ -1,22 +1,29 @@
 """Atomic, provenance-stamped outputs: Zarr datasets (through xarray), CSV, text and checkpoints.
 
 Every writer writes to a temporary sibling and renames it into place, so an interrupted job never
-leaves a half-written file or store that a later run could take as done.
+leaves a half-written file or store that a later run could take as done. Zarr stores are written
+with every chunk and a checksum per chunk, and :func:`read_zarr` refuses a store with a missing or
+damaged chunk, naming the store and the array.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
 
 __all__ = [
     "git_revision",
@@ -24,6 +31,9 @@ __all__ = [
     "write_zarr",
     "save_figure",
     "read_zarr",
+    "check_zarr_chunks",
+    "IncompleteStoreError",
+    "check_finite",
     "write_csv",
     "write_text",
     "save_checkpoint",
@@ -75,29 +85,103 @@ def _replace(tmp: Path, path: Path) -> None:
 
 
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike[str], attrs: dict[str, Any] | None = None) -> None:
-    """Write ``ds`` to a Zarr store at ``path`` atomically (temporary store, then rename)."""
+    """Write ``ds`` to a Zarr store at ``path`` atomically (temporary store, then rename).
+
+    Every chunk is written, also one that holds only the fill value, so that a chunk missing from the
+    store always means damage (see :func:`check_zarr_chunks`). Every array is compressed with zstd with
+    its content checksum on, so that a changed byte fails the read instead of changing a value.
+    """
     path = Path(path)
     if attrs:
         ds = ds.assign_attrs(**attrs)
+    ds = ds.copy(deep=False)  # the encodings below are set on the copy, not on the caller's variables
+    for var in ds.variables.values():
+        var.encoding = {**var.encoding, "compressors": (ZstdCodec(level=0, checksum=True),)}
     tmp = _tmp_sibling(path)
     try:
-        ds.to_zarr(tmp, mode="w", consolidated=True)
+        ds.to_zarr(tmp, mode="w", consolidated=True, write_empty_chunks=True)
         _replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class IncompleteStoreError(ValueError):
+    """A chunk of a Zarr store is missing; the message names the store, the array and the chunk."""
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
+    """``(path inside the store, array)`` for every array of ``group`` and of its subgroups."""
+    for name, member in group.members():
+        if isinstance(member, zarr.Group):
+            yield from _arrays(member, f"{prefix}{name}/")
+        else:
+            yield f"{prefix}{name}", member
+
+
+def check_zarr_chunks(path: str | os.PathLike[str]) -> None:
+    """Check that every array of the local Zarr store ``path`` has a file for every chunk of its chunk
+    grid. Zarr reads a missing chunk as the fill value; this raises ``ValueError`` naming the store,
+    the array and the first missing chunk key instead."""
+    path = Path(path)
+    for name, array in _arrays(zarr.open_group(path, mode="r")):
+        grid = itertools.product(*(range(n) for n in array.cdata_shape))
+        missing = [key for key in map(array.metadata.encode_chunk_key, grid) if not (path / name / key).is_file()]
+        if missing:
+            raise IncompleteStoreError(
+                f"Zarr store {path}: array {name!r} is missing {len(missing)} of {array.nchunks} chunks "
+                f"(first: {missing[0]}); the store is incomplete, rebuild it"
+            )
+
+
+def _unreadable_array(path: Path) -> str | None:
+    """The name of the first array of the store ``path`` whose chunks do not decode, or None."""
+    try:
+        arrays = list(_arrays(zarr.open_group(path, mode="r")))
+    except Exception:  # the metadata itself is unreadable: no array to name
+        return None
+    for name, array in arrays:
+        try:
+            array[...]
+        except Exception:
+            return name
+    return None
+
+
 def read_zarr(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Open a Zarr store written by :func:`write_zarr`, loading it into memory; clear error if missing or broken."""
+    """Open a Zarr store written by :func:`write_zarr` and load it into memory.
+
+    Checked: the store exists (else ``FileNotFoundError``); every chunk of every array is present
+    (:func:`check_zarr_chunks`); every chunk decodes and passes its checksum. A failed check raises
+    a one-line ``ValueError`` naming the store and, where it can be told, the array."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr store not found: {path}")
     try:
+        check_zarr_chunks(path)
         with xr.open_zarr(path, consolidated=True) as ds:
             return ds.load()
+    except IncompleteStoreError:
+        raise
     except Exception as err:  # zarr raises many types for a damaged store
-        raise ValueError(f"cannot read Zarr store {path} (corrupted or incomplete?): {err}") from err
+        bad = _unreadable_array(path)
+        where = f", array {bad!r}" if bad is not None else ""
+        detail = " ".join(str(err).split())
+        raise ValueError(f"cannot read Zarr store {path}{where} (corrupted or incomplete?): {detail}") from err
+
+
+def check_finite(ds: xr.Dataset, names: Iterable[str], path: str | os.PathLike[str]) -> None:
+    """Check that the variables ``names`` of ``ds`` (read from the store ``path``) hold no NaN or Inf;
+    otherwise raise ``ValueError`` naming the store, the variable, the count and the first bad index."""
+    for name in names:
+        values = np.asarray(ds[name].values)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"Zarr store {path}: {name!r} holds {int(bad.sum())} non-finite value(s) of {values.size}, "
+                f"the first at index {first}"
+            )
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike[str], **kwargs: Any) -> None:

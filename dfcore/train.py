@@ -79,6 +79,11 @@ def train_loop(
     A resume checkpoint is used only if its ``fingerprint`` (settings,
     seed, data) matches, and it is deleted once the run completes, so a rerun with other settings
     starts afresh.
+
+    Checked at every step: the loss and (with ``grad_clip > 0``) the gradient norm are finite, before
+    the optimizer step; and before each checkpoint and at the end: the parameters are finite. A failed
+    check raises ``FloatingPointError`` naming the step (1-based, as in the loss table) and leaves the
+    last resume checkpoint in place, so no checkpoint or model is ever written from NaN parameters.
     """
     fingerprint = fingerprint or json.dumps([steps, batch_size, lr, warmup_steps, t_min, time_power, seed, list(data.shape),
                                              float(data.double().sum())])
@@ -107,6 +112,17 @@ def train_loop(
         losses = [float(v) for v in ckpt["losses"].tolist()]
         log.info("resumed %s from step %d (%s)", desc, start, resume_path)
 
+    saved = start if ckpt is not None else None  # the step of the resume checkpoint on disk, if any
+
+    def stop(what: str, step_number: int) -> FloatingPointError:
+        if resume_path is None:
+            kept = "no resume checkpoint (resume_path not set)"
+        elif saved is None:
+            kept = "no resume checkpoint was written yet"
+        else:
+            kept = f"kept the last good resume checkpoint {resume_path} (step {saved})"
+        return FloatingPointError(f"{desc}: non-finite {what} at step {step_number} of {steps}; training stopped, {kept}")
+
     module.train()
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress, mininterval=1.0)
     for step in bar:
@@ -118,14 +134,23 @@ def train_loop(
         loss = model.loss(data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        done = step + 1
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+            value, norm_value = torch.stack([loss.detach(), norm.to(loss.dtype)]).tolist()  # one device sync for both
+        else:
+            value, norm_value = float(loss.detach()), 0.0
+        if not math.isfinite(value):
+            raise stop(f"loss ({value})", done)
+        if not math.isfinite(norm_value):
+            raise stop(f"gradient (norm {norm_value}, loss {value:.6g})", done)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(value)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        done = step + 1
         if resume_path is not None and (done % checkpoint_every == 0) and done < steps:
+            if bad := _non_finite_parameters(module):
+                raise stop(f"parameters ({', '.join(bad)})", done)
             save_checkpoint(
                 {
                     "model": model.state(),
@@ -137,12 +162,20 @@ def train_loop(
                 },
                 resume_path,
             )
+            saved = done
         if on_step is not None:
             on_step(done)
+    if bad := _non_finite_parameters(module):
+        raise stop(f"parameters ({', '.join(bad)})", steps)
     module.eval()
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return losses
+
+
+def _non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """The names of the parameters of ``module`` that hold NaN or Inf."""
+    return [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def sigma_data(data: Tensor) -> float:

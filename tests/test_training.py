@@ -157,3 +157,61 @@ def test_dataset_posterior_training_needs_and_uses_the_training_set(tmp_path, da
 
     with pytest.raises(ValueError, match="dataset_posterior"):
         build_trace_model(den, cfg)
+
+
+class Poisoned:
+    """A linear model whose loss turns non-finite at step ``at`` (1-based): ``how`` = ``loss`` gives a
+    NaN loss, ``gradient`` a finite loss with NaN gradients."""
+
+    def __init__(self, at: int, how: str):
+        torch.manual_seed(0)
+        self.module = torch.nn.Linear(2, 2)
+        self.at, self.how, self.calls = at, how, 0
+
+    def loss(self, x0, t, noise):
+        self.calls += 1
+        value = (self.module(x0 + noise) - x0).pow(2).mean()
+        if self.calls >= self.at and self.how == "loss":
+            return value * float("nan")
+        if self.calls >= self.at and self.how == "gradient":
+            u = self.module.weight.sum() - self.module.weight.sum().detach()  # 0, with gradient 1
+            return value + u.abs().sqrt()  # adds 0 to the loss and NaN to the gradient
+        return value
+
+    def state(self):
+        return {"state_dict": self.module.state_dict()}
+
+
+@pytest.mark.parametrize("how, at", [("loss", 17), ("gradient", 20)])
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, data, how, at):
+    """Checkpoints every 10 steps: the step that goes wrong is named, and the resume checkpoint stays
+    the one of step 10, with finite parameters (at step 20 no checkpoint is written from NaN)."""
+    from dfcore.train import train_loop
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(FloatingPointError, match=rf"^probe: non-finite {how}.* at step {at} of 30;.*resume\.pt \(step 10\)"):
+        train_loop(Poisoned(at, how), data, steps=30, batch_size=8, lr=1e-2, checkpoint_every=10, resume_path=resume,
+                   progress=False, desc="probe")
+    ckpt = load_checkpoint(resume)
+    assert ckpt["step"] == 10 and len(ckpt["losses"]) == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["model"]["state_dict"].values())
+
+
+def test_training_on_data_with_nan_stops_and_writes_no_model(tmp_path, data):
+    bad = data.clone()
+    bad[:, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 1 of 30"):
+        train_denoiser(bad, get_schedule("VE"), CFG, tmp_path / "model.pt", seed=0, device="cpu", progress=False,
+                       loss_csv=tmp_path / "loss.csv")
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "loss.csv").exists()
+
+
+def test_parameters_that_turn_non_finite_without_clipping_are_never_saved(tmp_path, data):
+    """With ``grad_clip = 0`` no gradient norm is computed; the parameters are checked before each save."""
+    from dfcore.train import train_loop
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(FloatingPointError, match=r"non-finite (loss|parameters).* at step (20|21) of 30"):
+        train_loop(Poisoned(20, "gradient"), data, steps=30, batch_size=8, lr=1e-2, checkpoint_every=10,
+                   resume_path=resume, grad_clip=0.0, progress=False, desc="probe")
+    assert load_checkpoint(resume)["step"] == 10

@@ -266,6 +266,63 @@ def test_a_missing_input_gives_a_clear_error(scratch):
     assert "Missing input files" in text and victim.name in text, text[-3000:]
 
 
+def _chunk_files(store: Path, array: str) -> list[Path]:
+    root = store / array / "c"
+    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_a_deleted_chunk_of_any_store_is_refused_naming_the_store_and_the_array(finished, tmp_path):
+    """Every Zarr store of the run, every array in it: without one of its chunks the store is not read.
+    Every rule that reads a store (the data stores in training and evaluation, every store in the
+    summary) reads it through read_zarr."""
+    stores = sorted(p for p in (finished / "results").rglob("*.zarr") if not p.name.startswith("."))
+    names = {str(p.relative_to(finished / "results")) for p in stores}
+    assert {"data/checkerboard.zarr", "ot/paths.zarr", "adjoint/digits/trajectories.zarr", "sd/nll/nll.zarr"} <= names
+    assert any(n.startswith("trace_error/") for n in names), names
+    checked = 0
+    for original in stores:
+        store = shutil.copytree(original, tmp_path / original.relative_to(finished))
+        for array in sorted(p.parent.relative_to(store).as_posix() for p in store.rglob("*/zarr.json")
+                            if (p.parent / "c").exists()):
+            chunk = _chunk_files(store, array)[-1]
+            saved = chunk.read_bytes()
+            chunk.unlink()
+            with pytest.raises(ValueError) as err:
+                read_zarr(store)
+            assert str(store) in str(err.value) and f"array {array!r}" in str(err.value), str(err.value)
+            chunk.write_bytes(saved)
+            checked += 1
+        read_zarr(store)
+    assert checked >= 20, checked
+
+
+def test_a_deleted_chunk_of_a_data_store_fails_training_with_the_store_named(scratch):
+    store = scratch / "results" / "data" / "checkerboard.zarr"
+    (store / "x" / "c" / "0" / "0").unlink()
+    target = "results/models/checkerboard_VE_denoiser.pt"
+    result = run_snakemake(scratch, "--cores", "1", "--configfile", CONFIG, "--force", target,
+                           "--allowed-rules", "train_denoiser", "--retries", "0", check=False)
+    assert result.returncode != 0
+    log = (scratch / "results" / "logs" / "train" / "checkerboard_VE_denoiser.log").read_text()
+    assert "Traceback (most recent call last):" in log, log[-3000:]
+    named = store.relative_to(scratch)  # as the rule's input names it
+    assert f"Zarr store {named}: array 'x' is missing 1 of 1 chunks (first: c/0/0)" in log, log[-3000:]
+    assert "loss=nan" not in log
+
+
+def test_a_deleted_chunk_of_the_table2_store_fails_the_summary(scratch):
+    (store,) = (scratch / "results" / "trace_error").glob("*.zarr")
+    chunk = _chunk_files(store, "rel_error")[0]
+    chunk.unlink()
+    result = run_snakemake(scratch, "--cores", "1", "--configfile", CONFIG, "--forcerun", "summary",
+                           "--allowed-rules", "summary", "--retries", "0", check=False)
+    assert result.returncode != 0
+    log = (scratch / "results" / "logs" / "report" / "summary.log").read_text()
+    assert "Traceback (most recent call last):" in log, log[-3000:]
+    assert f"Zarr store {store.relative_to(scratch)}: array 'rel_error' is missing" in log, log[-3000:]
+    assert not (scratch / SUMMARY).exists()
+
+
 def test_damaged_files_give_errors_that_name_them(tmp_path):
     broken = tmp_path / "model.pt"
     save_checkpoint({"w": np.arange(3).tolist()}, broken)

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from dfcore.io import provenance, read_zarr, write_zarr
+from dfcore.io import check_finite, provenance, read_zarr, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
 
 __all__ = ["write_dataset", "load_dataset", "dataset_attrs", "image_shape", "load_mixture"]
@@ -50,10 +50,14 @@ def write_dataset(
 
 
 def load_dataset(path: str | Path, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The samples of a dataset store written by :func:`write_dataset`, shape (N, d)."""
+    """The samples of a dataset store written by :func:`write_dataset`, shape (N, d).
+
+    The store is read whole (:func:`dfcore.io.read_zarr`: every chunk present and intact), and the
+    samples must be finite: NaN or Inf raises ``ValueError`` naming the store."""
     ds = read_zarr(path)
     if "x" not in ds:
         raise ValueError(f"{path}: not a dataset store (no variable 'x')")
+    check_finite(ds, ["x"], path)
     return torch.as_tensor(ds["x"].values, dtype=dtype)
 
 
@@ -72,12 +76,15 @@ def image_shape(path: str | Path) -> tuple[int, ...] | None:
 
 def load_mixture(path: str | Path) -> Mixture:
     """The exact data distribution of a store: its Gaussian mixture if it has one, otherwise the
-    Dirac mixture over its samples (the 'analytic' ground truth of Table 2)."""
+    Dirac mixture over its samples (the 'analytic' ground truth of Table 2). The values it uses must
+    be finite: NaN or Inf raises ``ValueError`` naming the store and the variable."""
     ds = read_zarr(path)
     if "mixture_weights" in ds:
+        check_finite(ds, ["mixture_weights", "mixture_means", "mixture_covs"], path)
         return GaussianMixture(
             torch.as_tensor(ds["mixture_weights"].values),
             torch.as_tensor(ds["mixture_means"].values),
             torch.as_tensor(ds["mixture_covs"].values),
         )
+    check_finite(ds, ["x"], path)
     return DiracMixture(torch.as_tensor(ds["x"].values, dtype=torch.float64))

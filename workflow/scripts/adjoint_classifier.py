@@ -1,15 +1,11 @@
-"""Snakemake wrapper of dfcore.experiments.adjoint.run_train_classifier (rule `adjoint_classifier`)."""
-
-import logging
-import sys
+"""Rule `adjoint_classifier`: dfcore.experiments.adjoint.run_train_classifier."""
 
 import torch
 
 from dfcore.experiments.adjoint import run_train_classifier
+from dfcore.logs import rule_log
 
-with open(snakemake.log[0], "w") as log_file:
-    sys.stderr = log_file  # tqdm progress and warnings go to the rule's log
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(message)s")
+with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log
     torch.set_num_threads(snakemake.threads)
     run_train_classifier(
         snakemake.params.cfg,

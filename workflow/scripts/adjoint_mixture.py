@@ -1,15 +1,11 @@
-"""Snakemake wrapper of dfcore.experiments.adjoint.run_mixture_task (rule `adjoint_mixture`)."""
-
-import logging
-import sys
+"""Rule `adjoint_mixture`: dfcore.experiments.adjoint.run_mixture_task."""
 
 import torch
 
 from dfcore.experiments.adjoint import run_mixture_task
+from dfcore.logs import rule_log
 
-with open(snakemake.log[0], "w") as log_file:
-    sys.stderr = log_file  # tqdm progress and warnings go to the rule's log
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(message)s")
+with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log
     torch.set_num_threads(snakemake.threads)
     schedules = {snakemake.wildcards.schedule: snakemake.params.schedule}
     run_mixture_task(

@@ -1,15 +1,11 @@
-"""Snakemake wrapper of dfcore.experiments.ot.run_convergence (rule `ot_convergence`, workflow/rules/ot.smk)."""
-
-import logging
-import sys
+"""Rule `ot_convergence`: dfcore.experiments.ot.run_convergence."""
 
 import torch
 
+from dfcore.logs import rule_log
 from dfcore.experiments.ot import run_convergence
 
-with open(snakemake.log[0], "w") as log_file:
-    sys.stderr = log_file  # tqdm progress and warnings go to the rule's log
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(message)s")
+with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log
     torch.set_num_threads(snakemake.threads)
     run_convergence(
         snakemake.params.ot,

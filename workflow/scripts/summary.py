@@ -1,9 +1,10 @@
-"""Snakemake wrapper of dfcore.experiments.summary.write_summary (rule `summary`, workflow/rules/report.smk)."""
+"""Rule `summary`: dfcore.experiments.summary.write_summary."""
 
 import logging
 
 from dfcore.experiments.summary import write_summary
+from dfcore.logs import rule_log
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-table = write_summary(snakemake.input.outputs, snakemake.output[0], root=snakemake.params.root)
-logging.info("summarised %d outputs into %s", len(table), snakemake.output[0])
+with rule_log(snakemake.log[0]):  # output, warnings and tracebacks go to the rule's log
+    table = write_summary(snakemake.input.outputs, snakemake.output[0], root=snakemake.params.root)
+    logging.info("summarised %d outputs into %s", len(table), snakemake.output[0])
