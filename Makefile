@@ -43,6 +43,9 @@ dryrun: $(BIN)/snakemake
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check dfcore tests benchmarks workflow/scripts
+	$(BIN)/ruff format --check dfcore tests benchmarks workflow/scripts
+	$(BIN)/mypy
 
 # config/README.md is generated from workflow/schemas/config.schema.yaml (tests/test_config.py checks it is current).
 config-docs: $(BIN)/snakemake
