@@ -114,11 +114,12 @@ def _trace_error_main(argv: Sequence[str] | None = None) -> None:
 
 
 def _ot_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore ot {table3,convergence} --configfile FILE --out-dir DIR``."""
+    """``python -m dfcore ot {table3,convergence,protocols} --configfile FILE --out-dir DIR``."""
     from dfcore.experiments.ot import run_convergence, run_table3
+    from dfcore.experiments.ot_protocols import run_protocols
 
     parser = argparse.ArgumentParser(prog="python -m dfcore ot", description=_ot_main.__doc__)
-    parser.add_argument("command", choices=["table3", "convergence"])
+    parser.add_argument("command", choices=["table3", "convergence", "protocols"])
     parser.add_argument("--configfile", default="config/config.yaml", help="YAML config (validated, defaults filled)")
     parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/ot)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -132,9 +133,12 @@ def _ot_main(argv: Sequence[str] | None = None) -> None:
             heatmap_path=out / "table3_heatmap.png", fundamental_zarr=out / "fundamental.zarr",
             paths_zarr=out / "paths.zarr", config=cfg, **common,
         )
-    else:
+    elif args.command == "convergence":
         table = run_convergence(cfg["ot"], cfg["schedules"], csv_path=out / "convergence.csv",
                                 plot_path=out / "convergence.png", **common)
+    else:
+        table = run_protocols(cfg["ot"], cfg["schedules"], csv_path=out / "protocols.csv",
+                              plot_path=out / "protocols.png", **common)
     print(table.to_string(index=False, max_colwidth=14))
 
 def _adjoint_main(argv: Sequence[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import xarray as xr  # noqa: E402
 from dfcore.io import save_figure  # noqa: E402
 
 __all__ = [
+    "plot_ot_protocols",
     "plot_sd_adjoint",
     "plot_trace_errors",
     "thumbnail",
@@ -161,5 +162,26 @@ def plot_sd_adjoint(frame: pd.DataFrame, path: str | Path, reward: str) -> None:
     axes[0].set(ylabel=f"{reward} score gain", title="reward improvement")
     sns.barplot(data=frame, x="method", y="seconds", ax=axes[1])
     axes[1].set(ylabel="seconds per image", title="wall time")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+
+
+def plot_ot_protocols(table: pd.DataFrame, path: str | Path, paper: dict[str, float]) -> None:
+    """Mean asymmetry against steps per schedule and protocol, one panel per data set; dotted: the paper's values."""
+    data_sets = list(dict.fromkeys(table["data"]))
+    schedules = list(dict.fromkeys(table["schedule"]))
+    palette = dict(zip(schedules, sns.color_palette("deep", len(schedules))))
+    fig, axes = plt.subplots(1, len(data_sets), figsize=(5.5 * len(data_sets), 4), squeeze=False, sharey=True)
+    for ax, d_name in zip(axes[0], data_sets):
+        part = table[table["data"] == d_name].assign(pct=lambda t: 100 * t["asymmetry_mean"])
+        sns.lineplot(data=part, x="num_steps", y="pct", hue="schedule", style="protocol", markers=True,
+                     palette=palette, ax=ax, legend=ax is axes[0][0])
+        for s_name, value in paper.items():
+            if s_name in palette:
+                ax.axhline(value, color=palette[s_name], lw=0.8, ls=":")
+        steps = sorted(part["num_steps"].unique())
+        ax.set(xscale="log", xlabel="steps", ylabel="mean asymmetry (%)", title=f"{d_name} (dotted: paper, non-affine data)")
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     save_figure(fig, path, dpi=120)

@@ -40,7 +40,7 @@ SUMMARY = "results/report/outputs.csv"
 # Every rule of the DAG of config/test.yaml, by stage.
 DATA = {"make_data", "sd_tiny_pipeline"}
 TRAINING = {"train_denoiser", "train_trace", "adjoint_classifier", "sd_trace_net"}
-EVALUATION = {"nll", "trace_error", "ot_table3", "ot_convergence", "adjoint_mixture", "adjoint_digits", "sd_nll", "sd_adjoint"}
+EVALUATION = {"nll", "trace_error", "ot_table3", "ot_convergence", "ot_protocols", "adjoint_mixture", "adjoint_digits", "sd_nll", "sd_adjoint"}
 REPORT = {"summary"}
 ALL_RULES = DATA | TRAINING | EVALUATION | REPORT
 
@@ -52,6 +52,10 @@ PARAM_CHANGES = {
     "nll.num_steps": (("nll", "num_steps"), 10, {"nll": 2, "summary": 1}),
     "ot.convergence.steps": (("ot", "convergence", "steps"), [10, 20], {"ot_convergence": 1, "summary": 1}),
     "ot.num_steps": (("ot", "num_steps"), 30, {"ot_table3": 1, "summary": 1}),
+    "ot.protocol": (("ot", "protocol"), "official", {"ot_table3": 1, "summary": 1}),
+    "ot.protocols.steps": (("ot", "protocols", "steps"), [5, 20], {"ot_protocols": 1, "summary": 1}),
+    # read by Table 3 and by protocol 'ours' of the protocols table (the convergence study sets its own updates)
+    "ot.update": (("ot", "update"), "euler", {"ot_table3": 1, "ot_protocols": 1, "summary": 1}),
     "adjoint.lambda_samples": (("adjoint", "lambda_samples"), 2, {"adjoint_mixture": 1, "adjoint_digits": 1, "summary": 1}),
 }
 
@@ -72,6 +76,7 @@ UPSTREAM_PARAM_CHANGES = {
 SCRIPT_CHANGES = {
     "ot_convergence.py": {"ot_convergence", "summary"},
     "ot_table3.py": {"ot_table3", "summary"},
+    "ot_protocols.py": {"ot_protocols", "summary"},
     "trace_error.py": {"trace_error", "summary"},
     "nll.py": {"nll", "summary"},
     "summary.py": {"summary"},

@@ -63,10 +63,10 @@ def training_section(name):
 
 
 def ot_table3_params():
-    """The 'ot' keys of Table 3: all but 'convergence', t_min of its schedules only."""
+    """The 'ot' keys of Table 3: all but 'convergence' and 'protocols', t_min of its schedules only."""
     ot = config["ot"]
     return {
-        **without(ot, "convergence"),
+        **without(ot, "convergence", "protocols"),
         "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
     }
 
@@ -81,6 +81,19 @@ def ot_convergence_params():
             d: ot["datasets"][d] for d in conv["datasets"] if d in ot["datasets"]
         },
         "convergence": conv,
+    }
+
+
+def ot_protocols_params():
+    """The 'ot' keys of the protocols table: 'protocols', its data sets, and the keys of protocol 'ours'."""
+    ot, prot = config["ot"], config["ot"]["protocols"]
+    return {
+        **{key: ot[key] for key in ("dim", "spacing", "rho", "update", "schedules")},
+        "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
+        "datasets": {
+            d: ot["datasets"][d] for d in prot["datasets"] if d in ot["datasets"]
+        },
+        "protocols": prot,
     }
 
 

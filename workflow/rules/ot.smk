@@ -65,6 +65,35 @@ rule ot_convergence:
         "../scripts/ot_convergence.py"
 
 
+rule ot_protocols:
+    output:
+        csv=report(
+            f"{RESULTS}/ot/protocols.csv",
+            caption="../report/ot_protocols.rst",
+            category="Optimal transport",
+        ),
+        plot=report(
+            f"{RESULTS}/ot/protocols.png",
+            caption="../report/ot_protocols.rst",
+            category="Optimal transport",
+        ),
+    log:
+        f"{RESULTS}/logs/ot/protocols.log",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        ot=ot_protocols_params(),
+        schedules=schedules_of(config["ot"]["schedules"]),
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/ot_protocols.py"
+
+
 TARGETS.extend(
     [
         f"{RESULTS}/ot/table3.csv",
@@ -74,5 +103,7 @@ TARGETS.extend(
         f"{RESULTS}/ot/paths.zarr",
         f"{RESULTS}/ot/convergence.csv",
         f"{RESULTS}/ot/convergence.png",
+        f"{RESULTS}/ot/protocols.csv",
+        f"{RESULTS}/ot/protocols.png",
     ]
 )
