@@ -43,6 +43,7 @@ __all__ = [
     "dataset_attrs",
     "image_shape",
     "prepare_dataset",
+    "prepare_dataset_entry",
 ]
 
 DATASET_KINDS = ("checkerboard", "gaussian_mixture", "digits")
@@ -178,10 +179,18 @@ def load_mixture(path: str | Path) -> Mixture:
 
 
 def prepare_dataset(name: str, config: dict[str, Any], out: str | Path) -> Tensor:
-    """Entry point of the data rule: build dataset ``name`` from the validated config and write it."""
+    """Build dataset ``name`` from the validated config's ``datasets`` section and write it."""
     specs = config.get("datasets", {})
     if name not in specs:
         raise ValueError(f"dataset {name!r} is not in the config's 'datasets' section; have {sorted(specs)}")
-    x, mixture, attrs = make_dataset(specs[name])
-    write_dataset(out, x, name=name, mixture=mixture, attrs=attrs, config=specs[name], seed=specs[name].get("seed"))
+    return prepare_dataset_entry(name, specs[name], out)
+
+
+def prepare_dataset_entry(name: str, spec: dict[str, Any] | None, out: str | Path) -> Tensor:
+    """Entry point of the data rule: build dataset ``name`` from its own entry of the ``datasets`` section
+    (None when the config has no such entry) and write it."""
+    if spec is None:
+        raise ValueError(f"dataset {name!r} is not a key of the config's 'datasets' section")
+    x, mixture, attrs = make_dataset(spec)
+    write_dataset(out, x, name=name, mixture=mixture, attrs=attrs, config=spec, seed=spec.get("seed"))
     return x

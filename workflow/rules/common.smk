@@ -4,9 +4,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from dfcore.config import ConfigError, dataset_section, validate_config
+from dfcore.config import ConfigError, dataset_section, load_yaml, validate_config
 
 try:
+    for path in workflow.configfiles:  # Snakemake's own loader keeps the last of two equal keys
+        load_yaml(path)
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
