@@ -18,13 +18,14 @@ With :math:`\partial\varepsilon/\partial x = \sigma F_t` (since :math:`\varepsil
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from dfcore.denoiser import Denoiser, TraceModel
-from dfcore.mixture import Mixture
+from dfcore.mixture import Mixture, check_finite
 from dfcore.schedules import Schedule
 
 __all__ = ["TRACE_METHODS", "fisher_trace", "rademacher"]
@@ -84,9 +85,10 @@ def fisher_trace(
     schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)
     if schedule is None:
         raise ValueError(f"method {method!r} needs a schedule (or a denoiser that has one)")
+    check_finite("x", x)
     tt = _times(x, t)
     alpha, sigma = schedule(tt)
-    dim = x[0].numel()
+    dim = math.prod(x.shape[1:])
     flat = x.flatten(1)
 
     if method == "analytic":

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from dfcore.denoiser import Denoiser, expand_like
-from dfcore.mixture import Mixture
+from dfcore.mixture import Mixture, check_finite
 from dfcore.schedules import Schedule
 
 __all__ = [
@@ -76,7 +76,7 @@ def fisher_vp_analytic(
     if mixture is None:
         raise ValueError("fisher_vp method 'analytic' needs mixture=")
     t = _batch_time(t, x)
-    flat = mixture.fisher_vp(x.reshape(x.shape[0], -1), t, v.reshape(v.shape[0], -1), schedule)
+    flat = mixture.fisher_vp(x.flatten(1), t, v.flatten(1), schedule)
     return flat.reshape(x.shape)
 
 
@@ -171,4 +171,6 @@ def fisher_vp(
         raise ValueError(f"unknown fisher_vp method {method!r}; choose one of {sorted(FVP_METHODS)}") from None
     if v.shape != x.shape:
         raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {tuple(v.shape)}")
+    check_finite("x", x)
+    check_finite("v", v)
     return fn(x, t, v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)
