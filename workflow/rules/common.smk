@@ -77,7 +77,7 @@ def ot_convergence_params():
     """The 'ot' keys of the convergence study: 'convergence', the grid keys and its own data sets."""
     ot, conv = config["ot"], config["ot"]["convergence"]
     return {
-        **{key: ot[key] for key in ("dim", "spacing", "rho", "schedules")},
+        **{key: ot[key] for key in ("dim", "spacing", "rho", "schedules", "asymmetry_floor")},
         "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
         "datasets": {
             d: ot["datasets"][d] for d in conv["datasets"] if d in ot["datasets"]
