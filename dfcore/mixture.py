@@ -196,17 +196,23 @@ class DiracMixture(Mixture):
             raise ValueError(f"points must have shape (N, d) with N >= 1; got {tuple(points.shape)}")
         if not torch.is_floating_point(points):
             points = points.to(torch.get_default_dtype())
-        if not torch.isfinite(points).all():
-            raise ValueError("points contain NaN or Inf")
         if chunk_elements < 1:
             raise ValueError(f"chunk_elements must be positive; got {chunk_elements}")
+        rows = max(1, int(chunk_elements) // max(points.shape[1], 1))
+        # isfinite of the whole array would hold temporaries larger than the data; a block of rows at a time
+        if not all(bool(torch.isfinite(points[i : i + rows]).all()) for i in range(0, points.shape[0], rows)):
+            raise ValueError("points contain NaN or Inf")
         self.num_points, self.dim = points.shape
         self.center = points.mean(0)
         # One (N, d + 2) table [y - c, ||y - c||^2, 1]: a single product p @ table then yields
         # sum p (y - c), sum p ||y - c||^2 and sum p together.
-        centered = points - self.center
-        self._table = torch.cat([centered, centered.pow(2).sum(1, keepdim=True), torch.ones_like(centered[:, :1])], 1)
-        del centered
+        # Filled in place, the squared norms a block of rows at a time: no (N, d) temporary beside the table.
+        n, d = points.shape
+        self._table = torch.empty(n, d + 2, dtype=points.dtype, device=points.device)
+        self._table[:, :d].copy_(points).sub_(self.center)
+        self._table[:, d + 1] = 1.0
+        for start in range(0, n, rows):
+            self._table[start : start + rows, d] = self._table[start : start + rows, :d].pow(2).sum(1)
         self.chunk_elements = int(chunk_elements)
 
     @property
