@@ -92,7 +92,11 @@ def discrete_adjoint(
         sb, a_s, s_s = schedule_at(schedule, s, x)
 
         def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
-            return fisher_vp(method, point, time, vec, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)
+            # fisher_vp refuses non-finite vectors; a non-finite adjoint row stays NaN (guided_sample flags it)
+            bad = expand_like(~torch.isfinite(vec).flatten(1).all(1), vec)
+            out = fisher_vp(method, point, time, torch.where(bad, 0.0, vec), schedule=schedule, mixture=mixture,
+                            denoiser=denoiser, x0=x0, ybar=ybar)
+            return torch.where(bad, math.nan, out)
 
         if traj.solver == "ddim":
             lam = a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fvp(x, tb, lam, cache.ybar)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "validate_config", "load_config", "dataset_section", "schema_markdown", "config_readme",
-           "SCHEMA_PATH"]
+__all__ = ["ConfigError", "load_yaml", "validate_config", "cross_check", "full_schema", "load_config", "dataset_section",
+           "schema_markdown", "config_readme", "SCHEMA_PATH"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
@@ -26,14 +28,56 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type, or out of range."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Explicit keys are compared before YAML merge keys (``<<``) are expanded, so a key that
+    overrides a merged-in one is still allowed, as YAML specifies.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first.line + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong, and where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing, unreadable or malformed file, or a duplicate key, is one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
@@ -53,11 +97,26 @@ def _fill_defaults(validator_class: type) -> type:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _fill_defaults(jsonschema.Draft202012Validator)
+def _is_finite_number(checker: Any, instance: Any) -> bool:
+    """JSON type 'number' without inf and NaN (YAML's ``.inf`` and ``.nan`` load as floats)."""
+    if not jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number"):
+        return False
+    return not isinstance(instance, float) or math.isfinite(instance)
+
+
+def _finite_numbers(validator_class: type) -> type:
+    """A validator whose type 'number' means a finite number."""
+    checker = validator_class.TYPE_CHECKER.redefine("number", _is_finite_number)
+    return jsonschema.validators.extend(validator_class, type_checker=checker)
+
+
+_Validator = _fill_defaults(_finite_numbers(jsonschema.Draft202012Validator))
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
+        return f"config key '{key}': {error.instance!r} is not a finite number"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
@@ -68,14 +127,220 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Validate ``config`` in place against the schema, filling defaults; raise :class:`ConfigError`."""
+def _without_defaults(schema: Any) -> Any:
+    """A deep copy of ``schema`` with every ``default`` removed (nothing is filled in under it)."""
+    if isinstance(schema, dict):
+        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
+    if isinstance(schema, list):
+        return [_without_defaults(v) for v in schema]
+    return schema
+
+
+def _keys_schema(properties: dict[str, Any], description: str) -> dict[str, Any]:
+    """An object schema that allows exactly ``properties`` (defaults removed, none required)."""
+    return {"description": description, "type": "object", "additionalProperties": False,
+            "properties": _without_defaults(properties)}
+
+
+# Sections whose ``overrides.<dataset>`` entries set keys of the section itself (dataset_section merges them).
+OVERRIDDEN_SECTIONS = ("denoiser", "trace_net")
+
+
+def full_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The schema of ``schema_path`` with the objects whose keys are those of another section filled in.
+
+    ``denoiser.overrides.<dataset>`` and ``trace_net.overrides.<dataset>`` allow the keys of their section
+    (less ``overrides``) with the same types and ranges, and ``trace_net.backbone`` the keys of
+    ``denoiser.mlp`` and ``denoiser.unet``; none of them has defaults, so an override sets only what it names.
+    """
     schema = load_yaml(schema_path)
-    validator = _Validator(schema)
+    sections = schema["properties"]
+    for name in OVERRIDDEN_SECTIONS:
+        props = sections[name]["properties"]
+        own = {key: sub for key, sub in props.items() if key != "overrides"}
+        props["overrides"]["additionalProperties"] = _keys_schema(own, f"keys of '{name}' for one data set")
+    denoiser = sections["denoiser"]["properties"]
+    backbone = {**denoiser["mlp"]["properties"], **denoiser["unet"]["properties"]}
+    sections["trace_net"]["properties"]["backbone"].update(
+        _keys_schema(backbone, "keys of denoiser.mlp / denoiser.unet for the trace net's own backbone"))
+    return schema
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate ``config`` in place against the schema, filling defaults, then check the names and shapes that
+    refer to each other (:func:`cross_check`); raise :class:`ConfigError` naming the first bad key."""
+    validator = _Validator(full_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError(_describe(errors[0]))
+    cross_check(config)
     return config
+
+
+# --------------------------------------------------------------------------------------------- #
+# checks between keys: every name refers to something that exists, every shape agrees
+
+
+DIGITS_SIZE = 1797  # samples in scikit-learn's digits
+IMAGE_KINDS = {"digits"}
+DATASET_KEYS = {  # keys of a 'datasets' entry that its kind reads
+    "checkerboard": {"kind", "num_samples", "seed"},
+    "digits": {"kind", "num_samples", "seed"},
+    "gaussian_mixture": {"kind", "num_samples", "seed", "weights", "means", "stds"},
+}
+OT_DATASET_KEYS = {  # keys of an 'ot.datasets' entry that its kind reads (dfcore.ot.make_dataset)
+    "gaussian": {"kind", "seed", "mean", "covariance", "scale"},
+    "dirac": {"kind", "seed", "points"},
+    "collinear": {"kind", "seed", "num_points", "scale"},
+    "random_dirac": {"kind", "seed", "num_points", "scale"},
+    "gaussian_mixture": {"kind", "seed", "num_components", "scale", "cov_scale"},
+}
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_kind_keys(section: str, specs: dict[str, Any], allowed: dict[str, set[str]]) -> None:
+    for name, spec in specs.items():
+        extra = sorted(set(spec) - allowed[spec["kind"]])
+        if extra:
+            _fail(f"{section}.{name}.{extra[0]}", f"not read by kind {spec['kind']!r}, which reads {sorted(allowed[spec['kind']])}")
+
+
+def _check_name(key: str, name: str, names: Any, what: str) -> None:
+    if name not in names:
+        _fail(key, f"{name!r} is not a key of {what}; have {sorted(names)}")
+
+
+def _dataset_dim(spec: dict[str, Any]) -> int:
+    """Dimension of a 'datasets' entry (its kind fixes it)."""
+    return {"checkerboard": 2, "digits": 64}.get(spec["kind"]) or len(spec["means"][0])
+
+
+def _check_groups(key: str, groups: int, channels: list[int]) -> None:
+    bad = [c for c in channels if c % groups]
+    if bad:
+        _fail(key, f"{groups} GroupNorm groups must divide every channel count; {bad} are not multiples")
+
+
+def _check_datasets(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    _check_kind_keys("datasets", datasets, DATASET_KEYS)
+    if datasets.get("digits", {}).get("kind") != "digits":
+        _fail("datasets.digits", "the adjoint digits task (adjoint.digits) trains on the data set 'digits', "
+              "which must exist and be of kind 'digits'")
+    for name, spec in datasets.items():
+        key = f"datasets.{name}"
+        if spec["kind"] == "gaussian_mixture":
+            k = len(spec["weights"])
+            for field in ("means", "stds"):
+                if len(spec[field]) != k:
+                    _fail(f"{key}.{field}", f"has {len(spec[field])} entries but weights has {k}")
+            dims = {len(m) for m in spec["means"]}
+            if len(dims) != 1 or 0 in dims:
+                _fail(f"{key}.means", f"every mean needs the same number (>= 1) of coordinates; got lengths {sorted(dims)}")
+        if spec["kind"] == "digits" and spec.get("num_samples", 0) > DIGITS_SIZE:
+            _fail(f"{key}.num_samples", f"{spec['num_samples']} is more than the {DIGITS_SIZE} digits there are")
+
+
+def _check_ot(config: dict[str, Any]) -> None:
+    ot = config["ot"]
+    _check_kind_keys("ot.datasets", ot["datasets"], OT_DATASET_KEYS)
+    dim = ot["dim"]
+    for name, spec in ot["datasets"].items():
+        key = f"ot.datasets.{name}"
+        for i, point in enumerate(spec.get("points", [])):
+            if len(point) > dim:
+                _fail(f"{key}.points.{i}", f"has {len(point)} coordinates but ot.dim is {dim}")
+        if "mean" in spec and len(spec["mean"]) != dim:
+            _fail(f"{key}.mean", f"has {len(spec['mean'])} coordinates but ot.dim is {dim}")
+        if "covariance" in spec:
+            cov = spec["covariance"]
+            if len(cov) != dim or any(len(row) != dim for row in cov):
+                _fail(f"{key}.covariance", f"must be {dim} x {dim} (ot.dim)")
+            import numpy as np
+
+            mat = np.asarray(cov, dtype=float)
+            scale = max(float(np.abs(mat).max()), 1e-300)
+            if not np.allclose(mat, mat.T, rtol=0, atol=1e-12 * scale) or np.linalg.eigvalsh(mat).min() <= 0:
+                _fail(f"{key}.covariance", "must be symmetric positive definite")
+    for i, name in enumerate(ot["convergence"]["datasets"]):
+        _check_name(f"ot.convergence.datasets.{i}", name, ot["datasets"], "ot.datasets")
+
+
+def _check_training(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    for section in OVERRIDDEN_SECTIONS:
+        for name in config[section].get("overrides") or {}:
+            _check_name(f"{section}.overrides.{name}", name, datasets, "datasets")
+    for name, spec in datasets.items():
+        merged = dataset_section(config["denoiser"], name)
+        where = f"denoiser.overrides.{name}.arch" if "arch" in config["denoiser"]["overrides"].get(name, {}) else "denoiser.arch"
+        image = spec["kind"] in IMAGE_KINDS
+        if merged["arch"] == "unet" and not image:
+            _fail(where, f"unet needs an image data set, and {name!r} is of kind {spec['kind']!r}")
+        if image and merged["arch"] != "mlp":
+            unet = merged["unet"]
+            _check_groups("denoiser.unet.norm_num_groups", unet["norm_num_groups"], unet["block_out_channels"])
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    for i, run in enumerate(config["nll"]["runs"]):
+        _check_name(f"nll.runs.{i}.dataset", run["dataset"], datasets, "datasets")
+    _check_name("trace_error.dataset", config["trace_error"]["dataset"], datasets, "datasets")
+    adjoint = config["adjoint"]
+    mixture = adjoint["mixture"]
+    _check_name("adjoint.mixture.dataset", mixture["dataset"], datasets, "datasets")
+    dim = _dataset_dim(datasets[mixture["dataset"]])
+    if len(mixture["target"]) != dim:
+        _fail("adjoint.mixture.target", f"has {len(mixture['target'])} coordinates but data set {mixture['dataset']!r} has d = {dim}")
+    for key, section in (("adjoint", adjoint), ("sd.adjoint", config["sd"]["adjoint"])):
+        late = [k for k in section["update_steps"] if k > section["num_steps"]]
+        if late:
+            _fail(f"{key}.update_steps", f"{late} exceed {key}.num_steps = {section['num_steps']} (steps still to go)")
+
+
+def _check_schedules(config: dict[str, Any]) -> None:
+    for name, (low, high) in {"VE": ("sigma_min", "sigma_max"), "EDM": ("sigma_min", "sigma_max"),
+                              "VP": ("beta_min", "beta_max"), "subVP": ("beta_min", "beta_max")}.items():
+        params = config["schedules"][name]
+        if params[low] > params[high] or (low == "sigma_min" and params[low] == params[high]):
+            _fail(f"schedules.{name}.{low}", f"{params[low]} must be below {high} = {params[high]}")
+
+
+def _check_sd(config: dict[str, Any]) -> None:
+    sd = config["sd"]
+    net = sd["trace_net"]
+    _check_groups("sd.trace_net.norm_num_groups", net["norm_num_groups"], net["block_out_channels"])
+    if not sd["enabled"]:
+        return
+    adjoint = sd["adjoint"]
+    if adjoint["reward"] == "module" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", adjoint["reward_module"]):
+        _fail("sd.adjoint.reward_module", f"reward 'module' needs 'package.module:Name'; got {adjoint['reward_module']!r}")
+    if sd["tiny"]:
+        return
+    needed = {"sd.pipeline": sd["pipeline"], "sd.trace_net.image_dir": net["image_dir"]}
+    if adjoint["reward"] == "clip":
+        needed["sd.adjoint.clip_path"] = adjoint["clip_path"]
+    for key, value in needed.items():
+        if not value or not Path(value).is_dir():
+            _fail(key, f"a local folder is needed when sd.enabled is true and sd.tiny is false; {value!r} is not one "
+                       "(resources/README.md says what goes there)")
+
+
+def cross_check(config: dict[str, Any]) -> None:
+    """Checks between keys of a schema-valid config (defaults filled in), so that nothing that validation can
+    see fails once jobs run: every data set named in nll.runs, trace_error, adjoint.mixture, ot.convergence and
+    the overrides exists; the keys of each data set are those its kind reads and their lengths agree; ordered
+    schedule parameters are ordered; update steps fit their samplers; GroupNorm groups divide the UNet channels."""
+    _check_schedules(config)
+    _check_datasets(config)
+    _check_ot(config)
+    _check_training(config)
+    _check_references(config)
+    _check_sd(config)
 
 
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:

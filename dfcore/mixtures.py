@@ -43,7 +43,24 @@ from torch import Tensor
 
 from dfcore.schedules import Schedule, check_time
 
-__all__ = ["Mixture", "DiracMixture", "GaussianMixture"]
+__all__ = ["Mixture", "DiracMixture", "GaussianMixture", "require_finite"]
+
+
+def _concrete_any(mask: Tensor) -> bool | None:
+    """``bool(mask.any())``, or None inside ``torch.func.vmap``, where a tensor's values cannot steer Python code."""
+    try:
+        return bool(mask.any())
+    except RuntimeError:
+        return None
+
+
+def require_finite(name: str, value: Tensor) -> None:
+    """Raise ValueError when ``value`` (B, ...) holds NaN or Inf, which would otherwise give silent NaN rows
+    (not checked inside ``torch.func.vmap``, whose caller holds the whole batch)."""
+    finite = torch.isfinite(value)
+    if _concrete_any(~finite):
+        rows = int((~finite).reshape(value.shape[0], -1).any(1).sum()) if value.ndim else 1
+        raise ValueError(f"{name} contains NaN or Inf (in {rows} of {value.shape[0] if value.ndim else 1} rows)")
 
 
 def _batch_coefficients(
@@ -56,6 +73,7 @@ def _batch_coefficients(
         raise ValueError(f"x must have shape (B, {dim}); got {tuple(x.shape)}")
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor; got {x.dtype}")
+    require_finite("x", x)
     t = check_time(t).to(dtype=x.dtype, device=x.device)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
@@ -65,10 +83,36 @@ def _batch_coefficients(
     return alpha, sigma
 
 
+def _split(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Veltkamp's split a = hi + lo, each half of the significand, so products of halves are exact."""
+    precision = round(-math.log2(torch.finfo(a.dtype).eps)) + 1  # significand bits: 53 in float64
+    factor = 2.0 ** math.ceil(precision / 2) + 1.0
+    c = factor * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _two_product(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Dekker's error-free product: a * b = p + e exactly, p the rounded product (broadcasting)."""
+    p = a * b
+    a_hi, a_lo = _split(a)
+    b_hi, b_lo = _split(b)
+    e = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return p, e
+
+
+def _two_sum(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Knuth's error-free sum: a + b = s + e exactly, s the rounded sum."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
 def _check_vector(v: Tensor, x: Tensor) -> Tensor:
     if not isinstance(v, Tensor) or v.shape != x.shape:
         shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
         raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {shape}")
+    require_finite("v", v)
     return v.to(dtype=x.dtype)
 
 
@@ -121,6 +165,7 @@ class _DiracStats:
     sq_norm: Tensor | None = None  # (B,)  E_w[||delta||^2]
     proj: Tensor | None = None  # (B, d) E_w[<delta, v> delta]
     second: Tensor | None = None  # (B, d, d) E_w[delta delta^T]
+    weight_sum: Tensor | None = None  # (B,)  sum_i exp(l_i - l_ref) >= 1, the reference point included
 
     def cov_trace(self) -> Tensor:
         """tr Cov_w[y] (>= 0; the clamp removes round-off below zero)."""
@@ -151,17 +196,23 @@ class DiracMixture(Mixture):
             raise ValueError(f"points must have shape (N, d) with N >= 1; got {tuple(points.shape)}")
         if not torch.is_floating_point(points):
             points = points.to(torch.get_default_dtype())
-        if not torch.isfinite(points).all():
-            raise ValueError("points contain NaN or Inf")
         if chunk_elements < 1:
             raise ValueError(f"chunk_elements must be positive; got {chunk_elements}")
+        rows = max(1, int(chunk_elements) // max(points.shape[1], 1))
+        # isfinite of the whole array would hold temporaries larger than the data; a block of rows at a time
+        if not all(bool(torch.isfinite(points[i : i + rows]).all()) for i in range(0, points.shape[0], rows)):
+            raise ValueError("points contain NaN or Inf")
         self.num_points, self.dim = points.shape
         self.center = points.mean(0)
         # One (N, d + 2) table [y - c, ||y - c||^2, 1]: a single product p @ table then yields
         # sum p (y - c), sum p ||y - c||^2 and sum p together.
-        centered = points - self.center
-        self._table = torch.cat([centered, centered.pow(2).sum(1, keepdim=True), torch.ones_like(centered[:, :1])], 1)
-        del centered
+        # Filled in place, the squared norms a block of rows at a time: no (N, d) temporary beside the table.
+        n, d = points.shape
+        self._table = torch.empty(n, d + 2, dtype=points.dtype, device=points.device)
+        self._table[:, :d].copy_(points).sub_(self.center)
+        self._table[:, d + 1] = 1.0
+        for start in range(0, n, rows):
+            self._table[start : start + rows, d] = self._table[start : start + rows, :d].pow(2).sum(1)
         self.chunk_elements = int(chunk_elements)
 
     @property
@@ -281,12 +332,92 @@ class DiracMixture(Mixture):
             sq_norm=None if m2 is None else m2 * inv,
             proj=None if mv is None else mv * inv[:, None],
             second=None if mm is None else mm * inv[:, None, None],
+            weight_sum=s0,
         )
 
     def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\log q_t(x) = \log\sum_i e^{\ell_i} - \log N - \tfrac d2 \log(2\pi\sigma^2)`, shape (B,), with the
+        log-sum-exp free of the cancellation of the expanded square (see :meth:`_log_z`)."""
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
-        stats = self._stats(x, alpha, sigma)
-        return stats.log_z - math.log(self.num_points) - 0.5 * self.dim * torch.log(2 * math.pi * sigma.pow(2))
+        log_z = self._log_z(x, alpha, sigma, self._stats(x, alpha, sigma))
+        return log_z - math.log(self.num_points) - 0.5 * self.dim * torch.log(2 * math.pi * sigma.pow(2))
+
+    def _exact_residual(self, x: Tensor, alpha: Tensor, centered: Tensor) -> Tensor:
+        r""":math:`x - \alpha y` for :math:`y = c + (y - c)` (``centered`` holds :math:`y - c`), broadcast over
+        leading dimensions, with the products and the first difference kept exact (Dekker's two-product and
+        Knuth's two-sum): only the final rounding and that of the stored :math:`y - c` remain, so the error is
+        about that of ``x - alpha * y`` in the dtype, not that of the expanded :math:`\|x\|^2 - 2\alpha x\cdot y + \alpha^2\|y\|^2`."""
+        center = self._data_like(x)[1]
+        p1, e1 = _two_product(alpha, center)
+        s1, f1 = _two_sum(x, -p1)  # x - alpha c = s1 + f1
+        p2, e2 = _two_product(alpha, centered)
+        return (s1 - p2) + ((f1 - e1) - e2)
+
+    def _log_z(self, x: Tensor, alpha: Tensor, sigma: Tensor, stats: _DiracStats) -> Tensor:
+        r""":math:`\log Z = \log\sum_i \exp(\ell_i)`, :math:`\ell_i = -\|x - \alpha y_i\|^2 / 2\sigma^2`, shape (B,).
+
+        The pass of :meth:`_stats` forms the logits from matrix products, as sums of terms of size up to
+        :math:`(\|x_c\| + \alpha R)^2 / 2\sigma^2` (:math:`x_c = x - \alpha c`, :math:`R = \max_i \|y_i - c\|`), so
+        each is off by up to :math:`\delta \approx (d + 2)\,\epsilon` times that (nats at :math:`\sigma \sim 10^{-7}`
+        in float64). Here
+
+        .. math:: \log Z = \ell_{ref} + \log\big(1 + \textstyle\sum_{i \ne ref} e^{\ell_i - \ell_{ref}}\big)
+
+        with the best point's :math:`\ell_{ref}` computed from its residual (:meth:`_exact_residual`), so the
+        products enter only through the weight sum :math:`s_0 \ge 1`, whose logarithm is off by at most
+        :math:`(1 - 1/s_0)\,2\delta`. Rows where that bound exceeds :math:`10^{-2}\sqrt\epsilon` (a posterior spread over
+        several points at small sigma) are recomputed by :meth:`_refined_log_z` (not inside ``torch.func.vmap``).
+        """
+        table, center = self._data_like(x)
+        d = self.dim
+        var = sigma.pow(2)
+        best = -self._exact_residual(x, alpha[:, None], stats.ref).pow(2).sum(1) / (2.0 * var)
+        log_z = best + torch.log(stats.weight_sum)
+        if x.shape[0] == 0:
+            return log_z
+        eps = torch.finfo(x.dtype).eps
+        radius = table[:, d].max().sqrt()  # column d holds ||y - c||^2
+        x_c = x - alpha[:, None] * center
+        bound = 2.0 * (d + 2) * eps * (x_c.norm(dim=1) + alpha * radius).pow(2) / (2.0 * var)
+        risk = (1.0 - 1.0 / stats.weight_sum) * 2.0 * bound
+        refine = risk > 1e-2 * math.sqrt(eps)
+        if not _concrete_any(refine):  # also inside torch.func.vmap, which cannot pick rows by value
+            return log_z
+        rows = torch.nonzero(refine).squeeze(1)
+        refined = self._refined_log_z(x[rows], alpha[rows], var[rows], stats.ref[rows], 2.0 * bound[rows])
+        return log_z.index_put((rows,), refined)
+
+    def _refined_log_z(self, x: Tensor, alpha: Tensor, var: Tensor, ref: Tensor, slack: Tensor) -> Tensor:
+        r"""log Z for rows ``x`` (b, d) with every logit that matters taken from its residual.
+
+        The product logits (off by at most ``slack`` relative to the reference point ``ref``) select the
+        candidates, the points within :math:`\log N - \log\epsilon` + ``slack`` nats of the reference; the others
+        together weigh less than :math:`\epsilon` relative. Only the candidates' residuals are formed, so the cost
+        is that of one more product pass plus O(candidates x d).
+        """
+        table, center = self._data_like(x)
+        d, b = self.dim, x.shape[0]
+        x_c = x - alpha[:, None] * center
+        query = torch.cat([x_c * (alpha / var)[:, None], (-0.5 * alpha.pow(2) / var)[:, None], torch.zeros_like(var)[:, None]], 1)
+        ref_row = torch.cat([ref, ref.pow(2).sum(1, keepdim=True), torch.ones_like(ref[:, :1])], 1)
+        floor = (query * ref_row).sum(1) - (math.log(self.num_points) - math.log(torch.finfo(x.dtype).eps)) - slack
+        run_max = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
+        run_sum = torch.zeros(b, dtype=x.dtype, device=x.device)
+        chunk = max(1, min(self.num_points, self.chunk_elements // max(b, 1)))
+        for start in range(0, self.num_points, chunk):
+            rows = table[start : start + chunk]
+            row_idx, point_idx = torch.nonzero(query @ rows.T > floor[:, None], as_tuple=True)
+            if row_idx.numel() == 0:
+                continue
+            resid = self._exact_residual(x[row_idx], alpha[row_idx, None], rows[point_idx, :d])
+            logits = -resid.pow(2).sum(1) / (2.0 * var[row_idx])
+            chunk_max = torch.full_like(run_max, -math.inf).scatter_reduce(0, row_idx, logits, "amax")
+            new_max = torch.maximum(run_max, chunk_max)
+            shift = torch.where(torch.isfinite(new_max), new_max, 0.0)
+            run_sum = run_sum * torch.exp(run_max - shift) + torch.zeros_like(run_sum).index_add(
+                0, row_idx, torch.exp(logits - shift[row_idx]))
+            run_max = new_max
+        return run_max + torch.log(run_sum)
 
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
@@ -345,10 +476,11 @@ class GaussianMixture(Mixture):
     r"""Gaussian mixture :math:`q_0 = \sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)` (Prop. 3, closed form).
 
     Args:
-        weights: mixture weights :math:`\pi`, shape (K,), positive (normalised here).
-        means: :math:`\mu`, shape (K, d).
-        covs: :math:`\Sigma`, shape (K, d, d), symmetric positive semi-definite
+        weights: mixture weights :math:`\pi`, shape (K,) with K >= 1, positive and finite (normalised here).
+        means: :math:`\mu`, shape (K, d), finite.
+        covs: :math:`\Sigma`, shape (K, d, d), symmetric positive semi-definite up to round-off, finite
             (:math:`C_k = \alpha^2 \Sigma_k + \sigma^2 I` is then positive definite for t > 0).
+            Each of these is checked, with a ValueError that names the argument.
     """
 
     def __init__(self, weights: Tensor, means: Tensor, covs: Tensor) -> None:
@@ -360,10 +492,22 @@ class GaussianMixture(Mixture):
             raise ValueError(f"weights must have shape ({k},); got {tuple(weights.shape)}")
         if covs.shape != (k, d, d):
             raise ValueError(f"covs must have shape ({k}, {d}, {d}); got {tuple(covs.shape)}")
+        if k == 0 or d == 0:
+            raise ValueError(f"a Gaussian mixture needs K >= 1 components in d >= 1 dimensions; got K = {k}, d = {d}")
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name} contain NaN or Inf")
         if not (weights > 0).all():
             raise ValueError("weights must be positive")
         if not torch.allclose(covs, covs.transpose(-1, -2), atol=1e-10, rtol=1e-8):
             raise ValueError("covs must be symmetric")
+        # Positive semi-definite up to round-off: an eigenvalue below -16 d eps |lambda|_max is a negative direction.
+        evals = torch.linalg.eigvalsh(covs.to(torch.float64))
+        eps = torch.finfo(covs.dtype if torch.is_floating_point(covs) else torch.float64).eps
+        bad = evals[:, 0] < -16 * d * eps * evals.abs().amax(-1)
+        if bad.any():
+            first = int(torch.nonzero(bad)[0])
+            raise ValueError(f"covs must be positive semi-definite; component {first} has eigenvalue {float(evals[first, 0]):.3g}")
         dtype = means.dtype if torch.is_floating_point(means) else torch.get_default_dtype()
         self.num_components, self.dim = k, d
         self.log_weights = torch.log(weights.to(dtype) / weights.to(dtype).sum())
@@ -386,7 +530,7 @@ class GaussianMixture(Mixture):
         if self.means.dtype != x.dtype or self.means.device != x.device:
             self.to(device=x.device, dtype=x.dtype)
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        if bool((alpha == alpha[0]).all() and (sigma == sigma[0]).all()):
+        if x.shape[0] > 0 and bool((alpha == alpha[0]).all() and (sigma == sigma[0]).all()):
             # One time for the whole batch: factor the K covariances once.
             a, s = alpha[:1, None, None, None], sigma[:1, None, None, None]
         else:
@@ -412,9 +556,15 @@ class GaussianMixture(Mixture):
         return (gamma[:, :, None] * s_k).sum(1)
 
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
-        r"""Tweedie: :math:`E[x_0|x_t] = (x + \sigma^2 \nabla\log q_t)/\alpha`."""
+        r""":math:`E[x_0|x_t] = \sum_k \gamma_k m_k` with the component posterior means
+        :math:`m_k = \mu_k + \alpha\Sigma_k C_k^{-1}(x - \alpha\mu_k) = \mu_k - \alpha\Sigma_k s_k`.
+
+        Equal to Tweedie's :math:`(x + \sigma^2\nabla\log q_t)/\alpha`, but without its division by
+        :math:`\alpha`, which cancels two large terms when :math:`\alpha` is small and :math:`\|x\|` large."""
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
-        return (x + sigma.pow(2)[:, None] * self.score(x, t, schedule)) / alpha[:, None]
+        _, gamma, s_k, _ = self._components(x, alpha, sigma)
+        m_k = self.means - alpha[:, None, None] * torch.einsum("kde,bke->bkd", self.covs, s_k)
+        return (gamma[:, :, None] * m_k).sum(1)
 
     def _centred_scores(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)

@@ -52,6 +52,17 @@ def check_time(t: Tensor | float, *, allow_zero: bool = False) -> Tensor:
     return t
 
 
+def _finite_params(schedule: str, **params: Any) -> None:
+    """Raise ValueError naming the first parameter of ``schedule`` that is not a finite real number."""
+    for key, value in params.items():
+        try:
+            finite = not isinstance(value, str) and math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ValueError(f"{schedule} parameter {key} must be a finite number; got {value!r}")
+
+
 class Schedule(ABC):
     r"""A forward-process schedule :math:`t \mapsto (\alpha_t, \sigma_t)`."""
 
@@ -95,6 +106,7 @@ class VESchedule(Schedule):
     name = "VE"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        _finite_params("VE", sigma_min=sigma_min, sigma_max=sigma_max)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"VE needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
         self.sigma_min = float(sigma_min)
@@ -126,8 +138,9 @@ class VPSchedule(Schedule):
     name = "VP"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        _finite_params(type(self).name, beta_min=beta_min, beta_max=beta_max)
         if not 0 < beta_min <= beta_max:
-            raise ValueError(f"VP needs 0 < beta_min <= beta_max; got {beta_min}, {beta_max}")
+            raise ValueError(f"{type(self).name} needs 0 < beta_min <= beta_max; got {beta_min}, {beta_max}")
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
 
@@ -176,6 +189,7 @@ class EDMSchedule(Schedule):
     name = "EDM"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        _finite_params("EDM", sigma_min=sigma_min, sigma_max=sigma_max)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"EDM needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
         self.sigma_min = float(sigma_min)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from dfcore.config import (
+    dataset_section,
     SCHEMA_PATH,
     ConfigError,
     config_readme,
@@ -262,3 +263,187 @@ def test_snakemake_dry_run_reports_the_bad_key(tmp_path, patch, expected):
     result = _snakemake_dry_run(path)
     assert result.returncode != 0
     assert expected in result.stderr + result.stdout, result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------- #
+# configs that the schema alone would accept but that fail once jobs run, or are silently ignored:
+# each is refused by validation, in one line that names the key
+
+
+DEFAULT_DATASETS = SCHEMA["properties"]["datasets"]["default"]
+INF, NAN = float("inf"), float("nan")
+
+
+def _datasets(**entries: Any) -> dict[str, Any]:
+    """The default data sets, with ``entries`` added or replaced."""
+    return {"datasets": {**copy.deepcopy(DEFAULT_DATASETS), **entries}}
+
+
+def _gmm(**changes: Any) -> dict[str, Any]:
+    return _datasets(gmm={**copy.deepcopy(DEFAULT_DATASETS["gmm"]), **changes})
+
+
+BAD_CONFIGS = [
+    # overrides and the trace net's backbone: the keys and ranges of the section they override
+    ("override-typo", {"denoiser": {"overrides": {"digits": {"stepz": 5}}}}, "denoiser.overrides.digits", "'stepz'"),
+    ("override-negative-steps", {"denoiser": {"overrides": {"digits": {"steps": -5}}}}, "denoiser.overrides.digits.steps", "minimum"),
+    ("override-nested-typo", {"denoiser": {"overrides": {"digits": {"mlp": {"hiddn": 8}}}}}, "denoiser.overrides.digits.mlp", "'hiddn'"),
+    ("override-wrong-type", {"denoiser": {"overrides": {"digits": {"lr": "fast"}}}}, "denoiser.overrides.digits.lr", "number"),
+    ("trace-override-typo", {"trace_net": {"overrides": {"digits": {"batchsize": 16}}}}, "trace_net.overrides.digits", "'batchsize'"),
+    ("trace-override-enum", {"trace_net": {"overrides": {"digits": {"target": "magic"}}}}, "trace_net.overrides.digits.target", "'magic'"),
+    ("trace-override-range", {"trace_net": {"overrides": {"digits": {"time_power": -1.0}}}}, "trace_net.overrides.digits.time_power", "-1.0"),
+    ("override-unknown-dataset", {"denoiser": {"overrides": {"digts": {"steps": 5}}}}, "denoiser.overrides.digts", "'digts'"),
+    ("trace-override-unknown-dataset", {"trace_net": {"overrides": {"gmmm": {"steps": 5}}}}, "trace_net.overrides.gmmm", "'gmmm'"),
+    ("backbone-typo", {"trace_net": {"backbone": {"hiddn": 512}}}, "trace_net.backbone", "'hiddn'"),
+    ("backbone-range", {"trace_net": {"backbone": {"hidden": 0}}}, "trace_net.backbone.hidden", "minimum"),
+    # names with a fixed set of values
+    ("digits-schedule-enum", {"adjoint": {"digits": {"schedule": "FOO"}}}, "adjoint.digits.schedule", "'FOO'"),
+    ("dataset-name-not-a-wildcard", _datasets(my_data={"kind": "checkerboard"}), "datasets", "'my_data'"),
+    # names that refer to other keys
+    ("nll-unknown-dataset", {"nll": {"runs": [{"dataset": "gmm"}, {"dataset": "moons"}]}}, "nll.runs.1.dataset", "'moons'"),
+    ("trace-error-unknown-dataset", {"trace_error": {"dataset": "moons"}}, "trace_error.dataset", "'moons'"),
+    ("adjoint-mixture-unknown-dataset", {"adjoint": {"mixture": {"dataset": "moons"}}}, "adjoint.mixture.dataset", "'moons'"),
+    ("convergence-unknown-dataset", {"ot": {"convergence": {"datasets": ["non_affine", "spiral"]}}}, "ot.convergence.datasets.1", "'spiral'"),
+    ("no-digits-dataset", {"datasets": {"checkerboard": {"kind": "checkerboard"}}}, "datasets.digits", "adjoint"),
+    ("digits-of-another-kind", _datasets(digits={"kind": "checkerboard"}), "datasets.digits", "kind"),
+    # shapes that must agree
+    ("gmm-means-length", _gmm(means=[[0.0, 0.0]]), "datasets.gmm.means", "weights"),
+    ("gmm-stds-length", _gmm(stds=[0.3, 0.5, 0.7]), "datasets.gmm.stds", "weights"),
+    ("gmm-ragged-means", _gmm(means=[[0.0, 0.0], [1.0]]), "datasets.gmm.means", "coordinates"),
+    ("gmm-missing-stds", _datasets(gmm={"kind": "gaussian_mixture", "weights": [1.0], "means": [[0.0]]}), "datasets.gmm", "'stds'"),
+    ("gmm-nan-mean", _gmm(means=[[NAN, 0.0], [1.0, 1.0]]), "datasets.gmm.means.0.0", "finite"),
+    ("key-of-another-kind", _datasets(checkerboard={"kind": "checkerboard", "weights": [1.0]}), "datasets.checkerboard.weights", "checkerboard"),
+    ("too-many-digits", _datasets(digits={"kind": "digits", "num_samples": 5000}), "datasets.digits.num_samples", "1797"),
+    ("mixture-target-dimension", {"adjoint": {"mixture": {"target": [1.0, 1.0, 1.0]}}}, "adjoint.mixture.target", "d = 2"),
+    ("ot-dirac-without-points", {"ot": {"datasets": {"d": {"kind": "dirac"}}, "convergence": {"datasets": ["d"]}}}, "ot.datasets.d", "'points'"),
+    ("ot-point-too-long", {"ot": {"datasets": {"d": {"kind": "dirac", "points": [[0.0, 0.0, 1.0]]}}, "convergence": {"datasets": ["d"]}}},
+     "ot.datasets.d.points.0", "ot.dim"),
+    ("ot-covariance-shape", {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "covariance": [[1.0]]}}}}, "ot.datasets.non_affine.covariance", "2 x 2"),
+    ("ot-covariance-not-pd", {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "covariance": [[1.0, 2.0], [2.0, 1.0]]}}}},
+     "ot.datasets.non_affine.covariance", "positive definite"),
+    ("ot-mean-length", {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "mean": [0.0]}}}}, "ot.datasets.non_affine.mean", "ot.dim"),
+    ("ot-key-of-another-kind", {"ot": {"datasets": {"non_affine": {"kind": "dirac", "points": [[0.0]], "scale": 2.0}}}},
+     "ot.datasets.non_affine.scale", "dirac"),
+    # values that are in range one by one but not together
+    ("ve-sigma-order", {"schedules": {"VE": {"sigma_min": 60.0}}}, "schedules.VE.sigma_min", "sigma_max"),
+    ("vp-beta-order", {"schedules": {"VP": {"beta_min": 30.0}}}, "schedules.VP.beta_min", "beta_max"),
+    ("edm-sigma-order", {"schedules": {"EDM": {"sigma_min": 80.0}}}, "schedules.EDM.sigma_min", "sigma_max"),
+    ("update-steps-beyond-sampler", {"adjoint": {"num_steps": 8}}, "adjoint.update_steps", "num_steps"),
+    ("sd-update-steps-beyond-sampler", {"sd": {"adjoint": {"num_steps": 4}}}, "sd.adjoint.update_steps", "num_steps"),
+    ("unet-groups", {"denoiser": {"unet": {"norm_num_groups": 3}}}, "denoiser.unet.norm_num_groups", "divide"),
+    ("sd-unet-groups", {"sd": {"trace_net": {"norm_num_groups": 5}}}, "sd.trace_net.norm_num_groups", "divide"),
+    ("unet-on-points", {"denoiser": {"arch": "unet"}}, "denoiser.arch", "image"),
+    ("override-unet-on-points", {"denoiser": {"overrides": {"gmm": {"arch": "unet"}}}}, "denoiser.overrides.gmm.arch", "image"),
+    ("sd-without-pipeline", {"sd": {"enabled": True}}, "sd.pipeline", "local folder"),
+    ("sd-bad-reward-module", {"sd": {"enabled": True, "tiny": True, "adjoint": {"reward": "module", "reward_module": "nope"}}},
+     "sd.adjoint.reward_module", "package.module:Name"),
+    # infinite or undefined numbers
+    ("ve-infinite-sigma", {"schedules": {"VE": {"sigma_max": INF}}}, "schedules.VE.sigma_max", "finite"),
+    ("vp-nan-beta", {"schedules": {"VP": {"beta_max": NAN}}}, "schedules.VP.beta_max", "finite"),
+    ("infinite-target", {"adjoint": {"mixture": {"target": [INF, 0.0]}}}, "adjoint.mixture.target.0", "finite"),
+    ("infinite-lr", {"denoiser": {"lr": INF}}, "denoiser.lr", "finite"),
+]
+
+
+def test_the_table_of_bad_configs_is_large():
+    assert len(BAD_CONFIGS) >= 30
+    assert len({name for name, *_ in BAD_CONFIGS}) == len(BAD_CONFIGS)
+
+
+@pytest.mark.parametrize("config, key, fragment", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_a_config_that_would_fail_late_is_refused_with_the_key_named(config, key, fragment):
+    message = _one_line_error(copy.deepcopy(config))
+    assert key in message and fragment in message, message
+
+
+CHECKED_FILES = {"override-typo", "nll-unknown-dataset", "ve-infinite-sigma", "gmm-means-length"}
+
+
+@pytest.mark.parametrize("config, key, fragment", [c[1:] for c in BAD_CONFIGS if c[0] in CHECKED_FILES],
+                         ids=[c[0] for c in BAD_CONFIGS if c[0] in CHECKED_FILES])
+def test_check_on_a_bad_file_prints_one_line_naming_the_key(tmp_path, capsys, config, key, fragment):
+    from dfcore.config import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as info:
+        main(["--check", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and key in err and fragment in err, err
+
+
+def test_the_overrides_and_backbone_accept_the_keys_they_override():
+    config = validate_config({
+        "denoiser": {"overrides": {"digits": {"steps": 5, "arch": "unet", "unet": {"layers_per_block": 2}}, "gmm": {"mlp": {"hidden": 8}}}},
+        "trace_net": {"backbone": {"hidden": 512, "layers": 2}, "overrides": {"digits": {"share_trunk": True, "steps": 3}}},
+    })
+    # an override states only its own keys: no defaults are filled in under it
+    assert config["denoiser"]["overrides"]["gmm"] == {"mlp": {"hidden": 8}}
+    assert config["trace_net"]["backbone"] == {"hidden": 512, "layers": 2}
+    assert dataset_section(config["denoiser"], "gmm")["mlp"] == {**config["denoiser"]["mlp"], "hidden": 8}
+
+
+# --------------------------------------------------------------------------------------------- #
+# files that cannot be read, and duplicate keys
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8", "duplicate-top", "duplicate-nested"])
+def test_check_on_an_unreadable_file_prints_one_line(tmp_path, capsys, kind):
+    from dfcore.config import main
+
+    path = tmp_path / "config.yaml"
+    expected = {"directory": "not a file", "not-utf8": "not UTF-8", "duplicate-top": "duplicate key 'seed'",
+                "duplicate-nested": "duplicate key 'sigma_max'"}[kind]
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-utf8":
+        path.write_bytes(b"seed: 1\nresults: r\xe9sultats\n")
+    elif kind == "duplicate-top":
+        path.write_text("seed: 1\nresults: out\nseed: 2\n")
+    else:
+        path.write_text("schedules:\n  VE:\n    sigma_max: 50.0\n    sigma_min: 0.01\n    sigma_max: 80.0\n")
+    with pytest.raises(SystemExit) as info:
+        main(["--check", str(path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    if kind.startswith("duplicate"):
+        assert "line" in err, err
+
+
+def test_a_key_that_overrides_a_yaml_merge_key_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "merge.yaml"
+    text = "schedules:\n  VE: &ve {sigma_min: 0.01, sigma_max: 50.0}\n  EDM:\n    <<: *ve\n    sigma_max: 80.0\n"
+    path.write_text(text)
+    assert load_yaml(path)["schedules"]["EDM"] == {"sigma_min": 0.01, "sigma_max": 80.0}
+
+
+def test_snakemake_dry_run_refuses_a_duplicate_key(tmp_path):
+    text = (REPO / "config" / "test.yaml").read_text() + "seed: 5\n"
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    result = _snakemake_dry_run(path)
+    assert result.returncode != 0
+    assert "duplicate key 'seed'" in result.stderr + result.stdout, result.stderr[-2000:]
+
+
+def test_snakemake_dry_run_refuses_an_unknown_dataset_name(tmp_path):
+    config = load_yaml(REPO / "config" / "test.yaml")
+    config["trace_error"]["dataset"] = "moons"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _snakemake_dry_run(path)
+    assert result.returncode != 0
+    assert "config key 'trace_error.dataset': 'moons' is not a key of datasets" in result.stderr + result.stdout, result.stderr[-2000:]
+
+
+def test_make_data_reports_a_missing_entry_truthfully(tmp_path):
+    """The make_data script passes its own entry (None when absent), never a made-up empty 'datasets' section."""
+    import runpy
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(log=[str(tmp_path / "make_data.log")], wildcards=SimpleNamespace(dataset="moons"),
+                           params=SimpleNamespace(spec=None), output=[str(tmp_path / "moons.zarr")])
+    with pytest.raises(ValueError) as info:
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "make_data.py"), init_globals={"snakemake": fake})
+    message = str(info.value)
+    assert "'moons' is not defined in the config's 'datasets' section" in message and "have []" not in message, message

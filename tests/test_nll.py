@@ -85,3 +85,41 @@ def test_prior_and_units():
     torch.testing.assert_close(bits_per_dim(log_q, 4), -log_q / (4 * math.log(2)))
     with pytest.raises(ValueError, match="solver"):
         log_likelihood(x, method="analytic", schedule=schedule, mixture=DiracMixture(x), solver="magic")
+
+
+def test_run_nll_reports_the_error_against_log_q0_and_log_q_tmin(tmp_path):
+    """For a Gaussian mixture the estimate is of log q_{t_min}: the error against it is the solver's (and the prior's),
+    while the error against log q_0 also holds the truncation at t_min; both are reported."""
+    from dfcore.data.store import write_dataset
+    from dfcore.experiments.likelihood import run_nll
+    from dfcore.likelihood import exact_log_densities
+
+    x, mixture = make_gaussian_mixture(50, [0.3, 0.7], [[-1.0, 0.0], [1.0, 1.0]], [0.3, 0.5], seed=5)
+    store = tmp_path / "gmm.zarr"
+    write_dataset(store, x, name="gmm", mixture=mixture)
+    section = {"num_points": 4, "solver": "dopri5", "rtol": 1e-8, "atol": 1e-8, "num_steps": 10, "num_probes": 1,
+               "t_min": 1e-3, "seed": 0}
+    schedule = get_schedule("VP")
+    frame = run_nll(section, store, tmp_path / "nll.csv", dataset="gmm", schedule_name="VP", schedule=schedule,
+                    method="analytic", seed=0, device="cpu")
+    exact = exact_log_densities(mixture, x[:4], 1e-3, schedule)
+    torch.testing.assert_close(torch.tensor(frame["log_q0"].values), gaussian_mixture_log_q0(mixture, x[:4]))
+    torch.testing.assert_close(torch.tensor(frame["log_q_tmin"].values), mixture.log_prob(x[:4], 1e-3, schedule))
+    torch.testing.assert_close(torch.tensor(frame["log_q_tmin"].values), exact["log_q_tmin"])
+    assert ((frame["log_q0"] - frame["log_q_tmin"]).abs() / 2).mean() > 1e-4  # the truncation at t_min
+    estimate = -torch.tensor(frame["nll_nats"].values)
+    for column, name in (("log_q0", "abs_error_q0_nats_per_dim"), ("log_q_tmin", "abs_error_tmin_nats_per_dim")):
+        torch.testing.assert_close(torch.tensor(frame[name].values), (estimate - torch.tensor(frame[column].values)).abs() / 2)
+    assert (frame["abs_error_tmin_nats_per_dim"] < 1e-3).all()
+
+
+def test_exact_log_densities_of_a_dirac_mixture_have_no_log_q0():
+    points = torch.randn(6, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    exact = exact_log_densities_of(DiracMixture(points), points[:3])
+    assert exact["log_q0"].isnan().all() and exact["log_q_tmin"].isfinite().all()
+
+
+def exact_log_densities_of(mixture, x):
+    from dfcore.likelihood import exact_log_densities
+
+    return exact_log_densities(mixture, x, 0.1, get_schedule("VE"))

@@ -22,6 +22,7 @@ from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
 from dfcore.sde import time_grid
 from dfcore.experiments.ot import is_affine, run_table3
+from dfcore.mixtures import DiracMixture
 from dfcore.schedules import get_schedule
 
 SCHEDULES = ["VE", "VP", "subVP", "EDM"]
@@ -288,3 +289,38 @@ def test_run_table3_writes_consistent_outputs(tmp_path):
     paths = read_zarr(out["paths_zarr"])
     assert paths["path"].sizes["step"] == 31 and "t" in paths.coords and paths.attrs["git_revision"]
     assert "| dataset" in out["markdown_path"].read_text() and out["heatmap_path"].stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["VE", "VP"])
+def test_round_off_asymmetry_is_reported_as_zero(name):
+    """Axis-aligned affine data: Alg. 2's A is exactly diagonal. The autograd A of the same flow computed on the
+    rotated data and rotated back agrees with it to ~1e-15, yet its off-diagonal round-off alone scores ~40 % on
+    the scale-invariant index without the floor."""
+    schedule = get_schedule(name)
+    points = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, -0.6]], dtype=torch.float64)
+    mixture = DiracMixture(points)
+    x1 = sample_prior(mixture, schedule, 16, seed=4)
+    times = time_grid(40, T_MIN[name], spacing="log_snr", schedule=schedule)
+    res = fundamental_matrix(mixture, schedule, x1, times, update="adjoint")
+    angle = torch.tensor(0.3, dtype=torch.float64)
+    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    _, jac_rotated = flow_jacobian(DiracMixture(points @ rot.T), schedule, x1 @ rot.T, times)
+    jac = rot.T @ jac_rotated @ rot
+    ref = alpha_ratio_sq(schedule, times) * torch.linalg.inv(jac).transpose(1, 2)
+    assert rel_err(res.fundamental, ref).max() < 1e-13
+    off = ref - torch.diag_embed(torch.diagonal(ref, dim1=1, dim2=2))
+    assert (torch.linalg.matrix_norm(off) / torch.linalg.matrix_norm(ref)).max() < 1e-13  # round-off only
+    assert asymmetry_index(ref, floor=0.0).mean() > 0.1  # meaningless without the floor
+    assert (asymmetry_index(ref) == 0).all() and (asymmetry_index(jac) == 0).all()
+    assert (asymmetry_index(res.fundamental) == 0).all()
+    # a real off-diagonal part is untouched by the floor
+    other = make_ot_mixture(NON_AFFINE, 2)
+    res = fundamental_matrix(other, schedule, sample_prior(other, schedule, 8, seed=4), times, update="adjoint")
+    torch.testing.assert_close(asymmetry_index(res.fundamental), asymmetry_index(res.fundamental, floor=0.0))
+    assert asymmetry_index(res.fundamental).max() > 1e-3
+
+
+def test_the_asymmetry_floor_is_a_config_key():
+    assert validate_config({})["ot"]["asymmetry_floor"] == 1e-12
+    with pytest.raises(ConfigError, match="ot.asymmetry_floor"):
+        validate_config({"ot": {"asymmetry_floor": -1.0}})

@@ -29,7 +29,7 @@ from dfcore.device import resolve_device
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
-from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
+from dfcore.ot import ASYMMETRY_FLOOR, asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
 from dfcore.ot_official import OfficialSchedule, official_fundamental, official_start
 from dfcore.plots import plot_ot_convergence, plot_table3_heatmap
 from dfcore.sde import time_grid
@@ -70,14 +70,20 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-300)
 
 
+def _asymmetry_floor(ot_cfg: Mapping[str, Any]) -> float:
+    """The config's ot.asymmetry_floor (see dfcore.ot.asymmetry_index)."""
+    return float(ot_cfg.get("asymmetry_floor", ASYMMETRY_FLOOR))
+
+
 def _autograd_check(
-    mixture: Mixture, schedule: Schedule, x_start: torch.Tensor, times: torch.Tensor, a_mat: torch.Tensor
+    mixture: Mixture, schedule: Schedule, x_start: torch.Tensor, times: torch.Tensor, a_mat: torch.Tensor,
+    floor: float = ASYMMETRY_FLOOR,
 ) -> tuple[float, torch.Tensor]:
     r"""Max relative error of Alg. 2's A against :math:`(\alpha_{end}/\alpha_1)^2 J^{-T}` (autograd), and index(J)."""
     _, jac = flow_jacobian(mixture, schedule, x_start, times)
     alpha = schedule(times[[0, -1]].to(x_start.dtype))[0]
     ref = (alpha[1] / alpha[0]) ** 2 * torch.linalg.inv(jac).transpose(-1, -2)
-    return float(_relative_error(a_mat, ref).max()), asymmetry_index(jac)
+    return float(_relative_error(a_mat, ref).max()), asymmetry_index(jac, floor=floor)
 
 
 def run_table3(
@@ -104,6 +110,7 @@ def run_table3(
     dim, n_starts, n_steps = int(ot_cfg["dim"]), int(ot_cfg["num_starts"]), int(ot_cfg["num_steps"])
     tol, pot_tol = float(ot_cfg["tolerance"]), float(ot_cfg["pot_tolerance"])
     keep, n_auto = int(ot_cfg["keep_paths"]), int(ot_cfg["autograd_starts"])
+    floor = _asymmetry_floor(ot_cfg)
     datasets = {name: make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()}
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[xr.Dataset]] = {}
@@ -126,7 +133,7 @@ def run_table3(
             mixture.to(device=dev)
             w0, c0 = time.perf_counter(), _cpu_seconds()
             res = fundamental_matrix(mixture, schedule, x_start, times, update=ot_cfg["update"], keep=keep)
-        asym = asymmetry_index(res.fundamental)
+        asym = asymmetry_index(res.fundamental, floor=floor)
         lam = min_sym_eigenvalue(res.fundamental)
         w1, c1 = time.perf_counter(), _cpu_seconds()
         alg2_wall += w1 - w0
@@ -140,7 +147,7 @@ def run_table3(
         n_auto = 0 if official else n_auto
         if n_auto > 0:
             m = min(n_auto, n_starts)
-            auto_err, auto_asym = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m])
+            auto_err, auto_asym = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m], floor)
         w3 = time.perf_counter()
         monge = bool((asym <= tol).all() and (lam > 0).all())
         pot_optimal = gap["relative_gap"] <= pot_tol
@@ -163,8 +170,8 @@ def run_table3(
                 "asym_median": float(asym.median()),
                 "asym_max": float(asym.max()),
                 "frac_above_tol": float((asym > tol).double().mean()),
-                "asym_full_mean": float(asymmetry_index(res.fundamental, zero_diagonal=False).mean()),
-                "asym_jacobian_mean": float(asymmetry_index(inv_t).mean()),
+                "asym_full_mean": float(asymmetry_index(res.fundamental, zero_diagonal=False, floor=floor).mean()),
+                "asym_jacobian_mean": float(asymmetry_index(inv_t, floor=floor).mean()),
                 "frac_sym_pd": float((lam > 0).double().mean()),
                 "min_sym_eig": float(lam.min()),
                 "min_step_eig": float(res.min_step_eigenvalue.min()),
@@ -186,7 +193,7 @@ def run_table3(
             }
         )
         log.info("%s/%s: asym mean %.4g, POT rel gap %.3g, autograd rel err %.3g", s_name, d_name, asym.mean(), gap["relative_gap"], auto_err)
-        finals.setdefault(s_name, []).append(_final_dataset(res, asym, lam, d_name, keep))
+        finals.setdefault(s_name, []).append(_final_dataset(res, asym, lam, d_name, keep, floor))
     wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
     table = pd.DataFrame(rows)
     attrs = provenance(config=dict(config) if config is not None else dict(ot_cfg), seed=seed)
@@ -199,11 +206,12 @@ def run_table3(
     return table
 
 
-def _final_dataset(res: Any, asym: torch.Tensor, lam: torch.Tensor, d_name: str, keep: int) -> xr.Dataset:
+def _final_dataset(res: Any, asym: torch.Tensor, lam: torch.Tensor, d_name: str, keep: int,
+                   floor: float = ASYMMETRY_FLOOR) -> xr.Dataset:
     def np_(t: torch.Tensor) -> np.ndarray:
         return t.detach().cpu().numpy()
 
-    kept_asym = asymmetry_index(res.fundamental_path) if keep else res.fundamental_path[..., 0, 0]
+    kept_asym = asymmetry_index(res.fundamental_path, floor=floor) if keep else res.fundamental_path[..., 0, 0]
     return xr.Dataset(
         {
             "x_start": (("start", "dim"), np_(res.x_start)),
@@ -236,7 +244,10 @@ def _write_stores(
     ds["fundamental"].attrs.update(
         long_name="Alg. 2 fundamental matrix A at t_min", note="A = (alpha_tmin/alpha_1)^2 J^{-T} of the Euler flow map"
     )
-    ds["asymmetry"].attrs.update(long_name="||O - O^T||_F / (sqrt2 ||O||_F), O = A with zeroed diagonal")
+    ds["asymmetry"].attrs.update(
+        long_name="||O - O^T||_F / (sqrt2 ||O||_F), O = A with zeroed diagonal; 0 where ||O||_F <= floor ||A||_F",
+        floor=_asymmetry_floor(ot_cfg),
+    )
     ds["min_sym_eig"].attrs.update(long_name="smallest eigenvalue of (A + A^T)/2 divided by ||A||_2")
     ds["x_start"].attrs.update(long_name="start points x_1 ~ q_1")
     ds["x_end"].attrs.update(long_name="pushed points x_tmin (Euler PF-ODE)")
@@ -302,6 +313,7 @@ def run_convergence(
     conv = ot_cfg["convergence"]
     dev, schedules = _setup(ot_cfg, schedules_cfg, device)
     dim = int(ot_cfg["dim"])
+    floor = _asymmetry_floor(ot_cfg)
     rows = []
     jobs = [(s, d, n, u) for s in schedules for d in conv["datasets"] for n in conv["steps"] for u in conv["updates"]]
     for s_name, d_name, n_steps, update in tqdm(jobs, desc="OT convergence", disable=not progress):
@@ -316,9 +328,9 @@ def run_convergence(
         w0 = time.perf_counter()
         res = fundamental_matrix(mixture, schedule, x_start, times, update=update)
         seconds = time.perf_counter() - w0
-        asym = asymmetry_index(res.fundamental)
+        asym = asymmetry_index(res.fundamental, floor=floor)
         m = min(int(conv["autograd_starts"]), x_start.shape[0])
-        err = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m])[0] if m else math.nan
+        err = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m], floor)[0] if m else math.nan
         rows.append(
             {"schedule": s_name, "dataset": d_name, "num_steps": int(n_steps), "update": update,
              "asym_mean": float(asym.mean()), "asym_median": float(asym.median()),

@@ -20,13 +20,14 @@ accumulated in double precision whatever the network's dtype). Each method is a 
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from dfcore.fisher.common import jacobian_quadratic_forms, resolve_schedule
-from dfcore.mixtures import Mixture
+from dfcore.mixtures import Mixture, require_finite
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import Schedule
 from dfcore.sde import batch_time
@@ -97,7 +98,7 @@ def trace_dftm(
     alpha, sigma = schedule(t)
     with torch.no_grad():
         bracket = trace_model.posterior_variance(x, t, denoiser).to(torch.float64)
-    return x[0].numel() / sigma**2 - alpha**2 / sigma**4 * bracket
+    return math.prod(x.shape[1:]) / sigma**2 - alpha**2 / sigma**4 * bracket
 
 
 def trace_vjp(
@@ -107,7 +108,7 @@ def trace_vjp(
     r""":math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma` from d VJPs with the basis vectors."""
     _need(denoiser, "a denoiser (denoiser=)", "vjp")
     assert denoiser is not None
-    dim = x[0].numel()
+    dim = math.prod(x.shape[1:])
     basis = torch.eye(dim, dtype=x.dtype, device=x.device)  # cotangent e_j for every sample at once
     vectors = basis[:, None, :].expand(dim, x.shape[0], dim).reshape(dim, *x.shape)
     diag = jacobian_quadratic_forms(lambda z: denoiser.eps(z, t), x, vectors, chunk_size)  # (d, B): J_jj
@@ -173,6 +174,7 @@ def fisher_trace(
     except KeyError:
         raise ValueError(f"unknown trace method {method!r}; choose one of {list(TRACE_METHODS)}") from None
     schedule = resolve_schedule(schedule, denoiser, method)
+    require_finite("x", x)
     return fn(x, batch_time(t, x, torch.float64), schedule=schedule, mixture=mixture, denoiser=denoiser,
               trace_model=trace_model, num_probes=num_probes, probes=probes, generator=generator,
               chunk_size=chunk_size)

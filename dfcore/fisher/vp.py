@@ -45,7 +45,7 @@ from typing import Protocol
 from torch import Tensor
 
 from dfcore.fisher.common import resolve_schedule, vjp
-from dfcore.mixtures import Mixture
+from dfcore.mixtures import Mixture, require_finite
 from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
 from dfcore.sde import batch_time, expand_like
@@ -89,7 +89,7 @@ def fisher_vp_analytic(
     r"""Exact :math:`F_t(x) v` of a mixture (F is symmetric). Prop. 5 (Dirac) / Prop. 3 (Gaussian)."""
     if mixture is None:
         raise ValueError("fisher_vp method 'analytic' needs mixture=")
-    flat = mixture.fisher_vp(x.reshape(x.shape[0], -1), t, v.reshape(v.shape[0], -1), schedule)
+    flat = mixture.fisher_vp(x.flatten(1), t, v.flatten(1), schedule)
     return flat.reshape(x.shape)
 
 
@@ -180,5 +180,7 @@ def fisher_vp(
         raise ValueError(f"unknown fisher_vp method {method!r}; choose one of {sorted(FVP_METHODS)}") from None
     if v.shape != x.shape:
         raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {tuple(v.shape)}")
+    require_finite("x", x)
+    require_finite("v", v)
     schedule = resolve_schedule(schedule, denoiser, method)
     return fn(x, batch_time(t, x), v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)

@@ -11,6 +11,7 @@ so every estimator can be tested apart from training error.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -60,7 +61,7 @@ class TraceModel(ABC):
         if denoiser is None:
             raise ValueError("this trace model needs the denoiser for the posterior variance (denoiser=)")
         ybar = denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
-        return x[0].numel() * self.mean_sq_norm(x, t).to(torch.float64) - ybar.pow(2).sum(1)
+        return math.prod(x.shape[1:]) * self.mean_sq_norm(x, t).to(torch.float64) - ybar.pow(2).sum(1)
 
 
 class ExactDenoiser(Denoiser):

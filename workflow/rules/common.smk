@@ -4,9 +4,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from dfcore.config import ConfigError, dataset_section, validate_config
+from dfcore.config import ConfigError, dataset_section, load_yaml, validate_config
 
 try:
+    # Snakemake's own loader keeps the last of two equal keys; load_yaml refuses them.
+    for _configfile in workflow.configfiles:
+        load_yaml(_configfile)
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
@@ -75,7 +78,10 @@ def ot_convergence_params():
     """The 'ot' keys of the convergence study: 'convergence', the grid keys and its own data sets."""
     ot, conv = config["ot"], config["ot"]["convergence"]
     return {
-        **{key: ot[key] for key in ("dim", "spacing", "rho", "schedules")},
+        **{
+            key: ot[key]
+            for key in ("dim", "spacing", "rho", "schedules", "asymmetry_floor")
+        },
         "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
         "datasets": {
             d: ot["datasets"][d] for d in conv["datasets"] if d in ot["datasets"]
