@@ -1,0 +1,16 @@
+"""Rule `likelihood_dataset`: dfcore.experiments.likelihood_benchmark.run_likelihood_dataset."""
+
+import logging
+import sys
+
+import torch
+
+from dfcore.experiments.likelihood_benchmark import run_likelihood_dataset
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(snakemake.log[0], "a")
+torch.set_num_threads(snakemake.threads)
+p, inp = snakemake.params, snakemake.input
+traces = {key[len("trace_"):]: path for key, path in inp.items() if key.startswith("trace_")}
+run_likelihood_dataset(p.likelihood, inp.data, inp.denoiser, traces, snakemake.output[0],
+                       dataset=snakemake.wildcards.dataset, seed=p.seed, device=p.device)
