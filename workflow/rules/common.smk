@@ -131,13 +131,14 @@ LIKELIHOOD_TRACE_TARGETS = {
 # Input functions of the rules files.
 def likelihood_trace_inputs(wildcards):
     """The trace nets that the likelihood job of a dataset needs: one per dftm method it runs."""
-    stem = f"{RESULTS}/models/{wildcards.dataset}_{config['likelihood']['schedule']}_trace"
+    stem = (
+        f"{RESULTS}/models/{wildcards.dataset}_{config['likelihood']['schedule']}_trace"
+    )
     return {
         f"trace_{target}": f"{stem}_{target}.pt"
         for method, target in LIKELIHOOD_TRACE_TARGETS.items()
         if method in config["likelihood"]["methods"]
     }
-
 
 
 def nll_models(wildcards):

@@ -59,7 +59,8 @@ rule likelihood_dataset:
 rule likelihood_benchmark:
     input:
         points=expand(
-            f"{RESULTS}/likelihood/points_{{dataset}}.csv", dataset=LIKELIHOOD["datasets"]
+            f"{RESULTS}/likelihood/points_{{dataset}}.csv",
+            dataset=LIKELIHOOD["datasets"],
         ),
     output:
         csv=report(
@@ -122,9 +123,7 @@ rule likelihood_table2:
 
 
 if LIKELIHOOD["datasets"]:
-    TARGETS.extend(
-        [f"{RESULTS}/likelihood/benchmark.{ext}" for ext in ("csv", "png")]
-    )
+    TARGETS.extend([f"{RESULTS}/likelihood/benchmark.{ext}" for ext in ("csv", "png")])
 TARGETS.extend(
     f"{RESULTS}/likelihood/table2_{name}.{ext}"
     for name in LIKELIHOOD["table2"]["datasets"]
