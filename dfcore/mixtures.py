@@ -26,7 +26,10 @@ With responsibilities :math:`\gamma_k`, :math:`s_k = C_k^{-1}(\alpha\mu_k - x)` 
 
 .. math:: F_t = \textstyle\sum_k \gamma_k C_k^{-1} - \sum_k \gamma_k (s_k - \bar s)(s_k - \bar s)^\top ,
 
-and a single Gaussian has the constant Fisher :math:`C^{-1}`.
+and a single Gaussian has the constant Fisher :math:`C^{-1}`. Each :math:`\Sigma_k = V_k \Lambda_k V_k^\top` is
+diagonalised once, so :math:`C_k = V_k(\alpha^2\Lambda_k + \sigma^2 I)V_k^\top` at every t: a solve, the
+log-determinant and :math:`\operatorname{tr} C_k^{-1} = \sum_j 1/(\alpha^2\lambda_{kj} + \sigma^2)` cost
+:math:`O(B K d^2)` whether the batch shares one t or not.
 
 Shapes: ``x`` is ``(B, d)``; ``t`` is a scalar or ``(B,)`` in (0, 1]; ``v`` is ``(B, d)``.
 Everything runs in the dtype and on the device of ``x``.
@@ -132,6 +135,10 @@ class Mixture(ABC):
     @abstractmethod
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r"""The ideal denoiser :math:`\bar y = E[x_0 | x_t = x]`, shape (B, d)."""
+
+    @abstractmethod
+    def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t = x]`, shape (B,): the bracket of Eq. 17."""
 
     @abstractmethod
     def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
@@ -513,12 +520,14 @@ class GaussianMixture(Mixture):
         self.log_weights = torch.log(weights.to(dtype) / weights.to(dtype).sum())
         self.means = means.to(dtype)
         self.covs = covs.to(dtype)
+        # Eigendecomposition in float64 (eigh of a PSD matrix can return -1e-17: clamp to 0).
+        evals, evecs = torch.linalg.eigh(self.covs.to(torch.float64))
+        self.evals, self.evecs = evals.clamp_min(0.0).to(dtype), evecs.to(dtype)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GaussianMixture":
         """Move the parameters (in place) and return self."""
-        self.log_weights = self.log_weights.to(device=device, dtype=dtype)
-        self.means = self.means.to(device=device, dtype=dtype)
-        self.covs = self.covs.to(device=device, dtype=dtype)
+        for name in ("log_weights", "means", "covs", "evals", "evecs"):
+            setattr(self, name, getattr(self, name).to(device=device, dtype=dtype))
         return self
 
     @property
@@ -526,25 +535,21 @@ class GaussianMixture(Mixture):
         return self.log_weights.exp()
 
     def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Return (log q_t (B,), responsibilities (B,K), s_k (B,K,d), Cholesky factors of C_k)."""
+        """Return (log q_t (B,), responsibilities (B,K), s_k (B,K,d), eigenvalues of C_k (B,K,d)).
+
+        In the eigenbasis of component k, :math:`z = V_k^\top(\alpha\mu_k - x)` and
+        :math:`s_k = V_k (z / c_k)` with :math:`c_k = \alpha^2\lambda_k + \sigma^2`.
+        """
         if self.means.dtype != x.dtype or self.means.device != x.device:
             self.to(device=x.device, dtype=x.dtype)
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        if x.shape[0] > 0 and bool((alpha == alpha[0]).all() and (sigma == sigma[0]).all()):
-            # One time for the whole batch: factor the K covariances once.
-            a, s = alpha[:1, None, None, None], sigma[:1, None, None, None]
-        else:
-            a, s = alpha[:, None, None, None], sigma[:, None, None, None]
-        cov_t = a.pow(2) * self.covs + s.pow(2) * eye  # (1 or B, K, d, d)
-        chol = torch.linalg.cholesky(cov_t)
         resid = alpha[:, None, None] * self.means - x[:, None, :]  # (B, K, d)
-        chol_b = chol.expand(x.shape[0], *chol.shape[1:])
-        s_k = torch.cholesky_solve(resid.unsqueeze(-1), chol_b).squeeze(-1)
-        half_logdet = torch.log(torch.diagonal(chol_b, dim1=-2, dim2=-1)).sum(-1)
-        log_comp = -0.5 * (self.dim * math.log(2 * math.pi) + (resid * s_k).sum(-1)) - half_logdet
+        z = torch.einsum("kdj,bkd->bkj", self.evecs, resid)
+        c = alpha[:, None, None].pow(2) * self.evals + sigma[:, None, None].pow(2)  # (B, K, d)
+        s_k = torch.einsum("kdj,bkj->bkd", self.evecs, z / c)
+        log_comp = -0.5 * (self.dim * math.log(2 * math.pi) + (z.pow(2) / c).sum(-1) + torch.log(c).sum(-1))
         joint = self.log_weights + log_comp
         log_q = torch.logsumexp(joint, dim=1)
-        return log_q, torch.exp(joint - log_q[:, None]), s_k, chol_b
+        return log_q, torch.exp(joint - log_q[:, None]), s_k, c
 
     def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
@@ -568,37 +573,43 @@ class GaussianMixture(Mixture):
 
     def _centred_scores(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
-        _, gamma, s_k, chol = self._components(x, alpha, sigma)
+        _, gamma, s_k, c = self._components(x, alpha, sigma)
         s_bar = (gamma[:, :, None] * s_k).sum(1, keepdim=True)
-        return gamma, s_k - s_bar, chol
+        return gamma, s_k - s_bar, c
 
     def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
-        gamma, dev, chol = self._centred_scores(x, t, schedule)
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand_as(chol)
-        prec = torch.cholesky_solve(eye, chol)  # C_k^{-1}, (B, K, d, d)
-        g = gamma[:, :, None, None]
-        return (g * prec).sum(1) - torch.einsum("bk,bkd,bke->bde", gamma, dev, dev)
+        gamma, dev, c = self._centred_scores(x, t, schedule)
+        # sum_k gamma_k C_k^{-1} = sum_k V_k diag(gamma_k / c_k) V_k^T
+        prec = torch.einsum("kdj,bkj,kej->bde", self.evecs, gamma[:, :, None] / c, self.evecs)
+        return prec - torch.einsum("bk,bkd,bke->bde", gamma, dev, dev)
 
     def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
-        gamma, dev, chol = self._centred_scores(x, t, schedule)
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand_as(chol)
-        inv_chol = torch.linalg.solve_triangular(chol, eye, upper=False)
-        tr_prec = inv_chol.pow(2).sum((-2, -1))  # tr C^{-1} = ||L^{-1}||_F^2
-        return (gamma * (tr_prec - dev.pow(2).sum(-1))).sum(1)
+        gamma, dev, c = self._centred_scores(x, t, schedule)
+        return (gamma * (c.reciprocal().sum(-1) - dev.pow(2).sum(-1))).sum(1)
+
+    def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
+        r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t = x]`, shape (B,): the bracket of Eq. 17 for this mixture,
+        i.e. the optimum of Alg. 1's regression in the trace network's parameterisation. By Tweedie's
+        second-order identity :math:`\mathrm{Cov}[x_0|x_t] = (\sigma^2/\alpha^2)(I - \sigma^2 F_t)`, which per
+        component and in its eigenbasis is :math:`\sum_j \lambda_j\sigma^2/c_j` (no cancellation), plus the spread
+        of the component means :math:`(\sigma^2/\alpha)^2 \sum_k \gamma_k \|s_k - \bar s\|^2`."""
+        alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
+        gamma, dev, c = self._centred_scores(x, t, schedule)
+        var = sigma.pow(2)[:, None]
+        within = (self.evals * var[:, :, None] / c).sum(-1)  # tr Cov[x0 | x_t, k] (B, K)
+        between = (var / alpha[:, None]).pow(2) * dev.pow(2).sum(-1)
+        return (gamma * (within + between)).sum(1)
 
     def fisher_vp(self, x: Tensor, t: Tensor | float, v: Tensor, schedule: Schedule) -> Tensor:
         v = _check_vector(v, x)
-        gamma, dev, chol = self._centred_scores(x, t, schedule)
-        k = self.num_components
-        prec_v = torch.cholesky_solve(v[:, None, :, None].expand(-1, k, -1, -1), chol).squeeze(-1)
+        gamma, dev, c = self._centred_scores(x, t, schedule)
+        prec_v = torch.einsum("kdj,bkj->bkd", self.evecs, torch.einsum("kdj,bd->bkj", self.evecs, v) / c)
         proj = (dev * v[:, None, :]).sum(-1, keepdim=True)
         return (gamma[:, :, None] * (prec_v - proj * dev)).sum(1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         dev = self.means.device
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        # eigh tolerates singular (PSD) covariances, unlike Cholesky.
-        evals, evecs = torch.linalg.eigh(self.covs)
-        root = evecs * evals.clamp_min(0).sqrt()[:, None, :]
+        root = self.evecs * self.evals.sqrt()[:, None, :]
         z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=dev)
         return self.means[comp] + (root[comp] @ z[:, :, None]).squeeze(-1)

@@ -19,6 +19,7 @@ import xarray as xr  # noqa: E402
 from dfcore.io import save_figure  # noqa: E402
 
 __all__ = [
+    "plot_likelihood_benchmark",
     "plot_ot_protocols",
     "plot_sd_adjoint",
     "plot_trace_errors",
@@ -185,3 +186,18 @@ def plot_ot_protocols(table: pd.DataFrame, path: str | Path, paper: dict[str, fl
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
+
+
+def plot_likelihood_benchmark(bench: pd.DataFrame, path: str | Path) -> None:
+    """Seaborn log-log plot of mean |error| against seconds per sample, one marker per method, one panel per d."""
+    frame = bench.copy()
+    frame["abs_error_mean"] = frame["abs_error_mean"].clip(lower=1e-7)
+    grid = sns.relplot(data=frame, x="seconds_per_sample", y="abs_error_mean", hue="method", style="role", col="dim",
+                       kind="scatter", s=80, height=3.2, aspect=1.0, facet_kws={"sharex": False, "sharey": False})
+    for dim, ax in grid.axes_dict.items():
+        sub = frame[frame["dim"] == dim]
+        ax.errorbar(sub["seconds_per_sample"], sub["abs_error_mean"], yerr=sub["abs_error_std"], fmt="none",
+                    ecolor="0.6", lw=0.8, zorder=0)
+        ax.set(xscale="log", yscale="log", title=f"d = {dim}")
+    grid.set_axis_labels("seconds per sample", "mean |NLL - exact| (nats/dim)")
+    save_figure(grid.figure, path, dpi=150)

@@ -28,6 +28,7 @@ __all__ = [
     "sample_marginal",
     "pf_ode_velocity",
     "noise_ratio",
+    "time_at_noise_ratio",
     "time_grid",
 ]
 
@@ -79,7 +80,7 @@ def noise_ratio(schedule: Schedule, t: Tensor) -> Tensor:
     return sigma / alpha
 
 
-def _invert_ratio(schedule: Schedule, target: Tensor, t_lo: float, t_hi: float) -> Tensor:
+def time_at_noise_ratio(schedule: Schedule, target: Tensor, t_lo: float, t_hi: float) -> Tensor:
     """Solve r(t) = target on [t_lo, t_hi] by vectorised bisection in float64 (r is increasing)."""
     lo = torch.full_like(target, t_lo)
     hi = torch.full_like(target, t_hi)
@@ -127,7 +128,7 @@ def time_grid(
         target = torch.exp(math.log(r_max) + frac * (math.log(r_min) - math.log(r_max)))
     else:
         target = (r_max ** (1 / rho) + frac * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
-    grid = _invert_ratio(schedule, target, t_min, t_max)
+    grid = time_at_noise_ratio(schedule, target, t_min, t_max)
     grid[0], grid[-1] = t_max, t_min
     if not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError("time grid is not strictly decreasing; use fewer steps or another spacing")

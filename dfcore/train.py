@@ -35,7 +35,7 @@ from dfcore.models.networks import (
     _trace_module,
     build_backbone,
 )
-from dfcore.mixtures import DiracMixture
+from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.schedules import Schedule
 
 __all__ = ["learning_rate", "train_loop", "sigma_data", "build_denoiser", "build_trace_model"]
@@ -202,9 +202,11 @@ def build_denoiser(
 
 
 def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: int = 0,
-                      data: Tensor | None = None) -> LearnedTraceModel:
-    """A freshly initialised (seeded) trace model from the ``trace_net`` config section; ``target:
-    dataset_posterior`` needs the training set ``data`` (N, ...), kept as a float64 Dirac mixture."""
+                      data: Tensor | None = None, reference: Mixture | None = None) -> LearnedTraceModel:
+    """A freshly initialised (seeded) trace model from the ``trace_net`` config section. ``target:
+    dataset_posterior`` regresses onto the posterior variance of ``reference``, by default the Dirac mixture
+    of the training set ``data`` (N, ...) in float64; an exact data distribution (a Gaussian mixture) can be
+    passed instead."""
     share = bool(cfg.get("share_trunk", True))
     hparams: dict[str, Any] = {"head_hidden": int(cfg.get("head_hidden", 128))}
     if not share and cfg.get("backbone"):
@@ -214,8 +216,7 @@ def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: i
     for p in denoiser.module.parameters():
         p.requires_grad_(False)
     target = cfg.get("target", "residual")
-    reference = None
-    if target == "dataset_posterior":
+    if target == "dataset_posterior" and reference is None:
         if data is None:
             raise ValueError("trace_net.target 'dataset_posterior' needs the training set (data=)")
         reference = DiracMixture(data.flatten(1).to(device=next(module.parameters()).device, dtype=torch.float64))

@@ -39,8 +39,9 @@ SUMMARY = "results/report/outputs.csv"
 
 # Every rule of the DAG of config/test.yaml, by stage.
 DATA = {"make_data", "sd_tiny_pipeline"}
-TRAINING = {"train_denoiser", "train_trace", "adjoint_classifier", "sd_trace_net"}
-EVALUATION = {"nll", "trace_error", "ot_table3", "ot_convergence", "ot_protocols", "adjoint_mixture", "adjoint_digits", "sd_nll", "sd_adjoint"}
+TRAINING = {"train_denoiser", "train_trace", "adjoint_classifier", "sd_trace_net", "likelihood_trace"}
+EVALUATION = {"nll", "trace_error", "ot_table3", "ot_convergence", "ot_protocols", "adjoint_mixture", "adjoint_digits", "sd_nll",
+              "sd_adjoint", "likelihood_dataset", "likelihood_benchmark", "likelihood_table2"}
 REPORT = {"summary"}
 ALL_RULES = DATA | TRAINING | EVALUATION | REPORT
 
@@ -57,14 +58,21 @@ PARAM_CHANGES = {
     # read by Table 3 and by protocol 'ours' of the protocols table (the convergence study sets its own updates)
     "ot.update": (("ot", "update"), "euler", {"ot_table3": 1, "ot_protocols": 1, "summary": 1}),
     "adjoint.lambda_samples": (("adjoint", "lambda_samples"), 2, {"adjoint_mixture": 1, "adjoint_digits": 1, "summary": 1}),
+    "likelihood.num_points": (("likelihood", "num_points"), 3, {"likelihood_dataset": 1, "likelihood_benchmark": 1,
+                                                                 "summary": 1}),
+    "likelihood.table2.num_points": (("likelihood", "table2", "num_points"), 8, {"likelihood_table2": 1, "summary": 1}),
 }
 
 # (b') one data or training parameter changed -> the jobs that read it and everything downstream of them.
 UPSTREAM_PARAM_CHANGES = {
-    # checkerboard_VE's denoiser (digits sets its own steps in denoiser.overrides.digits), its trace net,
-    # and what uses them: nll (the dftm run only), trace_error
-    "denoiser.steps": (("denoiser", "steps"), 30, {"train_denoiser": 1, "train_trace": 1, "nll": 1, "trace_error": 1,
-                                                   "summary": 1}),
+    # checkerboard_VE's and lowrank4_VP's denoisers (digits sets its own steps in denoiser.overrides.digits), their
+    # trace nets, and what uses them: nll (the dftm run only), trace_error, the likelihood stage
+    "denoiser.steps": (("denoiser", "steps"), 30, {"train_denoiser": 2, "train_trace": 1, "nll": 1, "trace_error": 1,
+                                                   "likelihood_trace": 1, "likelihood_dataset": 1,
+                                                   "likelihood_benchmark": 1, "likelihood_table2": 1, "summary": 1}),
+    # the trace net of rule train_trace only: the likelihood stage's trace nets take their target from their job
+    "trace_net.target": (("trace_net", "target"), "residual", {"train_trace": 1, "nll": 1, "trace_error": 1,
+                                                               "summary": 1}),
     # an override of one dataset: that dataset's denoiser and its user only
     "denoiser.overrides.digits.steps": (("denoiser", "overrides", "digits", "steps"), 12,
                                         {"train_denoiser": 1, "adjoint_digits": 1, "summary": 1}),
@@ -79,6 +87,7 @@ SCRIPT_CHANGES = {
     "ot_protocols.py": {"ot_protocols", "summary"},
     "trace_error.py": {"trace_error", "summary"},
     "nll.py": {"nll", "summary"},
+    "likelihood.py": {"likelihood_dataset", "likelihood_benchmark", "summary"},
     "summary.py": {"summary"},
 }
 

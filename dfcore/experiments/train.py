@@ -17,6 +17,7 @@ from torch import Tensor
 from dfcore.data.store import image_shape, load_dataset
 from dfcore.device import resolve_device
 from dfcore.io import save_checkpoint, write_csv
+from dfcore.mixtures import Mixture
 from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
 from dfcore.schedules import Schedule
 from dfcore.train import build_denoiser, build_trace_model, sigma_data, train_loop
@@ -55,10 +56,11 @@ def train_denoiser(
 def train_trace(
     data: Tensor, denoiser: LearnedDenoiser, cfg: dict[str, Any], out_path: str | Path, *,
     resume_path: str | Path | None = None, loss_csv: str | Path | None = None, seed: int = 0,
-    progress: bool = True, on_step: Callable[[int], None] | None = None,
+    progress: bool = True, on_step: Callable[[int], None] | None = None, reference: Mixture | None = None,
 ) -> LearnedTraceModel:
-    """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section."""
-    model = build_trace_model(denoiser, cfg, seed=seed, data=data)
+    """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
+    (``reference``: see :func:`dfcore.train.build_trace_model`)."""
+    model = build_trace_model(denoiser, cfg, seed=seed, data=data, reference=reference)
     losses = train_loop(
         model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
         warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),

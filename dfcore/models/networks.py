@@ -41,7 +41,7 @@ from dfcore.models.base import Denoiser, TraceModel
 from dfcore.sde import add_noise, batch_time, expand_like
 from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint
-from dfcore.mixtures import DiracMixture
+from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.schedules import Schedule, get_schedule
 
 __all__ = [
@@ -305,11 +305,11 @@ class LearnedTraceModel(TraceModel):
     """
 
     def __init__(self, denoiser: LearnedDenoiser, module: nn.Module, share_trunk: bool, hparams: dict[str, Any] | None = None,
-                 target: str = "residual", reference: DiracMixture | None = None) -> None:
+                 target: str = "residual", reference: Mixture | None = None) -> None:
         if target not in TRACE_TARGETS:
             raise ValueError(f"unknown trace_net target {target!r}; choose one of {list(TRACE_TARGETS)}")
         self.denoiser = denoiser
-        self.reference = reference  # a DiracMixture of the training set; needed (for training) by dataset_posterior
+        self.reference = reference  # the data distribution whose posterior variance dataset_posterior regresses onto
         self.schedule = denoiser.schedule
         self.module = module
         self.share_trunk = bool(share_trunk)

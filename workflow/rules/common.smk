@@ -133,7 +133,33 @@ def sd_tiny_params():
     }
 
 
+def likelihood_trace_section(wildcards):
+    """Param function of likelihood_trace: the trace_net section as the dataset sees it, without 'target' (the
+    job's target is its wildcard, so trace_net.target retrains nothing here)."""
+    return without(dataset_section(config["trace_net"], wildcards.dataset), "target")
+
+
+# trace-net target of each dftm method of the likelihood stage
+LIKELIHOOD_TRACE_TARGETS = {
+    "dftm": "sq_norm",
+    "dftm_residual": "residual",
+    "dftm_mixture_posterior": "mixture_posterior",
+}
+
+
 # Input functions of the rules files.
+def likelihood_trace_inputs(wildcards):
+    """The trace nets that the likelihood job of a dataset needs: one per dftm method it runs."""
+    stem = (
+        f"{RESULTS}/models/{wildcards.dataset}_{config['likelihood']['schedule']}_trace"
+    )
+    return {
+        f"trace_{target}": f"{stem}_{target}.pt"
+        for method, target in LIKELIHOOD_TRACE_TARGETS.items()
+        if method in config["likelihood"]["methods"]
+    }
+
+
 def nll_models(wildcards):
     stem = f"{RESULTS}/models/{wildcards.dataset}_{wildcards.schedule}"
     return {

@@ -1,0 +1,85 @@
+"""Seconds per NLL (PF-ODE + Eq. 14) of DF-TM against the exact VJP trace, at d = 64 and d = 256, same solver.
+
+Both methods integrate the same ODE with the same fixed-step RK4 grid (``--steps`` steps, 4 evaluations each), so
+they make the same number of network evaluations and the ratio is the per-evaluation cost ratio of the trace:
+``vjp`` needs the d VJPs of the denoiser (vectorised), ``dftm`` one pass of the trace network (its own backbone,
+``share_trunk: false``, as the likelihood stage trains it). The networks are the likelihood stage's MLP denoiser
+(width 256, 4 blocks) with random weights: the cost does not depend on training. Batches of 1 point (one NLL at a
+time) and of 16 (amortised). ``hutchinson1`` is timed for context. The bars of the likelihood benchmark are a
+ratio vjp/dftm of at least 10 at d = 64 and 30 at d = 256.
+
+Writes results/benchmarks/likelihood.csv. Run: ``python benchmarks/bench_likelihood.py`` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dfcore.io import write_csv
+from dfcore.likelihood import log_likelihood
+from dfcore.models.networks import trace_model_from_state
+
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
+
+BARS = {64: 10.0, 256: 30.0}
+
+
+def _models(dim: int):
+    hp = {"dim": dim, "hidden": 256, "layers": 4, "emb_dim": 64, "fourier_levels": 0}
+    state = {"kind": "denoiser", "arch": "mlp", "hparams": hp, "schedule": {"name": "VP", "params": {}},
+             "prediction": "x0", "sigma_data": 0.5, "state_dict": None}
+    torch.manual_seed(0)
+    trace = trace_model_from_state({"kind": "trace", "share_trunk": False, "hparams": {}, "denoiser": state,
+                                    "state_dict": None})
+    return trace.denoiser, trace
+
+
+def bench(dim: int, batch: int, steps: int, repeats: int) -> list[dict]:
+    den, trace = _models(dim)
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rows = []
+    for method in ("dftm", "hutchinson1", "vjp"):
+        name = "hutchinson" if method.startswith("hutchinson") else method
+        nfe = []
+
+        def run():
+            out = log_likelihood(x, method=name, schedule=den.schedule, denoiser=den, trace_model=trace, t_min=1e-4,
+                                 solver="rk4", num_steps=steps, num_probes=1)
+            nfe.append(out["nfe"])
+
+        seconds = timing.best_time(run, "cpu", repeats, reduce=statistics.median)
+        rows.append({"dim": dim, "batch": batch, "method": method, "solver": "rk4", "steps": steps, "nfe": nfe[-1],
+                     "seconds_per_nll": seconds / batch})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed on a shared machine)")
+    parser.add_argument("--out", default="results/benchmarks/likelihood.csv")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for dim in (64, 256):
+        for batch in (1, 16):
+            rows += bench(dim, batch, args.steps, args.repeats)
+    frame = pd.DataFrame(rows)
+    base = frame[frame["method"] == "dftm"].set_index(["dim", "batch"])["seconds_per_nll"]
+    frame["ratio_to_dftm"] = [r.seconds_per_nll / base[(r.dim, r.batch)] for r in frame.itertuples()]
+    # the bar applies to the vjp rows (their ratio is vjp seconds over dftm seconds); blank elsewhere
+    frame["bar"] = [BARS[r.dim] if r.method == "vjp" else float("nan") for r in frame.itertuples()]
+    frame["meets_bar"] = [str(bool(r.ratio_to_dftm >= r.bar)) if r.method == "vjp" else "" for r in frame.itertuples()]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(frame, args.out)
+    print(frame.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

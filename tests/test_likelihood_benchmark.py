@@ -1,0 +1,164 @@
+"""The likelihood benchmark: the low-rank Gaussian-mixture data sets against autograd and torch.distributions,
+their Zarr round trip, the peers' adapters on a case with a closed-form NLL, and the benchmark's summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfcore.data.datasets import make_dataset, make_gaussian_mixture_lowrank, split_digits
+from dfcore.data.store import load_mixture, write_dataset
+from dfcore.experiments.likelihood_benchmark import summarize_benchmark
+from dfcore.integrations.peers import flow_matching_log_likelihood, kdiffusion_log_likelihood, peer_available
+from dfcore.mixtures import GaussianMixture
+from dfcore.models.base import ExactDenoiser
+from dfcore.schedules import get_schedule
+
+
+def _reference_log_q(mixture: GaussianMixture, x: torch.Tensor, t: float, schedule) -> torch.Tensor:
+    """log q_t from torch.distributions with C_k = alpha^2 Sigma_k + sigma^2 I formed densely (independent code)."""
+    alpha, sigma = (float(v) for v in schedule(torch.tensor(t, dtype=torch.float64)))
+    d = mixture.dim
+    covs = alpha**2 * mixture.covs + sigma**2 * torch.eye(d, dtype=torch.float64)
+    comps = torch.distributions.MultivariateNormal(alpha * mixture.means, covariance_matrix=covs)
+    mix = torch.distributions.Categorical(logits=mixture.log_weights)
+    return torch.distributions.MixtureSameFamily(mix, comps).log_prob(x)
+
+
+@pytest.mark.parametrize("dim", [2, 5, 16])
+@pytest.mark.parametrize("t", [0.01, 0.3, 0.9])
+def test_lowrank_mixture_log_density_score_and_fisher_match_autograd(dim, t):
+    _, mixture = make_gaussian_mixture_lowrank(10, dim, 3, min(2, dim), 0.2, seed=dim)
+    schedule = get_schedule("VP")
+    x = torch.randn(6, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1.5
+    ref = _reference_log_q(mixture, x, t, schedule)
+    torch.testing.assert_close(mixture.log_prob(x, t, schedule), ref, rtol=1e-10, atol=1e-10)
+    xr = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(_reference_log_q(mixture, xr, t, schedule).sum(), xr)[0]
+    torch.testing.assert_close(mixture.score(x, t, schedule), grad, rtol=1e-8, atol=1e-9)
+    hess = torch.stack([torch.autograd.functional.hessian(lambda z: _reference_log_q(mixture, z[None], t, schedule)[0], xi)
+                        for xi in x])
+    fisher = mixture.fisher(x, t, schedule)
+    torch.testing.assert_close(fisher, -hess, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(mixture.fisher_trace(x, t, schedule), -hess.diagonal(dim1=1, dim2=2).sum(1),
+                               rtol=1e-7, atol=1e-7)
+    v = torch.randn(6, dim, dtype=torch.float64)
+    torch.testing.assert_close(mixture.fisher_vp(x, t, v, schedule), torch.einsum("bde,be->bd", -hess, v),
+                               rtol=1e-7, atol=1e-7)
+    # Tweedie: tr Cov[x0 | x_t] = (sigma^2 / alpha^2) (d - sigma^2 tr F)
+    alpha, sigma = (float(s) for s in schedule(torch.tensor(t, dtype=torch.float64)))
+    expected = sigma**2 / alpha**2 * (dim - sigma**2 * (-hess.diagonal(dim1=1, dim2=2).sum(1)))
+    torch.testing.assert_close(mixture.posterior_variance(x, t, schedule), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_lowrank_mixture_has_the_stated_anisotropy_and_per_point_times_agree():
+    x, mixture = make_gaussian_mixture_lowrank(20000, 16, 4, 2, 0.2, factor_scale=1.0, seed=3)
+    evals = torch.linalg.eigvalsh(mixture.covs)
+    # two directions of variance (0.5..1.5)^2 + 0.04, fourteen of exactly noise^2 = 0.04
+    torch.testing.assert_close(evals[:, :14], torch.full((4, 14), 0.04, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    assert ((evals[:, 14:] > 0.25 + 0.04 - 1e-9) & (evals[:, 14:] < 2.25 + 0.04 + 1e-9)).all()
+    assert torch.allclose(x.mean(0), (mixture.weights[:, None] * mixture.means).sum(0), atol=0.05)
+    # a batch with one t per point gives what one t at a time gives
+    schedule = get_schedule("VE")
+    t = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    together = mixture.fisher_trace(x[:3], t, schedule)
+    apart = torch.cat([mixture.fisher_trace(x[i:i + 1], float(t[i]), schedule) for i in range(3)])
+    torch.testing.assert_close(together, apart, rtol=1e-12, atol=1e-12)
+
+
+def test_lowrank_store_rebuilds_the_exact_mixture(tmp_path):
+    spec = {"kind": "gaussian_mixture_lowrank", "num_samples": 50, "seed": 4, "dim": 6, "components": 3, "rank": 2,
+            "noise": 0.3}
+    x, mixture, attrs = make_dataset(spec)
+    write_dataset(tmp_path / "m.zarr", x, name="m", mixture=mixture, attrs=attrs)
+    loaded = load_mixture(tmp_path / "m.zarr")
+    assert isinstance(loaded, GaussianMixture)
+    for name in ("means", "covs", "log_weights"):
+        assert torch.equal(getattr(loaded, name), getattr(mixture, name)), name
+    schedule = get_schedule("VP")
+    torch.testing.assert_close(loaded.log_prob(x, 1e-4, schedule), _reference_log_q(mixture, x, 1e-4, schedule),
+                               rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="'rank'"):
+        make_dataset({k: v for k, v in spec.items() if k != "rank"})
+    with pytest.raises(ValueError, match="rank"):
+        make_gaussian_mixture_lowrank(5, 3, 2, 4, 0.1)
+
+
+def test_digit_split_is_disjoint_complete_and_seeded():
+    x = torch.arange(100, dtype=torch.float64)[:, None]
+    test, train = split_digits(x, 0.2, "test", 3), split_digits(x, 0.2, "train", 3)
+    assert len(test) == 20 and len(train) == 80
+    assert sorted(torch.cat([test, train])[:, 0].tolist()) == list(range(100))
+    assert torch.equal(test, split_digits(x, 0.2, "test", 3)) and not torch.equal(test, split_digits(x, 0.2, "test", 4))
+
+
+# ------------------------------------------------------------------------------------------------------------- #
+# peers: a single Gaussian N(m, S) with its exact denoiser, where log q_t is closed form
+
+
+def _gaussian_case(dim: int = 3):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / dim + 0.3 * torch.eye(dim, dtype=torch.float64)
+    mean = torch.randn(dim, generator=gen, dtype=torch.float64)
+    mixture = GaussianMixture(torch.ones(1, dtype=torch.float64), mean[None], cov[None])
+    schedule = get_schedule("VP")
+    x = mixture.sample(5, generator=gen)
+    return mixture, schedule, x, mean, cov
+
+
+def _closed_form_log_q(mean, cov, x, t, schedule):
+    alpha, sigma = (float(v) for v in schedule(torch.tensor(t, dtype=torch.float64)))
+    c = alpha**2 * cov + sigma**2 * torch.eye(len(mean), dtype=torch.float64)
+    return torch.distributions.MultivariateNormal(alpha * mean, covariance_matrix=c).log_prob(x)
+
+
+@pytest.mark.skipif(peer_available("flow_matching_exact") is not None, reason="flow_matching is not installed")
+@pytest.mark.parametrize("exact", [True, False])
+def test_flow_matching_adapter_gives_the_closed_form_gaussian_nll(exact):
+    mixture, schedule, x, mean, cov = _gaussian_case()
+    t_min = 1e-3
+
+    def log_prior(z):  # the exact q_1 (a Gaussian stays Gaussian), so only the solver and divergence remain
+        return _closed_form_log_q(mean, cov, z, 1.0, schedule)
+
+    out = flow_matching_log_likelihood(x, ExactDenoiser(mixture, schedule), log_prior=log_prior, t_min=t_min,
+                                       exact=exact, rtol=1e-7, atol=1e-7, seed=1)
+    truth = _closed_form_log_q(mean, cov, x, t_min, schedule)
+    if exact:
+        torch.testing.assert_close(out["log_q"], truth, rtol=0, atol=1e-4)
+    else:  # Hutchinson: unbiased, with a spread of a few nats in 3-D; the mean over points is close
+        assert (out["log_q"] - truth).abs().max() < 10
+        assert not torch.allclose(out["log_q"], truth, atol=1e-3)
+    assert out["nfe"] > 10 and out["seconds"] > 0
+
+
+@pytest.mark.skipif(peer_available("kdiffusion_hutchinson") is not None, reason="k-diffusion is not installed")
+def test_kdiffusion_adapter_gives_the_closed_form_gaussian_nll():
+    mixture, schedule, x, mean, cov = _gaussian_case()
+    t_min = 1e-3
+    outs = torch.stack([kdiffusion_log_likelihood(x, ExactDenoiser(mixture, schedule), t_min=t_min, rtol=1e-7,
+                                                  atol=1e-7, seed=s)["log_q"] for s in range(16)])
+    truth = _closed_form_log_q(mean, cov, x, t_min, schedule)
+    # k-diffusion's prior N(0, sigma_max^2) ignores the data's mean and covariance: O(|m|^2 alpha_T^2) nats, tiny for VP
+    assert (outs.mean(0) - truth).abs().max() < 1.0
+
+
+def test_summary_reports_peer_agreement_against_the_same_estimator():
+    rows = []
+    for method, shift in [("vjp", 0.0), ("flow_matching_exact", 0.4), ("analytic", 0.0)]:
+        rows.append(pd.DataFrame({"dataset": "m", "dim": 4, "method": method,
+                                  "role": "peer" if "flow" in method else "ours", "point": np.arange(3),
+                                  "nll_nats": np.array([1.0, 2.0, 3.0]) + shift, "abs_error": [0.1, 0.2, 0.3],
+                                  "seconds_per_sample": 0.5, "nfe": 10, "peak_mem_mb": 1.0}))
+    bench = summarize_benchmark(pd.concat(rows, ignore_index=True)).set_index("method")
+    assert math.isclose(bench.loc["vjp", "abs_error_mean"], 0.2)
+    assert math.isclose(bench.loc["vjp", "abs_error_std"], 0.1)
+    assert bench.loc["flow_matching_exact", "agreement_with"] == "vjp"
+    assert math.isclose(bench.loc["flow_matching_exact", "agreement_nats_per_dim"], 0.1)
+    assert math.isnan(bench.loc["analytic", "agreement_nats_per_dim"])
+    assert {"dim", "method", "abs_error_mean", "abs_error_std", "seconds_per_sample", "nfe", "peak_mem_mb"} <= set(bench.reset_index())

@@ -1,0 +1,131 @@
+# Rules of the 'likelihood' stage (see README, 'Likelihood benchmark'): NLL error against time per trace
+# estimator on Gaussian mixtures with a closed-form density, every method on the same trained denoiser with
+# the same ODE solver; the peers k-diffusion and flow_matching through thin adapters; Table 2 on the mixtures.
+# The denoisers come from rule train_denoiser; the trace nets of each target are trained here.
+
+LIKELIHOOD = config["likelihood"]
+LIKELIHOOD_SCHEDULE = LIKELIHOOD["schedule"]
+
+
+rule likelihood_trace:
+    input:
+        data=f"{RESULTS}/data/{{dataset}}.zarr",
+        denoiser=f"{RESULTS}/models/{{dataset}}_{{schedule}}_denoiser.pt",
+    output:
+        model=f"{RESULTS}/models/{{dataset}}_{{schedule}}_trace_{{target}}.pt",
+        losses=f"{RESULTS}/models/{{dataset}}_{{schedule}}_trace_{{target}}_loss.csv",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace_{{target}}.log",
+    wildcard_constraints:
+        target="sq_norm|residual|mixture_posterior",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: trace_threads
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        trace_net=likelihood_trace_section,
+        seed=config["seed"],
+        device=config["device"],
+        resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace_{{target}}.pt",
+    script:
+        "../scripts/likelihood_trace.py"
+
+
+rule likelihood_dataset:
+    input:
+        unpack(likelihood_trace_inputs),
+        data=f"{RESULTS}/data/{{dataset}}.zarr",
+        denoiser=f"{RESULTS}/models/{{dataset}}_{LIKELIHOOD_SCHEDULE}_denoiser.pt",
+    output:
+        f"{RESULTS}/likelihood/points_{{dataset}}.csv",
+    log:
+        f"{RESULTS}/logs/likelihood/{{dataset}}.log",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    params:
+        likelihood=without(LIKELIHOOD, "datasets", "table2", "schedule"),
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/likelihood.py"
+
+
+rule likelihood_benchmark:
+    input:
+        points=expand(
+            f"{RESULTS}/likelihood/points_{{dataset}}.csv",
+            dataset=LIKELIHOOD["datasets"],
+        ),
+    output:
+        csv=report(
+            f"{RESULTS}/likelihood/benchmark.csv",
+            caption="../report/likelihood_benchmark.rst",
+            category="Likelihood benchmark",
+        ),
+        figure=report(
+            f"{RESULTS}/likelihood/benchmark.png",
+            caption="../report/likelihood_benchmark.rst",
+            category="Likelihood benchmark",
+        ),
+    log:
+        f"{RESULTS}/logs/likelihood/benchmark.log",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/likelihood_benchmark.py"
+
+
+rule likelihood_table2:
+    input:
+        data=f"{RESULTS}/data/{{dataset}}.zarr",
+        trace=f"{RESULTS}/models/{{dataset}}_{LIKELIHOOD_SCHEDULE}_trace_sq_norm.pt",
+    output:
+        csv=report(
+            f"{RESULTS}/likelihood/table2_{{dataset}}.csv",
+            caption="../report/likelihood_table2.rst",
+            category="Likelihood benchmark",
+        ),
+        markdown=report(
+            f"{RESULTS}/likelihood/table2_{{dataset}}.md",
+            caption="../report/likelihood_table2.rst",
+            category="Likelihood benchmark",
+        ),
+        figure=report(
+            f"{RESULTS}/likelihood/table2_{{dataset}}.png",
+            caption="../report/likelihood_table2.rst",
+            category="Likelihood benchmark",
+        ),
+        zarr=directory(f"{RESULTS}/likelihood/table2_{{dataset}}.zarr"),
+    log:
+        f"{RESULTS}/logs/likelihood/table2_{{dataset}}.log",
+    conda:
+        "../envs/dfcore.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        table2=without(LIKELIHOOD["table2"], "datasets"),
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/likelihood_table2.py"
+
+
+if LIKELIHOOD["datasets"]:
+    TARGETS.extend([f"{RESULTS}/likelihood/benchmark.{ext}" for ext in ("csv", "png")])
+TARGETS.extend(
+    f"{RESULTS}/likelihood/table2_{name}.{ext}"
+    for name in LIKELIHOOD["table2"]["datasets"]
+    for ext in ("csv", "md", "png", "zarr")
+)
