@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slow test-cluster bench lint dryrun config-docs clean-env peers
+.PHONY: run test test-slow test-cluster bench lint dryrun config-docs clean-env
 
 $(BIN)/snakemake: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -13,11 +13,6 @@ $(BIN)/snakemake: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
 	@touch $@
-
-# Optional peer libraries of the likelihood stage (flow_matching; k-diffusion is not installable next to the
-# pinned numpy and the CPU torch build, see README 'Peers').
-peers: $(BIN)/snakemake
-	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
 
 run: $(BIN)/snakemake
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
