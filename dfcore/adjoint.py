@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -101,6 +101,7 @@ def discrete_adjoint(
         if traj.solver == "ddim":
             lam = a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fvp(x, tb, lam, cache.ybar)
         else:
+            assert cache.x_pred is not None and cache.ybar_pred is not None  # every Heun step records them
             h = s_s / a_s - s_t / a_t
             mu = a_s * lam
             nu = 0.5 * h * a_s * s_s * fvp(cache.x_pred, sb, mu, cache.ybar_pred)
@@ -134,7 +135,7 @@ def autograd_adjoint(
             xs.append(nxt)
         loss = loss_fn(xs[-1])
         loss.sum().backward()
-    return [xi.grad.detach() for xi in xs], loss.detach()
+    return [cast(Tensor, xi.grad).detach() for xi in xs], loss.detach()  # backward() filled every grad
 
 
 def cosine_and_relative_error(est: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
@@ -184,9 +185,9 @@ def guided_sample(
     Divergence is never silent: a sample whose :math:`\lambda_t` is not finite keeps its state (the update
     is rejected) and is flagged in ``GuidedSample.diverged``, as is a sample whose final loss is not finite."""
     num = len(times) - 1
-    bad = [k for k in update_steps if not 1 <= k <= num]
-    if bad:
-        raise ValueError(f"update_steps must lie in [1, {num}]; got {bad}")
+    out_of_range = [k for k in update_steps if not 1 <= k <= num]
+    if out_of_range:
+        raise ValueError(f"update_steps must lie in [1, {num}]; got {out_of_range}")
     if normalize not in ("none", "grad", "rms"):
         raise ValueError(f"normalize must be 'none', 'grad' or 'rms'; got {normalize!r}")
     update_at = {num - k for k in update_steps}

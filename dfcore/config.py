@@ -83,7 +83,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _fill_defaults(validator_class: type) -> type:
+def _fill_defaults(validator_class: type[Any]) -> type:
     """A validator that sets each property's ``default`` before validating it."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
@@ -104,7 +104,7 @@ def _is_finite_number(checker: Any, instance: Any) -> bool:
     return not isinstance(instance, float) or math.isfinite(instance)
 
 
-def _finite_numbers(validator_class: type) -> type:
+def _finite_numbers(validator_class: type[Any]) -> type:
     """A validator whose type 'number' means a finite number."""
     checker = validator_class.TYPE_CHECKER.redefine("number", _is_finite_number)
     return jsonschema.validators.extend(validator_class, type_checker=checker)

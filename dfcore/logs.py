@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 __all__ = ["LOG_FORMAT", "rule_log"]
 
@@ -34,7 +34,7 @@ def rule_log(path: str | os.PathLike[str], *, mode: str = "w", level: int = logg
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(path, mode, buffering=1, encoding="utf-8")
+    stream = cast(TextIO, open(path, mode, buffering=1, encoding="utf-8"))  # text mode: an encoding is given
     root = logging.getLogger()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(fmt))

@@ -156,6 +156,10 @@ class Mixture(ABC):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         r"""Draw ``n`` samples of :math:`x_0 \sim q_0`, shape (n, d)."""
 
+    @abstractmethod
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Mixture:
+        """Move the stored parameters (in place) and return self."""
+
 
 @dataclass
 class _DiracStats:
@@ -169,21 +173,24 @@ class _DiracStats:
     log_z: Tensor  # (B,)  logsumexp of the logits
     ref: Tensor  # (B, d) reference point (centred coordinates)
     mean: Tensor  # (B, d) E_w[delta]
+    weight_sum: Tensor  # (B,)  sum_i exp(l_i - l_ref) >= 1, the reference point included
     sq_norm: Tensor | None = None  # (B,)  E_w[||delta||^2]
     proj: Tensor | None = None  # (B, d) E_w[<delta, v> delta]
     second: Tensor | None = None  # (B, d, d) E_w[delta delta^T]
-    weight_sum: Tensor | None = None  # (B,)  sum_i exp(l_i - l_ref) >= 1, the reference point included
 
     def cov_trace(self) -> Tensor:
-        """tr Cov_w[y] (>= 0; the clamp removes round-off below zero)."""
+        """tr Cov_w[y] (>= 0; the clamp removes round-off below zero). Needs ``sq_norm``."""
+        assert self.sq_norm is not None
         return (self.sq_norm - self.mean.pow(2).sum(1)).clamp_min(0.0)
 
     def cov_vp(self, v: Tensor) -> Tensor:
-        """Cov_w[y] v."""
+        """Cov_w[y] v. Needs ``proj``."""
+        assert self.proj is not None
         return self.proj - (self.mean * v).sum(1, keepdim=True) * self.mean
 
     def cov(self) -> Tensor:
-        """Cov_w[y]."""
+        """Cov_w[y]. Needs ``second``."""
+        assert self.second is not None
         return self.second - self.mean[:, :, None] * self.mean[:, None, :]
 
 
@@ -288,6 +295,7 @@ class DiracMixture(Mixture):
             if m2 is not None:
                 m2 = m2 + 2.0 * (shift * m1).sum(1) + s0 * shift.pow(2).sum(1)
             if mv is not None:
+                assert v is not None  # mv is accumulated only when v is given
                 shift_v = (shift * v).sum(1, keepdim=True)
                 mv = mv + shift_v * m1 + (m1 * v).sum(1, keepdim=True) * shift + s0[:, None] * shift_v * shift
             if mm is not None:
@@ -317,6 +325,7 @@ class DiracMixture(Mixture):
             if m2 is not None:
                 m2 = m2 * rescale + p_ysq - 2.0 * (ref * p_y).sum(1) + p_sum[:, 0] * ref_sq
             if mv is not None:
+                assert v is not None
                 pv = p * (v @ y.T)
                 pv_sums = pv @ rows
                 pv_y, pv_sum = pv_sums[:, :d], pv_sums[:, d + 1 :]
@@ -436,6 +445,7 @@ class DiracMixture(Mixture):
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma, sq_norm=True)
         anchor = stats.ref + self._data_like(x)[1]  # y = anchor + delta
+        assert stats.sq_norm is not None
         return anchor.pow(2).sum(1) + 2.0 * (anchor * stats.mean).sum(1) + stats.sq_norm
 
     def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:

@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 OFFICIAL_SCHEDULES = ("VE", "VP", "subVP", "EDM")
+OfficialName = Literal["VE", "VP", "subVP", "EDM"]  # the names in OFFICIAL_SCHEDULES
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 0.00085
 BETA_END = 0.012
@@ -106,7 +107,7 @@ class OfficialSchedule(Schedule):
     Values are computed in the dtype of ``t`` from the float32 beta table, as in the script.
     """
 
-    def __init__(self, name: Literal["VE", "VP", "subVP", "EDM"]) -> None:
+    def __init__(self, name: OfficialName) -> None:
         if name not in OFFICIAL_SCHEDULES:
             raise ValueError(f"unknown official schedule {name!r}; choose one of {list(OFFICIAL_SCHEDULES)}")
         self.name = name

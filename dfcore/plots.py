@@ -48,7 +48,7 @@ def plot_trace_errors(ds: xr.Dataset, path: str | Path, title: str = "") -> None
 def thumbnail(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
 
 
 def plot_sd_nll_vs_guidance(frame: pd.DataFrame, path: str) -> None:

@@ -15,6 +15,9 @@ class PeakMemory:
     """Peak memory of a block: CUDA ``max_memory_allocated``, or on CPU the peak resident set size
     above the level at entry, sampled every few milliseconds by a background thread (bytes)."""
 
+    _base: int
+    _max: int
+
     def __init__(self, device: torch.device | str = "cpu", interval: float = 0.002) -> None:
         self.device = torch.device(device)
         self.interval = interval

@@ -148,6 +148,7 @@ def compare_methods(
             _sync(device)
             wall = time.perf_counter() - start
         nfe_vjp = out.fvp_calls if method == "vjp" else 0
+        assert out.final_loss is not None and out.diverged is not None  # guided_sample sets both
         after = out.final_loss.double()
         finite = torch.isfinite(after)
         diverged = out.diverged.to(after.device)

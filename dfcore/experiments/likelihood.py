@@ -33,7 +33,7 @@ def run_nll(
     schedule: Schedule,
     method: str,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     denoiser_path: str | Path | None = None,
     trace_path: str | Path | None = None,
 ) -> pd.DataFrame:
@@ -54,9 +54,11 @@ def run_nll(
     device = resolve_device(device)
     denoiser = trace_model = None
     if method == "dftm":
+        assert trace_path is not None, "method 'dftm' needs trace_path"
         trace_model = load_trace_model(trace_path, device)
         denoiser = trace_model.denoiser
     elif method != "analytic":
+        assert denoiser_path is not None, f"method {method!r} needs denoiser_path"
         denoiser = load_denoiser(denoiser_path, device)
     gen = torch.Generator().manual_seed(int(seed) + int(cfg.get("seed", 0)))
     t_min = float(cfg["t_min"])

@@ -114,7 +114,7 @@ def _trace_model_on(path: str | Path, denoiser: LearnedDenoiser, device: torch.d
 
 
 def likelihood_points(
-    x: torch.Tensor, method: str, *, denoiser: LearnedDenoiser | None, mixture: GaussianMixture | None,
+    x: torch.Tensor, method: str, *, denoiser: LearnedDenoiser, mixture: GaussianMixture | None,
     trace_model: LearnedTraceModel | None, cfg: dict[str, Any], data_mean: torch.Tensor, data_cov: torch.Tensor,
     seed: int, device: torch.device,
 ) -> dict[str, Any]:
@@ -186,8 +186,8 @@ def run_likelihood_dataset(
                             method, dataset, target)
                 continue
             trace_model = _trace_model_on(trace_paths[target], denoiser, dev)
-        kwargs = dict(denoiser=denoiser, mixture=mixture, trace_model=trace_model, data_mean=data_mean,
-                      data_cov=data_cov, seed=seed, device=dev)
+        kwargs: dict[str, Any] = dict(denoiser=denoiser, mixture=mixture, trace_model=trace_model, data_mean=data_mean,
+                                      data_cov=data_cov, seed=seed, device=dev)
         try:
             # Warm-up on one point with two Euler steps, untimed: torch.func's first vmap and the first autograd
             # graph of a method cost a one-off second or so that is no part of its per-sample cost.

@@ -29,8 +29,8 @@ from dfcore.device import resolve_device
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
-from dfcore.ot import ASYMMETRY_FLOOR, asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
-from dfcore.ot_official import OfficialSchedule, official_fundamental, official_start
+from dfcore.ot import ASYMMETRY_FLOOR, FundamentalResult, asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
+from dfcore.ot_official import OfficialResult, OfficialSchedule, official_fundamental, official_start
 from dfcore.plots import plot_ot_convergence, plot_table3_heatmap
 from dfcore.sde import time_grid
 from dfcore.schedules import Schedule, get_schedule
@@ -119,6 +119,7 @@ def run_table3(
     pairs = [(s, d) for s in schedules for d in datasets]
     for s_name, d_name in tqdm(pairs, desc="Table 3", disable=not progress):
         schedule, mixture = schedules[s_name], datasets[d_name].to(device="cpu", dtype=torch.float64)
+        res: OfficialResult | FundamentalResult
         if official:
             schedule = OfficialSchedule(s_name)
             x_start = official_start(n_starts, dim, seed=seed + 1, device=dev)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import pandas as pd
 import torch
@@ -26,8 +26,8 @@ from dfcore.device import resolve_device
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.experiments.ot import PAPER_TABLE3
 from dfcore.io import write_csv
-from dfcore.ot import asymmetry_index, fundamental_matrix
-from dfcore.ot_official import OfficialSchedule, official_fundamental, official_start
+from dfcore.ot import FundamentalResult, asymmetry_index, fundamental_matrix
+from dfcore.ot_official import OfficialName, OfficialResult, OfficialSchedule, official_fundamental, official_start
 from dfcore.plots import plot_ot_protocols
 from dfcore.schedules import get_schedule
 from dfcore.sde import time_grid
@@ -64,7 +64,9 @@ def protocol_asymmetry(
     if protocol == "official":
         x_start = official_start(num_starts, dim, seed=seed + 1, device=device)
         mixture.to(device=device, dtype=torch.float32)
-        res = official_fundamental(mixture, OfficialSchedule(schedule_name), x_start, num_steps)
+        # OfficialSchedule checks the name at run time
+        res: OfficialResult | FundamentalResult = official_fundamental(
+            mixture, OfficialSchedule(cast(OfficialName, schedule_name)), x_start, num_steps)
         return asymmetry_index(res.fundamental)
     if protocol != "ours":
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")

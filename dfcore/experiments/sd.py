@@ -149,6 +149,7 @@ def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str,
                                 update_steps=acfg["update_steps"], step_size=float(acfg["step_size"]),
                                 iterations=int(acfg["iterations"]))
             seconds = time.perf_counter() - start
+        assert out.final_loss is not None  # guided_sample sets it
         rows.append({"prompt": prompt, "seed": int(seed), "method": method, "reward": acfg["reward"],
                      "score_before": before, "score_after": -out.final_loss.item(), "seconds": seconds,
                      "peak_memory_mb": mem.peak_bytes / 2**20, "fvp_calls": out.fvp_calls,

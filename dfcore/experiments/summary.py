@@ -79,7 +79,8 @@ def summarize_outputs(paths: Iterable[str | os.PathLike[str]], root: str | os.Pa
         if not path.exists():
             raise FileNotFoundError(f"output not found: {path}")
         kind = path.suffix.lstrip(".") or ("dir" if path.is_dir() else "file")
-        variables, attrs = [], {}
+        variables: list[str] = []
+        attrs: dict[str, Any] = {}
         if kind == "zarr":
             digest, variables, attrs = _zarr_digest(path)
         else:

@@ -15,7 +15,7 @@ in the table stands for ``t_zero`` (the "0.0+" of the paper; the networks are tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,7 @@ def trace_errors(
     return ds
 
 
-def markdown_table(ds: xr.Dataset, paper: dict[str, Sequence[float]] | None = None) -> str:
+def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None = None) -> str:
     """The table laid out like the paper's: one row per method, one column per t (relative error, %)."""
     cols = [f"t = {t:.1f}" + ("+" if t == 0 else "") for t in ds["t"].values]
     labels = {"vjp": "VJP", "dftm": "DF-TM", "hutchinson": "Hutchinson", "analytic": "analytic"}

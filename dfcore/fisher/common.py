@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import Tensor
@@ -11,6 +11,9 @@ from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
 
 __all__ = ["resolve_schedule", "jacobian_quadratic_forms", "vjp"]
+
+# What ``torch.func.vjp`` returns without ``has_aux``: the output and the function of the cotangents.
+_VjpResult = tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]]]
 
 
 def resolve_schedule(schedule: Schedule | None, denoiser: Denoiser | None, method: str) -> Schedule:
@@ -25,7 +28,7 @@ def resolve_schedule(schedule: Schedule | None, denoiser: Denoiser | None, metho
 def vjp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
     r""":math:`v^\top \partial fn/\partial x` at ``x`` by one reverse-mode pass (``torch.func.vjp``)."""
     with torch.enable_grad():
-        out, vjp_fn = torch.func.vjp(fn, x.detach())
+        out, vjp_fn = cast(_VjpResult, torch.func.vjp(fn, x.detach()))
         return vjp_fn(v.to(out.dtype))[0]
 
 
@@ -37,7 +40,7 @@ def jacobian_quadratic_forms(
     ``torch.func.vmap`` in chunks of ``chunk_size``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        _, vjp_fn = torch.func.vjp(fn, x)
+        _, vjp_fn = cast(_VjpResult, torch.func.vjp(fn, x))
         try:
             rows = torch.func.vmap(lambda v: vjp_fn(v)[0], chunk_size=chunk_size)(vectors)
         except (RuntimeError, NotImplementedError):  # an op without a batching rule: loop instead

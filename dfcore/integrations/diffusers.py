@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +132,8 @@ class CFGDenoiser(Denoiser):
     UNet's dtype, and the output back to the input's, so float64 ODE solvers and autograd both pass through.
     """
 
+    schedule: DiscreteSchedule
+
     def __init__(self, unet: nn.Module, schedule: DiscreteSchedule, cond: Tensor, uncond: Tensor | None = None,
                  guidance_scale: float = 7.5) -> None:
         if guidance_scale != 1.0 and uncond is None:
@@ -162,6 +164,7 @@ class CFGDenoiser(Denoiser):
         if self.guidance_scale == 1.0:
             out = self.unet(z, step, encoder_hidden_states=cond).sample
         else:
+            assert self.uncond is not None  # __init__ requires it when guidance_scale != 1
             uncond = self._context(self.uncond, batch).to(dtype)
             both = self.unet(torch.cat([z, z]), torch.cat([step, step]), encoder_hidden_states=torch.cat([uncond, cond])).sample
             eps_u, eps_c = both.chunk(2)
@@ -205,7 +208,7 @@ def build_latent_trace_model(latent_shape: Sequence[int], schedule: DiscreteSche
                              block_out_channels: Sequence[int] = (32, 64), layers_per_block: int = 1,
                              norm_num_groups: int = 8, seed: int = 0) -> LatentTraceModel:
     """A small ``UNet2DModel`` (C latent channels in, 1 out) as the latent trace network."""
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # type checkers see its placeholder (diffusers' dummy_pt_objects)
 
     channels, height, _ = (int(v) for v in latent_shape)
     hparams = {"latent_shape": [int(v) for v in latent_shape], "block_out_channels": [int(c) for c in block_out_channels],
@@ -215,7 +218,7 @@ def build_latent_trace_model(latent_shape: Sequence[int], schedule: DiscreteSche
                          block_out_channels=tuple(block_out_channels),
                          down_block_types=("DownBlock2D",) * len(block_out_channels),
                          up_block_types=("UpBlock2D",) * len(block_out_channels), norm_num_groups=norm_num_groups)
-    return LatentTraceModel(module, schedule, hparams)
+    return LatentTraceModel(module, schedule, hparams)  # type: ignore[arg-type]
 
 
 def latent_trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> LatentTraceModel:
@@ -247,7 +250,7 @@ def encode_image_folder(pipe: Any, folder: str | Path, max_images: int | None = 
     vae = pipe.vae
     latents = []
     for file in files:
-        img = Image.open(file).convert("RGB").resize((size, size), Image.BICUBIC)
+        img = Image.open(file).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
         dist = vae.encode(arr.to(device=vae.device, dtype=vae.dtype)).latent_dist
         latents.append(dist.mean.float().cpu() * vae.config.scaling_factor)
@@ -271,7 +274,7 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
     from dfcore.sampling import sample_trajectory
     from dfcore.sde import time_grid
 
-    t_min = 1.0 / denoiser.schedule.num_steps if t_min is None else t_min
+    t_min = 1.0 / cast(DiscreteSchedule, denoiser.schedule).num_steps if t_min is None else t_min
     return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, t_min, t_max=1.0), "ddim").x0
 
 
@@ -290,7 +293,7 @@ def latent_log_likelihood(z: Tensor, denoiser: Denoiser, trace_model: TraceModel
     from dfcore.likelihood import log_likelihood
 
     schedule = denoiser.schedule
-    t_min = 1.0 / schedule.num_steps if t_min is None else t_min
+    t_min = 1.0 / cast(DiscreteSchedule, schedule).num_steps if t_min is None else t_min
     if solver not in ("euler", "rk4"):
         raise ValueError(f"latent NLL uses a fixed-step solver, 'euler' or 'rk4'; got {solver!r}")
     res = log_likelihood(z, method=method, schedule=schedule, denoiser=denoiser, trace_model=trace_model, t_min=t_min,
@@ -355,14 +358,14 @@ class _ModuleReward(nn.Module):
 
     def set_prompt(self, prompt: str) -> None:
         if hasattr(self.module, "set_prompt"):
-            self.module.set_prompt(prompt)
+            cast(Any, self.module).set_prompt(prompt)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.module(decode_latents(self.pipe, z)).reshape(z.shape[0]).to(z.dtype)
 
 
 def load_reward(kind: str, pipe: Any, *, clip_path: str | None = None, module: str | None = None,
-                module_kwargs: dict[str, Any] | None = None) -> nn.Module:
+                module_kwargs: dict[str, Any] | None = None) -> CLIPReward | _ModuleReward:
     """The differentiable reward of adjoint guidance: ``clip`` (a :class:`CLIPReward` from ``clip_path``) or
     ``module``: ``"package.module:Name"`` importable, called with ``module_kwargs``, mapping images (B, 3, H, W)
     in [-1, 1] to scores (B,). (An import path, not a pickled module: nothing unsafe is unpickled.)"""

@@ -9,6 +9,7 @@ with cross-entropy on clean digits plus small Gaussian input noise, which smooth
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits, shape (B, num_classes)."""
-        return self.net(x.reshape(x.shape[0], -1).to(self.net[0].weight.dtype))
+        return self.net(x.reshape(x.shape[0], -1).to(cast(nn.Linear, self.net[0]).weight.dtype))
 
 
 def class_nll(classifier: DigitClassifier, x0: Tensor, target: int) -> Tensor:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +61,14 @@ __all__ = [
 ]
 
 
+class _Trunk(Protocol):
+    """What a trace head uses of a backbone (:class:`MLPBackbone`, :class:`UNetBackbone`)."""
+
+    feature_dim: int
+
+    def features(self, x_in: Tensor, t: Tensor) -> Tensor: ...
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of ``1000 t`` (Vaswani et al., 2017; Ho et al., 2020), shape (B, dim)."""
     half = dim // 2
@@ -77,6 +85,8 @@ class MLPBackbone(nn.Module):
     (positional encoding; Tancik et al., 2020), which lets a small MLP resolve fine structure of
     low-dimensional data such as the individual training points at small noise.
     """
+
+    freqs: Tensor  # buffer
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 4, emb_dim: int = 64, out_dim: int | None = None,
                  fourier_levels: int = 0) -> None:
@@ -126,7 +136,7 @@ class UNetBackbone(nn.Module):
         out_channels: int | None = None,
     ) -> None:
         super().__init__()
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DModel  # type checkers see its placeholder (diffusers' dummy_pt_objects)
 
         self.image_shape = tuple(int(s) for s in image_shape)
         c, h, w = self.image_shape
@@ -144,7 +154,7 @@ class UNetBackbone(nn.Module):
         )
         self.feature_dim = int(block_out_channels[-1])
         self._captured: Tensor | None = None
-        self.unet.mid_block.register_forward_hook(self._capture)
+        self.unet.mid_block.register_forward_hook(self._capture)  # type: ignore[attr-defined]
 
     def _capture(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
         self._captured = output
@@ -153,12 +163,13 @@ class UNetBackbone(nn.Module):
         return x.reshape(x.shape[0], *self.image_shape)
 
     def forward(self, x_in: Tensor, t: Tensor) -> Tensor:
-        out = self.unet(self._as_image(x_in), 1000.0 * t.float()).sample
+        out = self.unet(self._as_image(x_in), 1000.0 * t.float()).sample  # type: ignore[operator]
         return out.reshape(x_in.shape[0], -1) if x_in.ndim == 2 else out
 
     def features(self, x_in: Tensor, t: Tensor) -> Tensor:
         self.forward(x_in, t)
         feats, self._captured = self._captured, None
+        assert feats is not None  # the mid-block hook ran during forward
         return feats.mean((-2, -1))
 
 
@@ -328,9 +339,10 @@ class LearnedTraceModel(TraceModel):
         x_in, tm, _, _ = self.denoiser._inputs(x, t)
         if self.share_trunk:
             with torch.no_grad():
-                feats = self.denoiser.module.features(x_in, tm)
+                feats = cast(_Trunk, self.denoiser.module).features(x_in, tm)
             return self.module(feats, tm)
-        return self.module["head"](self.module["trunk"].features(x_in, tm), tm)
+        modules = cast(nn.ModuleDict, self.module)
+        return modules["head"](cast(_Trunk, modules["trunk"]).features(x_in, tm), tm)
 
     def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
         r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64: the learned
@@ -403,9 +415,9 @@ def _trace_module(denoiser: LearnedDenoiser, share_trunk: bool, hparams: dict[st
     head_hidden = int(hparams.get("head_hidden", 128))
     emb_dim = int(hparams.get("emb_dim", 64))
     if share_trunk:
-        return TraceHead(denoiser.module.feature_dim, head_hidden, emb_dim)
+        return TraceHead(cast(_Trunk, denoiser.module).feature_dim, head_hidden, emb_dim)
     trunk = build_backbone(denoiser.arch, int(denoiser.hparams["dim"]), {**denoiser.hparams, **hparams.get("backbone", {})})
-    return nn.ModuleDict({"trunk": trunk, "head": TraceHead(trunk.feature_dim, head_hidden, emb_dim)})
+    return nn.ModuleDict({"trunk": trunk, "head": TraceHead(cast(_Trunk, trunk).feature_dim, head_hidden, emb_dim)})
 
 
 def trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu",
