@@ -39,8 +39,8 @@ from dfcore.schedules import DiscreteSchedule
 
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for the test fixtures
-from tests.fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test fixtures
+from fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -185,10 +185,12 @@ DIGITS_SIZE = 1797  # samples in scikit-learn's digits
 IMAGE_KINDS = {"digits"}
 DATASET_KEYS = {  # keys of a 'datasets' entry that its kind reads
     "checkerboard": {"kind", "num_samples", "seed"},
-    "digits": {"kind", "num_samples", "seed"},
+    "digits": {"kind", "num_samples", "seed", "holdout", "split"},
     "gaussian_mixture": {"kind", "num_samples", "seed", "weights", "means", "stds"},
+    "gaussian_mixture_lowrank": {"kind", "num_samples", "seed", "dim", "components", "rank", "noise", "factor_scale",
+                                 "mean_scale", "weights"},
 }
-OT_DATASET_KEYS = {  # keys of an 'ot.datasets' entry that its kind reads (dfcore.ot.make_dataset)
+OT_DATASET_KEYS = {  # keys of an 'ot.datasets' entry that its kind reads (dfcore.data.ot_mixtures.make_ot_mixture)
     "gaussian": {"kind", "seed", "mean", "covariance", "scale"},
     "dirac": {"kind", "seed", "points"},
     "collinear": {"kind", "seed", "num_points", "scale"},

@@ -545,7 +545,7 @@ class GaussianMixture(Mixture):
         return self.log_weights.exp()
 
     def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Return (log q_t (B,), responsibilities (B,K), s_k (B,K,d), eigenvalues of C_k (B,K,d)).
+        r"""Return (log q_t (B,), responsibilities (B,K), s_k (B,K,d), eigenvalues of C_k (B,K,d)).
 
         In the eigenbasis of component k, :math:`z = V_k^\top(\alpha\mu_k - x)` and
         :math:`s_k = V_k (z / c_k)` with :math:`c_k = \alpha^2\lambda_k + \sigma^2`.

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dfcore.integrations import diffusers as sd
-from tests.fixtures.tiny_sd import build_tiny_clip, build_tiny_pipeline, run_tiny
+from fixtures.tiny_sd import build_tiny_clip, build_tiny_pipeline, run_tiny
 from dfcore.models.base import ExactDenoiser, TraceModel
 from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fisher_vp

@@ -1,5 +1,8 @@
 """Rules `sd_*`: dfcore.experiments.sd (the tiny test pipeline: tests/fixtures/tiny_sd.py)."""
 
+import sys
+from pathlib import Path
+
 import torch
 
 from dfcore.experiments import sd
@@ -9,7 +12,9 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
     torch.set_num_threads(max(1, int(snakemake.threads)))
     p, out = snakemake.params, snakemake.output
     if snakemake.rule == "sd_tiny_pipeline":
-        from tests.fixtures.tiny_sd import run_tiny  # test inputs: the tiny pipeline is not part of dfcore
+        # Test inputs: the tiny pipeline is not part of dfcore but a fixture of the test suite.
+        sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "tests"))
+        from fixtures.tiny_sd import run_tiny
 
         run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
     elif snakemake.rule == "sd_trace_net":
