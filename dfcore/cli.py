@@ -43,7 +43,8 @@ def _nll(args: argparse.Namespace, config: dict[str, Any]) -> None:
 def _trace_error(args: argparse.Namespace, config: dict[str, Any]) -> None:
     from dfcore.trace_error import run_trace_error
 
-    run_trace_error(config, args.data, args.trace, csv=args.csv, markdown=args.markdown, figure=args.figure, zarr=args.zarr)
+    run_trace_error(config, args.data, args.trace, csv=args.csv, markdown=args.markdown, figure=args.figure, zarr=args.zarr,
+                    extra_trace_paths=args.extra_trace)
 
 
 def _arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -67,6 +68,8 @@ def _arguments(name: str, parser: argparse.ArgumentParser) -> None:
     elif name == "trace-error":
         for key in ("data", "trace", "csv", "markdown", "figure", "zarr"):
             parser.add_argument(f"--{key}", required=True)
+        parser.add_argument("--extra-trace", nargs="*", default=[],
+                            help="further trace-net checkpoints (other trace_net.target), rows dftm_<target>")
 
 
 COMMANDS: dict[str, str | Callable[[argparse.Namespace, dict[str, Any]], None]] = {
