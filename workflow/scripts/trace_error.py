@@ -13,5 +13,6 @@ torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
 out, p = snakemake.output, snakemake.params  # params: exactly the config values run_trace_error reads
 config = {"trace_error": p.trace_error, "seed": p.seed, "device": p.device}
 ds = run_trace_error(config, snakemake.input.data, snakemake.input.trace,
-                     csv=out.csv, markdown=out.markdown, figure=out.figure, zarr=out.zarr)
+                     csv=out.csv, markdown=out.markdown, figure=out.figure, zarr=out.zarr,
+                     extra_trace_paths=list(snakemake.input.targets))  # one per further trace_error.trace_targets entry
 logging.info("relative errors (%%):\n%s", ds["rel_error"].to_pandas().to_string())

@@ -1,4 +1,5 @@
-"""Snakemake wrapper of dfcore.training.run_training (rules `train_denoiser`, `train_trace`, workflow/rules/train.smk)."""
+"""Snakemake wrapper of dfcore.training.run_training (rules `train_denoiser`, `train_trace`, `train_trace_target`,
+workflow/rules/train.smk)."""
 
 import logging
 import sys
@@ -10,7 +11,7 @@ from dfcore.training import run_training
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 sys.stderr = open(snakemake.log[0], "a")  # tracebacks and progress bars go to the log too
 torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
-kind = "trace" if snakemake.rule == "train_trace" else "denoiser"
+kind = "denoiser" if snakemake.rule == "train_denoiser" else "trace"
 p = snakemake.params  # exactly the config values run_training reads (workflow/rules/train.smk)
 config = {"seed": p.seed, "device": p.device}
 if kind == "denoiser":
