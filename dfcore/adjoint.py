@@ -77,6 +77,7 @@ __all__ = [
     "autograd_adjoint",
     "guided_sample",
     "cosine_and_relative_error",
+    "with_posterior_mean",
 ]
 
 SOLVERS = ("ddim", "heun")
@@ -185,6 +186,27 @@ def sample_trajectory(denoiser: Denoiser, x: Tensor, times: Tensor, solver: str 
         xs.append(x)
         caches.append(cache)
     return Trajectory(times, xs, caches, solver)
+
+
+def with_posterior_mean(traj: Trajectory, mixture: Mixture, schedule: Schedule) -> Trajectory:
+    r"""``traj`` with every cached :math:`\bar y_\theta` replaced by the mixture's exact posterior mean
+    :math:`E[x_0 \mid x_t]` (:meth:`~dfcore.mixture.Mixture.posterior_mean`) at the same state and time, and for
+    Heun also at the predictor :math:`x'_s`. The states and ε are kept. Eq. 20 (``dfea``, ``dfea_centered``)
+    run along the result sees no network: its :math:`\bar y` is exact, and with ``dfea_endpoint="denoised"`` so
+    is its :math:`x_0` (the posterior mean of the last step), so what remains of its error is the
+    approximation :math:`E[x_0x_0^\top \mid x_t] \approx x_0x_0^\top` itself."""
+
+    def mean(x: Tensor, t: Tensor) -> Tensor:
+        tb = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return mixture.posterior_mean(x.reshape(x.shape[0], -1), tb, schedule).reshape(x.shape).to(x.dtype)
+
+    caches = []
+    for k, cache in enumerate(traj.caches):
+        exact = _StepCache(cache.eps, mean(traj.xs[k], traj.times[k]), cache.x_pred, cache.eps_pred, cache.ybar_pred)
+        if cache.x_pred is not None:
+            exact.ybar_pred = mean(cache.x_pred, traj.times[k + 1])
+        caches.append(exact)
+    return Trajectory(traj.times, list(traj.xs), caches, traj.solver)
 
 
 def discrete_adjoint(
