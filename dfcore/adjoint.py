@@ -29,7 +29,7 @@ The error therefore compounds with the number of propagated steps; see the ``adj
 ``adjoint.t_min`` entries of the config schema for the measured effect and the defaults chosen from it.
 
 **Guidance** (BELM-style, as in the authors' SD-1.5 code): at the steps listed in ``update_steps``
-(counted as the number of sampling steps still to go, e.g. 10 and 5 of 20 in BELM; 3 and 1 by default here)
+(counted as the number of sampling steps still to go: 10 and 5 of 20 by default, as in BELM)
 the sampler looks ahead to :math:`x_0`, runs the adjoint back to the current state and moves it,
 :math:`x_t \leftarrow x_t - \eta\lambda_t`, then carries on sampling. A non-finite adjoint is never applied:
 the sample keeps its state and is reported as diverged.

@@ -102,6 +102,8 @@ def _trace_error_main(argv: Sequence[str] | None = None) -> None:
     parser = _parser("trace-error", _trace_error_main.__doc__)
     parser.add_argument("--data", required=True)
     parser.add_argument("--trace", required=True)
+    parser.add_argument("--extra-trace", nargs="*", default=[],
+                        help="further trace-net checkpoints (other trace_net.target), rows dftm_<target>")
     parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/trace_error)")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
@@ -110,7 +112,7 @@ def _trace_error_main(argv: Sequence[str] | None = None) -> None:
     stem = out / f"{section['dataset']}_{section['schedule']}"
     run_trace_error(section, args.data, args.trace, csv=stem.with_suffix(".csv"), markdown=stem.with_suffix(".md"),
                     figure=stem.with_suffix(".png"), zarr=stem.with_suffix(".zarr"), seed=cfg["seed"],
-                    device=cfg["device"])
+                    device=cfg["device"], extra_trace_paths=args.extra_trace)
 
 
 def _ot_main(argv: Sequence[str] | None = None) -> None:
@@ -165,7 +167,8 @@ def _adjoint_main(argv: Sequence[str] | None = None) -> None:
         sub = out_dir / (f"mixture_{adj['mixture']['dataset']}_{sched}" if args.command == "mixture" else "digits")
         out = {key: sub / name for key, name in
                [("metrics", "metrics.csv"), ("agreement", "agreement.csv"), ("trajectories", "trajectories.zarr"),
-                ("loss_plot", "loss_vs_time.png"), ("agreement_plot", "agreement.png"), ("grid_plot", "samples.png")]}
+                ("loss_plot", "loss_vs_time.png"), ("agreement_plot", "agreement.png"), ("grid_plot", "samples.png"),
+                ("lambda_exact", "lambda_exact.csv")]}
         if args.command == "mixture":
             table = run_mixture_task(adj, cfg["schedules"], schedule_name=sched, data_path=res / "data" / f"{adj['mixture']['dataset']}.zarr",
                                      out=out, device=cfg["device"], config=cfg, **common)

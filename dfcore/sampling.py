@@ -21,11 +21,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dfcore.mixtures import Mixture
 from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
 from dfcore.sde import batch_time, expand_like
 
-__all__ = ["SAMPLERS", "CountingDenoiser", "Trajectory", "schedule_at", "ode_step", "sample_trajectory"]
+__all__ = [
+    "SAMPLERS",
+    "CountingDenoiser",
+    "Trajectory",
+    "schedule_at",
+    "ode_step",
+    "sample_trajectory",
+    "with_posterior_mean",
+]
 
 SAMPLERS = ("ddim", "heun")
 
@@ -124,3 +133,23 @@ def sample_trajectory(denoiser: Denoiser, x: Tensor, times: Tensor, solver: str 
         xs.append(x)
         caches.append(cache)
     return Trajectory(times, xs, caches, solver)
+
+
+def with_posterior_mean(traj: Trajectory, mixture: Mixture, schedule: Schedule) -> Trajectory:
+    r"""``traj`` with every cached :math:`\bar y_\theta` replaced by the mixture's exact posterior mean
+    :math:`E[x_0 \mid x_t]` (:meth:`~dfcore.mixtures.Mixture.posterior_mean`) at the same state and time, and for
+    Heun also at the predictor :math:`x'_s`. The states and ε are kept. Eq. 20 (``dfea``, ``dfea_centered``)
+    run along the result sees no network: its :math:`\bar y` is exact, and with ``dfea_endpoint="denoised"`` so
+    is its :math:`x_0` (the posterior mean of the last step), so what remains of its error is the
+    approximation :math:`E[x_0x_0^\top \mid x_t] \approx x_0x_0^\top` itself."""
+
+    def mean(x: Tensor, t: Tensor) -> Tensor:
+        return mixture.posterior_mean(x.flatten(1), batch_time(t, x), schedule).reshape(x.shape).to(x.dtype)
+
+    caches = []
+    for k, cache in enumerate(traj.caches):
+        exact = _StepCache(cache.eps, mean(traj.xs[k], traj.times[k]), cache.x_pred, cache.eps_pred, cache.ybar_pred)
+        if cache.x_pred is not None:
+            exact.ybar_pred = mean(cache.x_pred, traj.times[k + 1])
+        caches.append(exact)
+    return Trajectory(traj.times, list(traj.xs), caches, traj.solver)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
-from dfcore.sampling import CountingDenoiser, sample_trajectory
+from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
 from dfcore.sde import time_grid
 from dfcore.models.base import ExactDenoiser
 from dfcore.fisher import fisher_vp
@@ -346,7 +347,7 @@ def test_mixture_task_outputs(tmp_path):
     cfg = validate_config({"adjoint": {"num_steps": 6, "update_steps": [3], "lambda_samples": 4,
                                        "mixture": {"num_samples": 8}}})
     names = {"metrics": "metrics.csv", "agreement": "agreement.csv", "trajectories": "t.zarr",
-             "loss_plot": "l.png", "agreement_plot": "a.png"}
+             "loss_plot": "l.png", "agreement_plot": "a.png", "lambda_exact": "lambda_exact.csv"}
     out = {k: tmp_path / v for k, v in names.items()}
     metrics = run_mixture_task(cfg["adjoint"], cfg["schedules"], schedule_name="VP", data_path=tmp_path / "cb.zarr",
                                out=out, seed=0, device="cpu", progress=False)
@@ -363,4 +364,104 @@ def test_mixture_task_outputs(tmp_path):
     assert ds["x"].dims == ("guidance", "step", "sample", "dim") and ds.sizes["step"] == 7
     assert list(ds["guidance"].values) == ["unguided", "analytic", "dfea", "dfea_centered", "vjp"]
     assert len(pd.read_csv(out["agreement"])) == 4 * 7
+    # the exact-mean table: same samples as agreement.csv; the exact denoiser's ybar is already the posterior mean
+    # (Tweedie), so its dfea / dfea_centered cosines are those of agreement.csv to round-off
+    exact = pd.read_csv(out["lambda_exact"])
+    assert list(exact.columns[:4]) == ["schedule", "method", "step", "steps_to_go"] and set(exact["schedule"]) == {"VP"}
+    agreement = pd.read_csv(out["agreement"]).set_index(["method", "step"])
+    for method in ("dfea", "dfea_centered"):
+        rows = exact[exact["method"] == method].set_index("step")
+        np.testing.assert_allclose(rows["cosine_mean"], agreement.loc[method, "cosine_mean"].sort_index(), atol=1e-8)
     assert out["loss_plot"].stat().st_size > 0 and out["agreement_plot"].stat().st_size > 0
+
+
+# --- DF-EA with the exact posterior mean: method error without training error ---------------------------
+
+
+def _brute_force_cosines(points: torch.Tensor, schedule, x_T: torch.Tensor, times: torch.Tensor, target: torch.Tensor):
+    """Per-step cosines of Eq. 20's and the centered form's adjoint against autograd, written out here from
+    scratch: DDIM with the posterior mean by explicit softmax weights, autograd through that loop, and both
+    adjoint recursions with ybar the same explicit posterior mean and x_0 the last step's ybar."""
+
+    def mean(x, t):
+        alpha, sigma = schedule(t)
+        w = torch.softmax(-(x[:, None] - alpha * points[None]).pow(2).sum(-1) / (2 * sigma**2), 1)
+        return w @ points
+
+    xs = [x_T.clone().requires_grad_(True)]
+    for k in range(len(times) - 1):
+        (a_t, s_t), (a_s, s_s) = schedule(times[k]), schedule(times[k + 1])
+        x = xs[-1]
+        ybar = mean(x, times[k])
+        x_next = a_s * ybar + s_s * (x - a_t * ybar) / s_t
+        x_next.retain_grad()
+        xs.append(x_next)
+    (0.5 * (xs[-1] - target).pow(2).sum()).backward()
+    truth = [x.grad.detach() for x in xs]
+    states = [x.detach() for x in xs]
+    ybars = [mean(states[k], times[k]) for k in range(len(times) - 1)]
+    x0 = ybars[-1]
+    out = {}
+    for method in ("dfea", "dfea_centered"):
+        lam = states[-1] - target
+        cosines = [None] * len(times)
+        cosines[-1] = torch.ones(len(x_T))
+        for k in range(len(times) - 2, -1, -1):
+            (a_t, s_t), (a_s, s_s) = schedule(times[k]), schedule(times[k + 1])
+            yb = ybars[k]
+            fv = lam / s_t**2
+            if method == "dfea":
+                fv = fv - a_t**2 / s_t**4 * ((x0 * lam).sum(1, keepdim=True) * x0 - (yb * lam).sum(1, keepdim=True) * yb)
+            else:
+                dev = x0 - yb
+                fv = fv - a_t**2 / s_t**4 * (dev * lam).sum(1, keepdim=True) * dev
+            lam = a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fv
+            cosines[k] = (lam * truth[k]).sum(1) / (lam.norm(dim=1) * truth[k].norm(dim=1))
+        out[method] = cosines
+    return out
+
+
+@pytest.mark.parametrize("sched", ["VP", "VE"])
+def test_exact_mean_lambda_cosines_match_a_brute_force_recomputation(sched):
+    from dfcore.experiments.adjoint import exact_mean_lambda_agreement
+
+    g = torch.Generator().manual_seed(4)
+    points = torch.randn(7, 2, generator=g)
+    mixture = DiracMixture(points)
+    schedule = get_schedule(sched)
+    sigma1 = float(schedule.sigma(torch.tensor(1.0)))
+    x_T = sigma1 * torch.randn(9, 2, generator=g)
+    times = time_grid(6, 0.05, t_max=1.0)
+    target = torch.tensor([1.5, 1.5])
+    frame = exact_mean_lambda_agreement(mixture, schedule, x_T, lambda x: 0.5 * (x - target).pow(2).sum(1), times)
+    assert list(frame.columns[:7]) == ["method", "step", "steps_to_go", "t", "cosine_mean", "cosine_median", "cosine_min"]
+    assert set(frame["method"]) == {"analytic", "dfea", "dfea_centered"} and len(frame) == 3 * 7
+    np.testing.assert_allclose(frame.loc[frame["method"] == "analytic", "cosine_min"], 1.0, atol=1e-10)
+    brute = _brute_force_cosines(points, schedule, x_T, times, target)
+    for method, cosines in brute.items():
+        rows = frame[frame["method"] == method].sort_values("step")
+        np.testing.assert_allclose(rows["cosine_mean"], [float(c.mean()) for c in cosines], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(rows["cosine_median"], [float(c.median()) for c in cosines], rtol=1e-7, atol=1e-9)
+        assert (rows["steps_to_go"] == 6 - rows["step"]).all()
+    # the exact mean matters: Eq. 20's direction is not that of autograd at every step
+    assert frame.loc[frame["method"] == "dfea", "cosine_min"].min() < 0.999
+
+
+def test_with_posterior_mean_replaces_ybar_only():
+    mixture = _dirac(6, 2)
+    schedule = get_schedule("VP")
+    den = ExactDenoiser(mixture, schedule)
+    times = time_grid(4, 0.05, t_max=1.0)
+    x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    for solver in ("ddim", "heun"):
+        traj = sample_trajectory(den, x_T, times, solver)
+        exact = with_posterior_mean(traj, mixture, schedule)
+        assert all(torch.equal(a, b) for a, b in zip(exact.xs, traj.xs))
+        for k, cache in enumerate(exact.caches):
+            t = times[k].expand(5)
+            torch.testing.assert_close(cache.ybar, mixture.posterior_mean(traj.xs[k], t, schedule), rtol=0, atol=0)
+            assert torch.equal(cache.eps, traj.caches[k].eps)
+            # Tweedie through the exact denoiser's eps agrees with the posterior mean to round-off
+            torch.testing.assert_close(cache.ybar, traj.caches[k].ybar, rtol=1e-9, atol=1e-9)
+            if solver == "heun":
+                torch.testing.assert_close(cache.ybar_pred, mixture.posterior_mean(traj.caches[k].x_pred, times[k + 1].expand(5), schedule))

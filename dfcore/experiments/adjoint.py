@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
 from dfcore.profiling import PeakMemory
-from dfcore.sampling import CountingDenoiser, sample_trajectory
+from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
 from dfcore.sde import time_grid
 from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
-from dfcore.models.base import Denoiser, ExactDenoiser# noqa: E402
+from dfcore.models.base import Denoiser, ExactDenoiser
 from dfcore.device import resolve_device
 from dfcore.data.datasets import labelled_digits
 from dfcore.plots import plot_digit_grid, plot_lambda_agreement, plot_loss_vs_time
@@ -44,6 +44,7 @@ from dfcore.schedules import get_schedule
 __all__ = [
     "run_train_classifier",
     "compare_methods",
+    "exact_mean_lambda_agreement",
     "run_mixture_task",
     "run_digits_task",
 ]
@@ -198,6 +199,47 @@ def compare_methods(
     return metrics, pd.DataFrame(hist_rows), pd.DataFrame(agree_rows), ds
 
 
+EXACT_MEAN_METHODS = ("analytic", "dfea", "dfea_centered")
+
+
+def exact_mean_lambda_agreement(
+    mixture: Mixture,
+    schedule: Any,
+    x_T: Tensor,
+    loss_fn: LossFn,
+    times: Tensor,
+    *,
+    solver: str = "ddim",
+    dfea_endpoint: str = "denoised",
+    methods: Sequence[str] = EXACT_MEAN_METHODS,
+) -> pd.DataFrame:
+    r"""Method error of Eq. 20 without training error: the per-step cosine between each method's adjoint
+    :math:`\lambda_k` and autograd through the sampler, for the exact denoiser of ``mixture`` and with every
+    :math:`\bar y` in ``dfea`` / ``dfea_centered`` the mixture's exact posterior mean (:func:`with_posterior_mean`).
+
+    One row per (method, step): ``steps_to_go``, ``t``, ``cosine_mean``, ``cosine_median``, ``cosine_min`` over
+    the samples of ``x_T`` whose cosine is finite, and ``finite_fraction``. ``analytic`` (the exact Fisher) is
+    the control: its cosine is 1 up to round-off."""
+    denoiser = ExactDenoiser(mixture, schedule)
+    truth, _ = autograd_adjoint(denoiser, x_T, times, loss_fn, solver, use_checkpoint=False)
+    traj = with_posterior_mean(sample_trajectory(denoiser, x_T, times, solver), mixture, schedule)
+    with torch.enable_grad():
+        x0 = traj.x0.detach().requires_grad_(True)
+        (lam0,) = torch.autograd.grad(loss_fn(x0).sum(), x0)
+    rows = []
+    for method in methods:
+        lams = discrete_adjoint(traj, lam0, method, schedule=schedule, mixture=mixture, dfea_endpoint=dfea_endpoint)
+        for k, (lam_k, ref_k) in enumerate(zip(lams, truth)):
+            cos, _ = cosine_and_relative_error(lam_k, ref_k)
+            ok = torch.isfinite(cos)
+            finite = cos[ok] if ok.any() else torch.full((1,), float("nan"), dtype=cos.dtype)
+            rows.append({"method": method, "step": k, "steps_to_go": len(times) - 1 - k, "t": times[k].item(),
+                         "cosine_mean": finite.mean().item(), "cosine_median": finite.median().item(),
+                         "cosine_min": finite.min().item(), "finite_fraction": ok.double().mean().item(),
+                         "num_samples": int(x_T.shape[0])})
+    return pd.DataFrame(rows)
+
+
 # --- figures -------------------------------------------------------------------------------------------
 
 
@@ -251,6 +293,14 @@ def run_mixture_task(
                        target=list(task["target"]), num_points=int(points.shape[0]))
     metrics.insert(0, "schedule", schedule_name)
     _write_outputs(metrics, history, agreement, ds, out, task="mixture", attrs=attrs, title=f"2-D mixture ({schedule_name})")
+    if out.get("lambda_exact") is not None:
+        # the samples of agreement.csv, with the exact posterior mean in Eq. 20
+        n_lam = min(int(cfg["lambda_samples"]), x_T.shape[0])
+        times = time_grid(cfg["num_steps"], cfg["t_min"], t_max=1.0, dtype=x_T.dtype).to(dev)
+        exact = exact_mean_lambda_agreement(mixture, schedule, x_T[:n_lam], loss_fn, times, solver=cfg["solver"],
+                                            dfea_endpoint=cfg["dfea_endpoint"])
+        exact.insert(0, "schedule", schedule_name)
+        write_csv(exact, out["lambda_exact"])
     return metrics
 
 

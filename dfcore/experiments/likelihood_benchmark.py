@@ -45,7 +45,13 @@ from dfcore.io import load_checkpoint, write_csv
 from dfcore.plots import plot_likelihood_benchmark
 from dfcore.likelihood import gaussian_mixture_log_q0, log_likelihood, prior_log_prob
 from dfcore.mixtures import GaussianMixture
-from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser, trace_model_from_state
+from dfcore.models.networks import (
+    LearnedDenoiser,
+    LearnedTraceModel,
+    load_denoiser,
+    same_weights,
+    trace_model_from_state,
+)
 from dfcore.profiling import PeakMemory
 
 __all__ = [
@@ -106,9 +112,7 @@ def train_target_trace(section: dict[str, Any], data_path: str | Path, denoiser_
 def _trace_model_on(path: str | Path, denoiser: LearnedDenoiser, device: torch.device) -> LearnedTraceModel:
     """The trace net of ``path`` on the already-loaded ``denoiser``, after checking it was trained on those weights."""
     state = load_checkpoint(path)["model"]
-    stored = state["denoiser"]["state_dict"]
-    own = denoiser.module.state_dict()
-    if stored.keys() != own.keys() or not all(torch.equal(stored[k].cpu(), own[k].cpu()) for k in own):
+    if not same_weights(state["denoiser"]["state_dict"], denoiser.module):
         raise ValueError(f"{path}: the trace net was trained on another denoiser than the one evaluated")
     return trace_model_from_state(state, device, denoiser=denoiser)
 

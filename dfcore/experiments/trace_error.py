@@ -10,6 +10,11 @@ would give, or, for a store with an exact Gaussian mixture, that continuous mixt
 over the test points (in %); the mean and median of the per-point ratios are stored too. ``t = 0.0``
 in the table stands for ``t_zero`` (the "0.0+" of the paper; the networks are trained on
 :math:`t \ge t_{min}`).
+
+Several trace networks, trained on different regression targets of Alg. 1 (``trace_net.target``), can be
+compared in one table: the estimator ``dftm`` is the main trace network, and each further one is the
+estimator ``dftm_<target>`` (Eq. 17 with that network). The coordinate ``trace_target`` along ``estimator``
+names the target each DF-TM row was trained on (empty for the other estimators).
 """
 
 from __future__ import annotations
@@ -28,11 +33,23 @@ from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.plots import plot_trace_errors
 from dfcore.io import provenance, write_csv, write_text, write_zarr
-from dfcore.models.networks import load_trace_model
+from dfcore.models.networks import load_trace_model, same_weights
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.schedules import Schedule
 
-__all__ = ["trace_errors", "markdown_table", "write_trace_error", "run_trace_error", "PAPER_TABLE2"]
+__all__ = ["trace_errors", "estimator_order", "dftm_label", "markdown_table", "write_trace_error", "run_trace_error", "PAPER_TABLE2"]
+
+
+def dftm_label(target: str) -> str:
+    """Estimator label of a further DF-TM row whose trace network was trained on ``target``: ``dftm_<target>``."""
+    return f"dftm_{target}"
+
+
+def estimator_order(methods: Sequence[str], extra_dftm: Sequence[str]) -> list[str]:
+    """``methods`` with the labels ``extra_dftm`` inserted right after ``dftm`` (appended when ``dftm`` is absent)."""
+    order = list(methods)
+    at = order.index("dftm") + 1 if "dftm" in order else len(order)
+    return order[:at] + list(extra_dftm) + order[at:]
 
 
 def trace_errors(
@@ -48,17 +65,29 @@ def trace_errors(
     num_probes: int = 1,
     seed: int = 0,
     mixture: Mixture | None = None,
+    extra_trace_models: Mapping[str, TraceModel] | None = None,
 ) -> xr.Dataset:
     """Estimates and errors for every (method, t): a Dataset with dims ``estimator``, ``t``, ``point``. The
     ground truth is ``mixture``'s exact trace (default: the Dirac mixture over ``data``).
 
+    ``extra_trace_models`` maps further estimator labels (e.g. ``dftm_sq_norm``) to trace models; each is
+    evaluated by Eq. 17 (``fisher_trace("dftm", ...)``) with ``denoiser`` on the same test points, and its row
+    follows ``dftm``. DF-TM draws no random numbers, so the other rows are the same with or without them.
+
     The dimension is not called ``method``: ``Dataset.sel(method=...)`` is xarray's keyword for inexact
     matching, so ``ds.sel(method="dftm")`` would silently select nothing and return every estimator."""
+    extra = dict(extra_trace_models or {})
+    clash = sorted(set(extra) & set(methods))
+    if clash:
+        raise ValueError(f"extra DF-TM labels {clash} clash with the estimators in methods")
+    labels = estimator_order(methods, list(extra))
+    models = {label: extra.get(label, trace_model) for label in labels}
+    kinds = {label: "dftm" if label in extra else label for label in labels}
     mixture = DiracMixture(data.to(torch.float64)) if mixture is None else mixture
     truth_label = f"exact trace of the {type(mixture).__name__} of the data set"
     gen = torch.Generator().manual_seed(int(seed))
     dtype = next(denoiser.module.parameters()).dtype if hasattr(denoiser, "module") else torch.float64
-    estimates = np.zeros((len(methods), len(times), num_points))
+    estimates = np.zeros((len(labels), len(times), num_points))
     truth = np.zeros((len(times), num_points))
     for j, t_label in enumerate(times):
         t = float(t_label) if t_label > 0 else float(t_zero)
@@ -67,9 +96,9 @@ def trace_errors(
         y = data[torch.randint(len(data), (num_points,), generator=gen)].to(torch.float64)
         x = (alpha * y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)).to(dtype)
         truth[j] = fisher_trace("analytic", x.to(torch.float64), t, schedule=schedule, mixture=mixture).numpy()
-        for i, method in enumerate(methods):
-            estimates[i, j] = fisher_trace(method, x, t, schedule=schedule, denoiser=denoiser, trace_model=trace_model,
-                                           num_probes=num_probes, generator=gen).numpy()
+        for i, label in enumerate(labels):
+            estimates[i, j] = fisher_trace(kinds[label], x, t, schedule=schedule, denoiser=denoiser,
+                                           trace_model=models[label], num_probes=num_probes, generator=gen).numpy()
     diff = estimates - truth[None]
     rel_l2 = 100 * np.linalg.norm(diff, axis=-1) / np.linalg.norm(truth, axis=-1)[None]
     ratio = 100 * np.abs(diff) / np.abs(truth)[None]
@@ -84,8 +113,15 @@ def trace_errors(
             "sigma": (("t",), schedule.sigma(torch.as_tensor(t_eval)).numpy()),
             "t_eval": (("t",), t_eval),
         },
-        coords={"estimator": list(methods), "t": np.asarray(times, dtype=float), "point": np.arange(num_points)},
+        coords={
+            "estimator": labels,
+            "trace_target": ("estimator", [str(getattr(models[label], "target", "")) if kinds[label] == "dftm" else ""
+                                           for label in labels]),
+            "t": np.asarray(times, dtype=float),
+            "point": np.arange(num_points),
+        },
     )
+    ds["trace_target"].attrs["description"] = "trace_net.target the DF-TM row's trace network was trained on"
     return ds
 
 
@@ -93,7 +129,16 @@ def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None =
     """The table laid out like the paper's: one row per method, one column per t (relative error, %)."""
     cols = [f"t = {t:.1f}" + ("+" if t == 0 else "") for t in ds["t"].values]
     labels = {"vjp": "VJP", "dftm": "DF-TM", "hutchinson": "Hutchinson", "analytic": "analytic"}
-    rows = {labels.get(str(m), str(m)): [f"{float(v):.2f}" for v in ds["rel_error"].sel(estimator=m).values]
+    targets = dict(zip(ds["estimator"].values.tolist(), ds["trace_target"].values.tolist())) if "trace_target" in ds.coords else {}
+    several = sum(1 for target in targets.values() if target) > 1
+
+    def label(m: str) -> str:
+        # with several DF-TM rows each names its trace-net target
+        if targets.get(m) and (several or m != "dftm"):
+            return f"DF-TM [{targets[m]}]"
+        return labels.get(m, m)
+
+    rows = {label(str(m)): [f"{float(v):.2f}" for v in ds["rel_error"].sel(estimator=m).values]
             for m in ds["estimator"].values}
     for name, values in (paper or {}).items():
         rows[f"{name} (paper)"] = [f"{v:.2f}" for v in values]
@@ -120,15 +165,29 @@ def write_trace_error(ds: xr.Dataset, *, csv: str | Path, markdown: str | Path, 
 
 def run_trace_error(section: dict[str, Any], data_path: str | Path, trace_path: str | Path, *, csv: str | Path,
                     markdown: str | Path, figure: str | Path, zarr: str | Path, seed: int = 0,
-                    device: str = "auto") -> xr.Dataset:
-    """The trace_error stage (Table 2; ``section`` = the ``trace_error`` config section)."""
+                    device: str = "auto", extra_trace_paths: Sequence[str | Path] = ()) -> xr.Dataset:
+    """The trace_error stage (Table 2; ``section`` = the ``trace_error`` config section).
+
+    ``trace_path`` is the main trace network (estimator ``dftm``; its denoiser is used by every estimator);
+    each of ``extra_trace_paths`` adds the row ``dftm_<target>``, the target read from the checkpoint itself."""
     cfg = section
-    trace_model = load_trace_model(trace_path, resolve_device(device))
+    dev = resolve_device(device)
+    trace_model = load_trace_model(trace_path, dev)
     denoiser = trace_model.denoiser
+    extra: dict[str, TraceModel] = {}
+    for path in extra_trace_paths:
+        model = load_trace_model(path, dev)
+        label = dftm_label(model.target)
+        if label in extra or model.target == trace_model.target:
+            raise ValueError(f"{path}: a second trace network trained on target {model.target!r}")
+        if not same_weights(model.denoiser.module, denoiser.module):
+            raise ValueError(f"{path}: its trace network was trained on another denoiser than {trace_path}'s")
+        extra[label] = model
     seed = int(seed) + int(cfg.get("seed", 0))
     ds = trace_errors(load_dataset(data_path), denoiser.schedule, denoiser, trace_model, times=cfg["times"],
                       t_zero=float(cfg["t_zero"]), methods=cfg["methods"], num_points=int(cfg["num_points"]),
-                      num_probes=int(cfg["num_probes"]), seed=seed, mixture=load_mixture(data_path))
+                      num_probes=int(cfg["num_probes"]), seed=seed, mixture=load_mixture(data_path),
+                      extra_trace_models=extra)
     title = f"Relative trace error, {cfg['dataset']} / {cfg['schedule']}"
     write_trace_error(ds, csv=csv, markdown=markdown, figure=figure, zarr=zarr, config=cfg, seed=seed, title=title)
     return ds

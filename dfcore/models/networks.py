@@ -400,6 +400,13 @@ class LearnedTraceModel(TraceModel):
         }
 
 
+def same_weights(a: nn.Module | dict[str, Tensor], b: nn.Module | dict[str, Tensor]) -> bool:
+    """True when two modules (or state dicts) hold the same parameter and buffer tensors."""
+    sa = a.state_dict() if isinstance(a, nn.Module) else a
+    sb = b.state_dict() if isinstance(b, nn.Module) else b
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
 def denoiser_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> LearnedDenoiser:
     """Rebuild a :class:`LearnedDenoiser` from :meth:`LearnedDenoiser.state` (random weights if no state_dict)."""
     hp = state["hparams"]

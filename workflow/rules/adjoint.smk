@@ -61,6 +61,12 @@ rule adjoint_mixture:
             category="Adjoint guidance",
             subcategory="2-D mixture",
         ),
+        lambda_exact=report(
+            f"{RESULTS}/adjoint/mixture_{{dataset}}_{{schedule}}/lambda_exact.csv",
+            caption="../report/adjoint_lambda_exact.rst",
+            category="Adjoint guidance",
+            subcategory="2-D mixture",
+        ),
     log:
         f"{RESULTS}/logs/adjoint/mixture_{{dataset}}_{{schedule}}.log",
     conda:
@@ -135,7 +141,7 @@ TARGETS.extend(
     + [
         f"{RESULTS}/adjoint/mixture_{config['adjoint']['mixture']['dataset']}_{schedule}/{name}"
         for schedule in config["adjoint"]["mixture"]["schedules"]
-        for name in ADJOINT_FILES + ["trajectories.zarr"]
+        for name in ADJOINT_FILES + ["trajectories.zarr", "lambda_exact.csv"]
     ]
     + [
         f"{RESULTS}/adjoint/digits/{name}"

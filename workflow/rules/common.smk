@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from dfcore.config import ConfigError, dataset_section, load_yaml, validate_config
+from dfcore.config import SCHEMA_PATH, ConfigError, dataset_section, load_yaml, validate_config
 
 try:
     # Snakemake's own loader keeps the last of two equal keys; load_yaml refuses them.
@@ -63,6 +63,16 @@ def training_section(name):
         return dataset_section(config[name], wildcards.dataset)
 
     return section
+
+
+def trace_target_section(wildcards):
+    """Param function of train_trace_target: the trace_net section as the job's dataset sees it (as
+    training_section("trace_net")), with ``target`` set to the job's {target}; every other key, the training
+    budget included, is the main trace net's."""
+    return {
+        **dataset_section(config["trace_net"], wildcards.dataset),
+        "target": wildcards.target,
+    }
 
 
 def ot_table3_params():
@@ -133,13 +143,20 @@ def sd_tiny_params():
     }
 
 
+# The regression targets of Alg. 1 (trace_net.target), from the schema.
+TRACE_TARGETS = load_yaml(SCHEMA_PATH)["properties"]["trace_net"]["properties"][
+    "target"
+]["enum"]
+
+
 def likelihood_trace_section(wildcards):
     """Param function of likelihood_trace: the trace_net section as the dataset sees it, without 'target' (the
     job's target is its wildcard, so trace_net.target retrains nothing here)."""
     return without(dataset_section(config["trace_net"], wildcards.dataset), "target")
 
 
-# trace-net target of each dftm method of the likelihood stage
+# trace-net target of each dftm method of the likelihood stage (sq_norm and residual nets come from
+# rule train_trace_target, the exact-mixture ablation from rule likelihood_trace)
 LIKELIHOOD_TRACE_TARGETS = {
     "dftm": "sq_norm",
     "dftm_residual": "residual",
@@ -166,6 +183,21 @@ def nll_models(wildcards):
         "analytic": {},
         "dftm": {"trace": f"{stem}_trace.pt"},
     }.get(wildcards.method, {"denoiser": f"{stem}_denoiser.pt"})
+
+
+def trace_error_targets(wildcards):
+    """The further trace nets of Table 2 (with dftm among trace_error.methods): one per entry of
+    trace_error.trace_targets other than the target of the main trace net ({stem}_trace.pt, trained on
+    trace_net.target as the Table 2 dataset sees it, which is the `dftm` row), each {stem}_trace_{target}.pt.
+    """
+    te = config["trace_error"]
+    if "dftm" not in te["methods"]:
+        return []
+    main = dataset_section(config["trace_net"], te["dataset"])["target"]
+    stem = f"{RESULTS}/models/{te['dataset']}_{te['schedule']}"
+    return [
+        f"{stem}_trace_{target}.pt" for target in te["trace_targets"] if target != main
+    ]
 
 
 def sd_local(path):

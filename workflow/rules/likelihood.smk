@@ -1,7 +1,8 @@
-# Rules of the 'likelihood' stage (see README, 'Likelihood benchmark'): NLL error against time per trace
+# Rules of the 'likelihood' stage (docs/likelihood.md): NLL error against time per trace
 # estimator on Gaussian mixtures with a closed-form density, every method on the same trained denoiser with
 # the same ODE solver; the peers k-diffusion and flow_matching through thin adapters; Table 2 on the mixtures.
-# The denoisers come from rule train_denoiser; the trace nets of each target are trained here.
+# The denoisers come from rule train_denoiser, the sq_norm and residual trace nets from rule train_trace_target;
+# the ablation's trace net (target from the exact mixture) is trained here.
 
 LIKELIHOOD = config["likelihood"]
 LIKELIHOOD_SCHEDULE = LIKELIHOOD["schedule"]
@@ -17,7 +18,7 @@ rule likelihood_trace:
     log:
         f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace_{{target}}.log",
     wildcard_constraints:
-        target="sq_norm|residual|mixture_posterior",
+        target="mixture_posterior",
     conda:
         "../envs/dfcore.yaml"
     threads: trace_threads

@@ -38,6 +38,7 @@ rule trace_error:
     input:
         data=f"{RESULTS}/data/{config['trace_error']['dataset']}.zarr",
         trace=f"{RESULTS}/models/{config['trace_error']['dataset']}_{config['trace_error']['schedule']}_trace.pt",
+        targets=trace_error_targets,
     output:
         csv=report(
             f"{TRACE_ERROR}.csv",
@@ -64,7 +65,8 @@ rule trace_error:
         mem_mb=4000,
         runtime=30,
     params:
-        trace_error=config["trace_error"],
+        # trace_targets only chooses the inputs (targets): the script reads each net's target from its checkpoint
+        trace_error=without(config["trace_error"], "trace_targets"),
         seed=config["seed"],
         device=config["device"],
     script:

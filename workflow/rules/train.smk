@@ -1,5 +1,6 @@
 # Rules of the 'train' stage (see README, 'Workflow'): the denoiser and the trace network (Alg. 1) of a
-# (dataset, schedule) pair. Resume checkpoints live in {RESULTS}/models/resume/ (not outputs, so an
+# (dataset, schedule) pair; train_trace_target trains the same trace network on another regression target
+# (Table 2 compares them). Resume checkpoints live in {RESULTS}/models/resume/ (not outputs, so an
 # interrupted job keeps them and the rerun continues from the last one).
 
 
@@ -49,3 +50,19 @@ rule train_trace:
         resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace.pt",
     script:
         "../scripts/train.py"
+
+
+# The trace network with trace_net.target replaced by {target}, everything else as in train_trace.
+use rule train_trace as train_trace_target with:
+    output:
+        model=f"{RESULTS}/models/{{dataset}}_{{schedule}}_trace_{{target}}.pt",
+        losses=f"{RESULTS}/models/{{dataset}}_{{schedule}}_trace_{{target}}_loss.csv",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace_{{target}}.log",
+    wildcard_constraints:
+        target="|".join(TRACE_TARGETS),
+    params:
+        trace_net=trace_target_section,
+        seed=config["seed"],
+        device=config["device"],
+        resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace_{{target}}.pt",

@@ -1,4 +1,4 @@
-"""Rules `train_denoiser` and `train_trace`: dfcore.experiments.train.run_training."""
+"""Rules `train_denoiser`, `train_trace` and `train_trace_target`: dfcore.experiments.train.run_training."""
 
 import logging
 
@@ -12,10 +12,10 @@ from dfcore.schedules import get_schedule
 with rule_log(snakemake.log[0], mode="a"):
     torch.set_num_threads(snakemake.threads)  # no oversubscription on shared nodes
     p = snakemake.params
-    if snakemake.rule == "train_trace":
-        kind, section, schedule = "trace", p.trace_net, None  # the schedule comes with the trained denoiser
-    else:
+    if snakemake.rule == "train_denoiser":
         kind, section, schedule = "denoiser", p.denoiser, get_schedule(snakemake.wildcards.schedule, **p.schedule)
+    else:
+        kind, section, schedule = "trace", p.trace_net, None  # the schedule comes with the trained denoiser
     run_training(
         kind,
         section,
