@@ -23,18 +23,17 @@ import platform
 from pathlib import Path
 
 import pandas as pd
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
 from dfcore.adjoint import discrete_adjoint, guided_sample
-from dfcore.profiling import PeakMemory
-from dfcore.sampling import sample_trajectory
-from dfcore.sde import time_grid
 from dfcore.device import resolve_device
 from dfcore.io import write_csv
 from dfcore.models.networks import LearnedDenoiser, MLPBackbone, UNetBackbone
+from dfcore.profiling import PeakMemory
+from dfcore.sampling import sample_trajectory
 from dfcore.schedules import DiscreteSchedule
-
-import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
+from dfcore.sde import time_grid
 
 
 def best_time(fn, device: torch.device, repeats: int, warmup: bool = True, min_time: float = 0.5) -> float:
@@ -81,7 +80,8 @@ def bench(kind: str, device: torch.device, batch: int, repeats: int) -> list[dic
     for method in ("dfea", "vjp"):
         t_step = best_time(
             lambda: discrete_adjoint(step_traj, lam0, method, schedule=denoiser.schedule, denoiser=denoiser),
-            device, repeats,
+            device,
+            repeats,
         )
         run = lambda: guided_sample(  # noqa: E731
             denoiser, x_T, times, loss_fn, method=method, update_steps=(10, 5), step_size=1e-4
@@ -91,9 +91,16 @@ def bench(kind: str, device: torch.device, batch: int, repeats: int) -> list[dic
             run()
         results[method] = (t_step, t_sample)
         rows.append(
-            {"model": kind, "shape": "x".join(map(str, shape)), "batch": batch, "method": method,
-             "adjoint_step_s": t_step, "guided_sample_s": t_sample, "plain_sample_s": t_plain,
-             "peak_mem_mb": mem.peak_bytes / 2**20}
+            {
+                "model": kind,
+                "shape": "x".join(map(str, shape)),
+                "batch": batch,
+                "method": method,
+                "adjoint_step_s": t_step,
+                "guided_sample_s": t_sample,
+                "plain_sample_s": t_plain,
+                "peak_mem_mb": mem.peak_bytes / 2**20,
+            }
         )
     for row in rows:
         row["step_ratio_vjp_over_dfea"] = results["vjp"][0] / results["dfea"][0]
@@ -124,8 +131,19 @@ def main() -> None:
         print(pd.DataFrame(rows[-2:]).to_string(index=False), flush=True)
         table = pd.DataFrame(rows)
         write_csv(table, args.out)  # after every model, so a cut-off run keeps what it measured
-    print(table[["model", "method", "adjoint_step_s", "guided_sample_s", "step_ratio_vjp_over_dfea",
-                 "sample_ratio_vjp_over_dfea", "peak_mem_mb"]].to_string(index=False))
+    print(
+        table[
+            [
+                "model",
+                "method",
+                "adjoint_step_s",
+                "guided_sample_s",
+                "step_ratio_vjp_over_dfea",
+                "sample_ratio_vjp_over_dfea",
+                "peak_mem_mb",
+            ]
+        ].to_string(index=False)
+    )
 
 
 if __name__ == "__main__":

@@ -18,24 +18,31 @@ import statistics
 from pathlib import Path
 
 import pandas as pd
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
 from dfcore.io import write_csv
 from dfcore.likelihood import log_likelihood
 from dfcore.models.networks import trace_model_from_state
 
-import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
-
 BARS = {64: 10.0, 256: 30.0}
 
 
 def _models(dim: int):
     hp = {"dim": dim, "hidden": 256, "layers": 4, "emb_dim": 64, "fourier_levels": 0}
-    state = {"kind": "denoiser", "arch": "mlp", "hparams": hp, "schedule": {"name": "VP", "params": {}},
-             "prediction": "x0", "sigma_data": 0.5, "state_dict": None}
+    state = {
+        "kind": "denoiser",
+        "arch": "mlp",
+        "hparams": hp,
+        "schedule": {"name": "VP", "params": {}},
+        "prediction": "x0",
+        "sigma_data": 0.5,
+        "state_dict": None,
+    }
     torch.manual_seed(0)
-    trace = trace_model_from_state({"kind": "trace", "share_trunk": False, "hparams": {}, "denoiser": state,
-                                    "state_dict": None})
+    trace = trace_model_from_state(
+        {"kind": "trace", "share_trunk": False, "hparams": {}, "denoiser": state, "state_dict": None}
+    )
     return trace.denoiser, trace
 
 
@@ -48,13 +55,31 @@ def bench(dim: int, batch: int, steps: int, repeats: int) -> list[dict]:
         nfe = []
 
         def run():
-            out = log_likelihood(x, method=name, schedule=den.schedule, denoiser=den, trace_model=trace, t_min=1e-4,
-                                 solver="rk4", num_steps=steps, num_probes=1)
+            out = log_likelihood(
+                x,
+                method=name,
+                schedule=den.schedule,
+                denoiser=den,
+                trace_model=trace,
+                t_min=1e-4,
+                solver="rk4",
+                num_steps=steps,
+                num_probes=1,
+            )
             nfe.append(out["nfe"])
 
         seconds = timing.best_time(run, "cpu", repeats, reduce=statistics.median)
-        rows.append({"dim": dim, "batch": batch, "method": method, "solver": "rk4", "steps": steps, "nfe": nfe[-1],
-                     "seconds_per_nll": seconds / batch})
+        rows.append(
+            {
+                "dim": dim,
+                "batch": batch,
+                "method": method,
+                "solver": "rk4",
+                "steps": steps,
+                "nfe": nfe[-1],
+                "seconds_per_nll": seconds / batch,
+            }
+        )
     return rows
 
 

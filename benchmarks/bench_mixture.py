@@ -23,13 +23,12 @@ import platform
 from pathlib import Path
 
 import pandas as pd
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
 from dfcore import DiracMixture, get_schedule
 from dfcore.device import resolve_device, resolve_dtype
 from dfcore.io import write_csv
-
-import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 
 
 def best_time(fn, device: torch.device, repeats: int = 3, min_time: float = 0.2) -> float:

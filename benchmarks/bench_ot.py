@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 
 from dfcore.config import load_config
+from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.device import resolve_device
 from dfcore.io import write_csv
-from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.ot import fundamental_matrix, pairing_gap
-from dfcore.sde import time_grid
 from dfcore.schedules import get_schedule
+from dfcore.sde import time_grid
 
 TABLE3_DATASETS = ["single_gaussian", "affine", "non_affine"]
 
@@ -48,7 +48,13 @@ def run_alg2(ot_cfg, schedules_cfg, device, update: str, starts: int | None = No
     res = None
     for s_name in ot_cfg["schedules"]:
         schedule = get_schedule(s_name, **schedules_cfg.get(s_name, {}))
-        times = time_grid(ot_cfg["num_steps"], ot_cfg["t_min"][s_name], spacing=ot_cfg["spacing"], rho=ot_cfg["rho"], schedule=schedule)
+        times = time_grid(
+            ot_cfg["num_steps"],
+            ot_cfg["t_min"][s_name],
+            spacing=ot_cfg["spacing"],
+            rho=ot_cfg["rho"],
+            schedule=schedule,
+        )
         for d_name in TABLE3_DATASETS:
             mixture = make_ot_mixture(ot_cfg["datasets"][d_name], ot_cfg["dim"])
             x1 = sample_prior(mixture, schedule, starts or ot_cfg["num_starts"], seed=1, device=device)
@@ -85,15 +91,31 @@ def main() -> None:
     rows.append({"case": f"table3 ({other})", "wall_s": w2, "cpu_s": c2, "ratio_to_table3": w2 / wall})
     w3, c3, _ = run_alg2(ot_cfg, cfg["schedules"], device, base, starts=args.loop_starts, one_by_one=True)
     scale = n / args.loop_starts
-    rows.append({"case": f"loop over starts ({base}, scaled from {args.loop_starts})", "wall_s": w3 * scale,
-                 "cpu_s": c3 * scale, "ratio_to_table3": w3 * scale / wall})
+    rows.append(
+        {
+            "case": f"loop over starts ({base}, scaled from {args.loop_starts})",
+            "wall_s": w3 * scale,
+            "cpu_s": c3 * scale,
+            "ratio_to_table3": w3 * scale / wall,
+        }
+    )
     w0, c0 = time.perf_counter(), cpu_seconds()
     pairing_gap(res.x_start, res.x_end)
-    rows.append({"case": f"one ot.emd2 on {n} points", "wall_s": time.perf_counter() - w0,
-                 "cpu_s": cpu_seconds() - c0, "ratio_to_table3": float("nan")})
+    rows.append(
+        {
+            "case": f"one ot.emd2 on {n} points",
+            "wall_s": time.perf_counter() - w0,
+            "cpu_s": cpu_seconds() - c0,
+            "ratio_to_table3": float("nan"),
+        }
+    )
     table = pd.DataFrame(rows).assign(
-        schedules=len(ot_cfg["schedules"]), datasets=len(TABLE3_DATASETS), num_starts=n,
-        num_steps=ot_cfg["num_steps"], torch_threads=torch.get_num_threads(), device=str(device),
+        schedules=len(ot_cfg["schedules"]),
+        datasets=len(TABLE3_DATASETS),
+        num_starts=n,
+        num_steps=ot_cfg["num_steps"],
+        torch_threads=torch.get_num_threads(),
+        device=str(device),
         cpu=platform.processor() or platform.machine(),
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,21 +23,20 @@ import argparse
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
-from dfcore.integrations import diffusers as sd
 from dfcore.device import resolve_device
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fisher_vp
+from dfcore.integrations import diffusers as sd
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
-
-import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test fixtures
 from fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
@@ -58,15 +57,29 @@ def _sd15_unet() -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        cross_attention_dim=768,
+        attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
 
 
-def bench_model(name: str, unet: torch.nn.Module, schedule: DiscreteSchedule, context_dim: int, ctx_len: int,
-                device: torch.device, dtype: torch.dtype, repeats: int, vjp_probes: int | None) -> list[dict]:
+def bench_model(
+    name: str,
+    unet: torch.nn.Module,
+    schedule: DiscreteSchedule,
+    context_dim: int,
+    ctx_len: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+    vjp_probes: int | None,
+) -> list[dict]:
     unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(0)
     cond = torch.randn(1, ctx_len, context_dim, generator=gen).to(device, dtype)
@@ -76,7 +89,10 @@ def bench_model(name: str, unet: torch.nn.Module, schedule: DiscreteSchedule, co
     shape = (1, 4, size, size)
     dim = 4 * size * size
     z, lam, x0 = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
-    t, s = torch.tensor([0.5], device=device, dtype=torch.float64), torch.tensor([0.45], device=device, dtype=torch.float64)
+    t, s = (
+        torch.tensor([0.5], device=device, dtype=torch.float64),
+        torch.tensor([0.45], device=device, dtype=torch.float64),
+    )
     a_t, s_t = (v.item() for v in schedule(t))
     a_s, s_s = (v.item() for v in schedule(s))
     with torch.no_grad():
@@ -88,14 +104,22 @@ def bench_model(name: str, unet: torch.nn.Module, schedule: DiscreteSchedule, co
         def run() -> torch.Tensor:
             fv = fisher_vp(method, z, t, lam, schedule=schedule, denoiser=den, x0=x0, ybar=ybar)
             return a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fv
+
         return run
 
     rows = []
     t_dfea, t_vjp = _time(step("dfea"), device, repeats), _time(step("vjp"), device, repeats)
-    base = {"model": name, "latent_shape": "x".join(map(str, shape[1:])), "device": str(device),
-            "device_name": _device_name(device), "dtype": str(dtype).replace("torch.", "")}
-    rows += [{**base, "quantity": "adjoint_step", "method": "dfea", "seconds": t_dfea, "extrapolated": False},
-             {**base, "quantity": "adjoint_step", "method": "vjp", "seconds": t_vjp, "extrapolated": False}]
+    base = {
+        "model": name,
+        "latent_shape": "x".join(map(str, shape[1:])),
+        "device": str(device),
+        "device_name": _device_name(device),
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    rows += [
+        {**base, "quantity": "adjoint_step", "method": "dfea", "seconds": t_dfea, "extrapolated": False},
+        {**base, "quantity": "adjoint_step", "method": "vjp", "seconds": t_vjp, "extrapolated": False},
+    ]
 
     t_dftm = _time(lambda: fisher_trace("dftm", z, t, denoiser=den, trace_model=trace_net), device, repeats)
     probes = dim if vjp_probes is None else min(vjp_probes, dim)
@@ -106,8 +130,10 @@ def bench_model(name: str, unet: torch.nn.Module, schedule: DiscreteSchedule, co
         basis.view(probes, -1)[torch.arange(probes), torch.arange(probes)] = 1.0
         t_part = _time(lambda: jacobian_quadratic_forms(lambda x: den.eps(x, t), z, basis, None), device, 1)
         t_exact = t_part * dim / probes
-    rows += [{**base, "quantity": "trace", "method": "dftm", "seconds": t_dftm, "extrapolated": False},
-             {**base, "quantity": "trace", "method": "vjp_exact", "seconds": t_exact, "extrapolated": probes != dim}]
+    rows += [
+        {**base, "quantity": "trace", "method": "dftm", "seconds": t_dftm, "extrapolated": False},
+        {**base, "quantity": "trace", "method": "vjp_exact", "seconds": t_exact, "extrapolated": probes != dim},
+    ]
     for row in rows:
         ref = t_dfea if row["quantity"] == "adjoint_step" else t_dftm
         row["ratio_vs_df"] = row["seconds"] / ref
@@ -129,11 +155,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = sd.load_pipeline(build_tiny_pipeline(Path(tmp) / "pipe"))
         schedule = DiscreteSchedule.from_scheduler(pipe.scheduler)
-        rows += bench_model("tiny", pipe.unet, schedule, 16, pipe.tokenizer.model_max_length, device, torch.float32,
-                            args.repeats, None)
+        rows += bench_model(
+            "tiny", pipe.unet, schedule, 16, pipe.tokenizer.model_max_length, device, torch.float32, args.repeats, None
+        )
     if args.sd_size:
         torch.manual_seed(0)
-        rows += bench_model("sd15_random", _sd15_unet(), schedule, 768, 77, device, dtype, args.repeats, args.vjp_probes)
+        rows += bench_model(
+            "sd15_random", _sd15_unet(), schedule, 768, 77, device, dtype, args.repeats, args.vjp_probes
+        )
     frame = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, args.out)

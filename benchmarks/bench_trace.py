@@ -21,27 +21,38 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
 from dfcore.fisher import fisher_trace
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.io import write_csv
-from dfcore.models.networks import trace_model_from_state
 from dfcore.likelihood import log_likelihood
-
-import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
+from dfcore.models.networks import trace_model_from_state
 
 VJP_SUBSET = 32
 NLL_STEPS = 4
 
 
 def _models(arch: str, dim: int):
-    hp = ({"dim": dim, "hidden": 256, "layers": 4, "fourier_levels": 6 if dim <= 2 else 0} if arch == "mlp" else
-          {"dim": dim, "image_shape": [4, 32, 32], "block_out_channels": [32, 64, 64], "layers_per_block": 1})
-    state = {"kind": "denoiser", "arch": arch, "hparams": hp, "schedule": {"name": "VP", "params": {}},
-             "prediction": "x0", "sigma_data": 0.5, "state_dict": None}
+    hp = (
+        {"dim": dim, "hidden": 256, "layers": 4, "fourier_levels": 6 if dim <= 2 else 0}
+        if arch == "mlp"
+        else {"dim": dim, "image_shape": [4, 32, 32], "block_out_channels": [32, 64, 64], "layers_per_block": 1}
+    )
+    state = {
+        "kind": "denoiser",
+        "arch": arch,
+        "hparams": hp,
+        "schedule": {"name": "VP", "params": {}},
+        "prediction": "x0",
+        "sigma_data": 0.5,
+        "state_dict": None,
+    }
     torch.manual_seed(0)
-    trace = trace_model_from_state({"kind": "trace", "share_trunk": True, "hparams": {}, "denoiser": state, "state_dict": None})
+    trace = trace_model_from_state(
+        {"kind": "trace", "share_trunk": True, "hparams": {}, "denoiser": state, "state_dict": None}
+    )
     return trace.denoiser, trace
 
 
@@ -71,8 +82,17 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
             seconds = _time(lambda: fisher_trace(method, x, t, **kw), repeats)
             how = "measured"
         per_eval[method] = seconds
-        rows.append({"setting": setting, "dim": dim, "method": method, "quantity": "trace_eval", "batch": batch,
-                     "seconds": seconds, "how": how})
+        rows.append(
+            {
+                "setting": setting,
+                "dim": dim,
+                "method": method,
+                "quantity": "trace_eval",
+                "batch": batch,
+                "seconds": seconds,
+                "how": how,
+            }
+        )
     for method in ("dftm", "hutchinson", "vjp"):
         if method == "vjp" and not full_vjp:
             nfe = 4 * NLL_STEPS
@@ -81,11 +101,29 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
         else:
             xs = torch.randn(nll_batch, dim, dtype=torch.float64) * 0.5
             start = time.perf_counter()
-            out = log_likelihood(xs, method=method, schedule=den.schedule, denoiser=den, trace_model=trace, t_min=1e-3,
-                                 solver="rk4", num_steps=NLL_STEPS)
+            out = log_likelihood(
+                xs,
+                method=method,
+                schedule=den.schedule,
+                denoiser=den,
+                trace_model=trace,
+                t_min=1e-3,
+                solver="rk4",
+                num_steps=NLL_STEPS,
+            )
             seconds, nfe, how = time.perf_counter() - start, out["nfe"], "measured"
-        rows.append({"setting": setting, "dim": dim, "method": method, "quantity": f"nll_rk4_{NLL_STEPS}steps",
-                     "batch": nll_batch, "seconds": seconds, "how": how, "nfe": nfe})
+        rows.append(
+            {
+                "setting": setting,
+                "dim": dim,
+                "method": method,
+                "quantity": f"nll_rk4_{NLL_STEPS}steps",
+                "batch": nll_batch,
+                "seconds": seconds,
+                "how": how,
+                "nfe": nfe,
+            }
+        )
     return rows
 
 
@@ -93,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/benchmarks/trace.csv")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared nodes)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared nodes)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, cast
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -94,8 +95,17 @@ def discrete_adjoint(
         def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
             # fisher_vp refuses non-finite vectors; a non-finite adjoint row stays NaN (guided_sample flags it)
             bad = expand_like(~torch.isfinite(vec).flatten(1).all(1), vec)
-            out = fisher_vp(method, point, time, torch.where(bad, 0.0, vec), schedule=schedule, mixture=mixture,
-                            denoiser=denoiser, x0=x0, ybar=ybar)
+            out = fisher_vp(
+                method,
+                point,
+                time,
+                torch.where(bad, 0.0, vec),
+                schedule=schedule,
+                mixture=mixture,
+                denoiser=denoiser,
+                x0=x0,
+                ybar=ybar,
+            )
             return torch.where(bad, math.nan, out)
 
         if traj.solver == "ddim":
@@ -156,7 +166,9 @@ class GuidedSample:
     final_loss: Tensor | None = None  # (B,)
     fvp_calls: int = 0
     lams: list[Tensor] = field(default_factory=list)  # the adjoint used at each update
-    diverged: Tensor | None = None  # (B,) bool: an update was rejected (non-finite lambda) or the final loss is not finite
+    diverged: Tensor | None = (
+        None  # (B,) bool: an update was rejected (non-finite lambda) or the final loss is not finite
+    )
 
 
 def guided_sample(
@@ -205,7 +217,12 @@ def guided_sample(
                     (lam0,) = torch.autograd.grad(loss.sum(), x0)
                 history.append((time.perf_counter() - start, loss.mean().item()))
                 lams = discrete_adjoint(
-                    traj, lam0, method, schedule=denoiser.schedule, denoiser=denoiser, mixture=mixture,
+                    traj,
+                    lam0,
+                    method,
+                    schedule=denoiser.schedule,
+                    denoiser=denoiser,
+                    mixture=mixture,
                     dfea_endpoint=dfea_endpoint,
                 )
                 fvp_calls += (len(times) - 1 - k) * (2 if solver == "heun" else 1)

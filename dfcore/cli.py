@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from dfcore.config import dataset_section, load_config
 
@@ -74,8 +74,18 @@ def _train_main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.configfile)
     section = dataset_section(cfg["denoiser" if args.kind == "denoiser" else "trace_net"], args.dataset)
     schedule = get_schedule(args.schedule, **cfg["schedules"].get(args.schedule, {}))
-    run_training(args.kind, section, args.data, args.out, schedule=schedule, denoiser_path=args.denoiser,
-                 loss_csv=args.loss_csv, resume_path=args.resume, seed=cfg["seed"], device=cfg["device"])
+    run_training(
+        args.kind,
+        section,
+        args.data,
+        args.out,
+        schedule=schedule,
+        denoiser_path=args.denoiser,
+        loss_csv=args.loss_csv,
+        resume_path=args.resume,
+        seed=cfg["seed"],
+        device=cfg["device"],
+    )
 
 
 def _nll_main(argv: Sequence[str] | None = None) -> None:
@@ -90,9 +100,19 @@ def _nll_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trace")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
-    run_nll(cfg["nll"], args.data, args.out, dataset=args.dataset, schedule_name=args.schedule,
-            schedule=get_schedule(args.schedule, **cfg["schedules"].get(args.schedule, {})), method=args.method,
-            seed=cfg["seed"], device=cfg["device"], denoiser_path=args.denoiser, trace_path=args.trace)
+    run_nll(
+        cfg["nll"],
+        args.data,
+        args.out,
+        dataset=args.dataset,
+        schedule_name=args.schedule,
+        schedule=get_schedule(args.schedule, **cfg["schedules"].get(args.schedule, {})),
+        method=args.method,
+        seed=cfg["seed"],
+        device=cfg["device"],
+        denoiser_path=args.denoiser,
+        trace_path=args.trace,
+    )
 
 
 def _trace_error_main(argv: Sequence[str] | None = None) -> None:
@@ -102,17 +122,30 @@ def _trace_error_main(argv: Sequence[str] | None = None) -> None:
     parser = _parser("trace-error", _trace_error_main.__doc__)
     parser.add_argument("--data", required=True)
     parser.add_argument("--trace", required=True)
-    parser.add_argument("--extra-trace", nargs="*", default=[],
-                        help="further trace-net checkpoints (other trace_net.target), rows dftm_<target>")
+    parser.add_argument(
+        "--extra-trace",
+        nargs="*",
+        default=[],
+        help="further trace-net checkpoints (other trace_net.target), rows dftm_<target>",
+    )
     parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/trace_error)")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
     section = cfg["trace_error"]
     out = Path(args.out_dir or Path(cfg["results"]) / "trace_error")
     stem = out / f"{section['dataset']}_{section['schedule']}"
-    run_trace_error(section, args.data, args.trace, csv=stem.with_suffix(".csv"), markdown=stem.with_suffix(".md"),
-                    figure=stem.with_suffix(".png"), zarr=stem.with_suffix(".zarr"), seed=cfg["seed"],
-                    device=cfg["device"], extra_trace_paths=args.extra_trace)
+    run_trace_error(
+        section,
+        args.data,
+        args.trace,
+        csv=stem.with_suffix(".csv"),
+        markdown=stem.with_suffix(".md"),
+        figure=stem.with_suffix(".png"),
+        zarr=stem.with_suffix(".zarr"),
+        seed=cfg["seed"],
+        device=cfg["device"],
+        extra_trace_paths=args.extra_trace,
+    )
 
 
 def _ot_main(argv: Sequence[str] | None = None) -> None:
@@ -131,17 +164,26 @@ def _ot_main(argv: Sequence[str] | None = None) -> None:
     common = dict(seed=cfg["seed"], device=cfg["device"], progress=not args.quiet)
     if args.command == "table3":
         table = run_table3(
-            cfg["ot"], cfg["schedules"], csv_path=out / "table3.csv", markdown_path=out / "table3.md",
-            heatmap_path=out / "table3_heatmap.png", fundamental_zarr=out / "fundamental.zarr",
-            paths_zarr=out / "paths.zarr", config=cfg, **common,
+            cfg["ot"],
+            cfg["schedules"],
+            csv_path=out / "table3.csv",
+            markdown_path=out / "table3.md",
+            heatmap_path=out / "table3_heatmap.png",
+            fundamental_zarr=out / "fundamental.zarr",
+            paths_zarr=out / "paths.zarr",
+            config=cfg,
+            **common,
         )
     elif args.command == "convergence":
-        table = run_convergence(cfg["ot"], cfg["schedules"], csv_path=out / "convergence.csv",
-                                plot_path=out / "convergence.png", **common)
+        table = run_convergence(
+            cfg["ot"], cfg["schedules"], csv_path=out / "convergence.csv", plot_path=out / "convergence.png", **common
+        )
     else:
-        table = run_protocols(cfg["ot"], cfg["schedules"], csv_path=out / "protocols.csv",
-                              plot_path=out / "protocols.png", **common)
+        table = run_protocols(
+            cfg["ot"], cfg["schedules"], csv_path=out / "protocols.csv", plot_path=out / "protocols.png", **common
+        )
     print(table.to_string(index=False, max_colwidth=14))
+
 
 def _adjoint_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore adjoint {classifier,mixture,digits} --configfile FILE [--out-dir DIR]``."""
@@ -151,7 +193,9 @@ def _adjoint_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("command", choices=["classifier", "mixture", "digits"])
     parser.add_argument("--configfile", default="config/config.yaml", help="YAML config (validated, defaults filled)")
     parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/adjoint)")
-    parser.add_argument("--schedule", default=None, help="mixture task: schedule (default: first of adjoint.mixture.schedules)")
+    parser.add_argument(
+        "--schedule", default=None, help="mixture task: schedule (default: first of adjoint.mixture.schedules)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
@@ -160,23 +204,50 @@ def _adjoint_main(argv: Sequence[str] | None = None) -> None:
     adj = cfg["adjoint"]
     common = dict(seed=cfg["seed"], progress=not args.quiet)
     if args.command == "classifier":
-        table = run_train_classifier(adj["classifier"], checkpoint_path=res / "models" / "digits_classifier.pt",
-                                     metrics_path=out_dir / "classifier.csv", **common)
+        table = run_train_classifier(
+            adj["classifier"],
+            checkpoint_path=res / "models" / "digits_classifier.pt",
+            metrics_path=out_dir / "classifier.csv",
+            **common,
+        )
     else:
         sched = args.schedule or adj["mixture"]["schedules"][0]
         sub = out_dir / (f"mixture_{adj['mixture']['dataset']}_{sched}" if args.command == "mixture" else "digits")
-        out = {key: sub / name for key, name in
-               [("metrics", "metrics.csv"), ("agreement", "agreement.csv"), ("trajectories", "trajectories.zarr"),
-                ("loss_plot", "loss_vs_time.png"), ("agreement_plot", "agreement.png"), ("grid_plot", "samples.png"),
-                ("lambda_exact", "lambda_exact.csv")]}
+        out = {
+            key: sub / name
+            for key, name in [
+                ("metrics", "metrics.csv"),
+                ("agreement", "agreement.csv"),
+                ("trajectories", "trajectories.zarr"),
+                ("loss_plot", "loss_vs_time.png"),
+                ("agreement_plot", "agreement.png"),
+                ("grid_plot", "samples.png"),
+                ("lambda_exact", "lambda_exact.csv"),
+            ]
+        }
         if args.command == "mixture":
-            table = run_mixture_task(adj, cfg["schedules"], schedule_name=sched, data_path=res / "data" / f"{adj['mixture']['dataset']}.zarr",
-                                     out=out, device=cfg["device"], config=cfg, **common)
+            table = run_mixture_task(
+                adj,
+                cfg["schedules"],
+                schedule_name=sched,
+                data_path=res / "data" / f"{adj['mixture']['dataset']}.zarr",
+                out=out,
+                device=cfg["device"],
+                config=cfg,
+                **common,
+            )
         else:
-            table = run_digits_task(adj, denoiser_path=res / "models" / f"digits_{adj['digits']['schedule']}_denoiser.pt",
-                                    classifier_path=res / "models" / "digits_classifier.pt", out=out,
-                                    device=cfg["device"], config=cfg, **common)
+            table = run_digits_task(
+                adj,
+                denoiser_path=res / "models" / f"digits_{adj['digits']['schedule']}_denoiser.pt",
+                classifier_path=res / "models" / "digits_classifier.pt",
+                out=out,
+                device=cfg["device"],
+                config=cfg,
+                **common,
+            )
     print(table.to_string(index=False))
+
 
 def _sd_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore sd {trace,nll,adjoint} --configfile FILE --out PATH``."""
@@ -195,16 +266,39 @@ def _sd_main(argv: Sequence[str] | None = None) -> None:
     cfg, out = config["sd"], Path(args.out)
     pipeline = args.pipeline or cfg["pipeline"]
     if args.command == "trace":
-        run_trace_net(cfg, pipeline, args.images or cfg["trace_net"]["image_dir"], str(out),
-                      str(out.with_suffix(".loss.csv")), device=config["device"], seed=config["seed"])
+        run_trace_net(
+            cfg,
+            pipeline,
+            args.images or cfg["trace_net"]["image_dir"],
+            str(out),
+            str(out.with_suffix(".loss.csv")),
+            device=config["device"],
+            seed=config["seed"],
+        )
     elif args.command == "nll":
         out.mkdir(parents=True, exist_ok=True)
-        run_nll(cfg, pipeline, args.trace, str(out / "nll.zarr"), str(out / "nll.csv"), str(out / "nll_vs_guidance.png"),
-                str(out / "nll_seeds.png"), device=config["device"], config=config)
+        run_nll(
+            cfg,
+            pipeline,
+            args.trace,
+            str(out / "nll.zarr"),
+            str(out / "nll.csv"),
+            str(out / "nll_vs_guidance.png"),
+            str(out / "nll_seeds.png"),
+            device=config["device"],
+            config=config,
+        )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        run_adjoint(cfg, pipeline, str(out / "metrics.csv"), str(out / "scores.png"), clip_path=args.clip,
-                    device=config["device"], config=config)
+        run_adjoint(
+            cfg,
+            pipeline,
+            str(out / "metrics.csv"),
+            str(out / "scores.png"),
+            clip_path=args.clip,
+            device=config["device"],
+            config=config,
+        )
 
 
 STAGES: dict[str, Callable[[Sequence[str] | None], None]] = {

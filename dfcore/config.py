@@ -18,8 +18,18 @@ from typing import Any
 import jsonschema
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "validate_config", "cross_check", "full_schema", "load_config", "dataset_section",
-           "schema_markdown", "config_readme", "SCHEMA_PATH"]
+__all__ = [
+    "ConfigError",
+    "load_yaml",
+    "validate_config",
+    "cross_check",
+    "full_schema",
+    "load_config",
+    "dataset_section",
+    "schema_markdown",
+    "config_readme",
+    "SCHEMA_PATH",
+]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
@@ -138,8 +148,12 @@ def _without_defaults(schema: Any) -> Any:
 
 def _keys_schema(properties: dict[str, Any], description: str) -> dict[str, Any]:
     """An object schema that allows exactly ``properties`` (defaults removed, none required)."""
-    return {"description": description, "type": "object", "additionalProperties": False,
-            "properties": _without_defaults(properties)}
+    return {
+        "description": description,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": _without_defaults(properties),
+    }
 
 
 # Sections whose ``overrides.<dataset>`` entries set keys of the section itself (dataset_section merges them).
@@ -162,7 +176,8 @@ def full_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     denoiser = sections["denoiser"]["properties"]
     backbone = {**denoiser["mlp"]["properties"], **denoiser["unet"]["properties"]}
     sections["trace_net"]["properties"]["backbone"].update(
-        _keys_schema(backbone, "keys of denoiser.mlp / denoiser.unet for the trace net's own backbone"))
+        _keys_schema(backbone, "keys of denoiser.mlp / denoiser.unet for the trace net's own backbone")
+    )
     return schema
 
 
@@ -170,7 +185,9 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     """Validate ``config`` in place against the schema, filling defaults, then check the names and shapes that
     refer to each other (:func:`cross_check`); raise :class:`ConfigError` naming the first bad key."""
     validator = _Validator(full_schema(schema_path))
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         raise ConfigError(_describe(errors[0]))
     cross_check(config)
@@ -187,8 +204,18 @@ DATASET_KEYS = {  # keys of a 'datasets' entry that its kind reads
     "checkerboard": {"kind", "num_samples", "seed"},
     "digits": {"kind", "num_samples", "seed", "holdout", "split"},
     "gaussian_mixture": {"kind", "num_samples", "seed", "weights", "means", "stds"},
-    "gaussian_mixture_lowrank": {"kind", "num_samples", "seed", "dim", "components", "rank", "noise", "factor_scale",
-                                 "mean_scale", "weights"},
+    "gaussian_mixture_lowrank": {
+        "kind",
+        "num_samples",
+        "seed",
+        "dim",
+        "components",
+        "rank",
+        "noise",
+        "factor_scale",
+        "mean_scale",
+        "weights",
+    },
 }
 OT_DATASET_KEYS = {  # keys of an 'ot.datasets' entry that its kind reads (dfcore.data.ot_mixtures.make_ot_mixture)
     "gaussian": {"kind", "seed", "mean", "covariance", "scale"},
@@ -207,7 +234,10 @@ def _check_kind_keys(section: str, specs: dict[str, Any], allowed: dict[str, set
     for name, spec in specs.items():
         extra = sorted(set(spec) - allowed[spec["kind"]])
         if extra:
-            _fail(f"{section}.{name}.{extra[0]}", f"not read by kind {spec['kind']!r}, which reads {sorted(allowed[spec['kind']])}")
+            _fail(
+                f"{section}.{name}.{extra[0]}",
+                f"not read by kind {spec['kind']!r}, which reads {sorted(allowed[spec['kind']])}",
+            )
 
 
 def _check_name(key: str, name: str, names: Any, what: str) -> None:
@@ -230,8 +260,11 @@ def _check_datasets(config: dict[str, Any]) -> None:
     datasets = config["datasets"]
     _check_kind_keys("datasets", datasets, DATASET_KEYS)
     if datasets.get("digits", {}).get("kind") != "digits":
-        _fail("datasets.digits", "the adjoint digits task (adjoint.digits) trains on the data set 'digits', "
-              "which must exist and be of kind 'digits'")
+        _fail(
+            "datasets.digits",
+            "the adjoint digits task (adjoint.digits) trains on the data set 'digits', "
+            "which must exist and be of kind 'digits'",
+        )
     for name, spec in datasets.items():
         key = f"datasets.{name}"
         if spec["kind"] == "gaussian_mixture":
@@ -241,7 +274,10 @@ def _check_datasets(config: dict[str, Any]) -> None:
                     _fail(f"{key}.{field}", f"has {len(spec[field])} entries but weights has {k}")
             dims = {len(m) for m in spec["means"]}
             if len(dims) != 1 or 0 in dims:
-                _fail(f"{key}.means", f"every mean needs the same number (>= 1) of coordinates; got lengths {sorted(dims)}")
+                _fail(
+                    f"{key}.means",
+                    f"every mean needs the same number (>= 1) of coordinates; got lengths {sorted(dims)}",
+                )
         if spec["kind"] == "digits" and spec.get("num_samples", 0) > DIGITS_SIZE:
             _fail(f"{key}.num_samples", f"{spec['num_samples']} is more than the {DIGITS_SIZE} digits there are")
 
@@ -278,7 +314,11 @@ def _check_training(config: dict[str, Any]) -> None:
             _check_name(f"{section}.overrides.{name}", name, datasets, "datasets")
     for name, spec in datasets.items():
         merged = dataset_section(config["denoiser"], name)
-        where = f"denoiser.overrides.{name}.arch" if "arch" in config["denoiser"]["overrides"].get(name, {}) else "denoiser.arch"
+        where = (
+            f"denoiser.overrides.{name}.arch"
+            if "arch" in config["denoiser"]["overrides"].get(name, {})
+            else "denoiser.arch"
+        )
         image = spec["kind"] in IMAGE_KINDS
         if merged["arch"] == "unet" and not image:
             _fail(where, f"unet needs an image data set, and {name!r} is of kind {spec['kind']!r}")
@@ -297,7 +337,10 @@ def _check_references(config: dict[str, Any]) -> None:
     _check_name("adjoint.mixture.dataset", mixture["dataset"], datasets, "datasets")
     dim = _dataset_dim(datasets[mixture["dataset"]])
     if len(mixture["target"]) != dim:
-        _fail("adjoint.mixture.target", f"has {len(mixture['target'])} coordinates but data set {mixture['dataset']!r} has d = {dim}")
+        _fail(
+            "adjoint.mixture.target",
+            f"has {len(mixture['target'])} coordinates but data set {mixture['dataset']!r} has d = {dim}",
+        )
     for key, section in (("adjoint", adjoint), ("sd.adjoint", config["sd"]["adjoint"])):
         late = [k for k in section["update_steps"] if k > section["num_steps"]]
         if late:
@@ -305,8 +348,12 @@ def _check_references(config: dict[str, Any]) -> None:
 
 
 def _check_schedules(config: dict[str, Any]) -> None:
-    for name, (low, high) in {"VE": ("sigma_min", "sigma_max"), "EDM": ("sigma_min", "sigma_max"),
-                              "VP": ("beta_min", "beta_max"), "subVP": ("beta_min", "beta_max")}.items():
+    for name, (low, high) in {
+        "VE": ("sigma_min", "sigma_max"),
+        "EDM": ("sigma_min", "sigma_max"),
+        "VP": ("beta_min", "beta_max"),
+        "subVP": ("beta_min", "beta_max"),
+    }.items():
         params = config["schedules"][name]
         if params[low] > params[high] or (low == "sigma_min" and params[low] == params[high]):
             _fail(f"schedules.{name}.{low}", f"{params[low]} must be below {high} = {params[high]}")
@@ -320,7 +367,9 @@ def _check_sd(config: dict[str, Any]) -> None:
         return
     adjoint = sd["adjoint"]
     if adjoint["reward"] == "module" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", adjoint["reward_module"]):
-        _fail("sd.adjoint.reward_module", f"reward 'module' needs 'package.module:Name'; got {adjoint['reward_module']!r}")
+        _fail(
+            "sd.adjoint.reward_module", f"reward 'module' needs 'package.module:Name'; got {adjoint['reward_module']!r}"
+        )
     if sd["tiny"]:
         return
     needed = {"sd.pipeline": sd["pipeline"], "sd.trace_net.image_dir": net["image_dir"]}
@@ -328,8 +377,11 @@ def _check_sd(config: dict[str, Any]) -> None:
         needed["sd.adjoint.clip_path"] = adjoint["clip_path"]
     for key, value in needed.items():
         if not value or not Path(value).is_dir():
-            _fail(key, f"a local folder is needed when sd.enabled is true and sd.tiny is false; {value!r} is not one "
-                       "(resources/README.md says what goes there)")
+            _fail(
+                key,
+                f"a local folder is needed when sd.enabled is true and sd.tiny is false; {value!r} is not one "
+                "(resources/README.md says what goes there)",
+            )
 
 
 def cross_check(config: dict[str, Any]) -> None:

@@ -38,19 +38,32 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from dfcore.models.base import Denoiser, ExactDenoiser, TraceModel
 from dfcore.fisher.trace import fisher_trace, rademacher
 from dfcore.mixtures import GaussianMixture, Mixture
+from dfcore.models.base import Denoiser, ExactDenoiser, TraceModel
 from dfcore.schedules import Schedule
 from dfcore.sde import pf_ode_velocity
 
-__all__ = ["ODE_SOLVERS", "prior_log_prob", "log_likelihood", "bits_per_dim", "gaussian_mixture_log_q0", "exact_log_densities"]
+__all__ = [
+    "ODE_SOLVERS",
+    "prior_log_prob",
+    "log_likelihood",
+    "bits_per_dim",
+    "gaussian_mixture_log_q0",
+    "exact_log_densities",
+]
 
 ODE_SOLVERS = ("dopri5", "euler", "rk4")
 
 
-def prior_log_prob(x: Tensor, schedule: Schedule, t_max: float = 1.0, data_mean: Tensor | None = None,
-                   data_cov: Tensor | None = None, data_var: float | None = None) -> Tensor:
+def prior_log_prob(
+    x: Tensor,
+    schedule: Schedule,
+    t_max: float = 1.0,
+    data_mean: Tensor | None = None,
+    data_cov: Tensor | None = None,
+    data_var: float | None = None,
+) -> Tensor:
     r""":math:`\log\mathcal N(x; \alpha_T m, \alpha_T^2 \Sigma + \sigma_T^2 I)`, shape (B,): the Gaussian with the
     data's mean ``m`` and covariance ``Sigma`` pushed to time T (both default to 0, giving
     :math:`\mathcal N(0, \sigma_T^2 I)`). ``data_var`` v stands for :math:`\Sigma = v I` without forming it
@@ -64,7 +77,9 @@ def prior_log_prob(x: Tensor, schedule: Schedule, t_max: float = 1.0, data_mean:
         var = sigma**2 + (alpha**2 * data_var if data_var is not None else 0.0)
         return -0.5 * resid.pow(2).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
     cov = sigma**2 * torch.eye(d, dtype=torch.float64) + alpha**2 * data_cov.to(torch.float64)
-    return torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), covariance_matrix=cov).log_prob(resid.cpu())
+    return torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), covariance_matrix=cov).log_prob(
+        resid.cpu()
+    )
 
 
 def bits_per_dim(log_q: Tensor, dim: int) -> Tensor:
@@ -80,7 +95,9 @@ def gaussian_mixture_log_q0(mixture: GaussianMixture, x: Tensor) -> Tensor:
     return torch.distributions.MixtureSameFamily(mix, comps).log_prob(x.to(torch.float64))
 
 
-def exact_log_densities(mixture: Mixture, x: Tensor, t_min: float, schedule: Schedule, max_dirac_dim: int = 16) -> dict[str, Tensor]:
+def exact_log_densities(
+    mixture: Mixture, x: Tensor, t_min: float, schedule: Schedule, max_dirac_dim: int = 16
+) -> dict[str, Tensor]:
     r"""The exact log-densities an NLL estimate of ``x`` (B, d) is compared with, NaN where unknown, each (B,):
 
     - ``log_q0``: :math:`\log q_0(x)` (Gaussian mixtures; a Dirac mixture has no density at t = 0);
@@ -150,8 +167,16 @@ def log_likelihood(
         with torch.no_grad():
             score = denoiser.score(xt, tt).to(torch.float64)
         dx = pf_ode_velocity(xt, tt, score, schedule)
-        tr = fisher_trace(method, xt, tt, schedule=schedule, mixture=mixture, denoiser=denoiser,
-                          trace_model=trace_model, probes=probes)
+        tr = fisher_trace(
+            method,
+            xt,
+            tt,
+            schedule=schedule,
+            mixture=mixture,
+            denoiser=denoiser,
+            trace_model=trace_model,
+            probes=probes,
+        )
         return dx, f * dim + 0.5 * g2 * tr
 
     times = torch.tensor([t_min, t_max], dtype=torch.float64, device=x.device)
@@ -169,5 +194,12 @@ def log_likelihood(
     x_T, delta = xs[-1], deltas[-1]
     prior = prior_log_prob(x_T, schedule, t_max, data_mean, data_cov, data_var)
     log_q = prior + delta
-    return {"log_q": log_q, "bpd": bits_per_dim(log_q, dim), "prior": prior, "delta": delta, "x_T": x_T,
-            "nfe": nfe, "seconds": seconds}
+    return {
+        "log_q": log_q,
+        "bpd": bits_per_dim(log_q, dim),
+        "prior": prior,
+        "delta": delta,
+        "x_T": x_T,
+        "nfe": nfe,
+        "seconds": seconds,
+    }

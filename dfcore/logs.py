@@ -21,8 +21,9 @@ LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 
 
 @contextlib.contextmanager
-def rule_log(path: str | os.PathLike[str], *, mode: str = "w", level: int = logging.INFO,
-             fmt: str = LOG_FORMAT) -> Iterator[TextIO]:
+def rule_log(
+    path: str | os.PathLike[str], *, mode: str = "w", level: int = logging.INFO, fmt: str = LOG_FORMAT
+) -> Iterator[TextIO]:
     """Inside the block, ``sys.stdout``, ``sys.stderr`` (print, warnings, progress bars) and the root
     logger (at ``level``, formatted with ``fmt``) write to the file ``path``, opened line-buffered
     with ``mode`` (``"w"`` truncates, ``"a"`` appends).

@@ -66,9 +66,7 @@ def require_finite(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf (in {rows} of {value.shape[0] if value.ndim else 1} rows)")
 
 
-def _batch_coefficients(
-    x: Tensor, t: Tensor | float, schedule: Schedule, dim: int
-) -> tuple[Tensor, Tensor]:
+def _batch_coefficients(x: Tensor, t: Tensor | float, schedule: Schedule, dim: int) -> tuple[Tensor, Tensor]:
     """Validate ``x`` (B, d) and ``t`` (scalar or (B,)); return alpha, sigma as (B,) in x's dtype."""
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -234,7 +232,7 @@ class DiracMixture(Mixture):
         """The data points, shape (N, d)."""
         return self._table[:, : self.dim] + self.center
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiracMixture":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiracMixture:
         """Move the stored data (in place) and return self."""
         self.center = self.center.to(device=device, dtype=dtype)
         self._table = self._table.to(device=device, dtype=dtype)
@@ -414,7 +412,9 @@ class DiracMixture(Mixture):
         table, center = self._data_like(x)
         d, b = self.dim, x.shape[0]
         x_c = x - alpha[:, None] * center
-        query = torch.cat([x_c * (alpha / var)[:, None], (-0.5 * alpha.pow(2) / var)[:, None], torch.zeros_like(var)[:, None]], 1)
+        query = torch.cat(
+            [x_c * (alpha / var)[:, None], (-0.5 * alpha.pow(2) / var)[:, None], torch.zeros_like(var)[:, None]], 1
+        )
         ref_row = torch.cat([ref, ref.pow(2).sum(1, keepdim=True), torch.ones_like(ref[:, :1])], 1)
         floor = (query * ref_row).sum(1) - (math.log(self.num_points) - math.log(torch.finfo(x.dtype).eps)) - slack
         run_max = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
@@ -431,7 +431,8 @@ class DiracMixture(Mixture):
             new_max = torch.maximum(run_max, chunk_max)
             shift = torch.where(torch.isfinite(new_max), new_max, 0.0)
             run_sum = run_sum * torch.exp(run_max - shift) + torch.zeros_like(run_sum).index_add(
-                0, row_idx, torch.exp(logits - shift[row_idx]))
+                0, row_idx, torch.exp(logits - shift[row_idx])
+            )
             run_max = new_max
         return run_max + torch.log(run_sum)
 
@@ -524,7 +525,9 @@ class GaussianMixture(Mixture):
         bad = evals[:, 0] < -16 * d * eps * evals.abs().amax(-1)
         if bad.any():
             first = int(torch.nonzero(bad)[0])
-            raise ValueError(f"covs must be positive semi-definite; component {first} has eigenvalue {float(evals[first, 0]):.3g}")
+            raise ValueError(
+                f"covs must be positive semi-definite; component {first} has eigenvalue {float(evals[first, 0]):.3g}"
+            )
         dtype = means.dtype if torch.is_floating_point(means) else torch.get_default_dtype()
         self.num_components, self.dim = k, d
         self.log_weights = torch.log(weights.to(dtype) / weights.to(dtype).sum())
@@ -534,7 +537,7 @@ class GaussianMixture(Mixture):
         evals, evecs = torch.linalg.eigh(self.covs.to(torch.float64))
         self.evals, self.evecs = evals.clamp_min(0.0).to(dtype), evecs.to(dtype)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GaussianMixture":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GaussianMixture:
         """Move the parameters (in place) and return self."""
         for name in ("log_weights", "means", "covs", "evals", "evecs"):
             setattr(self, name, getattr(self, name).to(device=device, dtype=dtype))

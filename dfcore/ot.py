@@ -272,5 +272,3 @@ def pairing_gap(x_start: Tensor, x_end: Tensor, *, num_iter_max: int = 10_000_00
         "gap": gap,
         "relative_gap": gap / optimal if optimal > 0 else 0.0,
     }
-
-

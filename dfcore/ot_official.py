@@ -144,7 +144,12 @@ class OfficialSchedule(Schedule):
         return beta * subvp_discount(t) if self.name == "subVP" else beta
 
     def params(self) -> dict[str, object]:
-        return {"name": self.name, "beta_start": BETA_START, "beta_end": BETA_END, "num_train_timesteps": NUM_TRAIN_TIMESTEPS}
+        return {
+            "name": self.name,
+            "beta_start": BETA_START,
+            "beta_end": BETA_END,
+            "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+        }
 
 
 def official_start(n: int, dim: int, *, seed: int = 0, device: str | torch.device = "cpu") -> Tensor:

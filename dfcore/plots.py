@@ -3,8 +3,8 @@ written atomically through :func:`dfcore.io.save_figure`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -59,8 +59,9 @@ def plot_sd_nll_vs_guidance(frame: pd.DataFrame, path: str) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def plot_sd_nll_seeds(frame: pd.DataFrame, thumbs: np.ndarray, prompts: list[str], scales: list[float], seeds: list[int],
-                    path: str) -> None:
+def plot_sd_nll_seeds(
+    frame: pd.DataFrame, thumbs: np.ndarray, prompts: list[str], scales: list[float], seeds: list[int], path: str
+) -> None:
     """NLL of each seed (first prompt, largest guidance scale), each bar with its image underneath."""
     j = len(scales) - 1
     sub = frame[(frame.prompt == prompts[0]) & (frame.guidance_scale == scales[j])]
@@ -81,13 +82,20 @@ def plot_table3_heatmap(table: pd.DataFrame, path: str | Path) -> None:
 
     order_d = list(dict.fromkeys(table["dataset"]))
     order_s = list(dict.fromkeys(table["schedule"]))
-    asym = table.pivot(index="dataset", columns="schedule", values="asym_mean").reindex(index=order_d, columns=order_s) * 100
+    asym = (
+        table.pivot(index="dataset", columns="schedule", values="asym_mean").reindex(index=order_d, columns=order_s)
+        * 100
+    )
     gap = table.pivot(index="dataset", columns="schedule", values="pot_rel_gap").reindex(index=order_d, columns=order_s)
     log_gap = np.log10(gap.clip(lower=1e-16))
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(order_d) + 2.2))
-    sns.heatmap(asym, annot=True, fmt=".2f", cmap="rocket_r", vmin=0, ax=axes[0], cbar_kws={"label": "mean asymmetry (%)"})
+    sns.heatmap(
+        asym, annot=True, fmt=".2f", cmap="rocket_r", vmin=0, ax=axes[0], cbar_kws={"label": "mean asymmetry (%)"}
+    )
     axes[0].set_title("Alg. 2 asymmetry index (%)")
-    sns.heatmap(log_gap, annot=True, fmt=".1f", cmap="mako_r", vmin=-16, ax=axes[1], cbar_kws={"label": "log10 relative gap"})
+    sns.heatmap(
+        log_gap, annot=True, fmt=".1f", cmap="mako_r", vmin=-16, ax=axes[1], cbar_kws={"label": "log10 relative gap"}
+    )
     axes[1].set_title("POT: log10 (pairing cost / optimal cost - 1)")
     for ax in axes:
         ax.set_xlabel("schedule")
@@ -98,15 +106,19 @@ def plot_table3_heatmap(table: pd.DataFrame, path: str | Path) -> None:
 
 def plot_ot_convergence(table: pd.DataFrame, path: str | Path) -> None:
 
-
     data = table.assign(asym_pct=100 * table["asym_mean"], err=table["autograd_rel_err"].clip(lower=1e-17))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     kw = dict(x="num_steps", hue="schedule", style="update", markers=True, dashes=True, data=data)
     sns.lineplot(y="asym_pct", ax=axes[0], **kw)
     axes[0].set(xscale="log", xlabel="Euler steps", ylabel="mean asymmetry (%)", title="Asymmetry vs step count")
     sns.lineplot(y="err", ax=axes[1], legend=False, **kw)
-    axes[1].set(xscale="log", yscale="log", xlabel="Euler steps", ylabel="max relative error",
-                title="Alg. 2 vs (alpha ratio)^2 J^-T by autograd")
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="Euler steps",
+        ylabel="max relative error",
+        title="Alg. 2 vs (alpha ratio)^2 J^-T by autograd",
+    )
     steps = sorted(data["num_steps"].unique())
     for ax in axes:
         ax.set_xticks(steps, [str(s) for s in steps])
@@ -147,7 +159,9 @@ def plot_digit_grid(ds: xr.Dataset, path: str | Path, num_show: int = 8, image_s
     for r, method in enumerate(methods):
         for c in range(n):
             ax = axes[r, c]
-            ax.imshow(final.sel(guidance=method).isel(sample=c).values.reshape(image_shape), cmap="gray_r", vmin=-1, vmax=1)
+            ax.imshow(
+                final.sel(guidance=method).isel(sample=c).values.reshape(image_shape), cmap="gray_r", vmin=-1, vmax=1
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -175,13 +189,27 @@ def plot_ot_protocols(table: pd.DataFrame, path: str | Path, paper: dict[str, fl
     fig, axes = plt.subplots(1, len(data_sets), figsize=(5.5 * len(data_sets), 4), squeeze=False, sharey=True)
     for ax, d_name in zip(axes[0], data_sets):
         part = table[table["data"] == d_name].assign(pct=lambda t: 100 * t["asymmetry_mean"])
-        sns.lineplot(data=part, x="num_steps", y="pct", hue="schedule", style="protocol", markers=True,
-                     palette=palette, ax=ax, legend=ax is axes[0][0])
+        sns.lineplot(
+            data=part,
+            x="num_steps",
+            y="pct",
+            hue="schedule",
+            style="protocol",
+            markers=True,
+            palette=palette,
+            ax=ax,
+            legend=ax is axes[0][0],
+        )
         for s_name, value in paper.items():
             if s_name in palette:
                 ax.axhline(value, color=palette[s_name], lw=0.8, ls=":")
         steps = sorted(part["num_steps"].unique())
-        ax.set(xscale="log", xlabel="steps", ylabel="mean asymmetry (%)", title=f"{d_name} (dotted: paper, non-affine data)")
+        ax.set(
+            xscale="log",
+            xlabel="steps",
+            ylabel="mean asymmetry (%)",
+            title=f"{d_name} (dotted: paper, non-affine data)",
+        )
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
@@ -192,12 +220,30 @@ def plot_likelihood_benchmark(bench: pd.DataFrame, path: str | Path) -> None:
     """Seaborn log-log plot of mean |error| against seconds per sample, one marker per method, one panel per d."""
     frame = bench.copy()
     frame["abs_error_mean"] = frame["abs_error_mean"].clip(lower=1e-7)
-    grid = sns.relplot(data=frame, x="seconds_per_sample", y="abs_error_mean", hue="method", style="role", col="dim",
-                       kind="scatter", s=80, height=3.2, aspect=1.0, facet_kws={"sharex": False, "sharey": False})
+    grid = sns.relplot(
+        data=frame,
+        x="seconds_per_sample",
+        y="abs_error_mean",
+        hue="method",
+        style="role",
+        col="dim",
+        kind="scatter",
+        s=80,
+        height=3.2,
+        aspect=1.0,
+        facet_kws={"sharex": False, "sharey": False},
+    )
     for dim, ax in grid.axes_dict.items():
         sub = frame[frame["dim"] == dim]
-        ax.errorbar(sub["seconds_per_sample"], sub["abs_error_mean"], yerr=sub["abs_error_std"], fmt="none",
-                    ecolor="0.6", lw=0.8, zorder=0)
+        ax.errorbar(
+            sub["seconds_per_sample"],
+            sub["abs_error_mean"],
+            yerr=sub["abs_error_std"],
+            fmt="none",
+            ecolor="0.6",
+            lw=0.8,
+            zorder=0,
+        )
         ax.set(xscale="log", yscale="log", title=f"d = {dim}")
     grid.set_axis_labels("seconds per sample", "mean |NLL - exact| (nats/dim)")
     save_figure(grid.figure, path, dpi=150)

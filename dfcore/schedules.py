@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,9 +47,7 @@ def check_time(t: Tensor | float, *, allow_zero: bool = False) -> Tensor:
     low_ok = (t >= 0).all() if allow_zero else (t > 0).all()
     if not low_ok or (t > 1).any():
         interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(
-            f"t must lie in {interval}; got values in [{t.min().item():.6g}, {t.max().item():.6g}]"
-        )
+        raise ValueError(f"t must lie in {interval}; got values in [{t.min().item():.6g}, {t.max().item():.6g}]")
     return t
 
 
@@ -239,7 +238,7 @@ class DiscreteSchedule(Schedule):
         self._log_ac = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(ac)])
 
     @classmethod
-    def from_scheduler(cls, scheduler: Any) -> "DiscreteSchedule":
+    def from_scheduler(cls, scheduler: Any) -> DiscreteSchedule:
         """Build from any diffusers scheduler that has ``alphas_cumprod`` (DDPM, DDIM, ...)."""
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod table")

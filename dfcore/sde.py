@@ -52,9 +52,7 @@ def add_noise(x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor
     return expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
 
 
-def sample_marginal(
-    x0: Tensor, schedule: Schedule, t: float, *, generator: torch.Generator | None = None
-) -> Tensor:
+def sample_marginal(x0: Tensor, schedule: Schedule, t: float, *, generator: torch.Generator | None = None) -> Tensor:
     r"""Exact samples of :math:`q_t` from samples ``x0`` of :math:`q_0` (float64, on the CPU):
     :math:`\alpha_t x_0 + \sigma_t\varepsilon` with the noise drawn from ``generator``."""
     x0 = x0.to("cpu", torch.float64)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,13 +30,13 @@ from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint, save_checkpoint
+from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.networks import (
     LearnedDenoiser,
     LearnedTraceModel,
     _trace_module,
     build_backbone,
 )
-from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.schedules import Schedule
 
 __all__ = ["learning_rate", "train_loop", "sigma_data", "build_denoiser", "build_trace_model"]
@@ -85,8 +86,9 @@ def train_loop(
     check raises ``FloatingPointError`` naming the step (1-based, as in the loss table) and leaves the
     last resume checkpoint in place, so no checkpoint or model is ever written from NaN parameters.
     """
-    fingerprint = fingerprint or json.dumps([steps, batch_size, lr, warmup_steps, t_min, time_power, seed, list(data.shape),
-                                             float(data.double().sum())])
+    fingerprint = fingerprint or json.dumps(
+        [steps, batch_size, lr, warmup_steps, t_min, time_power, seed, list(data.shape), float(data.double().sum())]
+    )
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
     if not time_power > 0:
@@ -100,7 +102,9 @@ def train_loop(
     losses: list[float] = []
     start = 0
     resume_path = Path(resume_path) if resume_path is not None else None
-    ckpt = load_checkpoint(resume_path, map_location=device) if resume_path is not None and resume_path.exists() else None
+    ckpt = (
+        load_checkpoint(resume_path, map_location=device) if resume_path is not None and resume_path.exists() else None
+    )
     if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
         log.warning("ignoring %s: it was written with other settings or data", resume_path)
         ckpt = None
@@ -121,7 +125,9 @@ def train_loop(
             kept = "no resume checkpoint was written yet"
         else:
             kept = f"kept the last good resume checkpoint {resume_path} (step {saved})"
-        return FloatingPointError(f"{desc}: non-finite {what} at step {step_number} of {steps}; training stopped, {kept}")
+        return FloatingPointError(
+            f"{desc}: non-finite {what} at step {step_number} of {steps}; training stopped, {kept}"
+        )
 
     module.train()
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress, mininterval=1.0)
@@ -184,8 +190,15 @@ def sigma_data(data: Tensor) -> float:
 
 
 def build_denoiser(
-    arch: str, dim: int, schedule: Schedule, cfg: dict[str, Any], sigma_data: float, *,
-    image_shape: tuple[int, ...] | None = None, seed: int = 0, device: torch.device | str = "cpu",
+    arch: str,
+    dim: int,
+    schedule: Schedule,
+    cfg: dict[str, Any],
+    sigma_data: float,
+    *,
+    image_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> LearnedDenoiser:
     """A freshly initialised (seeded) denoiser from the ``denoiser`` config section."""
     if arch == "mlp":
@@ -201,8 +214,14 @@ def build_denoiser(
     return LearnedDenoiser(module, schedule, cfg.get("prediction", "x0"), sigma_data, arch, hparams)
 
 
-def build_trace_model(denoiser: LearnedDenoiser, cfg: dict[str, Any], *, seed: int = 0,
-                      data: Tensor | None = None, reference: Mixture | None = None) -> LearnedTraceModel:
+def build_trace_model(
+    denoiser: LearnedDenoiser,
+    cfg: dict[str, Any],
+    *,
+    seed: int = 0,
+    data: Tensor | None = None,
+    reference: Mixture | None = None,
+) -> LearnedTraceModel:
     """A freshly initialised (seeded) trace model from the ``trace_net`` config section. ``target:
     dataset_posterior`` regresses onto the posterior variance of ``reference``, by default the Dirac mixture
     of the training set ``data`` (N, ...) in float64; an exact data distribution (a Gaussian mixture) can be

@@ -24,9 +24,16 @@ from pathlib import Path
 __all__ = ["CHROMIUM_FLAGS", "report_results", "screenshot", "unpack"]
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 ]
 
 
@@ -58,12 +65,7 @@ def report_results(archive: Path) -> dict[str, dict]:
         html = page.read_text()
         results = _js_object(html, "results")
         categories = _js_object(html, "categories")
-        where = {
-            path: (cat, sub)
-            for cat, subs in categories.items()
-            for sub, paths in subs.items()
-            for path in paths
-        }
+        where = {path: (cat, sub) for cat, subs in categories.items() for sub, paths in subs.items() for path in paths}
         for path, entry in results.items():
             entry["category"], entry["subcategory"] = where.get(path, (None, None))
             data = page.parent / entry["data_uri"]
@@ -96,8 +98,14 @@ const timer = setInterval(function () {
 """
 
 
-def screenshot(archive: Path, out: Path, show: str | None = None, size: tuple[int, int] = (1400, 1000),
-               chromium: str = "chromium", timeout: float = 120) -> Path:
+def screenshot(
+    archive: Path,
+    out: Path,
+    show: str | None = None,
+    size: tuple[int, int] = (1400, 1000),
+    chromium: str = "chromium",
+    timeout: float = 120,
+) -> Path:
     """A PNG of the report page in headless Chromium, showing result ``show`` (a path as in the report)
     or the start page."""
     exe = shutil.which(chromium)
@@ -112,9 +120,18 @@ def screenshot(archive: Path, out: Path, show: str | None = None, size: tuple[in
         profile = Path(tmp) / "profile"
         out.parent.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-             "--virtual-time-budget=8000", f"--screenshot={out.resolve()}", url],
-            capture_output=True, text=True, timeout=timeout,
+            [
+                exe,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={size[0]},{size[1]}",
+                "--virtual-time-budget=8000",
+                f"--screenshot={out.resolve()}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if result.returncode != 0 or not out.exists():
             raise RuntimeError(f"chromium failed ({result.returncode}): {result.stderr[-2000:]}")

@@ -14,13 +14,12 @@ import pytest
 import torch
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
-from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
-from dfcore.sde import time_grid
-from dfcore.models.base import ExactDenoiser
 from dfcore.fisher import fisher_vp
 from dfcore.mixtures import DiracMixture, GaussianMixture
+from dfcore.models.base import ExactDenoiser
+from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
 from dfcore.schedules import get_schedule
-
+from dfcore.sde import time_grid
 
 
 @pytest.fixture(autouse=True)
@@ -154,12 +153,15 @@ def test_ddim_step_formula_and_solver_orders():
     tb = torch.full((4,), t_max)
     eps = den.eps(xT, tb)
     ybar = (xT - schedule.sigma(tb)[:, None] * eps) / schedule.alpha(tb)[:, None]
-    torch.testing.assert_close(one, schedule.alpha(torch.tensor(t_min)) * ybar + schedule.sigma(torch.tensor(t_min)) * eps)
+    torch.testing.assert_close(
+        one, schedule.alpha(torch.tensor(t_min)) * ybar + schedule.sigma(torch.tensor(t_min)) * eps
+    )
 
     errs = {}
     for solver in ("ddim", "heun"):
         errs[solver] = [
-            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), solver).x0 - exact).norm().item() for n in (10, 20)
+            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), solver).x0 - exact).norm().item()
+            for n in (10, 20)
         ]
     assert 1.6 < errs["ddim"][0] / errs["ddim"][1] < 2.5  # first order
     assert 3.2 < errs["heun"][0] / errs["heun"][1] < 5.0  # second order
@@ -285,8 +287,17 @@ def test_guided_sample_normalized_step_length(normalize):
     lookahead = sample_trajectory(den, plain.xs[k], times[k:]).x0
     want = eta * ((lookahead - target).norm(dim=1) if normalize == "grad" else torch.full((5,), 3**0.5))
     for method in ("analytic", "dfea"):
-        out = guided_sample(den, xT, times, _target_loss, method=method, update_steps=(u,), step_size=eta,
-                            mixture=mix, normalize=normalize)
+        out = guided_sample(
+            den,
+            xT,
+            times,
+            _target_loss,
+            method=method,
+            update_steps=(u,),
+            step_size=eta,
+            mixture=mix,
+            normalize=normalize,
+        )
         torch.testing.assert_close((out.xs[k] - plain.xs[k]).norm(dim=1), want)
     with pytest.raises(ValueError, match="normalize"):
         guided_sample(den, xT, times, _target_loss, method="analytic", mixture=mix, normalize="unit")
@@ -296,8 +307,7 @@ def test_guided_sample_normalized_step_length(normalize):
 
 
 def test_labelled_digits_match_the_data_stage_scaling():
-    from dfcore.data.datasets import labelled_digits
-    from dfcore.data.datasets import make_digits
+    from dfcore.data.datasets import labelled_digits, make_digits
 
     x, labels = labelled_digits()
     torch.testing.assert_close(x, make_digits())
@@ -337,20 +347,35 @@ def test_mixture_task_outputs(tmp_path):
     """Task (a) end to end on a tiny checkerboard: analytic and vjp agree with autograd and with each other."""
     import pandas as pd
 
-    from dfcore.experiments.adjoint import run_mixture_task
     from dfcore.config import validate_config
     from dfcore.data.datasets import make_checkerboard
     from dfcore.data.store import write_dataset
+    from dfcore.experiments.adjoint import run_mixture_task
     from dfcore.io import read_zarr
 
     write_dataset(tmp_path / "cb.zarr", make_checkerboard(100), name="checkerboard")
-    cfg = validate_config({"adjoint": {"num_steps": 6, "update_steps": [3], "lambda_samples": 4,
-                                       "mixture": {"num_samples": 8}}})
-    names = {"metrics": "metrics.csv", "agreement": "agreement.csv", "trajectories": "t.zarr",
-             "loss_plot": "l.png", "agreement_plot": "a.png", "lambda_exact": "lambda_exact.csv"}
+    cfg = validate_config(
+        {"adjoint": {"num_steps": 6, "update_steps": [3], "lambda_samples": 4, "mixture": {"num_samples": 8}}}
+    )
+    names = {
+        "metrics": "metrics.csv",
+        "agreement": "agreement.csv",
+        "trajectories": "t.zarr",
+        "loss_plot": "l.png",
+        "agreement_plot": "a.png",
+        "lambda_exact": "lambda_exact.csv",
+    }
     out = {k: tmp_path / v for k, v in names.items()}
-    metrics = run_mixture_task(cfg["adjoint"], cfg["schedules"], schedule_name="VP", data_path=tmp_path / "cb.zarr",
-                               out=out, seed=0, device="cpu", progress=False)
+    metrics = run_mixture_task(
+        cfg["adjoint"],
+        cfg["schedules"],
+        schedule_name="VP",
+        data_path=tmp_path / "cb.zarr",
+        out=out,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
     m = metrics.set_index("method")
     assert m.loc["analytic", "lambda_T_cosine"] > 0.999999 and m.loc["vjp", "lambda_T_cosine"] > 0.999999
     assert m.loc["analytic", "loss_after"] < m.loc["analytic", "loss_before"]
@@ -411,7 +436,9 @@ def _brute_force_cosines(points: torch.Tensor, schedule, x_T: torch.Tensor, time
             yb = ybars[k]
             fv = lam / s_t**2
             if method == "dfea":
-                fv = fv - a_t**2 / s_t**4 * ((x0 * lam).sum(1, keepdim=True) * x0 - (yb * lam).sum(1, keepdim=True) * yb)
+                fv = fv - a_t**2 / s_t**4 * (
+                    (x0 * lam).sum(1, keepdim=True) * x0 - (yb * lam).sum(1, keepdim=True) * yb
+                )
             else:
                 dev = x0 - yb
                 fv = fv - a_t**2 / s_t**4 * (dev * lam).sum(1, keepdim=True) * dev
@@ -434,7 +461,15 @@ def test_exact_mean_lambda_cosines_match_a_brute_force_recomputation(sched):
     times = time_grid(6, 0.05, t_max=1.0)
     target = torch.tensor([1.5, 1.5])
     frame = exact_mean_lambda_agreement(mixture, schedule, x_T, lambda x: 0.5 * (x - target).pow(2).sum(1), times)
-    assert list(frame.columns[:7]) == ["method", "step", "steps_to_go", "t", "cosine_mean", "cosine_median", "cosine_min"]
+    assert list(frame.columns[:7]) == [
+        "method",
+        "step",
+        "steps_to_go",
+        "t",
+        "cosine_mean",
+        "cosine_median",
+        "cosine_min",
+    ]
     assert set(frame["method"]) == {"analytic", "dfea", "dfea_centered"} and len(frame) == 3 * 7
     np.testing.assert_allclose(frame.loc[frame["method"] == "analytic", "cosine_min"], 1.0, atol=1e-10)
     brute = _brute_force_cosines(points, schedule, x_T, times, target)
@@ -464,4 +499,6 @@ def test_with_posterior_mean_replaces_ybar_only():
             # Tweedie through the exact denoiser's eps agrees with the posterior mean to round-off
             torch.testing.assert_close(cache.ybar, traj.caches[k].ybar, rtol=1e-9, atol=1e-9)
             if solver == "heun":
-                torch.testing.assert_close(cache.ybar_pred, mixture.posterior_mean(traj.caches[k].x_pred, times[k + 1].expand(5), schedule))
+                torch.testing.assert_close(
+                    cache.ybar_pred, mixture.posterior_mean(traj.caches[k].x_pred, times[k + 1].expand(5), schedule)
+                )

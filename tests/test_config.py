@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from dfcore.config import (
-    dataset_section,
     SCHEMA_PATH,
     ConfigError,
     config_readme,
+    dataset_section,
     load_config,
     load_yaml,
     schema_markdown,
@@ -50,6 +50,7 @@ def _walk(schema: dict[str, Any], path: tuple[str | int, ...] = ()):
 
 def _with_value(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
     """A minimal config that sets ``value`` at ``path`` (lists of one element where the path says 0)."""
+
     def build(rest: tuple[str | int, ...]) -> Any:
         if not rest:
             return value
@@ -72,17 +73,14 @@ def _one_line_error(config: dict[str, Any]) -> str:
 
 
 ESTIMATOR_KEYS = [
-    p for p, s in _walk(SCHEMA)
-    if isinstance(s.get("enum"), list) and ESTIMATOR_WORDS & set(map(str, s["enum"]))
+    p for p, s in _walk(SCHEMA) if isinstance(s.get("enum"), list) and ESTIMATOR_WORDS & set(map(str, s["enum"]))
 ]
 SCHEDULE_KEYS = [
-    p for p, s in _walk(SCHEMA)
+    p
+    for p, s in _walk(SCHEMA)
     if isinstance(s.get("enum"), list) and set(map(str, s["enum"])) <= SCHEDULE_NAMES and s["enum"]
 ]
-STEP_KEYS = [
-    p for p, s in _walk(SCHEMA)
-    if p and "step" in str(p[-1]).lower() and s.get("type") == "integer"
-]
+STEP_KEYS = [p for p, s in _walk(SCHEMA) if p and "step" in str(p[-1]).lower() and s.get("type") == "integer"]
 NUMBER_KEYS = [p for p, s in _walk(SCHEMA) if p and s.get("type") in ("integer", "number") and 0 not in p]
 
 
@@ -138,7 +136,9 @@ def test_dataset_section_merges_overrides_as_training_does(name):
             merged = dataset_section(config[section], dataset)
             assert merged == dataset_section(config[section], dataset)
             assert dataset_section(merged, dataset) == merged  # run_training merging again changes nothing
-    overridden = dataset_section({"steps": 5, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"a": {"steps": 7, "mlp": {"hidden": 4}}}}, "a")
+    overridden = dataset_section(
+        {"steps": 5, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"a": {"steps": 7, "mlp": {"hidden": 4}}}}, "a"
+    )
     assert overridden == {"steps": 7, "mlp": {"hidden": 4, "layers": 2}}
 
 
@@ -242,7 +242,11 @@ def _snakemake_dry_run(configfile: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ.get('PATH', '')}"}
     return subprocess.run(
         [str(SNAKEMAKE), "-n", "--cores", "1", "--workflow-profile", "none", "--configfile", str(configfile)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
 
 
@@ -250,7 +254,10 @@ def _snakemake_dry_run(configfile: Path) -> subprocess.CompletedProcess:
     "patch, expected",
     [
         ({"seed": -4}, "config key 'seed': -4 is less than the minimum of 0"),
-        ({"schedules": {"EDM": {"sigma_max": "large"}}}, "config key 'schedules.EDM.sigma_max': 'large' is not of type 'number'"),
+        (
+            {"schedules": {"EDM": {"sigma_max": "large"}}},
+            "config key 'schedules.EDM.sigma_max': 'large' is not of type 'number'",
+        ),
         ({"schedulez": {}}, "unknown key(s) ['schedulez']"),
     ],
     ids=["negative-seed", "wrong-type", "unknown-key"],
@@ -286,44 +293,146 @@ def _gmm(**changes: Any) -> dict[str, Any]:
 BAD_CONFIGS = [
     # overrides and the trace net's backbone: the keys and ranges of the section they override
     ("override-typo", {"denoiser": {"overrides": {"digits": {"stepz": 5}}}}, "denoiser.overrides.digits", "'stepz'"),
-    ("override-negative-steps", {"denoiser": {"overrides": {"digits": {"steps": -5}}}}, "denoiser.overrides.digits.steps", "minimum"),
-    ("override-nested-typo", {"denoiser": {"overrides": {"digits": {"mlp": {"hiddn": 8}}}}}, "denoiser.overrides.digits.mlp", "'hiddn'"),
-    ("override-wrong-type", {"denoiser": {"overrides": {"digits": {"lr": "fast"}}}}, "denoiser.overrides.digits.lr", "number"),
-    ("trace-override-typo", {"trace_net": {"overrides": {"digits": {"batchsize": 16}}}}, "trace_net.overrides.digits", "'batchsize'"),
-    ("trace-override-enum", {"trace_net": {"overrides": {"digits": {"target": "magic"}}}}, "trace_net.overrides.digits.target", "'magic'"),
-    ("trace-override-range", {"trace_net": {"overrides": {"digits": {"time_power": -1.0}}}}, "trace_net.overrides.digits.time_power", "-1.0"),
-    ("override-unknown-dataset", {"denoiser": {"overrides": {"digts": {"steps": 5}}}}, "denoiser.overrides.digts", "'digts'"),
-    ("trace-override-unknown-dataset", {"trace_net": {"overrides": {"gmmm": {"steps": 5}}}}, "trace_net.overrides.gmmm", "'gmmm'"),
+    (
+        "override-negative-steps",
+        {"denoiser": {"overrides": {"digits": {"steps": -5}}}},
+        "denoiser.overrides.digits.steps",
+        "minimum",
+    ),
+    (
+        "override-nested-typo",
+        {"denoiser": {"overrides": {"digits": {"mlp": {"hiddn": 8}}}}},
+        "denoiser.overrides.digits.mlp",
+        "'hiddn'",
+    ),
+    (
+        "override-wrong-type",
+        {"denoiser": {"overrides": {"digits": {"lr": "fast"}}}},
+        "denoiser.overrides.digits.lr",
+        "number",
+    ),
+    (
+        "trace-override-typo",
+        {"trace_net": {"overrides": {"digits": {"batchsize": 16}}}},
+        "trace_net.overrides.digits",
+        "'batchsize'",
+    ),
+    (
+        "trace-override-enum",
+        {"trace_net": {"overrides": {"digits": {"target": "magic"}}}},
+        "trace_net.overrides.digits.target",
+        "'magic'",
+    ),
+    (
+        "trace-override-range",
+        {"trace_net": {"overrides": {"digits": {"time_power": -1.0}}}},
+        "trace_net.overrides.digits.time_power",
+        "-1.0",
+    ),
+    (
+        "override-unknown-dataset",
+        {"denoiser": {"overrides": {"digts": {"steps": 5}}}},
+        "denoiser.overrides.digts",
+        "'digts'",
+    ),
+    (
+        "trace-override-unknown-dataset",
+        {"trace_net": {"overrides": {"gmmm": {"steps": 5}}}},
+        "trace_net.overrides.gmmm",
+        "'gmmm'",
+    ),
     ("backbone-typo", {"trace_net": {"backbone": {"hiddn": 512}}}, "trace_net.backbone", "'hiddn'"),
     ("backbone-range", {"trace_net": {"backbone": {"hidden": 0}}}, "trace_net.backbone.hidden", "minimum"),
     # names with a fixed set of values
     ("digits-schedule-enum", {"adjoint": {"digits": {"schedule": "FOO"}}}, "adjoint.digits.schedule", "'FOO'"),
     ("dataset-name-not-a-wildcard", _datasets(my_data={"kind": "checkerboard"}), "datasets", "'my_data'"),
     # names that refer to other keys
-    ("nll-unknown-dataset", {"nll": {"runs": [{"dataset": "gmm"}, {"dataset": "moons"}]}}, "nll.runs.1.dataset", "'moons'"),
+    (
+        "nll-unknown-dataset",
+        {"nll": {"runs": [{"dataset": "gmm"}, {"dataset": "moons"}]}},
+        "nll.runs.1.dataset",
+        "'moons'",
+    ),
     ("trace-error-unknown-dataset", {"trace_error": {"dataset": "moons"}}, "trace_error.dataset", "'moons'"),
-    ("adjoint-mixture-unknown-dataset", {"adjoint": {"mixture": {"dataset": "moons"}}}, "adjoint.mixture.dataset", "'moons'"),
-    ("convergence-unknown-dataset", {"ot": {"convergence": {"datasets": ["non_affine", "spiral"]}}}, "ot.convergence.datasets.1", "'spiral'"),
+    (
+        "adjoint-mixture-unknown-dataset",
+        {"adjoint": {"mixture": {"dataset": "moons"}}},
+        "adjoint.mixture.dataset",
+        "'moons'",
+    ),
+    (
+        "convergence-unknown-dataset",
+        {"ot": {"convergence": {"datasets": ["non_affine", "spiral"]}}},
+        "ot.convergence.datasets.1",
+        "'spiral'",
+    ),
     ("no-digits-dataset", {"datasets": {"checkerboard": {"kind": "checkerboard"}}}, "datasets.digits", "adjoint"),
     ("digits-of-another-kind", _datasets(digits={"kind": "checkerboard"}), "datasets.digits", "kind"),
     # shapes that must agree
     ("gmm-means-length", _gmm(means=[[0.0, 0.0]]), "datasets.gmm.means", "weights"),
     ("gmm-stds-length", _gmm(stds=[0.3, 0.5, 0.7]), "datasets.gmm.stds", "weights"),
     ("gmm-ragged-means", _gmm(means=[[0.0, 0.0], [1.0]]), "datasets.gmm.means", "coordinates"),
-    ("gmm-missing-stds", _datasets(gmm={"kind": "gaussian_mixture", "weights": [1.0], "means": [[0.0]]}), "datasets.gmm", "'stds'"),
+    (
+        "gmm-missing-stds",
+        _datasets(gmm={"kind": "gaussian_mixture", "weights": [1.0], "means": [[0.0]]}),
+        "datasets.gmm",
+        "'stds'",
+    ),
     ("gmm-nan-mean", _gmm(means=[[NAN, 0.0], [1.0, 1.0]]), "datasets.gmm.means.0.0", "finite"),
-    ("key-of-another-kind", _datasets(checkerboard={"kind": "checkerboard", "weights": [1.0]}), "datasets.checkerboard.weights", "checkerboard"),
-    ("too-many-digits", _datasets(digits={"kind": "digits", "num_samples": 5000}), "datasets.digits.num_samples", "1797"),
-    ("mixture-target-dimension", {"adjoint": {"mixture": {"target": [1.0, 1.0, 1.0]}}}, "adjoint.mixture.target", "d = 2"),
-    ("ot-dirac-without-points", {"ot": {"datasets": {"d": {"kind": "dirac"}}, "convergence": {"datasets": ["d"]}}}, "ot.datasets.d", "'points'"),
-    ("ot-point-too-long", {"ot": {"datasets": {"d": {"kind": "dirac", "points": [[0.0, 0.0, 1.0]]}}, "convergence": {"datasets": ["d"]}}},
-     "ot.datasets.d.points.0", "ot.dim"),
-    ("ot-covariance-shape", {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "covariance": [[1.0]]}}}}, "ot.datasets.non_affine.covariance", "2 x 2"),
-    ("ot-covariance-not-pd", {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "covariance": [[1.0, 2.0], [2.0, 1.0]]}}}},
-     "ot.datasets.non_affine.covariance", "positive definite"),
-    ("ot-mean-length", {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "mean": [0.0]}}}}, "ot.datasets.non_affine.mean", "ot.dim"),
-    ("ot-key-of-another-kind", {"ot": {"datasets": {"non_affine": {"kind": "dirac", "points": [[0.0]], "scale": 2.0}}}},
-     "ot.datasets.non_affine.scale", "dirac"),
+    (
+        "key-of-another-kind",
+        _datasets(checkerboard={"kind": "checkerboard", "weights": [1.0]}),
+        "datasets.checkerboard.weights",
+        "checkerboard",
+    ),
+    (
+        "too-many-digits",
+        _datasets(digits={"kind": "digits", "num_samples": 5000}),
+        "datasets.digits.num_samples",
+        "1797",
+    ),
+    (
+        "mixture-target-dimension",
+        {"adjoint": {"mixture": {"target": [1.0, 1.0, 1.0]}}},
+        "adjoint.mixture.target",
+        "d = 2",
+    ),
+    (
+        "ot-dirac-without-points",
+        {"ot": {"datasets": {"d": {"kind": "dirac"}}, "convergence": {"datasets": ["d"]}}},
+        "ot.datasets.d",
+        "'points'",
+    ),
+    (
+        "ot-point-too-long",
+        {"ot": {"datasets": {"d": {"kind": "dirac", "points": [[0.0, 0.0, 1.0]]}}, "convergence": {"datasets": ["d"]}}},
+        "ot.datasets.d.points.0",
+        "ot.dim",
+    ),
+    (
+        "ot-covariance-shape",
+        {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "covariance": [[1.0]]}}}},
+        "ot.datasets.non_affine.covariance",
+        "2 x 2",
+    ),
+    (
+        "ot-covariance-not-pd",
+        {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "covariance": [[1.0, 2.0], [2.0, 1.0]]}}}},
+        "ot.datasets.non_affine.covariance",
+        "positive definite",
+    ),
+    (
+        "ot-mean-length",
+        {"ot": {"datasets": {"non_affine": {"kind": "gaussian", "mean": [0.0]}}}},
+        "ot.datasets.non_affine.mean",
+        "ot.dim",
+    ),
+    (
+        "ot-key-of-another-kind",
+        {"ot": {"datasets": {"non_affine": {"kind": "dirac", "points": [[0.0]], "scale": 2.0}}}},
+        "ot.datasets.non_affine.scale",
+        "dirac",
+    ),
     # values that are in range one by one but not together
     ("ve-sigma-order", {"schedules": {"VE": {"sigma_min": 60.0}}}, "schedules.VE.sigma_min", "sigma_max"),
     ("vp-beta-order", {"schedules": {"VP": {"beta_min": 30.0}}}, "schedules.VP.beta_min", "beta_max"),
@@ -333,10 +442,19 @@ BAD_CONFIGS = [
     ("unet-groups", {"denoiser": {"unet": {"norm_num_groups": 3}}}, "denoiser.unet.norm_num_groups", "divide"),
     ("sd-unet-groups", {"sd": {"trace_net": {"norm_num_groups": 5}}}, "sd.trace_net.norm_num_groups", "divide"),
     ("unet-on-points", {"denoiser": {"arch": "unet"}}, "denoiser.arch", "image"),
-    ("override-unet-on-points", {"denoiser": {"overrides": {"gmm": {"arch": "unet"}}}}, "denoiser.overrides.gmm.arch", "image"),
+    (
+        "override-unet-on-points",
+        {"denoiser": {"overrides": {"gmm": {"arch": "unet"}}}},
+        "denoiser.overrides.gmm.arch",
+        "image",
+    ),
     ("sd-without-pipeline", {"sd": {"enabled": True}}, "sd.pipeline", "local folder"),
-    ("sd-bad-reward-module", {"sd": {"enabled": True, "tiny": True, "adjoint": {"reward": "module", "reward_module": "nope"}}},
-     "sd.adjoint.reward_module", "package.module:Name"),
+    (
+        "sd-bad-reward-module",
+        {"sd": {"enabled": True, "tiny": True, "adjoint": {"reward": "module", "reward_module": "nope"}}},
+        "sd.adjoint.reward_module",
+        "package.module:Name",
+    ),
     # infinite or undefined numbers
     ("ve-infinite-sigma", {"schedules": {"VE": {"sigma_max": INF}}}, "schedules.VE.sigma_max", "finite"),
     ("vp-nan-beta", {"schedules": {"VP": {"beta_max": NAN}}}, "schedules.VP.beta_max", "finite"),
@@ -359,8 +477,11 @@ def test_a_config_that_would_fail_late_is_refused_with_the_key_named(config, key
 CHECKED_FILES = {"override-typo", "nll-unknown-dataset", "ve-infinite-sigma", "gmm-means-length"}
 
 
-@pytest.mark.parametrize("config, key, fragment", [c[1:] for c in BAD_CONFIGS if c[0] in CHECKED_FILES],
-                         ids=[c[0] for c in BAD_CONFIGS if c[0] in CHECKED_FILES])
+@pytest.mark.parametrize(
+    "config, key, fragment",
+    [c[1:] for c in BAD_CONFIGS if c[0] in CHECKED_FILES],
+    ids=[c[0] for c in BAD_CONFIGS if c[0] in CHECKED_FILES],
+)
 def test_check_on_a_bad_file_prints_one_line_naming_the_key(tmp_path, capsys, config, key, fragment):
     from dfcore.config import main
 
@@ -373,10 +494,20 @@ def test_check_on_a_bad_file_prints_one_line_naming_the_key(tmp_path, capsys, co
 
 
 def test_the_overrides_and_backbone_accept_the_keys_they_override():
-    config = validate_config({
-        "denoiser": {"overrides": {"digits": {"steps": 5, "arch": "unet", "unet": {"layers_per_block": 2}}, "gmm": {"mlp": {"hidden": 8}}}},
-        "trace_net": {"backbone": {"hidden": 512, "layers": 2}, "overrides": {"digits": {"share_trunk": True, "steps": 3}}},
-    })
+    config = validate_config(
+        {
+            "denoiser": {
+                "overrides": {
+                    "digits": {"steps": 5, "arch": "unet", "unet": {"layers_per_block": 2}},
+                    "gmm": {"mlp": {"hidden": 8}},
+                }
+            },
+            "trace_net": {
+                "backbone": {"hidden": 512, "layers": 2},
+                "overrides": {"digits": {"share_trunk": True, "steps": 3}},
+            },
+        }
+    )
     # an override states only its own keys: no defaults are filled in under it
     assert config["denoiser"]["overrides"]["gmm"] == {"mlp": {"hidden": 8}}
     assert config["trace_net"]["backbone"] == {"hidden": 512, "layers": 2}
@@ -392,8 +523,12 @@ def test_check_on_an_unreadable_file_prints_one_line(tmp_path, capsys, kind):
     from dfcore.config import main
 
     path = tmp_path / "config.yaml"
-    expected = {"directory": "not a file", "not-utf8": "not UTF-8", "duplicate-top": "duplicate key 'seed'",
-                "duplicate-nested": "duplicate key 'sigma_max'"}[kind]
+    expected = {
+        "directory": "not a file",
+        "not-utf8": "not UTF-8",
+        "duplicate-top": "duplicate key 'seed'",
+        "duplicate-nested": "duplicate key 'sigma_max'",
+    }[kind]
     if kind == "directory":
         path.mkdir()
     elif kind == "not-utf8":
@@ -433,7 +568,9 @@ def test_snakemake_dry_run_refuses_an_unknown_dataset_name(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = _snakemake_dry_run(path)
     assert result.returncode != 0
-    assert "config key 'trace_error.dataset': 'moons' is not a key of datasets" in result.stderr + result.stdout, result.stderr[-2000:]
+    assert "config key 'trace_error.dataset': 'moons' is not a key of datasets" in result.stderr + result.stdout, (
+        result.stderr[-2000:]
+    )
 
 
 def test_make_data_reports_a_missing_entry_truthfully(tmp_path):
@@ -441,8 +578,12 @@ def test_make_data_reports_a_missing_entry_truthfully(tmp_path):
     import runpy
     from types import SimpleNamespace
 
-    fake = SimpleNamespace(log=[str(tmp_path / "make_data.log")], wildcards=SimpleNamespace(dataset="moons"),
-                           params=SimpleNamespace(spec=None), output=[str(tmp_path / "moons.zarr")])
+    fake = SimpleNamespace(
+        log=[str(tmp_path / "make_data.log")],
+        wildcards=SimpleNamespace(dataset="moons"),
+        params=SimpleNamespace(spec=None),
+        output=[str(tmp_path / "moons.zarr")],
+    )
     with pytest.raises(ValueError) as info:
         runpy.run_path(str(REPO / "workflow" / "scripts" / "make_data.py"), init_globals={"snakemake": fake})
     message = str(info.value)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dfcore.data.datasets import make_checkerboard, make_dataset, make_digits, make_gaussian_mixture
-from dfcore.data.store import load_dataset, load_mixture, image_shape, write_dataset
+from dfcore.data.store import image_shape, load_dataset, load_mixture, write_dataset
 from dfcore.experiments.data import prepare_dataset
 from dfcore.io import read_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture
@@ -65,8 +65,16 @@ def test_digits_are_sklearn_images_scaled_to_unit_interval():
 
 
 def test_zarr_round_trip_keeps_samples_dims_and_mixture(tmp_path):
-    x, mixture, attrs = make_dataset({"kind": "gaussian_mixture", "num_samples": 30, "seed": 0, "weights": [1, 2],
-                                      "means": [[0.0, 1.0], [1.0, 0.0]], "stds": [0.2, 0.4]})
+    x, mixture, attrs = make_dataset(
+        {
+            "kind": "gaussian_mixture",
+            "num_samples": 30,
+            "seed": 0,
+            "weights": [1, 2],
+            "means": [[0.0, 1.0], [1.0, 0.0]],
+            "stds": [0.2, 0.4],
+        }
+    )
     path = tmp_path / "gmm.zarr"
     write_dataset(path, x, name="gmm", mixture=mixture, attrs=attrs)
     ds = read_zarr(path)
@@ -80,8 +88,12 @@ def test_zarr_round_trip_keeps_samples_dims_and_mixture(tmp_path):
 
 
 def test_dirac_mixture_and_image_shape_from_store(tmp_path):
-    config = {"datasets": {"digits": {"kind": "digits", "num_samples": 20, "seed": 1},
-                           "board": {"kind": "checkerboard", "num_samples": 10, "seed": 0}}}
+    config = {
+        "datasets": {
+            "digits": {"kind": "digits", "num_samples": 20, "seed": 1},
+            "board": {"kind": "checkerboard", "num_samples": 10, "seed": 0},
+        }
+    }
     prepare_dataset("digits", config["datasets"]["digits"], tmp_path / "digits.zarr")
     prepare_dataset("board", config["datasets"]["board"], tmp_path / "board.zarr")
     assert image_shape(tmp_path / "digits.zarr") == (1, 8, 8)

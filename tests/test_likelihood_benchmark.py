@@ -40,15 +40,21 @@ def test_lowrank_mixture_log_density_score_and_fisher_match_autograd(dim, t):
     xr = x.clone().requires_grad_(True)
     grad = torch.autograd.grad(_reference_log_q(mixture, xr, t, schedule).sum(), xr)[0]
     torch.testing.assert_close(mixture.score(x, t, schedule), grad, rtol=1e-8, atol=1e-9)
-    hess = torch.stack([torch.autograd.functional.hessian(lambda z: _reference_log_q(mixture, z[None], t, schedule)[0], xi)
-                        for xi in x])
+    hess = torch.stack(
+        [
+            torch.autograd.functional.hessian(lambda z: _reference_log_q(mixture, z[None], t, schedule)[0], xi)
+            for xi in x
+        ]
+    )
     fisher = mixture.fisher(x, t, schedule)
     torch.testing.assert_close(fisher, -hess, rtol=1e-7, atol=1e-7)
-    torch.testing.assert_close(mixture.fisher_trace(x, t, schedule), -hess.diagonal(dim1=1, dim2=2).sum(1),
-                               rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(
+        mixture.fisher_trace(x, t, schedule), -hess.diagonal(dim1=1, dim2=2).sum(1), rtol=1e-7, atol=1e-7
+    )
     v = torch.randn(6, dim, dtype=torch.float64)
-    torch.testing.assert_close(mixture.fisher_vp(x, t, v, schedule), torch.einsum("bde,be->bd", -hess, v),
-                               rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(
+        mixture.fisher_vp(x, t, v, schedule), torch.einsum("bde,be->bd", -hess, v), rtol=1e-7, atol=1e-7
+    )
     # Tweedie: tr Cov[x0 | x_t] = (sigma^2 / alpha^2) (d - sigma^2 tr F)
     alpha, sigma = (float(s) for s in schedule(torch.tensor(t, dtype=torch.float64)))
     expected = sigma**2 / alpha**2 * (dim - sigma**2 * (-hess.diagonal(dim1=1, dim2=2).sum(1)))
@@ -66,13 +72,20 @@ def test_lowrank_mixture_has_the_stated_anisotropy_and_per_point_times_agree():
     schedule = get_schedule("VE")
     t = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
     together = mixture.fisher_trace(x[:3], t, schedule)
-    apart = torch.cat([mixture.fisher_trace(x[i:i + 1], float(t[i]), schedule) for i in range(3)])
+    apart = torch.cat([mixture.fisher_trace(x[i : i + 1], float(t[i]), schedule) for i in range(3)])
     torch.testing.assert_close(together, apart, rtol=1e-12, atol=1e-12)
 
 
 def test_lowrank_store_rebuilds_the_exact_mixture(tmp_path):
-    spec = {"kind": "gaussian_mixture_lowrank", "num_samples": 50, "seed": 4, "dim": 6, "components": 3, "rank": 2,
-            "noise": 0.3}
+    spec = {
+        "kind": "gaussian_mixture_lowrank",
+        "num_samples": 50,
+        "seed": 4,
+        "dim": 6,
+        "components": 3,
+        "rank": 2,
+        "noise": 0.3,
+    }
     x, mixture, attrs = make_dataset(spec)
     write_dataset(tmp_path / "m.zarr", x, name="m", mixture=mixture, attrs=attrs)
     loaded = load_mixture(tmp_path / "m.zarr")
@@ -80,8 +93,9 @@ def test_lowrank_store_rebuilds_the_exact_mixture(tmp_path):
     for name in ("means", "covs", "log_weights"):
         assert torch.equal(getattr(loaded, name), getattr(mixture, name)), name
     schedule = get_schedule("VP")
-    torch.testing.assert_close(loaded.log_prob(x, 1e-4, schedule), _reference_log_q(mixture, x, 1e-4, schedule),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        loaded.log_prob(x, 1e-4, schedule), _reference_log_q(mixture, x, 1e-4, schedule), rtol=1e-10, atol=1e-10
+    )
     with pytest.raises(ValueError, match="'rank'"):
         make_dataset({k: v for k, v in spec.items() if k != "rank"})
     with pytest.raises(ValueError, match="rank"):
@@ -126,8 +140,9 @@ def test_flow_matching_adapter_gives_the_closed_form_gaussian_nll(exact):
     def log_prior(z):  # the exact q_1 (a Gaussian stays Gaussian), so only the solver and divergence remain
         return _closed_form_log_q(mean, cov, z, 1.0, schedule)
 
-    out = flow_matching_log_likelihood(x, ExactDenoiser(mixture, schedule), log_prior=log_prior, t_min=t_min,
-                                       exact=exact, rtol=1e-7, atol=1e-7, seed=1)
+    out = flow_matching_log_likelihood(
+        x, ExactDenoiser(mixture, schedule), log_prior=log_prior, t_min=t_min, exact=exact, rtol=1e-7, atol=1e-7, seed=1
+    )
     truth = _closed_form_log_q(mean, cov, x, t_min, schedule)
     if exact:
         torch.testing.assert_close(out["log_q"], truth, rtol=0, atol=1e-4)
@@ -141,8 +156,14 @@ def test_flow_matching_adapter_gives_the_closed_form_gaussian_nll(exact):
 def test_kdiffusion_adapter_gives_the_closed_form_gaussian_nll():
     mixture, schedule, x, mean, cov = _gaussian_case()
     t_min = 1e-3
-    outs = torch.stack([kdiffusion_log_likelihood(x, ExactDenoiser(mixture, schedule), t_min=t_min, rtol=1e-7,
-                                                  atol=1e-7, seed=s)["log_q"] for s in range(16)])
+    outs = torch.stack(
+        [
+            kdiffusion_log_likelihood(x, ExactDenoiser(mixture, schedule), t_min=t_min, rtol=1e-7, atol=1e-7, seed=s)[
+                "log_q"
+            ]
+            for s in range(16)
+        ]
+    )
     truth = _closed_form_log_q(mean, cov, x, t_min, schedule)
     # k-diffusion's prior N(0, sigma_max^2) ignores the data's mean and covariance: O(|m|^2 alpha_T^2) nats, tiny for VP
     assert (outs.mean(0) - truth).abs().max() < 1.0
@@ -151,14 +172,28 @@ def test_kdiffusion_adapter_gives_the_closed_form_gaussian_nll():
 def test_summary_reports_peer_agreement_against_the_same_estimator():
     rows = []
     for method, shift in [("vjp", 0.0), ("flow_matching_exact", 0.4), ("analytic", 0.0)]:
-        rows.append(pd.DataFrame({"dataset": "m", "dim": 4, "method": method,
-                                  "role": "peer" if "flow" in method else "ours", "point": np.arange(3),
-                                  "nll_nats": np.array([1.0, 2.0, 3.0]) + shift, "abs_error": [0.1, 0.2, 0.3],
-                                  "seconds_per_sample": 0.5, "nfe": 10, "peak_mem_mb": 1.0}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "dataset": "m",
+                    "dim": 4,
+                    "method": method,
+                    "role": "peer" if "flow" in method else "ours",
+                    "point": np.arange(3),
+                    "nll_nats": np.array([1.0, 2.0, 3.0]) + shift,
+                    "abs_error": [0.1, 0.2, 0.3],
+                    "seconds_per_sample": 0.5,
+                    "nfe": 10,
+                    "peak_mem_mb": 1.0,
+                }
+            )
+        )
     bench = summarize_benchmark(pd.concat(rows, ignore_index=True)).set_index("method")
     assert math.isclose(bench.loc["vjp", "abs_error_mean"], 0.2)
     assert math.isclose(bench.loc["vjp", "abs_error_std"], 0.1)
     assert bench.loc["flow_matching_exact", "agreement_with"] == "vjp"
     assert math.isclose(bench.loc["flow_matching_exact", "agreement_nats_per_dim"], 0.1)
     assert math.isnan(bench.loc["analytic", "agreement_nats_per_dim"])
-    assert {"dim", "method", "abs_error_mean", "abs_error_std", "seconds_per_sample", "nfe", "peak_mem_mb"} <= set(bench.reset_index())
+    assert {"dim", "method", "abs_error_mean", "abs_error_std", "seconds_per_sample", "nfe", "peak_mem_mb"} <= set(
+        bench.reset_index()
+    )

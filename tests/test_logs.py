@@ -31,7 +31,14 @@ def test_a_failing_body_leaves_its_traceback_in_the_log(tmp_path):
     with pytest.raises(RuntimeError, match="the rule broke"):
         _fail_inside(log)
     text = log.read_text()
-    for line in ["printed", "on stderr", "dfcore.test logged", "Traceback (most recent call last):", "in _fail_inside", "RuntimeError: the rule broke"]:
+    for line in [
+        "printed",
+        "on stderr",
+        "dfcore.test logged",
+        "Traceback (most recent call last):",
+        "in _fail_inside",
+        "RuntimeError: the rule broke",
+    ]:
         assert line in text, (line, text)
     assert text.index("logged") < text.index("Traceback")
     assert (sys.stdout, sys.stderr) == (out, err)  # the streams are back, not a closed file
@@ -87,8 +94,9 @@ _SCRIPT = textwrap.dedent(
 def test_a_failing_snakemake_rule_leaves_its_traceback_in_its_log(tmp_path):
     (tmp_path / "Snakefile").write_text(_SNAKEFILE)
     (tmp_path / "broken.py").write_text(_SCRIPT)
-    result = subprocess.run([str(SNAKEMAKE), "--cores", "1", "--nolock"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "1", "--nolock"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode != 0
     text = (tmp_path / "logs" / "broken.log").read_text()
     assert "started" in text and "UserWarning: a warning" in text, text

@@ -45,7 +45,9 @@ def gaussian_log_density(weights, means, covs, schedule):
         alpha, sigma = schedule(t)
         eye = torch.eye(means.shape[1], dtype=means.dtype)
         comps = [
-            MultivariateNormal(alpha * means[k], covariance_matrix=alpha**2 * covs[k] + sigma**2 * eye, validate_args=False).log_prob(x)
+            MultivariateNormal(
+                alpha * means[k], covariance_matrix=alpha**2 * covs[k] + sigma**2 * eye, validate_args=False
+            ).log_prob(x)
             for k in range(means.shape[0])
         ]
         return torch.logsumexp(torch.stack(comps) + torch.log(weights / weights.sum()), 0)
@@ -133,7 +135,12 @@ def test_single_gaussian_has_constant_fisher(name):
         fisher = mixture.fisher(x, t, schedule)
         for b in range(5):
             assert rel_err(fisher[b], expected) < 1e-10
-        assert rel_err(mixture.fisher_trace(x, t, schedule), torch.full((5,), expected.trace().item(), dtype=torch.float64)) < 1e-10
+        assert (
+            rel_err(
+                mixture.fisher_trace(x, t, schedule), torch.full((5,), expected.trace().item(), dtype=torch.float64)
+            )
+            < 1e-10
+        )
 
 
 def test_chunked_equals_unchunked():

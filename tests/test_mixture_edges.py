@@ -140,8 +140,10 @@ def test_gaussian_mixture_posterior_mean_at_small_alpha_and_large_x():
     x = torch.nn.functional.normalize(torch.randn(8, 2, generator=gen, dtype=torch.float64), dim=1) * 1e3
     alpha, sigma = (float(v) for v in schedule(torch.tensor(1.0, dtype=torch.float64)))
     got = mixture.posterior_mean(x, 1.0, schedule)
-    ref = torch.tensor([[float(v) for v in row] for row in _reference_posterior_mean(weights, means, covs, x, alpha, sigma)],
-                       dtype=torch.float64)
+    ref = torch.tensor(
+        [[float(v) for v in row] for row in _reference_posterior_mean(weights, means, covs, x, alpha, sigma)],
+        dtype=torch.float64,
+    )
     assert ((got - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-9  # Tweedie: 4e-6
 
 
@@ -152,8 +154,11 @@ def test_gaussian_mixture_posterior_mean_at_small_alpha_and_large_x():
 def _mixtures() -> list:
     gen = torch.Generator().manual_seed(4)
     points = torch.randn(10, 2, generator=gen, dtype=torch.float64)
-    gmm = GaussianMixture(torch.tensor([0.4, 0.6]), torch.randn(2, 2, generator=gen, dtype=torch.float64),
-                          torch.stack([torch.eye(2), 0.5 * torch.eye(2)]).to(torch.float64))
+    gmm = GaussianMixture(
+        torch.tensor([0.4, 0.6]),
+        torch.randn(2, 2, generator=gen, dtype=torch.float64),
+        torch.stack([torch.eye(2), 0.5 * torch.eye(2)]).to(torch.float64),
+    )
     return [DiracMixture(points), gmm]
 
 
@@ -199,19 +204,29 @@ def test_an_empty_batch_gives_empty_results_for_both_mixtures(call):
     assert shapes == {expected}
 
 
-@pytest.mark.parametrize("weights, means, covs, match", [
-    ([], torch.zeros(0, 2), torch.zeros(0, 2, 2), "K >= 1"),
-    ([1.0], [[math.nan, 0.0]], [[[1.0, 0.0], [0.0, 1.0]]], "means contain NaN or Inf"),
-    ([math.inf, 1.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]]] * 2, "weights contain NaN or Inf"),
-    ([-1.0, 2.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]]] * 2, "weights must be positive"),
-    ([1.0], [[0.0, 0.0]], [[[1.0, 0.0], [0.0, math.inf]]], "covs contain NaN or Inf"),
-    ([1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 2.0], [2.0, 1.0]]],
-     "positive semi-definite; component 1 has eigenvalue -1"),
-])
+@pytest.mark.parametrize(
+    "weights, means, covs, match",
+    [
+        ([], torch.zeros(0, 2), torch.zeros(0, 2, 2), "K >= 1"),
+        ([1.0], [[math.nan, 0.0]], [[[1.0, 0.0], [0.0, 1.0]]], "means contain NaN or Inf"),
+        ([math.inf, 1.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]]] * 2, "weights contain NaN or Inf"),
+        ([-1.0, 2.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]]] * 2, "weights must be positive"),
+        ([1.0], [[0.0, 0.0]], [[[1.0, 0.0], [0.0, math.inf]]], "covs contain NaN or Inf"),
+        (
+            [1.0, 1.0],
+            [[0.0, 0.0], [1.0, 1.0]],
+            [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 2.0], [2.0, 1.0]]],
+            "positive semi-definite; component 1 has eigenvalue -1",
+        ),
+    ],
+)
 def test_gaussian_mixture_refuses_bad_parameters(weights, means, covs, match):
     with pytest.raises(ValueError, match=match):
-        GaussianMixture(torch.as_tensor(weights, dtype=torch.float64), torch.as_tensor(means, dtype=torch.float64),
-                        torch.as_tensor(covs, dtype=torch.float64))
+        GaussianMixture(
+            torch.as_tensor(weights, dtype=torch.float64),
+            torch.as_tensor(means, dtype=torch.float64),
+            torch.as_tensor(covs, dtype=torch.float64),
+        )
 
 
 def test_gaussian_mixture_accepts_a_singular_covariance():

@@ -17,8 +17,15 @@ from dfcore.models.networks import (
 
 
 def _mlp_state(schedule="VE", prediction="x0", dim=2):
-    return {"kind": "denoiser", "arch": "mlp", "hparams": {"dim": dim, "hidden": 16, "layers": 2, "fourier_levels": 3},
-            "schedule": {"name": schedule, "params": {}}, "prediction": prediction, "sigma_data": 0.8, "state_dict": None}
+    return {
+        "kind": "denoiser",
+        "arch": "mlp",
+        "hparams": {"dim": dim, "hidden": 16, "layers": 2, "fourier_levels": 3},
+        "schedule": {"name": schedule, "params": {}},
+        "prediction": prediction,
+        "sigma_data": 0.8,
+        "state_dict": None,
+    }
 
 
 @pytest.mark.parametrize("schedule", ["VE", "VP", "subVP", "EDM"])
@@ -42,7 +49,7 @@ def test_x0_loss_is_the_edm_weighted_denoising_error():
     x0, noise = torch.randn(64, 2), torch.randn(64, 2)
     t = torch.rand(64)
     alpha, sigma = den.schedule(t.double())
-    x = (x0.double() + sigma[:, None] * noise.double())
+    x = x0.double() + sigma[:, None] * noise.double()
     c_out2 = sigma**2 * 0.64 / (sigma**2 + 0.64)
     expected = ((den.posterior_mean(x, t) - x0.double()).pow(2) / c_out2[:, None]).mean()
     torch.testing.assert_close(den.loss(x0, t, noise).double(), expected, rtol=1e-4, atol=1e-5)
@@ -61,8 +68,14 @@ def test_eps_loss_is_the_noise_regression():
 @pytest.mark.parametrize("share", [True, False])
 def test_trace_model_is_ybar_norm_plus_nonnegative_variance(share, tmp_path):
     torch.manual_seed(3)
-    state = {"kind": "trace", "share_trunk": share, "hparams": {"head_hidden": 8}, "target": "residual",
-             "denoiser": _mlp_state(), "state_dict": None}
+    state = {
+        "kind": "trace",
+        "share_trunk": share,
+        "hparams": {"head_hidden": 8},
+        "target": "residual",
+        "denoiser": _mlp_state(),
+        "state_dict": None,
+    }
     model = trace_model_from_state(state)
     x, t = torch.randn(6, 2, dtype=torch.float64), torch.rand(6, dtype=torch.float64) * 0.9 + 0.05
     ybar = model.denoiser.posterior_mean(x, t)
@@ -92,9 +105,15 @@ def test_load_denoiser_rebuilds_the_same_function(tmp_path):
 
 @pytest.mark.slow
 def test_unet_denoiser_round_trip(tmp_path):
-    state = {"kind": "denoiser", "arch": "unet", "hparams": {"dim": 64, "image_shape": [1, 8, 8], "block_out_channels": [8, 16],
-             "norm_num_groups": 4}, "schedule": {"name": "VP", "params": {}}, "prediction": "eps", "sigma_data": 0.6,
-             "state_dict": None}
+    state = {
+        "kind": "denoiser",
+        "arch": "unet",
+        "hparams": {"dim": 64, "image_shape": [1, 8, 8], "block_out_channels": [8, 16], "norm_num_groups": 4},
+        "schedule": {"name": "VP", "params": {}},
+        "prediction": "eps",
+        "sigma_data": 0.6,
+        "state_dict": None,
+    }
     torch.manual_seed(5)
     den = denoiser_from_state(state)
     save_checkpoint({"model": den.state()}, tmp_path / "u.pt")
@@ -122,8 +141,14 @@ def test_posterior_targets_are_the_brute_force_posterior_variance(target, dim, t
 
     g = torch.Generator().manual_seed(5)
     data = torch.randn(40, dim, generator=g, dtype=torch.float64)
-    state = {"kind": "trace", "share_trunk": False, "hparams": {"head_hidden": 8}, "target": target,
-             "denoiser": _mlp_state(dim=dim), "state_dict": None}
+    state = {
+        "kind": "trace",
+        "share_trunk": False,
+        "hparams": {"head_hidden": 8},
+        "target": target,
+        "denoiser": _mlp_state(dim=dim),
+        "state_dict": None,
+    }
     model = trace_model_from_state(state)
     model.reference = DiracMixture(data)
     x0 = torch.cat([data[:15], data[:1]]).float()  # sample 0 twice
@@ -137,14 +162,22 @@ def test_posterior_targets_are_the_brute_force_posterior_variance(target, dim, t
     expected = (pred - (var / model.variance_scale(tt, dim)).float()).pow(2).mean()
     torch.testing.assert_close(model.loss(x0, tt.float(), noise), expected, rtol=1e-5, atol=1e-7)
     if target == "dataset_posterior":
-        torch.testing.assert_close(model.reference.posterior_variance(x.double(), tt, model.schedule), var,
-                                   rtol=1e-7, atol=1e-9 * dim)
+        torch.testing.assert_close(
+            model.reference.posterior_variance(x.double(), tt, model.schedule), var, rtol=1e-7, atol=1e-9 * dim
+        )
         model.reference = None
         with pytest.raises(ValueError, match="dataset_posterior"):
             model.loss(x0, tt.float(), noise)
 
 
 def test_unknown_trace_target_is_rejected():
-    state = {"kind": "trace", "share_trunk": True, "hparams": {}, "target": "typo", "denoiser": _mlp_state(), "state_dict": None}
+    state = {
+        "kind": "trace",
+        "share_trunk": True,
+        "hparams": {},
+        "target": "typo",
+        "denoiser": _mlp_state(),
+        "state_dict": None,
+    }
     with pytest.raises(ValueError, match="typo"):
         trace_model_from_state(state)

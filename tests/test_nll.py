@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dfcore.data.datasets import make_gaussian_mixture
-from dfcore.models.base import ExactDenoiser, ExactTraceModel
-from dfcore.mixtures import DiracMixture
 from dfcore.likelihood import bits_per_dim, gaussian_mixture_log_q0, log_likelihood, prior_log_prob
+from dfcore.mixtures import DiracMixture
+from dfcore.models.base import ExactDenoiser, ExactTraceModel
 from dfcore.schedules import get_schedule
 
 
@@ -22,19 +22,31 @@ def gmm():
     return x, mixture, big.mean(0), torch.cov(big.T)
 
 
-@pytest.mark.parametrize("name, params, t_min", [
-    ("VP", {}, 1e-5),
-    ("VE", {"sigma_min": 1e-3}, 1e-5),
-    pytest.param("subVP", {}, 1e-5, marks=pytest.mark.slow),
-    pytest.param("EDM", {}, 2.5e-5, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name, params, t_min",
+    [
+        ("VP", {}, 1e-5),
+        ("VE", {"sigma_min": 1e-3}, 1e-5),
+        pytest.param("subVP", {}, 1e-5, marks=pytest.mark.slow),
+        pytest.param("EDM", {}, 2.5e-5, marks=pytest.mark.slow),
+    ],
+)
 def test_gaussian_mixture_nll_matches_exact_log_q0(gmm, name, params, t_min):
     """log q_{t_min} ~ log q_0 needs sigma(t_min) << the component widths: VE's default sigma_min = 0.01
     alone shifts log q by ~1e-3 nats/dim, so VE runs with sigma_min = 1e-3 here."""
     x, mixture, mean, cov = gmm
     schedule = get_schedule(name, **params)
-    result = log_likelihood(x, method="analytic", schedule=schedule, mixture=mixture, t_min=t_min, rtol=1e-6, atol=1e-6,
-                            data_mean=mean, data_cov=cov)
+    result = log_likelihood(
+        x,
+        method="analytic",
+        schedule=schedule,
+        mixture=mixture,
+        t_min=t_min,
+        rtol=1e-6,
+        atol=1e-6,
+        data_mean=mean,
+        data_cov=cov,
+    )
     exact = gaussian_mixture_log_q0(mixture, x)
     assert ((result["log_q"] - exact).abs() / x.shape[1]).max() < 1e-3
 
@@ -45,8 +57,17 @@ def test_dirac_mixture_log_q_eps(gmm):
     schedule = get_schedule("VE")
     t_min = 0.1  # sigma = 0.023: the Dirac mixture has no density at t = 0
     x = points[:4] + 0.01
-    result = log_likelihood(x, method="analytic", schedule=schedule, mixture=mixture, t_min=t_min, rtol=1e-7, atol=1e-7,
-                            data_mean=points.mean(0), data_cov=torch.cov(points.T))
+    result = log_likelihood(
+        x,
+        method="analytic",
+        schedule=schedule,
+        mixture=mixture,
+        t_min=t_min,
+        rtol=1e-7,
+        atol=1e-7,
+        data_mean=points.mean(0),
+        data_cov=torch.cov(points.T),
+    )
     exact = mixture.log_prob(x, t_min, schedule)
     assert ((result["log_q"] - exact).abs() / 2).max() < 1e-3
 
@@ -58,8 +79,13 @@ def test_dftm_with_exact_models_gives_the_analytic_nll(gmm):
     x = points[:3] + 0.05
     kw = dict(schedule=schedule, t_min=0.05, solver="rk4", num_steps=10)
     ref = log_likelihood(x, method="analytic", mixture=mixture, **kw)
-    est = log_likelihood(x, method="dftm", denoiser=ExactDenoiser(mixture, schedule),
-                         trace_model=ExactTraceModel(mixture, schedule), **kw)
+    est = log_likelihood(
+        x,
+        method="dftm",
+        denoiser=ExactDenoiser(mixture, schedule),
+        trace_model=ExactTraceModel(mixture, schedule),
+        **kw,
+    )
     torch.testing.assert_close(est["log_q"], ref["log_q"], rtol=1e-9, atol=1e-8)
 
 
@@ -97,11 +123,28 @@ def test_run_nll_reports_the_error_against_log_q0_and_log_q_tmin(tmp_path):
     x, mixture = make_gaussian_mixture(50, [0.3, 0.7], [[-1.0, 0.0], [1.0, 1.0]], [0.3, 0.5], seed=5)
     store = tmp_path / "gmm.zarr"
     write_dataset(store, x, name="gmm", mixture=mixture)
-    section = {"num_points": 4, "solver": "dopri5", "rtol": 1e-8, "atol": 1e-8, "num_steps": 10, "num_probes": 1,
-               "t_min": 1e-3, "seed": 0}
+    section = {
+        "num_points": 4,
+        "solver": "dopri5",
+        "rtol": 1e-8,
+        "atol": 1e-8,
+        "num_steps": 10,
+        "num_probes": 1,
+        "t_min": 1e-3,
+        "seed": 0,
+    }
     schedule = get_schedule("VP")
-    frame = run_nll(section, store, tmp_path / "nll.csv", dataset="gmm", schedule_name="VP", schedule=schedule,
-                    method="analytic", seed=0, device="cpu")
+    frame = run_nll(
+        section,
+        store,
+        tmp_path / "nll.csv",
+        dataset="gmm",
+        schedule_name="VP",
+        schedule=schedule,
+        method="analytic",
+        seed=0,
+        device="cpu",
+    )
     exact = exact_log_densities(mixture, x[:4], 1e-3, schedule)
     torch.testing.assert_close(torch.tensor(frame["log_q0"].values), gaussian_mixture_log_q0(mixture, x[:4]))
     torch.testing.assert_close(torch.tensor(frame["log_q_tmin"].values), mixture.log_prob(x[:4], 1e-3, schedule))
@@ -109,7 +152,9 @@ def test_run_nll_reports_the_error_against_log_q0_and_log_q_tmin(tmp_path):
     assert ((frame["log_q0"] - frame["log_q_tmin"]).abs() / 2).mean() > 1e-4  # the truncation at t_min
     estimate = -torch.tensor(frame["nll_nats"].values)
     for column, name in (("log_q0", "abs_error_q0_nats_per_dim"), ("log_q_tmin", "abs_error_tmin_nats_per_dim")):
-        torch.testing.assert_close(torch.tensor(frame[name].values), (estimate - torch.tensor(frame[column].values)).abs() / 2)
+        torch.testing.assert_close(
+            torch.tensor(frame[name].values), (estimate - torch.tensor(frame[column].values)).abs() / 2
+        )
     assert (frame["abs_error_tmin_nats_per_dim"] < 1e-3).all()
 
 

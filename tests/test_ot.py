@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from dfcore.config import ConfigError, load_yaml, validate_config
-from dfcore.io import read_zarr
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
-from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
-from dfcore.sde import time_grid
 from dfcore.experiments.ot import is_affine, run_table3
+from dfcore.io import read_zarr
 from dfcore.mixtures import DiracMixture
+from dfcore.ot import asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
 from dfcore.schedules import get_schedule
+from dfcore.sde import time_grid
 
 SCHEDULES = ["VE", "VP", "subVP", "EDM"]
 
@@ -35,6 +35,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
 T_MIN = {"VE": 1e-3, "VP": 1e-3, "subVP": 1e-3, "EDM": 2.5e-5}
 AFFINE = {"kind": "dirac", "points": [[0.0, 0.0], [0.0, 0.5], [0.0, -0.6]]}
 NON_AFFINE = {"kind": "dirac", "points": [[0.5, 0.0], [0.0, -0.5], [0.0, 0.0]]}
@@ -165,7 +167,9 @@ def test_sign_convention_closed_form_gaussian(name, update):
 
 @pytest.mark.parametrize("name", SCHEDULES)
 @pytest.mark.parametrize(
-    "spec", [NON_AFFINE, {"kind": "gaussian_mixture", "num_components": 3}, {"kind": "gaussian"}], ids=["nonaffine", "gmm", "gauss"]
+    "spec",
+    [NON_AFFINE, {"kind": "gaussian_mixture", "num_components": 3}, {"kind": "gaussian"}],
+    ids=["nonaffine", "gmm", "gauss"],
 )
 def test_alg2_matches_autograd_jacobian(name, spec):
     """Adjoint update: A == (alpha_end/alpha_1)^2 J^{-T}, J by autograd through the same Euler solver (bar: 1e-4)."""

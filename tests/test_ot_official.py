@@ -16,8 +16,9 @@ import torch
 
 from dfcore.config import validate_config
 from dfcore.data.ot_mixtures import make_ot_mixture
-from dfcore.ot import asymmetry_index
 from dfcore.experiments.ot import run_table3
+from dfcore.experiments.ot_protocols import COLUMNS, protocol_table, run_protocols
+from dfcore.ot import asymmetry_index
 from dfcore.ot_official import (
     OFFICIAL_SCHEDULES,
     OfficialSchedule,
@@ -26,7 +27,6 @@ from dfcore.ot_official import (
     official_start,
     subvp_discount,
 )
-from dfcore.experiments.ot_protocols import COLUMNS, protocol_table, run_protocols
 
 NON_AFFINE = {"kind": "dirac", "points": [[0.5, 0.0], [0.0, -0.5], [0.0, 0.0]]}
 AFFINE = {"kind": "dirac", "points": [[0.0, 0.0], [0.0, 0.5], [0.0, -0.6]]}
@@ -95,8 +95,9 @@ def test_one_start_step_by_step_against_the_published_loop(schedule):
     for k in range(20):
         torch.testing.assert_close(res.path[pick, k], states[k], rtol=2e-5, atol=2e-6, msg=f"x at step {k}")
         scale = mats[k].abs().max()
-        torch.testing.assert_close(res.fundamental_path[pick, k] / scale, mats[k] / scale, rtol=0, atol=1e-5,
-                                   msg=f"A at step {k}")
+        torch.testing.assert_close(
+            res.fundamental_path[pick, k] / scale, mats[k] / scale, rtol=0, atol=1e-5, msg=f"A at step {k}"
+        )
     assert asymmetry_index(res.fundamental[pick]).item() > 0.05  # a non-trivial case
     assert asymmetry_index(res.fundamental[pick]).item() == pytest.approx(asymmetry_index(mats[-1]).item(), rel=1e-4)
 
@@ -112,8 +113,14 @@ def test_ddim_grid():
 
 def test_ddim_grid_and_table_equal_diffusers():
     diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    clip_sample=False, timestep_spacing="linspace", set_alpha_to_one=False)
+    sched = diffusers.DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        timestep_spacing="linspace",
+        set_alpha_to_one=False,
+    )
     for n in (20, 50, 100, 1000):
         sched.set_timesteps(n)
         assert ddim_timesteps(n).tolist() == sched.timesteps.tolist()
@@ -159,8 +166,12 @@ def test_affine_data_give_exactly_zero():
 
 # An independent run of the published OT/ot.py (its --num_inference_steps 20 --initial non-affine, 2,000 runs,
 # on the CPU): mean and standard deviation of the per-run asymmetry index.
-PUBLISHED_SCRIPT_20_STEPS = {"VE": (0.12184, 0.09986), "VP": (0.11281, 0.09855), "subVP": (0.09326, 0.08113),
-                             "EDM": (0.26283, 0.29846)}
+PUBLISHED_SCRIPT_20_STEPS = {
+    "VE": (0.12184, 0.09986),
+    "VP": (0.11281, 0.09855),
+    "subVP": (0.09326, 0.08113),
+    "EDM": (0.26283, 0.29846),
+}
 
 
 @pytest.mark.parametrize("schedule", OFFICIAL_SCHEDULES)
@@ -180,8 +191,9 @@ def tiny_ot_config(**protocols) -> dict:
 
 def test_protocol_table_rows_and_columns(tmp_path):
     cfg = tiny_ot_config()
-    table = run_protocols(cfg["ot"], cfg["schedules"], csv_path=tmp_path / "p.csv", plot_path=tmp_path / "p.png",
-                          progress=False)
+    table = run_protocols(
+        cfg["ot"], cfg["schedules"], csv_path=tmp_path / "p.csv", plot_path=tmp_path / "p.png", progress=False
+    )
     assert list(table.columns) == COLUMNS
     assert len(table) == 2 * 4 * 2 * 2
     assert set(table["protocol"]) == {"official", "ours"} and set(table["data"]) == {"affine", "non_affine"}
@@ -196,10 +208,27 @@ def test_protocol_table_rows_and_columns(tmp_path):
 
 
 def test_table3_under_protocol_official(tmp_path):
-    cfg = validate_config({"ot": {"protocol": "official", "num_starts": 16, "num_steps": 20, "keep_paths": 2,
-                                  "datasets": {"affine": AFFINE, "non_affine": NON_AFFINE}}})
-    out = {k: tmp_path / v for k, v in {"csv_path": "t.csv", "markdown_path": "t.md", "heatmap_path": "t.png",
-                                         "fundamental_zarr": "f.zarr", "paths_zarr": "p.zarr"}.items()}
+    cfg = validate_config(
+        {
+            "ot": {
+                "protocol": "official",
+                "num_starts": 16,
+                "num_steps": 20,
+                "keep_paths": 2,
+                "datasets": {"affine": AFFINE, "non_affine": NON_AFFINE},
+            }
+        }
+    )
+    out = {
+        k: tmp_path / v
+        for k, v in {
+            "csv_path": "t.csv",
+            "markdown_path": "t.md",
+            "heatmap_path": "t.png",
+            "fundamental_zarr": "f.zarr",
+            "paths_zarr": "p.zarr",
+        }.items()
+    }
     table = run_table3(cfg["ot"], cfg["schedules"], device="cpu", progress=False, **out)
     assert set(table["protocol"]) == {"official"} and set(table["update"]) == {"euler"}
     direct = official_fundamental(dirac(NON_AFFINE), OfficialSchedule("VP"), official_start(16, 2, seed=1), 20)

@@ -103,8 +103,10 @@ def test_discrete_schedule_validates_table():
         DiscreteSchedule.from_scheduler(object())
 
 
-@pytest.mark.parametrize("name, key", [("VE", "sigma_max"), ("VE", "sigma_min"), ("VP", "beta_max"), ("subVP", "beta_max"),
-                                       ("EDM", "sigma_max")])
+@pytest.mark.parametrize(
+    "name, key",
+    [("VE", "sigma_max"), ("VE", "sigma_min"), ("VP", "beta_max"), ("subVP", "beta_max"), ("EDM", "sigma_max")],
+)
 @pytest.mark.parametrize("value", [math.inf, math.nan, "large"])
 def test_get_schedule_refuses_non_finite_parameters(name, key, value):
     """An infinite sigma_max or beta_max would give inf/NaN alpha and sigma at every t."""

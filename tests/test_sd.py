@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from dfcore.integrations import diffusers as sd
 from fixtures.tiny_sd import build_tiny_clip, build_tiny_pipeline, run_tiny
-from dfcore.models.base import ExactDenoiser, TraceModel
+
 from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fisher_vp
+from dfcore.integrations import diffusers as sd
 from dfcore.io import read_zarr
 from dfcore.mixtures import GaussianMixture
+from dfcore.models.base import ExactDenoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
 
 
@@ -126,7 +126,8 @@ def test_vjp_through_unet_and_dfea_formula(pipe64):
     ybar = den.posterior_mean(z, t)
     a, s = alpha.item(), sigma.item()
     dense = torch.eye(256, dtype=torch.float64) / s**2 - a**2 / s**4 * (
-        torch.outer(x0.flatten(), x0.flatten()) - torch.outer(ybar.flatten(), ybar.flatten()))
+        torch.outer(x0.flatten(), x0.flatten()) - torch.outer(ybar.flatten(), ybar.flatten())
+    )
     got = fisher_vp("dfea", z, t, v, schedule=den.schedule, x0=x0, ybar=ybar)
     torch.testing.assert_close(got.flatten(), dense @ v.flatten(), rtol=1e-10, atol=1e-8)
     # exact VJP trace = tr(dε/dz)/σ
@@ -139,7 +140,10 @@ def test_trace_net_dftm_and_checkpoint_roundtrip(pipe64):
     model = sd.build_latent_trace_model((4, 8, 8), sched, (8, 16), 1, 4)
     model.module.double()
     gen = torch.Generator().manual_seed(3)
-    z0, noise = torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen), torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen)
+    z0, noise = (
+        torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen),
+        torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen),
+    )
     t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
     alpha, sigma = sched(t)
     zt = alpha.view(-1, 1, 1, 1) * z0 + sigma.view(-1, 1, 1, 1) * noise
@@ -177,13 +181,17 @@ def test_latent_nll_exact_for_gaussian_latents(pipe64):
     the closed-form log N(z; 0, (α² s² + σ²) I) at t_min."""
     sched = DiscreteSchedule.from_scheduler(pipe64.scheduler)
     d, s2 = 16, 0.25
-    mix = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64),
-                          s2 * torch.eye(d, dtype=torch.float64)[None])
+    mix = GaussianMixture(
+        torch.ones(1, dtype=torch.float64),
+        torch.zeros(1, d, dtype=torch.float64),
+        s2 * torch.eye(d, dtype=torch.float64)[None],
+    )
     den = ExactDenoiser(mix, sched)
     z = 0.5 * torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     t_min = 0.05
-    res = sd.latent_log_likelihood(z, den, _GaussianTrace(sched, s2), t_min=t_min, solver="rk4", num_steps=400,
-                                   data_var=s2)
+    res = sd.latent_log_likelihood(
+        z, den, _GaussianTrace(sched, s2), t_min=t_min, solver="rk4", num_steps=400, data_var=s2
+    )
     a, sg = (v.item() for v in sched(torch.tensor(t_min, dtype=torch.float64)))
     var = a**2 * s2 + sg**2
     want = -0.5 * (z.pow(2).sum(1) / var + d * math.log(2 * math.pi * var))
@@ -194,8 +202,10 @@ def test_latent_nll_exact_for_gaussian_latents(pipe64):
 def test_rewards_are_differentiable(tiny, pipe64):
     z = torch.randn(1, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     v = torch.randn_like(z)
-    for reward in (sd.load_reward("clip", pipe64, clip_path=str(tiny / "clip")),
-                   sd.load_reward("module", pipe64, module="test_sd:MeanBrightness")):
+    for reward in (
+        sd.load_reward("clip", pipe64, clip_path=str(tiny / "clip")),
+        sd.load_reward("module", pipe64, module="test_sd:MeanBrightness"),
+    ):
         reward.double()
         reward.set_prompt("a cat")
         zg = z.clone().requires_grad_(True)
@@ -210,33 +220,68 @@ def test_rewards_are_differentiable(tiny, pipe64):
 
 def test_cli_end_to_end(tmp_path):
     """tiny -> trace net (resumable) -> NLL (Zarr, CSV, plots) -> adjoint (DF-EA and VJP) on the tiny pipeline."""
-    from dfcore.experiments import sd as sd_cli
     from dfcore.config import validate_config
+    from dfcore.experiments import sd as sd_cli
 
-    cfg = validate_config({"sd": {
-        "enabled": True, "tiny": True, "prompts": ["a cat"], "num_steps": 2, "tiny_images": 2,
-        "trace_net": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "block_out_channels": [8], "norm_num_groups": 4},
-        "nll": {"guidance_scales": [1.0, 4.0], "seeds": [0, 1], "num_steps": 2, "thumbnail_size": 8},
-        "adjoint": {"seeds": [0], "num_steps": 2, "update_steps": [1], "step_size": 1.0},
-    }})["sd"]
+    cfg = validate_config(
+        {
+            "sd": {
+                "enabled": True,
+                "tiny": True,
+                "prompts": ["a cat"],
+                "num_steps": 2,
+                "tiny_images": 2,
+                "trace_net": {
+                    "steps": 4,
+                    "batch_size": 2,
+                    "checkpoint_every": 2,
+                    "block_out_channels": [8],
+                    "norm_num_groups": 4,
+                },
+                "nll": {"guidance_scales": [1.0, 4.0], "seeds": [0, 1], "num_steps": 2, "thumbnail_size": 8},
+                "adjoint": {"seeds": [0], "num_steps": 2, "update_steps": [1], "step_size": 1.0},
+            }
+        }
+    )["sd"]
     run_tiny(cfg, str(tmp_path / "pipe"), str(tmp_path / "clip"), str(tmp_path / "images"))
     assert len(list((tmp_path / "images").glob("*.png"))) == 2
-    model = sd_cli.run_trace_net(cfg, str(tmp_path / "pipe"), str(tmp_path / "images"), str(tmp_path / "trace.pt"),
-                                 str(tmp_path / "loss.csv"), device="cpu", resume=str(tmp_path / "resume.pt"))
+    model = sd_cli.run_trace_net(
+        cfg,
+        str(tmp_path / "pipe"),
+        str(tmp_path / "images"),
+        str(tmp_path / "trace.pt"),
+        str(tmp_path / "loss.csv"),
+        device="cpu",
+        resume=str(tmp_path / "resume.pt"),
+    )
     # every step is logged; a finished run removes its resume checkpoint (it only exists mid-run)
     assert len(pd.read_csv(tmp_path / "loss.csv")) == 4 and not (tmp_path / "resume.pt").exists()
     assert model.hparams["latent_shape"] == [4, 8, 8]
     out = tmp_path / "nll"
     out.mkdir()
-    frame = sd_cli.run_nll(cfg, str(tmp_path / "pipe"), str(tmp_path / "trace.pt"), str(out / "nll.zarr"),
-                           str(out / "nll.csv"), str(out / "g.png"), str(out / "s.png"), device="cpu")
+    frame = sd_cli.run_nll(
+        cfg,
+        str(tmp_path / "pipe"),
+        str(tmp_path / "trace.pt"),
+        str(out / "nll.zarr"),
+        str(out / "nll.csv"),
+        str(out / "g.png"),
+        str(out / "s.png"),
+        device="cpu",
+    )
     ds = read_zarr(out / "nll.zarr")
     assert ds["nll"].dims == ("prompt", "guidance_scale", "seed") and ds["nll"].shape == (1, 2, 2)
     assert ds["thumbnail"].shape == (1, 2, 2, 8, 8, 3) and ds.attrs["stage"] == "sd_nll"
     np.testing.assert_allclose(np.sort(ds["nll"].values.ravel()), np.sort(frame["nll_nats"].values))
     assert np.isfinite(frame["nll_nats"]).all() and (out / "g.png").stat().st_size and (out / "s.png").stat().st_size
-    metrics = sd_cli.run_adjoint(cfg, str(tmp_path / "pipe"), str(tmp_path / "adj.csv"), str(tmp_path / "adj.png"),
-                                 clip_path=str(tmp_path / "clip"), device="cpu")
+    metrics = sd_cli.run_adjoint(
+        cfg,
+        str(tmp_path / "pipe"),
+        str(tmp_path / "adj.csv"),
+        str(tmp_path / "adj.png"),
+        clip_path=str(tmp_path / "clip"),
+        device="cpu",
+    )
     assert list(metrics.method) == ["dfea", "vjp"] and (metrics.seconds > 0).all()
     assert np.isfinite(metrics[["score_before", "score_after", "peak_memory_mb"]].to_numpy()).all()
     assert (metrics.score_after != metrics.score_before).all()  # the guidance moved the sample

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from dfcore.models.base import ExactDenoiser, ExactTraceModel
 from dfcore.fisher import TRACE_METHODS, fisher_trace
 from dfcore.mixtures import DiracMixture, GaussianMixture
+from dfcore.models.base import ExactDenoiser, ExactTraceModel
 from dfcore.models.networks import denoiser_from_state
 from dfcore.schedules import get_schedule
 
@@ -37,7 +37,9 @@ def test_dftm_with_exact_models_equals_analytic(dirac, name, t):
     schedule = get_schedule(name)
     x = _points(dirac, schedule, t)
     truth = fisher_trace("analytic", x, t, schedule=schedule, mixture=dirac)
-    est = fisher_trace("dftm", x, t, denoiser=ExactDenoiser(dirac, schedule), trace_model=ExactTraceModel(dirac, schedule))
+    est = fisher_trace(
+        "dftm", x, t, denoiser=ExactDenoiser(dirac, schedule), trace_model=ExactTraceModel(dirac, schedule)
+    )
     # Eq. 17 is a difference of O(d/sigma^2) terms; compare relative to that scale.
     scale = x.shape[1] / schedule.sigma(torch.tensor(t, dtype=torch.float64)) ** 2
     assert ((est - truth).abs() / scale).max() < 1e-10
@@ -57,8 +59,11 @@ def test_vjp_with_exact_denoiser_equals_analytic(dirac, name, t):
 def test_analytic_trace_matches_autograd_hessian_of_log_density():
     """Independent check of the ground truth itself: -tr of the autograd Hessian of log q_t."""
     gen = torch.Generator().manual_seed(2)
-    mixture = GaussianMixture(torch.tensor([0.4, 0.6]), torch.randn(2, 3, generator=gen, dtype=torch.float64),
-                              torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * torch.tensor([0.3, 0.8])[:, None, None])
+    mixture = GaussianMixture(
+        torch.tensor([0.4, 0.6]),
+        torch.randn(2, 3, generator=gen, dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * torch.tensor([0.3, 0.8])[:, None, None],
+    )
     schedule = get_schedule("VP")
     x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     t = 0.3
@@ -76,8 +81,9 @@ def test_hutchinson_is_unbiased_within_a_statistical_bound(dirac, t):
     den = ExactDenoiser(dirac, schedule)
     gen = torch.Generator().manual_seed(3)
     groups, per_group = 20, 25  # 500 probes; the spread of group means gives the standard error
-    means = torch.stack([fisher_trace("hutchinson", x, t, denoiser=den, num_probes=per_group, generator=gen)
-                         for _ in range(groups)])
+    means = torch.stack(
+        [fisher_trace("hutchinson", x, t, denoiser=den, num_probes=per_group, generator=gen) for _ in range(groups)]
+    )
     mean, std = means.mean(0), means.std(0)
     assert ((mean - truth).abs() <= 5 * std / math.sqrt(groups) + 1e-9 * truth.abs()).all()
     # a nonzero off-diagonal makes single probes noisy: the test would catch a biased estimator, not a constant one
@@ -105,11 +111,23 @@ def test_hutchinson_with_fixed_probes_is_the_quadratic_form():
 
 @pytest.mark.parametrize("arch", ["mlp", pytest.param("unet", marks=pytest.mark.slow)])
 def test_vjp_of_a_network_equals_trace_of_its_autograd_jacobian(arch):
-    hp = {"dim": 2, "hidden": 16, "layers": 1, "fourier_levels": 2} if arch == "mlp" else {
-        "dim": 16, "image_shape": [1, 4, 4], "block_out_channels": [8, 16], "norm_num_groups": 4}
+    hp = (
+        {"dim": 2, "hidden": 16, "layers": 1, "fourier_levels": 2}
+        if arch == "mlp"
+        else {"dim": 16, "image_shape": [1, 4, 4], "block_out_channels": [8, 16], "norm_num_groups": 4}
+    )
     torch.manual_seed(0)
-    den = denoiser_from_state({"kind": "denoiser", "arch": arch, "hparams": hp, "schedule": {"name": "VP", "params": {}},
-                               "prediction": "x0", "sigma_data": 0.7, "state_dict": None})
+    den = denoiser_from_state(
+        {
+            "kind": "denoiser",
+            "arch": arch,
+            "hparams": hp,
+            "schedule": {"name": "VP", "params": {}},
+            "prediction": "x0",
+            "sigma_data": 0.7,
+            "state_dict": None,
+        }
+    )
     x = torch.randn(2, hp["dim"])
     t = torch.tensor([0.2, 0.9])
     sigma = den.schedule.sigma(t.double())
@@ -138,10 +156,18 @@ def test_dftm_shortcut_for_learned_trace_models_is_eq17():
     from dfcore.models.networks import trace_model_from_state
 
     torch.manual_seed(0)
-    state = {"kind": "denoiser", "arch": "mlp", "hparams": {"dim": 3, "hidden": 16, "layers": 1},
-             "schedule": {"name": "VE", "params": {}}, "prediction": "x0", "sigma_data": 1.0, "state_dict": None}
-    model = trace_model_from_state({"kind": "trace", "share_trunk": True, "hparams": {"head_hidden": 8}, "denoiser": state,
-                                    "state_dict": None})
+    state = {
+        "kind": "denoiser",
+        "arch": "mlp",
+        "hparams": {"dim": 3, "hidden": 16, "layers": 1},
+        "schedule": {"name": "VE", "params": {}},
+        "prediction": "x0",
+        "sigma_data": 1.0,
+        "state_dict": None,
+    }
+    model = trace_model_from_state(
+        {"kind": "trace", "share_trunk": True, "hparams": {"head_hidden": 8}, "denoiser": state, "state_dict": None}
+    )
     x = torch.randn(5, 3, dtype=torch.float64)
     t = torch.tensor([0.05, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64)
     alpha, sigma = model.schedule(t)

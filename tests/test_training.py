@@ -6,16 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dfcore.config import dataset_section
 from dfcore.data.datasets import make_checkerboard
+from dfcore.experiments.train import train_denoiser, train_trace
 from dfcore.io import load_checkpoint
 from dfcore.models.networks import load_denoiser, load_trace_model
 from dfcore.schedules import get_schedule
-from dfcore.config import dataset_section
-from dfcore.experiments.train import train_denoiser, train_trace
 from dfcore.train import learning_rate
 
-CFG = {"steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 10, "prediction": "x0",
-       "mlp": {"hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 2}}
+CFG = {
+    "steps": 30,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "warmup_steps": 5,
+    "checkpoint_every": 10,
+    "prediction": "x0",
+    "mlp": {"hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 2},
+}
 
 
 class Interrupt(Exception):
@@ -48,8 +55,9 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, data):
 @pytest.mark.parametrize("stop_at", [17])
 def test_interrupted_denoiser_training_resumes_to_the_same_weights(tmp_path, data, stop_at):
     sched = get_schedule("VP")
-    train_denoiser(data, sched, CFG, tmp_path / "full.pt", seed=3, device="cpu", progress=False,
-                   loss_csv=tmp_path / "full.csv")
+    train_denoiser(
+        data, sched, CFG, tmp_path / "full.pt", seed=3, device="cpu", progress=False, loss_csv=tmp_path / "full.csv"
+    )
 
     def crash(step):
         if step == stop_at:
@@ -57,12 +65,30 @@ def test_interrupted_denoiser_training_resumes_to_the_same_weights(tmp_path, dat
 
     resume = tmp_path / "resume.pt"
     with pytest.raises(Interrupt):
-        train_denoiser(data, sched, CFG, tmp_path / "part.pt", seed=3, device="cpu", progress=False,
-                       resume_path=resume, on_step=crash)
+        train_denoiser(
+            data,
+            sched,
+            CFG,
+            tmp_path / "part.pt",
+            seed=3,
+            device="cpu",
+            progress=False,
+            resume_path=resume,
+            on_step=crash,
+        )
     assert not (tmp_path / "part.pt").exists()
     assert load_checkpoint(resume)["step"] == 10  # the last checkpoint before the crash
-    train_denoiser(data, sched, CFG, tmp_path / "part.pt", seed=3, device="cpu", progress=False,
-                   resume_path=resume, loss_csv=tmp_path / "part.csv")
+    train_denoiser(
+        data,
+        sched,
+        CFG,
+        tmp_path / "part.pt",
+        seed=3,
+        device="cpu",
+        progress=False,
+        resume_path=resume,
+        loss_csv=tmp_path / "part.csv",
+    )
     assert _equal(_weights(tmp_path / "full.pt"), _weights(tmp_path / "part.pt"))
     assert (tmp_path / "full.csv").read_text() == (tmp_path / "part.csv").read_text()  # no step lost or repeated
     assert not resume.exists()  # removed once the run completed
@@ -77,11 +103,14 @@ def test_a_resume_checkpoint_from_other_settings_is_ignored(tmp_path, data):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_denoiser(data, sched, CFG, tmp_path / "x.pt", seed=5, device="cpu", progress=False, resume_path=resume,
-                       on_step=crash)
+        train_denoiser(
+            data, sched, CFG, tmp_path / "x.pt", seed=5, device="cpu", progress=False, resume_path=resume, on_step=crash
+        )
     other = {**CFG, "lr": 1e-3}
     train_denoiser(data, sched, other, tmp_path / "fresh.pt", seed=5, device="cpu", progress=False)
-    train_denoiser(data, sched, other, tmp_path / "resumed.pt", seed=5, device="cpu", progress=False, resume_path=resume)
+    train_denoiser(
+        data, sched, other, tmp_path / "resumed.pt", seed=5, device="cpu", progress=False, resume_path=resume
+    )
     assert _equal(_weights(tmp_path / "fresh.pt"), _weights(tmp_path / "resumed.pt"))
 
 
@@ -98,7 +127,9 @@ def test_interrupted_trace_training_resumes_to_the_same_weights(tmp_path, data, 
 
     den = load_denoiser(tmp_path / "den.pt")
     with pytest.raises(Interrupt):
-        train_trace(data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt", on_step=crash)
+        train_trace(
+            data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt", on_step=crash
+        )
     den = load_denoiser(tmp_path / "den.pt")
     train_trace(data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt")
     assert _equal(_weights(tmp_path / "full.pt", "trace"), _weights(tmp_path / "part.pt", "trace"))
@@ -113,10 +144,13 @@ def test_learning_rate_warmup_then_cosine():
 
 
 def test_per_dataset_overrides_are_merged():
-    section = {"steps": 10, "mlp": {"hidden": 8, "layers": 2}, "overrides": {"digits": {"steps": 3, "mlp": {"hidden": 4}}}}
+    section = {
+        "steps": 10,
+        "mlp": {"hidden": 8, "layers": 2},
+        "overrides": {"digits": {"steps": 3, "mlp": {"hidden": 4}}},
+    }
     assert dataset_section(section, "digits") == {"steps": 3, "mlp": {"hidden": 4, "layers": 2}}
     assert dataset_section(section, "board") == {"steps": 10, "mlp": {"hidden": 8, "layers": 2}}
-
 
 
 def test_time_power_draws_training_times_towards_t_min(data):
@@ -189,9 +223,20 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     from dfcore.train import train_loop
 
     resume = tmp_path / "resume.pt"
-    with pytest.raises(FloatingPointError, match=rf"^probe: non-finite {how}.* at step {at} of 30;.*resume\.pt \(step 10\)"):
-        train_loop(Poisoned(at, how), data, steps=30, batch_size=8, lr=1e-2, checkpoint_every=10, resume_path=resume,
-                   progress=False, desc="probe")
+    with pytest.raises(
+        FloatingPointError, match=rf"^probe: non-finite {how}.* at step {at} of 30;.*resume\.pt \(step 10\)"
+    ):
+        train_loop(
+            Poisoned(at, how),
+            data,
+            steps=30,
+            batch_size=8,
+            lr=1e-2,
+            checkpoint_every=10,
+            resume_path=resume,
+            progress=False,
+            desc="probe",
+        )
     ckpt = load_checkpoint(resume)
     assert ckpt["step"] == 10 and len(ckpt["losses"]) == 10
     assert all(torch.isfinite(v).all() for v in ckpt["model"]["state_dict"].values())
@@ -201,8 +246,16 @@ def test_training_on_data_with_nan_stops_and_writes_no_model(tmp_path, data):
     bad = data.clone()
     bad[:, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 1 of 30"):
-        train_denoiser(bad, get_schedule("VE"), CFG, tmp_path / "model.pt", seed=0, device="cpu", progress=False,
-                       loss_csv=tmp_path / "loss.csv")
+        train_denoiser(
+            bad,
+            get_schedule("VE"),
+            CFG,
+            tmp_path / "model.pt",
+            seed=0,
+            device="cpu",
+            progress=False,
+            loss_csv=tmp_path / "loss.csv",
+        )
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "loss.csv").exists()
 
 
@@ -212,6 +265,16 @@ def test_parameters_that_turn_non_finite_without_clipping_are_never_saved(tmp_pa
 
     resume = tmp_path / "resume.pt"
     with pytest.raises(FloatingPointError, match=r"non-finite (loss|parameters).* at step (20|21) of 30"):
-        train_loop(Poisoned(20, "gradient"), data, steps=30, batch_size=8, lr=1e-2, checkpoint_every=10,
-                   resume_path=resume, grad_clip=0.0, progress=False, desc="probe")
+        train_loop(
+            Poisoned(20, "gradient"),
+            data,
+            steps=30,
+            batch_size=8,
+            lr=1e-2,
+            checkpoint_every=10,
+            resume_path=resume,
+            grad_clip=0.0,
+            progress=False,
+            desc="probe",
+        )
     assert load_checkpoint(resume)["step"] == 10

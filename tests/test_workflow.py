@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-
-from dfcore.io import load_checkpoint, read_zarr, save_checkpoint, write_zarr
 from report_tools import report_results
 from workflow_helpers import REPO, copy_repo, copy_run, pending_rules, planned_jobs, run_snakemake, same_content
+
+from dfcore.io import load_checkpoint, read_zarr, save_checkpoint, write_zarr
 
 pytestmark = pytest.mark.workflow
 
@@ -39,9 +39,28 @@ SUMMARY = "results/report/outputs.csv"
 
 # Every rule of the DAG of config/test.yaml, by stage.
 DATA = {"make_data", "sd_tiny_pipeline"}
-TRAINING = {"train_denoiser", "train_trace", "train_trace_target", "adjoint_classifier", "sd_trace_net", "likelihood_trace"}
-EVALUATION = {"nll", "trace_error", "ot_table3", "ot_convergence", "ot_protocols", "adjoint_mixture", "adjoint_digits", "sd_nll",
-              "sd_adjoint", "likelihood_dataset", "likelihood_benchmark", "likelihood_table2"}
+TRAINING = {
+    "train_denoiser",
+    "train_trace",
+    "train_trace_target",
+    "adjoint_classifier",
+    "sd_trace_net",
+    "likelihood_trace",
+}
+EVALUATION = {
+    "nll",
+    "trace_error",
+    "ot_table3",
+    "ot_convergence",
+    "ot_protocols",
+    "adjoint_mixture",
+    "adjoint_digits",
+    "sd_nll",
+    "sd_adjoint",
+    "likelihood_dataset",
+    "likelihood_benchmark",
+    "likelihood_table2",
+}
 REPORT = {"summary"}
 ALL_RULES = DATA | TRAINING | EVALUATION | REPORT
 
@@ -57,13 +76,23 @@ PARAM_CHANGES = {
     "ot.protocols.steps": (("ot", "protocols", "steps"), [5, 20], {"ot_protocols": 1, "summary": 1}),
     # read by Table 3 and by protocol 'ours' of the protocols table (the convergence study sets its own updates)
     "ot.update": (("ot", "update"), "euler", {"ot_table3": 1, "ot_protocols": 1, "summary": 1}),
-    "adjoint.lambda_samples": (("adjoint", "lambda_samples"), 2, {"adjoint_mixture": 1, "adjoint_digits": 1, "summary": 1}),
-    "likelihood.num_points": (("likelihood", "num_points"), 3, {"likelihood_dataset": 1, "likelihood_benchmark": 1,
-                                                                 "summary": 1}),
+    "adjoint.lambda_samples": (
+        ("adjoint", "lambda_samples"),
+        2,
+        {"adjoint_mixture": 1, "adjoint_digits": 1, "summary": 1},
+    ),
+    "likelihood.num_points": (
+        ("likelihood", "num_points"),
+        3,
+        {"likelihood_dataset": 1, "likelihood_benchmark": 1, "summary": 1},
+    ),
     "likelihood.table2.num_points": (("likelihood", "table2", "num_points"), 8, {"likelihood_table2": 1, "summary": 1}),
     # one DF-TM row fewer: Table 2 again (its input list changed), its trace nets stay
-    "trace_error.trace_targets": (("trace_error", "trace_targets"), ["dataset_posterior", "sq_norm"],
-                                  {"trace_error": 1, "summary": 1}),
+    "trace_error.trace_targets": (
+        ("trace_error", "trace_targets"),
+        ["dataset_posterior", "sq_norm"],
+        {"trace_error": 1, "summary": 1},
+    ),
 }
 
 # (b') one data or training parameter changed -> the jobs that read it and everything downstream of them.
@@ -71,20 +100,49 @@ UPSTREAM_PARAM_CHANGES = {
     # checkerboard_VE's and lowrank4_VP's denoisers (digits sets its own steps in denoiser.overrides.digits),
     # their trace nets, and what uses them: nll (the dftm run only), trace_error (the main net and Table 2's
     # sq_norm and residual nets), the likelihood stage (its sq_norm net)
-    "denoiser.steps": (("denoiser", "steps"), 30, {"train_denoiser": 2, "train_trace": 1, "train_trace_target": 3, "nll": 1,
-                                                   "trace_error": 1, "likelihood_dataset": 1,
-                                                   "likelihood_benchmark": 1, "likelihood_table2": 1, "summary": 1}),
+    "denoiser.steps": (
+        ("denoiser", "steps"),
+        30,
+        {
+            "train_denoiser": 2,
+            "train_trace": 1,
+            "train_trace_target": 3,
+            "nll": 1,
+            "trace_error": 1,
+            "likelihood_dataset": 1,
+            "likelihood_benchmark": 1,
+            "likelihood_table2": 1,
+            "summary": 1,
+        },
+    ),
     # the training budget of every trace net (digits overrides its own steps), and their users
-    "trace_net.steps": (("trace_net", "steps"), 12, {"train_trace": 1, "train_trace_target": 3, "nll": 1, "trace_error": 1,
-                                                     "likelihood_dataset": 1, "likelihood_benchmark": 1,
-                                                     "likelihood_table2": 1, "summary": 1}),
+    "trace_net.steps": (
+        ("trace_net", "steps"),
+        12,
+        {
+            "train_trace": 1,
+            "train_trace_target": 3,
+            "nll": 1,
+            "trace_error": 1,
+            "likelihood_dataset": 1,
+            "likelihood_benchmark": 1,
+            "likelihood_table2": 1,
+            "summary": 1,
+        },
+    ),
     # another main target: the main net retrains (nll dftm uses it) and Table 2 now needs a dataset_posterior net;
     # the residual net it had is no longer an input; the likelihood stage's nets take their target from their job
-    "trace_net.target": (("trace_net", "target"), "residual", {"train_trace": 1, "train_trace_target": 1, "nll": 1,
-                                                              "trace_error": 1, "summary": 1}),
+    "trace_net.target": (
+        ("trace_net", "target"),
+        "residual",
+        {"train_trace": 1, "train_trace_target": 1, "nll": 1, "trace_error": 1, "summary": 1},
+    ),
     # an override of one dataset: that dataset's denoiser and its user only
-    "denoiser.overrides.digits.steps": (("denoiser", "overrides", "digits", "steps"), 12,
-                                        {"train_denoiser": 1, "adjoint_digits": 1, "summary": 1}),
+    "denoiser.overrides.digits.steps": (
+        ("denoiser", "overrides", "digits", "steps"),
+        12,
+        {"train_denoiser": 1, "adjoint_digits": 1, "summary": 1},
+    ),
     # one dataset: its store and the nll run on it (gmm / VP / analytic)
     "datasets.gmm.num_samples": (("datasets", "gmm", "num_samples"), 150, {"make_data": 1, "nll": 1, "summary": 1}),
 }
@@ -151,8 +209,14 @@ def test_nothing_to_do_after_a_full_run(finished):
 
 def test_touching_outputs_without_changing_them_reruns_nothing(scratch):
     """Newer mtimes alone are not a change: small inputs are compared by checksum."""
-    touched = [p for p in (scratch / "results").rglob("*") if p.is_file() and p.suffix in (".csv", ".md", ".png")
-               and p.stat().st_size < 500_000 and "report" not in p.parts]
+    touched = [
+        p
+        for p in (scratch / "results").rglob("*")
+        if p.is_file()
+        and p.suffix in (".csv", ".md", ".png")
+        and p.stat().st_size < 500_000
+        and "report" not in p.parts
+    ]
     assert touched
     later = time.time() + 5
     for p in touched:
@@ -201,7 +265,9 @@ def test_a_changed_script_reruns_its_rule_and_dependants(scratch, script):
 def test_the_report_builds_with_every_result_captioned(finished):
     run_snakemake(finished, "--configfile", CONFIG, "--report", "results/report.zip", timeout=300)
     results = report_results(finished / "results" / "report.zip")
-    uncaptioned = [path for path, entry in results.items() if len(re.sub(r"<[^>]+>", "", entry["caption"] or "").strip()) < 40]
+    uncaptioned = [
+        path for path, entry in results.items() if len(re.sub(r"<[^>]+>", "", entry["caption"] or "").strip()) < 40
+    ]
     assert not uncaptioned, f"report results without a caption: {uncaptioned}"
     assert all(entry["data"] for entry in results.values())
     figures = [path for path, entry in results.items() if entry["mime_type"].startswith("image/")]
@@ -270,8 +336,9 @@ def test_a_corrupted_input_gives_a_clear_error(scratch):
     assert chunks
     for chunk in chunks:
         chunk.write_bytes(b"\x00garbage")
-    result = run_snakemake(scratch, "--cores", "1", "--configfile", CONFIG, "--forcerun", "summary",
-                           "--retries", "0", check=False)
+    result = run_snakemake(
+        scratch, "--cores", "1", "--configfile", CONFIG, "--forcerun", "summary", "--retries", "0", check=False
+    )
     assert result.returncode != 0
     log = (scratch / "results" / "logs" / "report" / "summary.log").read_text()
     text = result.stderr + result.stdout + log
@@ -282,8 +349,18 @@ def test_a_corrupted_input_gives_a_clear_error(scratch):
 def test_a_missing_input_gives_a_clear_error(scratch):
     victim = scratch / "results" / "ot" / "table3.csv"
     victim.unlink()
-    result = run_snakemake(scratch, "--cores", "1", "--configfile", CONFIG, "--allowed-rules", "summary",
-                           "--forcerun", "summary", check=False)
+    result = run_snakemake(
+        scratch,
+        "--cores",
+        "1",
+        "--configfile",
+        CONFIG,
+        "--allowed-rules",
+        "summary",
+        "--forcerun",
+        "summary",
+        check=False,
+    )
     assert result.returncode != 0
     text = result.stderr + result.stdout
     assert "Missing input files" in text and victim.name in text, text[-3000:]
@@ -305,8 +382,9 @@ def test_a_deleted_chunk_of_any_store_is_refused_naming_the_store_and_the_array(
     checked = 0
     for original in stores:
         store = shutil.copytree(original, tmp_path / original.relative_to(finished))
-        for array in sorted(p.parent.relative_to(store).as_posix() for p in store.rglob("*/zarr.json")
-                            if (p.parent / "c").exists()):
+        for array in sorted(
+            p.parent.relative_to(store).as_posix() for p in store.rglob("*/zarr.json") if (p.parent / "c").exists()
+        ):
             chunk = _chunk_files(store, array)[-1]
             saved = chunk.read_bytes()
             chunk.unlink()
@@ -323,8 +401,20 @@ def test_a_deleted_chunk_of_a_data_store_fails_training_with_the_store_named(scr
     store = scratch / "results" / "data" / "checkerboard.zarr"
     (store / "x" / "c" / "0" / "0").unlink()
     target = "results/models/checkerboard_VE_denoiser.pt"
-    result = run_snakemake(scratch, "--cores", "1", "--configfile", CONFIG, "--force", target,
-                           "--allowed-rules", "train_denoiser", "--retries", "0", check=False)
+    result = run_snakemake(
+        scratch,
+        "--cores",
+        "1",
+        "--configfile",
+        CONFIG,
+        "--force",
+        target,
+        "--allowed-rules",
+        "train_denoiser",
+        "--retries",
+        "0",
+        check=False,
+    )
     assert result.returncode != 0
     log = (scratch / "results" / "logs" / "train" / "checkerboard_VE_denoiser.log").read_text()
     assert "Traceback (most recent call last):" in log, log[-3000:]
@@ -337,8 +427,20 @@ def test_a_deleted_chunk_of_the_table2_store_fails_the_summary(scratch):
     (store,) = (scratch / "results" / "trace_error").glob("*.zarr")
     chunk = _chunk_files(store, "rel_error")[0]
     chunk.unlink()
-    result = run_snakemake(scratch, "--cores", "1", "--configfile", CONFIG, "--forcerun", "summary",
-                           "--allowed-rules", "summary", "--retries", "0", check=False)
+    result = run_snakemake(
+        scratch,
+        "--cores",
+        "1",
+        "--configfile",
+        CONFIG,
+        "--forcerun",
+        "summary",
+        "--allowed-rules",
+        "summary",
+        "--retries",
+        "0",
+        check=False,
+    )
     assert result.returncode != 0
     log = (scratch / "results" / "logs" / "report" / "summary.log").read_text()
     assert "Traceback (most recent call last):" in log, log[-3000:]
@@ -377,16 +479,24 @@ def test_a_fixed_seed_gives_bit_identical_results(scratch, finished):
     they write, and the same values in every table except its wall-clock columns."""
     before = {p.relative_to(scratch): p.stat().st_mtime_ns for p in (scratch / "results").rglob("*") if p.is_file()}
     run_snakemake(scratch, "--cores", "2", "--configfile", CONFIG, "--force", *RERUN_TARGETS, timeout=900)
-    rewritten = sorted({
-        Path(*rel.parts[: next((i + 1 for i, part in enumerate(rel.parts) if part.endswith(".zarr")), len(rel.parts))])
-        for rel, mtime in before.items()
-        if (scratch / rel).exists() and (scratch / rel).stat().st_mtime_ns != mtime and "logs" not in rel.parts
-    })
+    rewritten = sorted(
+        {
+            Path(
+                *rel.parts[
+                    : next((i + 1 for i, part in enumerate(rel.parts) if part.endswith(".zarr")), len(rel.parts))
+                ]
+            )
+            for rel, mtime in before.items()
+            if (scratch / rel).exists() and (scratch / rel).stat().st_mtime_ns != mtime and "logs" not in rel.parts
+        }
+    )
     for target in RERUN_TARGETS:
         assert Path(target) in rewritten, f"{target} was not written again"
     differing = [
-        str(rel) for rel in rewritten
-        if not any(word in str(rel) for word in TIMED) and rel.suffix not in (".md",)
+        str(rel)
+        for rel in rewritten
+        if not any(word in str(rel) for word in TIMED)
+        and rel.suffix not in (".md",)
         and not same_content(finished / rel, scratch / rel)
     ]
     assert not differing, f"outputs that differ between two runs with the same seed: {differing}"

@@ -54,11 +54,16 @@ def snakemake_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[st
     return env
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool = True,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, timeout: float = 600, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``snakemake ARGS`` in ``workdir``; on failure (with ``check``) raise with the tail of its output."""
     result = subprocess.run(
-        [str(SNAKEMAKE), *args], cwd=workdir, capture_output=True, text=True, timeout=timeout,
+        [str(SNAKEMAKE), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=env or snakemake_env(workdir),
     )
     if check and result.returncode != 0:
@@ -66,8 +71,6 @@ def run_snakemake(workdir: Path, *args: str, timeout: float = 600, check: bool =
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
     return result
-
-
 
 
 def planned_jobs(workdir: Path, *args: str, timeout: float = 300) -> dict[str, int]:
@@ -113,8 +116,10 @@ def _same_object(x, y) -> bool:
     import torch
 
     if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(
-            any(w in str(k).lower() for w in TIMING_COLUMNS) or _same_object(x[k], y[k]) for k in x
+        return (
+            isinstance(y, dict)
+            and x.keys() == y.keys()
+            and all(any(w in str(k).lower() for w in TIMING_COLUMNS) or _same_object(x[k], y[k]) for k in x)
         )
     if isinstance(x, (list, tuple)):
         return isinstance(y, (list, tuple)) and len(x) == len(y) and all(map(_same_object, x, y))
@@ -128,8 +133,8 @@ def same_content(a: Path, b: Path) -> bool:
     its temporary file, so they are compared loaded), table values except wall-clock columns, other bytes."""
     import pandas as pd
 
-    from dfcore.io import load_checkpoint
     from dfcore.experiments.summary import output_digest
+    from dfcore.io import load_checkpoint
 
     if a.suffix == ".csv":
         x, y = pd.read_csv(a), pd.read_csv(b)

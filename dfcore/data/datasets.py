@@ -108,13 +108,18 @@ def lowrank_gaussian_mixture(
         raise ValueError(f"weights has {len(weights)} entries but components is {components}")
     gen = torch.Generator().manual_seed(int(seed))
     means = mean_scale * torch.randn(components, dim, generator=gen, dtype=torch.float64) / dim**0.5
-    frames = torch.linalg.qr(torch.randn(components, dim, max(rank, 1), generator=gen, dtype=torch.float64))[0][..., :rank]
+    frames = torch.linalg.qr(torch.randn(components, dim, max(rank, 1), generator=gen, dtype=torch.float64))[0][
+        ..., :rank
+    ]
     scales = factor_scale * (0.5 + torch.rand(components, rank, generator=gen, dtype=torch.float64))
     factors = frames * scales[:, None, :]
     covs = factors @ factors.transpose(1, 2) + float(noise) ** 2 * torch.eye(dim, dtype=torch.float64)
     covs = 0.5 * (covs + covs.transpose(1, 2))  # exactly symmetric
-    pi = torch.full((components,), 1.0 / components, dtype=torch.float64) if weights is None else torch.as_tensor(
-        weights, dtype=torch.float64)
+    pi = (
+        torch.full((components,), 1.0 / components, dtype=torch.float64)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float64)
+    )
     return GaussianMixture(pi, means, covs)
 
 
@@ -134,8 +139,9 @@ def make_gaussian_mixture_lowrank(
     generator, seeded ``seed + 1``)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive; got {num_samples}")
-    mixture = lowrank_gaussian_mixture(dim, components, rank, noise, factor_scale=factor_scale, mean_scale=mean_scale,
-                                       weights=weights, seed=seed)
+    mixture = lowrank_gaussian_mixture(
+        dim, components, rank, noise, factor_scale=factor_scale, mean_scale=mean_scale, weights=weights, seed=seed
+    )
     gen = torch.Generator().manual_seed(int(seed) + 1)
     return mixture.sample(num_samples, generator=gen), mixture
 
@@ -194,9 +200,15 @@ def make_dataset(spec: dict[str, Any]) -> tuple[Tensor, Mixture | None, dict[str
             if key not in spec:
                 raise ValueError(f"dataset kind 'gaussian_mixture_lowrank' needs the key {key!r}")
         x, mixture = make_gaussian_mixture_lowrank(
-            int(n or 1000), int(spec["dim"]), int(spec["components"]), int(spec["rank"]), float(spec["noise"]),
-            factor_scale=float(spec.get("factor_scale", 1.0)), mean_scale=float(spec.get("mean_scale", 2.0)),
-            weights=spec.get("weights"), seed=seed,
+            int(n or 1000),
+            int(spec["dim"]),
+            int(spec["components"]),
+            int(spec["rank"]),
+            float(spec["noise"]),
+            factor_scale=float(spec.get("factor_scale", 1.0)),
+            mean_scale=float(spec.get("mean_scale", 2.0)),
+            weights=spec.get("weights"),
+            seed=seed,
         )
         return x, mixture, {"kind": kind}
     if kind == "digits":

@@ -8,7 +8,8 @@ Kinds (config word ``kind``): ``gaussian`` (one Gaussian, affine PF-ODE map), ``
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,7 +54,11 @@ def make_ot_mixture(spec: Mapping[str, Any], dim: int, seed: int = 0) -> Mixture
     gen = torch.Generator().manual_seed(int(seed))
     scale = float(spec.get("scale", 1.0))
     if kind == "gaussian":
-        mean = _pad(spec["mean"], dim, "gaussian mean")[0] if spec.get("mean") is not None else torch.zeros(dim, dtype=torch.float64)
+        mean = (
+            _pad(spec["mean"], dim, "gaussian mean")[0]
+            if spec.get("mean") is not None
+            else torch.zeros(dim, dtype=torch.float64)
+        )
         if spec.get("covariance") is not None:
             cov = torch.as_tensor(spec["covariance"], dtype=torch.float64)
             if cov.shape != (dim, dim):
@@ -80,7 +85,9 @@ def make_ot_mixture(spec: Mapping[str, Any], dim: int, seed: int = 0) -> Mixture
     return GaussianMixture(torch.ones(num, dtype=torch.float64), means, covs)
 
 
-def sample_prior(mixture: Mixture, schedule: Schedule, n: int, t: float = 1.0, *, seed: int = 0, device: str | torch.device = "cpu") -> Tensor:
+def sample_prior(
+    mixture: Mixture, schedule: Schedule, n: int, t: float = 1.0, *, seed: int = 0, device: str | torch.device = "cpu"
+) -> Tensor:
     r"""Exact samples of :math:`q_t`: :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` with :math:`x_0 \sim q_0`, (n, d) float64.
 
     Drawn on the CPU with a seeded CPU generator (the same numbers on every device; the mixture must be

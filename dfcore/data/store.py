@@ -44,7 +44,10 @@ def write_dataset(
         coords={"sample": np.arange(x.shape[0]), "dim": np.arange(x.shape[1])},
     )
     ds["x"].attrs["description"] = "data samples x_0"
-    extra = {"dataset": name, **{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in (attrs or {}).items()}}
+    extra = {
+        "dataset": name,
+        **{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in (attrs or {}).items()},
+    }
     write_zarr(ds, path, attrs=provenance(config, seed, **extra))
     return ds
 

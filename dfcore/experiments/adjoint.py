@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,17 +30,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
-from dfcore.profiling import PeakMemory
-from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
-from dfcore.sde import time_grid
-from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
-from dfcore.models.base import Denoiser, ExactDenoiser
-from dfcore.device import resolve_device
 from dfcore.data.datasets import labelled_digits
-from dfcore.plots import plot_digit_grid, plot_lambda_agreement, plot_loss_vs_time
+from dfcore.device import resolve_device
 from dfcore.io import provenance, write_csv, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
+from dfcore.models.base import Denoiser, ExactDenoiser
+from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
+from dfcore.plots import plot_digit_grid, plot_lambda_agreement, plot_loss_vs_time
+from dfcore.profiling import PeakMemory
+from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
 from dfcore.schedules import get_schedule
+from dfcore.sde import time_grid
 
 __all__ = [
     "run_train_classifier",
@@ -63,8 +64,16 @@ def run_train_classifier(
     x, labels = labelled_digits()
     start = time.perf_counter()
     model, metrics = train_classifier(
-        x, labels, hidden=cfg["hidden"], epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-        noise=cfg["noise"], holdout=cfg["holdout"], seed=seed, progress=progress,
+        x,
+        labels,
+        hidden=cfg["hidden"],
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        noise=cfg["noise"],
+        holdout=cfg["holdout"],
+        seed=seed,
+        progress=progress,
     )
     metrics["train_seconds"] = time.perf_counter() - start
     save_classifier(model, checkpoint_path, metrics)
@@ -121,7 +130,12 @@ def compare_methods(
     guided_paths, lam_T = [base.stack()], {}
     for method in tqdm(methods, desc="methods", disable=not progress):
         lams = discrete_adjoint(
-            traj_l, lam0, method, schedule=denoiser.schedule, denoiser=denoiser, mixture=mixture,
+            traj_l,
+            lam0,
+            method,
+            schedule=denoiser.schedule,
+            denoiser=denoiser,
+            mixture=mixture,
             dfea_endpoint=cfg["dfea_endpoint"],
         )
         for k, (lam_k, ref_k) in enumerate(zip(lams, truth)):
@@ -129,11 +143,20 @@ def compare_methods(
             ok = torch.isfinite(cos) & torch.isfinite(rel)  # an overflowing adjoint is counted, not averaged as NaN
             cos_f, rel_f = (cos[ok], rel[ok]) if ok.any() else (torch.full((1,), -1.0), torch.full((1,), float("inf")))
             agree_rows.append(
-                {"method": method, "step": k, "steps_to_go": len(times) - 1 - k, "t": times[k].item(),
-                 "cosine_mean": cos_f.mean().item(), "cosine_min": cos_f.min().item(),
-                 "rel_err_mean": rel_f.mean().item(), "rel_err_median": rel_f.median().item(),
-                 "finite_fraction": ok.double().mean().item(),
-                 "norm_ratio_median": (lam_k.flatten(1).double().norm(dim=1) / ref_k.flatten(1).double().norm(dim=1)).nanmedian().item()}
+                {
+                    "method": method,
+                    "step": k,
+                    "steps_to_go": len(times) - 1 - k,
+                    "t": times[k].item(),
+                    "cosine_mean": cos_f.mean().item(),
+                    "cosine_min": cos_f.min().item(),
+                    "rel_err_mean": rel_f.mean().item(),
+                    "rel_err_median": rel_f.median().item(),
+                    "finite_fraction": ok.double().mean().item(),
+                    "norm_ratio_median": (lam_k.flatten(1).double().norm(dim=1) / ref_k.flatten(1).double().norm(dim=1))
+                    .nanmedian()
+                    .item(),
+                }
             )
         lam_T[method] = lams[0]
 
@@ -142,9 +165,18 @@ def compare_methods(
         with PeakMemory(device) as mem:
             start = time.perf_counter()
             out = guided_sample(
-                counter, x_T, times, loss_fn, method=method, update_steps=cfg["update_steps"],
-                step_size=task_cfg["step_size"], iterations=cfg["iterations"], solver=solver, mixture=mixture,
-                dfea_endpoint=cfg["dfea_endpoint"], normalize=cfg.get("normalize", "none"),
+                counter,
+                x_T,
+                times,
+                loss_fn,
+                method=method,
+                update_steps=cfg["update_steps"],
+                step_size=task_cfg["step_size"],
+                iterations=cfg["iterations"],
+                solver=solver,
+                mixture=mixture,
+                dfea_endpoint=cfg["dfea_endpoint"],
+                normalize=cfg.get("normalize", "none"),
             )
             _sync(device)
             wall = time.perf_counter() - start
@@ -154,28 +186,42 @@ def compare_methods(
         finite = torch.isfinite(after)
         diverged = out.diverged.to(after.device)
         if diverged.any():
-            log.warning("%s: %d of %d guided samples diverged (non-finite adjoint: update rejected, or non-finite loss)",
-                        method, int(diverged.sum()), diverged.numel())
+            log.warning(
+                "%s: %d of %d guided samples diverged (non-finite adjoint: update rejected, or non-finite loss)",
+                method,
+                int(diverged.sum()),
+                diverged.numel(),
+            )
         # Losses are averaged over the samples with a finite final loss; divergence is reported in its own columns.
         keep = finite if finite.any() else torch.ones_like(finite)
         after_f = torch.where(finite, after, torch.zeros_like(after))
         rows.append(
-            {"method": method, "loss_before": loss_before.mean().item(),
-             "loss_after": after_f[keep].mean().item() if finite.any() else float("inf"),
-             "improvement": (loss_before - after_f)[keep].mean().item() if finite.any() else float("-inf"),
-             "improved_fraction": (finite & (after < loss_before)).double().mean().item(),
-             "diverged": bool(diverged.any()),
-             "diverged_fraction": diverged.double().mean().item(),
-             "finite_fraction": finite.double().mean().item(),
-             "wall_s": wall, "unguided_wall_s": base_time,
-             "nfe_forward": counter.calls - nfe_vjp, "nfe_vjp": nfe_vjp, "fvp_calls": out.fvp_calls,
-             "peak_mem_mb": mem.peak_bytes / 2**20,
-             # cosine with autograd at the update steps (u steps to go = the row u places before the last)
-             "lambda_update_cosine": float(np.mean([agree_rows[-1 - u]["cosine_mean"] for u in cfg["update_steps"]])),
-             "lambda_T_cosine": agree_rows[-len(times)]["cosine_mean"],
-             "lambda_T_rel_err": agree_rows[-len(times)]["rel_err_mean"]}
+            {
+                "method": method,
+                "loss_before": loss_before.mean().item(),
+                "loss_after": after_f[keep].mean().item() if finite.any() else float("inf"),
+                "improvement": (loss_before - after_f)[keep].mean().item() if finite.any() else float("-inf"),
+                "improved_fraction": (finite & (after < loss_before)).double().mean().item(),
+                "diverged": bool(diverged.any()),
+                "diverged_fraction": diverged.double().mean().item(),
+                "finite_fraction": finite.double().mean().item(),
+                "wall_s": wall,
+                "unguided_wall_s": base_time,
+                "nfe_forward": counter.calls - nfe_vjp,
+                "nfe_vjp": nfe_vjp,
+                "fvp_calls": out.fvp_calls,
+                "peak_mem_mb": mem.peak_bytes / 2**20,
+                # cosine with autograd at the update steps (u steps to go = the row u places before the last)
+                "lambda_update_cosine": float(
+                    np.mean([agree_rows[-1 - u]["cosine_mean"] for u in cfg["update_steps"]])
+                ),
+                "lambda_T_cosine": agree_rows[-len(times)]["cosine_mean"],
+                "lambda_T_rel_err": agree_rows[-len(times)]["rel_err_mean"],
+            }
         )
-        hist_rows += [{"method": method, "wall_s": s, "loss": v, "update": i} for i, (s, v) in enumerate(out.loss_history)]
+        hist_rows += [
+            {"method": method, "wall_s": s, "loss": v, "update": i} for i, (s, v) in enumerate(out.loss_history)
+        ]
         guided_paths.append(torch.stack(out.xs))
         log.info("%s: %s", method, rows[-1])
 
@@ -191,9 +237,16 @@ def compare_methods(
             "lambda_T": (("fvp_method", "lambda_sample", "dim"), np.stack([flat(lam_T[m]) for m in methods])),
             "lambda_T_truth": (("lambda_sample", "dim"), flat(truth[0])),
         },
-        coords={"guidance": ["unguided"] + methods, "fvp_method": methods, "step": np.arange(len(times)), "t": ("step", times.cpu().numpy())},
+        coords={
+            "guidance": ["unguided"] + methods,
+            "fvp_method": methods,
+            "step": np.arange(len(times)),
+            "t": ("step", times.cpu().numpy()),
+        },
     )
-    ds["x"].attrs["description"] = "guided PF-ODE trajectories (states after each guidance update), 'unguided' = plain sampler"
+    ds["x"].attrs["description"] = (
+        "guided PF-ODE trajectories (states after each guidance update), 'unguided' = plain sampler"
+    )
     ds["lambda_T"].attrs["description"] = "adjoint dL/dx_T of the plain trajectory by each Fisher-vector-product method"
     ds["lambda_T_truth"].attrs["description"] = "dL/dx_T by autograd through the whole discrete sampler"
     return metrics, pd.DataFrame(hist_rows), pd.DataFrame(agree_rows), ds
@@ -233,10 +286,19 @@ def exact_mean_lambda_agreement(
             cos, _ = cosine_and_relative_error(lam_k, ref_k)
             ok = torch.isfinite(cos)
             finite = cos[ok] if ok.any() else torch.full((1,), float("nan"), dtype=cos.dtype)
-            rows.append({"method": method, "step": k, "steps_to_go": len(times) - 1 - k, "t": times[k].item(),
-                         "cosine_mean": finite.mean().item(), "cosine_median": finite.median().item(),
-                         "cosine_min": finite.min().item(), "finite_fraction": ok.double().mean().item(),
-                         "num_samples": int(x_T.shape[0])})
+            rows.append(
+                {
+                    "method": method,
+                    "step": k,
+                    "steps_to_go": len(times) - 1 - k,
+                    "t": times[k].item(),
+                    "cosine_mean": finite.mean().item(),
+                    "cosine_median": finite.median().item(),
+                    "cosine_min": finite.min().item(),
+                    "finite_fraction": ok.double().mean().item(),
+                    "num_samples": int(x_T.shape[0]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -244,8 +306,15 @@ def exact_mean_lambda_agreement(
 
 
 def _write_outputs(
-    metrics: pd.DataFrame, history: pd.DataFrame, agreement: pd.DataFrame, ds: xr.Dataset, out: Mapping[str, Any],
-    *, task: str, attrs: dict[str, Any], title: str,
+    metrics: pd.DataFrame,
+    history: pd.DataFrame,
+    agreement: pd.DataFrame,
+    ds: xr.Dataset,
+    out: Mapping[str, Any],
+    *,
+    task: str,
+    attrs: dict[str, Any],
+    title: str,
 ) -> None:
     metrics.insert(0, "task", task)
     write_csv(metrics, out["metrics"])
@@ -265,8 +334,16 @@ def _load_points(path: str | Path) -> Tensor:
 
 
 def run_mixture_task(
-    cfg: Mapping[str, Any], schedules_cfg: Mapping[str, Any], *, schedule_name: str, data_path: str | Path,
-    out: Mapping[str, Any], seed: int, device: str = "auto", config: dict[str, Any] | None = None, progress: bool = True,
+    cfg: Mapping[str, Any],
+    schedules_cfg: Mapping[str, Any],
+    *,
+    schedule_name: str,
+    data_path: str | Path,
+    out: Mapping[str, Any],
+    seed: int,
+    device: str = "auto",
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Task (a): exact Dirac-mixture denoiser on 2-D data, L = ||x_0 - target||^2 / 2 (float64)."""
     task = cfg["mixture"]
@@ -288,17 +365,29 @@ def run_mixture_task(
     one = torch.ones((), dtype=torch.float64)
     z = torch.randn(task["num_samples"], points.shape[1], generator=gen, dtype=torch.float64).to(dev)
     x_T = schedule.alpha(one).item() * points.mean(0).to(dev) + schedule.sigma(one).item() * z
-    metrics, history, agreement, ds = compare_methods(denoiser, x_T, loss_fn, cfg, task, mixture=mixture, progress=progress)
-    attrs = provenance(config, seed, task="mixture", schedule=schedule_name, solver=cfg["solver"],
-                       target=list(task["target"]), num_points=int(points.shape[0]))
+    metrics, history, agreement, ds = compare_methods(
+        denoiser, x_T, loss_fn, cfg, task, mixture=mixture, progress=progress
+    )
+    attrs = provenance(
+        config,
+        seed,
+        task="mixture",
+        schedule=schedule_name,
+        solver=cfg["solver"],
+        target=list(task["target"]),
+        num_points=int(points.shape[0]),
+    )
     metrics.insert(0, "schedule", schedule_name)
-    _write_outputs(metrics, history, agreement, ds, out, task="mixture", attrs=attrs, title=f"2-D mixture ({schedule_name})")
+    _write_outputs(
+        metrics, history, agreement, ds, out, task="mixture", attrs=attrs, title=f"2-D mixture ({schedule_name})"
+    )
     if out.get("lambda_exact") is not None:
         # the samples of agreement.csv, with the exact posterior mean in Eq. 20
         n_lam = min(int(cfg["lambda_samples"]), x_T.shape[0])
         times = time_grid(cfg["num_steps"], cfg["t_min"], t_max=1.0, dtype=x_T.dtype).to(dev)
-        exact = exact_mean_lambda_agreement(mixture, schedule, x_T[:n_lam], loss_fn, times, solver=cfg["solver"],
-                                            dfea_endpoint=cfg["dfea_endpoint"])
+        exact = exact_mean_lambda_agreement(
+            mixture, schedule, x_T[:n_lam], loss_fn, times, solver=cfg["solver"], dfea_endpoint=cfg["dfea_endpoint"]
+        )
         exact.insert(0, "schedule", schedule_name)
         write_csv(exact, out["lambda_exact"])
     return metrics
@@ -308,8 +397,15 @@ def run_mixture_task(
 
 
 def run_digits_task(
-    cfg: Mapping[str, Any], *, denoiser_path: str | Path, classifier_path: str | Path, out: Mapping[str, Any],
-    seed: int, device: str = "auto", config: dict[str, Any] | None = None, progress: bool = True,
+    cfg: Mapping[str, Any],
+    *,
+    denoiser_path: str | Path,
+    classifier_path: str | Path,
+    out: Mapping[str, Any],
+    seed: int,
+    device: str = "auto",
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Task (b): trained digits denoiser, L = -log p(target class | x_0) under the pipeline's classifier."""
     from dfcore.models.networks import load_denoiser
@@ -340,10 +436,15 @@ def run_digits_task(
     acc = dict(zip(ds["guidance"].values.tolist(), hit.tolist()))
     metrics["target_rate_before"] = acc["unguided"]
     metrics["target_rate_after"] = [acc[m] for m in metrics["method"]]
-    attrs = provenance(config, seed, task="digits", solver=cfg["solver"], target_class=target,
-                       image_shape=[1, 8, 8], denoiser=str(denoiser_path))
+    attrs = provenance(
+        config,
+        seed,
+        task="digits",
+        solver=cfg["solver"],
+        target_class=target,
+        image_shape=[1, 8, 8],
+        denoiser=str(denoiser_path),
+    )
     _write_outputs(metrics, history, agreement, ds, out, task="digits", attrs=attrs, title="digits")
     plot_digit_grid(ds, out["grid_plot"], task["grid_samples"])
     return metrics
-
-

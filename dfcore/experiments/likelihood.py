@@ -63,10 +63,21 @@ def run_nll(
     gen = torch.Generator().manual_seed(int(seed) + int(cfg.get("seed", 0)))
     t_min = float(cfg["t_min"])
     result = log_likelihood(
-        x.to(device), method=method, schedule=schedule, denoiser=denoiser, trace_model=trace_model,
-        mixture=mixture if method == "analytic" else None, t_min=t_min, solver=cfg["solver"], rtol=float(cfg["rtol"]),
-        atol=float(cfg["atol"]), num_steps=int(cfg["num_steps"]), num_probes=int(cfg["num_probes"]), generator=gen,
-        data_mean=data.mean(0), data_cov=torch.cov(data.T).reshape(data.shape[1], data.shape[1]),
+        x.to(device),
+        method=method,
+        schedule=schedule,
+        denoiser=denoiser,
+        trace_model=trace_model,
+        mixture=mixture if method == "analytic" else None,
+        t_min=t_min,
+        solver=cfg["solver"],
+        rtol=float(cfg["rtol"]),
+        atol=float(cfg["atol"]),
+        num_steps=int(cfg["num_steps"]),
+        num_probes=int(cfg["num_probes"]),
+        generator=gen,
+        data_mean=data.mean(0),
+        data_cov=torch.cov(data.T).reshape(data.shape[1], data.shape[1]),
     )
     dim = data.shape[1]
     exact = exact_log_densities(mixture, x, t_min, schedule)
@@ -74,15 +85,26 @@ def run_nll(
     label = "log_q0" if isinstance(mixture, GaussianMixture) else ("log_q_tmin" if dim <= 16 else "none")
     reference = exact["log_q0"] if label == "log_q0" else exact["log_q_tmin"]
     log_q = result["log_q"].cpu()
-    frame = pd.DataFrame({
-        "dataset": dataset, "schedule": schedule_name, "method": method, "point": range(len(x)),
-        "nll_nats": (-log_q).numpy(), "bpd": result["bpd"].cpu().numpy(),
-        "exact_nll_nats": (-reference).numpy(), "exact_kind": label,
-        "abs_error_nats_per_dim": ((log_q - reference).abs() / dim).numpy(),
-        "log_q0": exact["log_q0"].numpy(), "log_q_tmin": exact["log_q_tmin"].numpy(),
-        "abs_error_q0_nats_per_dim": ((log_q - exact["log_q0"]).abs() / dim).numpy(),
-        "abs_error_tmin_nats_per_dim": ((log_q - exact["log_q_tmin"]).abs() / dim).numpy(),
-        "nfe": result["nfe"], "seconds": result["seconds"], "solver": cfg["solver"], "t_min": t_min,
-    })
+    frame = pd.DataFrame(
+        {
+            "dataset": dataset,
+            "schedule": schedule_name,
+            "method": method,
+            "point": range(len(x)),
+            "nll_nats": (-log_q).numpy(),
+            "bpd": result["bpd"].cpu().numpy(),
+            "exact_nll_nats": (-reference).numpy(),
+            "exact_kind": label,
+            "abs_error_nats_per_dim": ((log_q - reference).abs() / dim).numpy(),
+            "log_q0": exact["log_q0"].numpy(),
+            "log_q_tmin": exact["log_q_tmin"].numpy(),
+            "abs_error_q0_nats_per_dim": ((log_q - exact["log_q0"]).abs() / dim).numpy(),
+            "abs_error_tmin_nats_per_dim": ((log_q - exact["log_q_tmin"]).abs() / dim).numpy(),
+            "nfe": result["nfe"],
+            "seconds": result["seconds"],
+            "solver": cfg["solver"],
+            "t_min": t_min,
+        }
+    )
     write_csv(frame, out_csv)
     return frame

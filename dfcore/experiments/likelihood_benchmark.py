@@ -30,8 +30,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,6 @@ from dfcore.device import resolve_device
 from dfcore.experiments.train import train_trace
 from dfcore.integrations.peers import PEERS, PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
 from dfcore.io import load_checkpoint, write_csv
-from dfcore.plots import plot_likelihood_benchmark
 from dfcore.likelihood import gaussian_mixture_log_q0, log_likelihood, prior_log_prob
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import (
@@ -52,6 +52,7 @@ from dfcore.models.networks import (
     same_weights,
     trace_model_from_state,
 )
+from dfcore.plots import plot_likelihood_benchmark
 from dfcore.profiling import PeakMemory
 
 __all__ = [
@@ -74,8 +75,11 @@ PEER_METHODS = tuple(PEERS)
 # trace-net target of each dftm method (the headline 'dftm' is Alg. 1's sq_norm)
 TRACE_TARGETS = {"dftm": "sq_norm", "dftm_residual": "residual", "dftm_mixture_posterior": "mixture_posterior"}
 # the method of ours that computes the same quantity as each peer (their agreement is reported against it)
-PEER_REFERENCE = {"kdiffusion_hutchinson": "hutchinson1", "flow_matching_exact": "vjp",
-                  "flow_matching_hutchinson": "hutchinson1"}
+PEER_REFERENCE = {
+    "kdiffusion_hutchinson": "hutchinson1",
+    "flow_matching_exact": "vjp",
+    "flow_matching_hutchinson": "hutchinson1",
+}
 
 
 def method_role(method: str) -> str:
@@ -87,9 +91,18 @@ def method_role(method: str) -> str:
     return "ablation" if method == "dftm_mixture_posterior" else "ours"
 
 
-def train_target_trace(section: dict[str, Any], data_path: str | Path, denoiser_path: str | Path, target: str,
-                       out: str | Path, *, loss_csv: str | Path | None = None, resume_path: str | Path | None = None,
-                       seed: int = 0, device: str = "auto") -> LearnedTraceModel:
+def train_target_trace(
+    section: dict[str, Any],
+    data_path: str | Path,
+    denoiser_path: str | Path,
+    target: str,
+    out: str | Path,
+    *,
+    loss_csv: str | Path | None = None,
+    resume_path: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> LearnedTraceModel:
     """Train the trace network of ``target`` (``sq_norm``, ``residual``: Alg. 1 on samples; ``mixture_posterior``:
     the exact Gaussian mixture's posterior variance as the regression target, an ablation) on a frozen denoiser.
     ``section`` is the ``trace_net`` section as the data set sees it; its own ``target`` is replaced by ``target``."""
@@ -97,16 +110,33 @@ def train_target_trace(section: dict[str, Any], data_path: str | Path, denoiser_
     seed = int(seed) + int(section.get("seed", 0))
     den = load_denoiser(denoiser_path, resolve_device(device))
     if target in ("sq_norm", "residual"):
-        return train_trace(data, den, {**section, "target": target}, out, resume_path=resume_path, loss_csv=loss_csv,
-                           seed=seed, progress=False)
+        return train_trace(
+            data,
+            den,
+            {**section, "target": target},
+            out,
+            resume_path=resume_path,
+            loss_csv=loss_csv,
+            seed=seed,
+            progress=False,
+        )
     if target != "mixture_posterior":
         raise ValueError(f"unknown likelihood trace target {target!r}; choose sq_norm, residual or mixture_posterior")
     mixture = load_mixture(data_path)
     if not isinstance(mixture, GaussianMixture):
         raise ValueError(f"{data_path}: trace target 'mixture_posterior' needs a Gaussian-mixture data set")
     # dataset_posterior regresses onto reference.posterior_variance: here the exact mixture's.
-    return train_trace(data, den, {**section, "target": "dataset_posterior"}, out, resume_path=resume_path,
-                       loss_csv=loss_csv, seed=seed, progress=False, reference=mixture)
+    return train_trace(
+        data,
+        den,
+        {**section, "target": "dataset_posterior"},
+        out,
+        resume_path=resume_path,
+        loss_csv=loss_csv,
+        seed=seed,
+        progress=False,
+        reference=mixture,
+    )
 
 
 def _trace_model_on(path: str | Path, denoiser: LearnedDenoiser, device: torch.device) -> LearnedTraceModel:
@@ -118,9 +148,17 @@ def _trace_model_on(path: str | Path, denoiser: LearnedDenoiser, device: torch.d
 
 
 def likelihood_points(
-    x: torch.Tensor, method: str, *, denoiser: LearnedDenoiser, mixture: GaussianMixture | None,
-    trace_model: LearnedTraceModel | None, cfg: dict[str, Any], data_mean: torch.Tensor, data_cov: torch.Tensor,
-    seed: int, device: torch.device,
+    x: torch.Tensor,
+    method: str,
+    *,
+    denoiser: LearnedDenoiser,
+    mixture: GaussianMixture | None,
+    trace_model: LearnedTraceModel | None,
+    cfg: dict[str, Any],
+    data_mean: torch.Tensor,
+    data_cov: torch.Tensor,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """One method on the points ``x`` (B, d): ``log_q`` (B,), ``nfe``, ``seconds`` (wall time of the solve, whole batch)
     and ``peak_mem_mb``. Raises :class:`PeerUnavailable` for a peer that is not installed."""
@@ -135,33 +173,61 @@ def likelihood_points(
                     raise ValueError("kdiffusion_hutchinson runs dopri5 only: set likelihood.solver to dopri5")
                 out = kdiffusion_log_likelihood(x, denoiser, seed=seed, **common)
             else:
+
                 def log_prior(z: torch.Tensor) -> torch.Tensor:
                     return prior_log_prob(z, schedule, 1.0, data_mean, data_cov).to(z.device)
 
-                out = flow_matching_log_likelihood(x, denoiser, log_prior=log_prior, exact=method.endswith("exact"),
-                                                   solver=cfg["solver"], num_steps=int(cfg["num_steps"]), seed=seed,
-                                                   **common)
+                out = flow_matching_log_likelihood(
+                    x,
+                    denoiser,
+                    log_prior=log_prior,
+                    exact=method.endswith("exact"),
+                    solver=cfg["solver"],
+                    num_steps=int(cfg["num_steps"]),
+                    seed=seed,
+                    **common,
+                )
         else:
             trace_method, probes = method, 1
             if method.startswith("hutchinson"):
-                trace_method, probes = "hutchinson", int(method[len("hutchinson"):])
+                trace_method, probes = "hutchinson", int(method[len("hutchinson") :])
             elif method.startswith("dftm"):
                 trace_method = "dftm"
             analytic = method == "analytic"
             out = log_likelihood(
-                x, method=trace_method, schedule=schedule, denoiser=None if analytic else denoiser,
-                trace_model=trace_model, mixture=mixture if analytic else None, solver=cfg["solver"],
-                num_steps=int(cfg["num_steps"]), num_probes=probes, generator=gen, data_mean=data_mean,
-                data_cov=data_cov, **common,
+                x,
+                method=trace_method,
+                schedule=schedule,
+                denoiser=None if analytic else denoiser,
+                trace_model=trace_model,
+                mixture=mixture if analytic else None,
+                solver=cfg["solver"],
+                num_steps=int(cfg["num_steps"]),
+                num_probes=probes,
+                generator=gen,
+                data_mean=data_mean,
+                data_cov=data_cov,
+                **common,
             )
         seconds = time.perf_counter() - start
-    return {"log_q": out["log_q"].detach().cpu().to(torch.float64), "nfe": int(out["nfe"]), "seconds": seconds,
-            "peak_mem_mb": mem.peak_bytes / 2**20}
+    return {
+        "log_q": out["log_q"].detach().cpu().to(torch.float64),
+        "nfe": int(out["nfe"]),
+        "seconds": seconds,
+        "peak_mem_mb": mem.peak_bytes / 2**20,
+    }
 
 
 def run_likelihood_dataset(
-    section: dict[str, Any], data_path: str | Path, denoiser_path: str | Path, trace_paths: dict[str, str | Path],
-    out_csv: str | Path, *, dataset: str, seed: int = 0, device: str = "auto",
+    section: dict[str, Any],
+    data_path: str | Path,
+    denoiser_path: str | Path,
+    trace_paths: dict[str, str | Path],
+    out_csv: str | Path,
+    *,
+    dataset: str,
+    seed: int = 0,
+    device: str = "auto",
 ) -> pd.DataFrame:
     """Every method of ``section['methods']`` on the first ``num_points`` samples of ``dataset`` (held out of nothing:
     the exact density is known everywhere); one CSV row per (method, point). ``trace_paths`` maps a trace target
@@ -171,7 +237,9 @@ def run_likelihood_dataset(
     data = load_dataset(data_path)
     mixture = load_mixture(data_path)
     if not isinstance(mixture, GaussianMixture):
-        raise ValueError(f"likelihood: dataset {dataset!r} has no exact Gaussian mixture (kind gaussian_mixture[_lowrank])")
+        raise ValueError(
+            f"likelihood: dataset {dataset!r} has no exact Gaussian mixture (kind gaussian_mixture[_lowrank])"
+        )
     dim = data.shape[1]
     num_points = int(cfg["num_points"])
     # Points from a generator of their own, so they are fresh draws of q_0 (not training samples).
@@ -186,12 +254,23 @@ def run_likelihood_dataset(
         if method in TRACE_TARGETS:
             target = TRACE_TARGETS[method]
             if target not in trace_paths:
-                log.warning("likelihood: skipping %s on %s: no trace net with target %s (likelihood.trace_targets)",
-                            method, dataset, target)
+                log.warning(
+                    "likelihood: skipping %s on %s: no trace net with target %s (likelihood.trace_targets)",
+                    method,
+                    dataset,
+                    target,
+                )
                 continue
             trace_model = _trace_model_on(trace_paths[target], denoiser, dev)
-        kwargs: dict[str, Any] = dict(denoiser=denoiser, mixture=mixture, trace_model=trace_model, data_mean=data_mean,
-                                      data_cov=data_cov, seed=seed, device=dev)
+        kwargs: dict[str, Any] = dict(
+            denoiser=denoiser,
+            mixture=mixture,
+            trace_model=trace_model,
+            data_mean=data_mean,
+            data_cov=data_cov,
+            seed=seed,
+            device=dev,
+        )
         try:
             # Warm-up on one point with two Euler steps, untimed: torch.func's first vmap and the first autograd
             # graph of a method cost a one-off second or so that is no part of its per-sample cost.
@@ -203,16 +282,37 @@ def run_likelihood_dataset(
             print(f"likelihood: skipping the {method} rows: {err}")
             continue
         nll = -res["log_q"]
-        rows.append(pd.DataFrame({
-            "dataset": dataset, "dim": dim, "method": method, "role": method_role(method),
-            "trace_target": TRACE_TARGETS.get(method, ""), "point": np.arange(num_points),
-            "nll_nats": nll.numpy(), "exact_nll_nats": (-exact).numpy(),
-            "abs_error": ((nll + exact).abs() / dim).numpy(),
-            "seconds_per_sample": res["seconds"] / num_points, "nfe": res["nfe"], "peak_mem_mb": res["peak_mem_mb"],
-            "solver": cfg["solver"], "rtol": float(cfg["rtol"]), "atol": float(cfg["atol"]), "t_min": float(cfg["t_min"]),
-        }))
-        log.info("%s d=%d %s: mean |error| %.3g nats/dim, %.3g s/sample, %d NFE", dataset, dim, method,
-                 rows[-1]["abs_error"].mean(), res["seconds"] / num_points, res["nfe"])
+        rows.append(
+            pd.DataFrame(
+                {
+                    "dataset": dataset,
+                    "dim": dim,
+                    "method": method,
+                    "role": method_role(method),
+                    "trace_target": TRACE_TARGETS.get(method, ""),
+                    "point": np.arange(num_points),
+                    "nll_nats": nll.numpy(),
+                    "exact_nll_nats": (-exact).numpy(),
+                    "abs_error": ((nll + exact).abs() / dim).numpy(),
+                    "seconds_per_sample": res["seconds"] / num_points,
+                    "nfe": res["nfe"],
+                    "peak_mem_mb": res["peak_mem_mb"],
+                    "solver": cfg["solver"],
+                    "rtol": float(cfg["rtol"]),
+                    "atol": float(cfg["atol"]),
+                    "t_min": float(cfg["t_min"]),
+                }
+            )
+        )
+        log.info(
+            "%s d=%d %s: mean |error| %.3g nats/dim, %.3g s/sample, %d NFE",
+            dataset,
+            dim,
+            method,
+            rows[-1]["abs_error"].mean(),
+            res["seconds"] / num_points,
+            res["nfe"],
+        )
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     write_csv(frame, out_csv)
     return frame
@@ -226,11 +326,19 @@ def summarize_benchmark(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (dataset, dim, method), grp in points.groupby(["dataset", "dim", "method"], sort=False):
         row = {
-            "dataset": dataset, "dim": int(dim), "method": method, "role": grp["role"].iloc[0],
-            "abs_error_mean": grp["abs_error"].mean(), "abs_error_std": grp["abs_error"].std(ddof=1),
-            "seconds_per_sample": grp["seconds_per_sample"].iloc[0], "nfe": int(grp["nfe"].iloc[0]),
-            "peak_mem_mb": grp["peak_mem_mb"].iloc[0], "num_points": len(grp),
-            "agreement_with": "", "agreement_nats_per_dim": math.nan, "mean_nll_difference": math.nan,
+            "dataset": dataset,
+            "dim": int(dim),
+            "method": method,
+            "role": grp["role"].iloc[0],
+            "abs_error_mean": grp["abs_error"].mean(),
+            "abs_error_std": grp["abs_error"].std(ddof=1),
+            "seconds_per_sample": grp["seconds_per_sample"].iloc[0],
+            "nfe": int(grp["nfe"].iloc[0]),
+            "peak_mem_mb": grp["peak_mem_mb"].iloc[0],
+            "num_points": len(grp),
+            "agreement_with": "",
+            "agreement_nats_per_dim": math.nan,
+            "mean_nll_difference": math.nan,
         }
         ref = PEER_REFERENCE.get(method)
         if ref is not None:
@@ -238,8 +346,11 @@ def summarize_benchmark(points: pd.DataFrame) -> pd.DataFrame:
             if len(other):
                 mine = grp.set_index("point")["nll_nats"]
                 theirs = other.set_index("point")["nll_nats"].reindex(mine.index)
-                row.update(agreement_with=ref, agreement_nats_per_dim=float(((mine - theirs).abs() / dim).mean()),
-                           mean_nll_difference=float((mine - theirs).mean() / dim))
+                row.update(
+                    agreement_with=ref,
+                    agreement_nats_per_dim=float(((mine - theirs).abs() / dim).mean()),
+                    mean_nll_difference=float((mine - theirs).mean() / dim),
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -254,9 +365,19 @@ def run_likelihood_benchmark(point_csvs: Sequence[str | Path], csv: str | Path, 
     return bench
 
 
-def run_table2_mixture(section: dict[str, Any], data_path: str | Path, trace_path: str | Path, *, dataset: str,
-                       csv: str | Path, markdown: str | Path, figure: str | Path, zarr: str | Path, seed: int = 0,
-                       device: str = "auto") -> Any:
+def run_table2_mixture(
+    section: dict[str, Any],
+    data_path: str | Path,
+    trace_path: str | Path,
+    *,
+    dataset: str,
+    csv: str | Path,
+    markdown: str | Path,
+    figure: str | Path,
+    zarr: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+) -> Any:
     """Table 2 on a Gaussian-mixture data set (``section`` = ``likelihood.table2``): relative trace error of each
     estimator against the exact mixture's Fisher trace, with the trace net of ``trace_path`` (target sq_norm,
     trained on samples) and its denoiser."""
@@ -269,10 +390,31 @@ def run_table2_mixture(section: dict[str, Any], data_path: str | Path, trace_pat
     trace_model = load_trace_model(trace_path, resolve_device(device))
     den = trace_model.denoiser
     seed = int(seed) + int(section.get("seed", 0))
-    ds = trace_errors(load_dataset(data_path), den.schedule, den, trace_model, times=section["times"],
-                      t_zero=float(section["t_zero"]), methods=section["methods"], num_points=int(section["num_points"]),
-                      num_probes=int(section["num_probes"]), seed=seed, mixture=mixture)
-    title = f"Relative trace error against the exact Gaussian mixture, {dataset} (d = {mixture.dim}) / {den.schedule.name}"
-    write_trace_error(ds, csv=csv, markdown=markdown, figure=figure, zarr=zarr, config=section, seed=seed, title=title,
-                      paper_rows=False)
+    ds = trace_errors(
+        load_dataset(data_path),
+        den.schedule,
+        den,
+        trace_model,
+        times=section["times"],
+        t_zero=float(section["t_zero"]),
+        methods=section["methods"],
+        num_points=int(section["num_points"]),
+        num_probes=int(section["num_probes"]),
+        seed=seed,
+        mixture=mixture,
+    )
+    title = (
+        f"Relative trace error against the exact Gaussian mixture, {dataset} (d = {mixture.dim}) / {den.schedule.name}"
+    )
+    write_trace_error(
+        ds,
+        csv=csv,
+        markdown=markdown,
+        figure=figure,
+        zarr=zarr,
+        config=section,
+        seed=seed,
+        title=title,
+        paper_rows=False,
+    )
     return ds

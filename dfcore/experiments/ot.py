@@ -16,8 +16,9 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,15 +26,23 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from dfcore.device import resolve_device
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
+from dfcore.device import resolve_device
 from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
-from dfcore.ot import ASYMMETRY_FLOOR, FundamentalResult, asymmetry_index, flow_jacobian, fundamental_matrix, min_sym_eigenvalue, pairing_gap
+from dfcore.ot import (
+    ASYMMETRY_FLOOR,
+    FundamentalResult,
+    asymmetry_index,
+    flow_jacobian,
+    fundamental_matrix,
+    min_sym_eigenvalue,
+    pairing_gap,
+)
 from dfcore.ot_official import OfficialResult, OfficialSchedule, official_fundamental, official_start
 from dfcore.plots import plot_ot_convergence, plot_table3_heatmap
-from dfcore.sde import time_grid
 from dfcore.schedules import Schedule, get_schedule
+from dfcore.sde import time_grid
 
 __all__ = ["is_affine", "run_table3", "run_convergence", "table3_markdown"]
 
@@ -60,7 +69,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _setup(ot_cfg: Mapping[str, Any], schedules_cfg: Mapping[str, Any], device: str) -> tuple[torch.device, dict[str, Schedule]]:
+def _setup(
+    ot_cfg: Mapping[str, Any], schedules_cfg: Mapping[str, Any], device: str
+) -> tuple[torch.device, dict[str, Schedule]]:
     dev = resolve_device(device)
     schedules = {name: get_schedule(name, **dict(schedules_cfg.get(name, {}))) for name in ot_cfg["schedules"]}
     return dev, schedules
@@ -76,7 +87,11 @@ def _asymmetry_floor(ot_cfg: Mapping[str, Any]) -> float:
 
 
 def _autograd_check(
-    mixture: Mixture, schedule: Schedule, x_start: torch.Tensor, times: torch.Tensor, a_mat: torch.Tensor,
+    mixture: Mixture,
+    schedule: Schedule,
+    x_start: torch.Tensor,
+    times: torch.Tensor,
+    a_mat: torch.Tensor,
     floor: float = ASYMMETRY_FLOOR,
 ) -> tuple[float, torch.Tensor]:
     r"""Max relative error of Alg. 2's A against :math:`(\alpha_{end}/\alpha_1)^2 J^{-T}` (autograd), and index(J)."""
@@ -111,7 +126,9 @@ def run_table3(
     tol, pot_tol = float(ot_cfg["tolerance"]), float(ot_cfg["pot_tolerance"])
     keep, n_auto = int(ot_cfg["keep_paths"]), int(ot_cfg["autograd_starts"])
     floor = _asymmetry_floor(ot_cfg)
-    datasets = {name: make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()}
+    datasets = {
+        name: make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()
+    }
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[xr.Dataset]] = {}
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -193,22 +210,38 @@ def run_table3(
                 "seconds_autograd": w3 - w2,
             }
         )
-        log.info("%s/%s: asym mean %.4g, POT rel gap %.3g, autograd rel err %.3g", s_name, d_name, asym.mean(), gap["relative_gap"], auto_err)
+        log.info(
+            "%s/%s: asym mean %.4g, POT rel gap %.3g, autograd rel err %.3g",
+            s_name,
+            d_name,
+            asym.mean(),
+            gap["relative_gap"],
+            auto_err,
+        )
         finals.setdefault(s_name, []).append(_final_dataset(res, asym, lam, d_name, keep, floor))
     wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
     table = pd.DataFrame(rows)
     attrs = provenance(config=dict(config) if config is not None else dict(ot_cfg), seed=seed)
     write_csv(table, csv_path, float_format="%.6g")
-    timing = {"alg2_wall_s": alg2_wall, "alg2_cpu_s": alg2_cpu, "total_wall_s": wall, "total_cpu_s": cpu, "threads": torch.get_num_threads()}
+    timing = {
+        "alg2_wall_s": alg2_wall,
+        "alg2_cpu_s": alg2_cpu,
+        "total_wall_s": wall,
+        "total_cpu_s": cpu,
+        "threads": torch.get_num_threads(),
+    }
     write_text(table3_markdown(table, timing), markdown_path)
     _write_stores(finals, schedules, ot_cfg, fundamental_zarr, paths_zarr, attrs)
     plot_table3_heatmap(table, heatmap_path)
-    log.info("Table 3: Alg. 2 %.2f s wall (%.2f s CPU), everything %.2f s wall (%.2f s CPU)", alg2_wall, alg2_cpu, wall, cpu)
+    log.info(
+        "Table 3: Alg. 2 %.2f s wall (%.2f s CPU), everything %.2f s wall (%.2f s CPU)", alg2_wall, alg2_cpu, wall, cpu
+    )
     return table
 
 
-def _final_dataset(res: Any, asym: torch.Tensor, lam: torch.Tensor, d_name: str, keep: int,
-                   floor: float = ASYMMETRY_FLOOR) -> xr.Dataset:
+def _final_dataset(
+    res: Any, asym: torch.Tensor, lam: torch.Tensor, d_name: str, keep: int, floor: float = ASYMMETRY_FLOOR
+) -> xr.Dataset:
     def np_(t: torch.Tensor) -> np.ndarray:
         return t.detach().cpu().numpy()
 
@@ -253,10 +286,13 @@ def _write_stores(
     ds["x_start"].attrs.update(long_name="start points x_1 ~ q_1")
     ds["x_end"].attrs.update(long_name="pushed points x_tmin (Euler PF-ODE)")
     official = ot_cfg.get("protocol", "ours") == "official"
-    store_attrs = {**attrs, "protocol": "official" if official else "ours",
-                   "update": "euler" if official else ot_cfg["update"],
-                   "spacing": "ddim_linspace" if official else ot_cfg["spacing"],
-                   "schedule_params": {k: v.params() for k, v in schedules.items()}}
+    store_attrs = {
+        **attrs,
+        "protocol": "official" if official else "ours",
+        "update": "euler" if official else ot_cfg["update"],
+        "spacing": "ddim_linspace" if official else ot_cfg["spacing"],
+        "schedule_params": {k: v.params() for k, v in schedules.items()},
+    }
     final_vars = ["x_start", "x_end", "fundamental", "asymmetry", "min_sym_eig", "min_step_eig"]
     write_zarr(ds[final_vars].drop_vars(["t", "step"], errors="ignore"), fundamental_zarr, attrs=store_attrs)
     write_zarr(ds[["path", "fundamental_path", "asymmetry_path"]], paths_zarr, attrs=store_attrs)
@@ -281,10 +317,19 @@ def table3_markdown(table: pd.DataFrame, timing: Mapping[str, float] | None = No
     wide = wide.reindex(index=list(dict.fromkeys(table["dataset"])), columns=list(dict.fromkeys(table["schedule"])))
     lines += [wide.to_markdown(), "", "## All rows", ""]
     cols = {
-        "schedule": "schedule", "dataset": "data", "affine_data": "affine", "asym_mean": "asym mean",
-        "asym_median": "asym median", "frac_above_tol": "frac > tol", "verdict": "verdict",
-        "frac_sym_pd": "frac sym PD", "pot_rel_gap": "POT rel. gap", "pot_verdict": "POT",
-        "autograd_rel_err": "Alg.2 vs autograd", "verdicts_agree": "agree", "num_steps": "steps",
+        "schedule": "schedule",
+        "dataset": "data",
+        "affine_data": "affine",
+        "asym_mean": "asym mean",
+        "asym_median": "asym median",
+        "frac_above_tol": "frac > tol",
+        "verdict": "verdict",
+        "frac_sym_pd": "frac sym PD",
+        "pot_rel_gap": "POT rel. gap",
+        "pot_verdict": "POT",
+        "autograd_rel_err": "Alg.2 vs autograd",
+        "verdicts_agree": "agree",
+        "num_steps": "steps",
     }
     short = table[list(cols)].rename(columns=cols)
     for c in ("asym mean", "asym median"):
@@ -323,7 +368,13 @@ def run_convergence(
         spec = ot_cfg["datasets"][d_name]
         schedule = schedules[s_name]
         mixture = make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0)))
-        times = time_grid(int(n_steps), float(ot_cfg["t_min"][s_name]), spacing=ot_cfg["spacing"], rho=float(ot_cfg["rho"]), schedule=schedule)
+        times = time_grid(
+            int(n_steps),
+            float(ot_cfg["t_min"][s_name]),
+            spacing=ot_cfg["spacing"],
+            rho=float(ot_cfg["rho"]),
+            schedule=schedule,
+        )
         x_start = sample_prior(mixture, schedule, int(conv["num_starts"]), seed=seed + 1, device=dev)
         mixture.to(device=dev, dtype=torch.float64)
         w0 = time.perf_counter()
@@ -333,13 +384,19 @@ def run_convergence(
         m = min(int(conv["autograd_starts"]), x_start.shape[0])
         err = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m], floor)[0] if m else math.nan
         rows.append(
-            {"schedule": s_name, "dataset": d_name, "num_steps": int(n_steps), "update": update,
-             "asym_mean": float(asym.mean()), "asym_median": float(asym.median()),
-             "autograd_rel_err": err, "min_step_eig": float(res.min_step_eigenvalue.min()), "seconds_alg2": seconds}
+            {
+                "schedule": s_name,
+                "dataset": d_name,
+                "num_steps": int(n_steps),
+                "update": update,
+                "asym_mean": float(asym.mean()),
+                "asym_median": float(asym.median()),
+                "autograd_rel_err": err,
+                "min_step_eig": float(res.min_step_eigenvalue.min()),
+                "seconds_alg2": seconds,
+            }
         )
     table = pd.DataFrame(rows)
     write_csv(table, csv_path, float_format="%.6g")
     plot_ot_convergence(table, plot_path)
     return table
-
-

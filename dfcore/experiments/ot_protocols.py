@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, cast
+from typing import Any, cast
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from dfcore.device import resolve_device
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
+from dfcore.device import resolve_device
 from dfcore.experiments.ot import PAPER_TABLE3
 from dfcore.io import write_csv
 from dfcore.ot import FundamentalResult, asymmetry_index, fundamental_matrix
@@ -37,7 +38,16 @@ __all__ = ["PROTOCOLS", "PAPER_TABLE3", "protocol_asymmetry", "protocol_table", 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("official", "ours")
-COLUMNS = ["protocol", "schedule", "data", "num_steps", "num_starts", "asymmetry_mean", "asymmetry_median", "asymmetry_sem"]
+COLUMNS = [
+    "protocol",
+    "schedule",
+    "data",
+    "num_steps",
+    "num_starts",
+    "asymmetry_mean",
+    "asymmetry_median",
+    "asymmetry_sem",
+]
 
 
 def protocol_asymmetry(
@@ -66,12 +76,19 @@ def protocol_asymmetry(
         mixture.to(device=device, dtype=torch.float32)
         # OfficialSchedule checks the name at run time
         res: OfficialResult | FundamentalResult = official_fundamental(
-            mixture, OfficialSchedule(cast(OfficialName, schedule_name)), x_start, num_steps)
+            mixture, OfficialSchedule(cast(OfficialName, schedule_name)), x_start, num_steps
+        )
         return asymmetry_index(res.fundamental)
     if protocol != "ours":
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     schedule = get_schedule(schedule_name, **dict(schedules_cfg.get(schedule_name, {})))
-    times = time_grid(num_steps, float(ot_cfg["t_min"][schedule_name]), spacing=ot_cfg["spacing"], rho=float(ot_cfg["rho"]), schedule=schedule)
+    times = time_grid(
+        num_steps,
+        float(ot_cfg["t_min"][schedule_name]),
+        spacing=ot_cfg["spacing"],
+        rho=float(ot_cfg["rho"]),
+        schedule=schedule,
+    )
     mixture.to(device="cpu", dtype=torch.float64)
     x_start = sample_prior(mixture, schedule, num_starts, seed=seed + 1, device=device)
     mixture.to(device=device)
@@ -96,12 +113,30 @@ def protocol_table(
     if missing:
         raise ValueError(f"ot.protocols.datasets names {missing}, which are not in ot.datasets")
     dev = resolve_device(device)
-    jobs = [(p, s, d, n, m) for p in PROTOCOLS for s in ot_cfg["schedules"] for d in cfg["datasets"] for n, m in zip(steps, starts)]
+    jobs = [
+        (p, s, d, n, m)
+        for p in PROTOCOLS
+        for s in ot_cfg["schedules"]
+        for d in cfg["datasets"]
+        for n, m in zip(steps, starts)
+    ]
     rows = []
     for protocol, s_name, d_name, n_steps, n_starts in tqdm(jobs, desc="OT protocols", disable=not progress):
-        asym = protocol_asymmetry(
-            protocol, s_name, ot_cfg["datasets"][d_name], n_steps, n_starts, ot_cfg, schedules_cfg, seed=seed, device=dev
-        ).double().cpu()
+        asym = (
+            protocol_asymmetry(
+                protocol,
+                s_name,
+                ot_cfg["datasets"][d_name],
+                n_steps,
+                n_starts,
+                ot_cfg,
+                schedules_cfg,
+                seed=seed,
+                device=dev,
+            )
+            .double()
+            .cpu()
+        )
         rows.append(
             {
                 "protocol": protocol,
@@ -114,8 +149,15 @@ def protocol_table(
                 "asymmetry_sem": float(asym.std() / math.sqrt(n_starts)),
             }
         )
-        log.info("%s %s/%s %d steps: asymmetry mean %.4f (sem %.4f)", protocol, s_name, d_name, n_steps,
-                 rows[-1]["asymmetry_mean"], rows[-1]["asymmetry_sem"])
+        log.info(
+            "%s %s/%s %d steps: asymmetry mean %.4f (sem %.4f)",
+            protocol,
+            s_name,
+            d_name,
+            n_steps,
+            rows[-1]["asymmetry_mean"],
+            rows[-1]["asymmetry_sem"],
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

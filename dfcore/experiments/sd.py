@@ -24,9 +24,9 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device, resolve_dtype
-from dfcore.plots import plot_sd_adjoint, plot_sd_nll_seeds, plot_sd_nll_vs_guidance, thumbnail
-from dfcore.io import load_checkpoint, provenance, write_csv, write_zarr
 from dfcore.integrations import diffusers as sd
+from dfcore.io import load_checkpoint, provenance, write_csv, write_zarr
+from dfcore.plots import plot_sd_adjoint, plot_sd_nll_seeds, plot_sd_nll_vs_guidance, thumbnail
 
 __all__ = ["run_trace_net", "run_nll", "run_adjoint"]
 
@@ -49,38 +49,82 @@ def _load(pipeline: str, cfg: dict[str, Any], device: str) -> tuple[Any, torch.d
     return sd.load_pipeline(pipeline, dev, resolve_dtype(cfg.get("dtype", "float32"))), dev
 
 
-def run_trace_net(cfg: dict[str, Any], pipeline: str, image_dir: str, out: str, loss_csv: str, *,
-                  device: str = "auto", seed: int = 0, resume: str | None = None) -> sd.LatentTraceModel:
+def run_trace_net(
+    cfg: dict[str, Any],
+    pipeline: str,
+    image_dir: str,
+    out: str,
+    loss_csv: str,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    resume: str | None = None,
+) -> sd.LatentTraceModel:
     """Alg. 1 on VAE latents of ``image_dir``: regress t_θ(z_t, t) onto ‖z_0‖²/d (resumable)."""
-    from dfcore.train import train_loop
     from dfcore.io import save_checkpoint
+    from dfcore.train import train_loop
 
     tcfg = cfg["trace_net"]
     pipe, dev = _load(pipeline, cfg, device)
     latents = sd.encode_image_folder(pipe, image_dir, int(tcfg["max_images"]) or None)
     log.info("trace net: %d latents of shape %s from %s", len(latents), tuple(latents.shape[1:]), image_dir)
     schedule = sd.DiscreteSchedule.from_scheduler(pipe.scheduler)
-    model = sd.build_latent_trace_model(latents.shape[1:], schedule, tcfg["block_out_channels"],
-                                        tcfg["layers_per_block"], tcfg["norm_num_groups"], seed=seed)
+    model = sd.build_latent_trace_model(
+        latents.shape[1:],
+        schedule,
+        tcfg["block_out_channels"],
+        tcfg["layers_per_block"],
+        tcfg["norm_num_groups"],
+        seed=seed,
+    )
     model.module.to(dev)
-    losses = train_loop(model, latents, steps=int(tcfg["steps"]), batch_size=int(tcfg["batch_size"]),
-                        lr=float(tcfg["lr"]), t_min=1.0 / schedule.num_steps,
-                        checkpoint_every=int(tcfg["checkpoint_every"]), seed=seed, resume_path=resume,
-                        desc="sd trace_net")
-    save_checkpoint({"model": model.state(), "step": len(losses), "losses": torch.tensor(losses, dtype=torch.float64),
-                     "meta": {"seed": seed, "config": tcfg, "num_images": len(latents)}}, out)
+    losses = train_loop(
+        model,
+        latents,
+        steps=int(tcfg["steps"]),
+        batch_size=int(tcfg["batch_size"]),
+        lr=float(tcfg["lr"]),
+        t_min=1.0 / schedule.num_steps,
+        checkpoint_every=int(tcfg["checkpoint_every"]),
+        seed=seed,
+        resume_path=resume,
+        desc="sd trace_net",
+    )
+    save_checkpoint(
+        {
+            "model": model.state(),
+            "step": len(losses),
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "meta": {"seed": seed, "config": tcfg, "num_images": len(latents)},
+        },
+        out,
+    )
     write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
     return model
 
 
-def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_csv: str, plot_guidance: str,
-            plot_seeds: str, *, device: str = "auto", config: dict[str, Any] | None = None) -> pd.DataFrame:
+def run_nll(
+    cfg: dict[str, Any],
+    pipeline: str,
+    trace: str,
+    out_zarr: str,
+    out_csv: str,
+    plot_guidance: str,
+    plot_seeds: str,
+    *,
+    device: str = "auto",
+    config: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """NLL of CFG-generated latents by DF-TM for every (prompt, guidance scale, seed)."""
     ncfg = cfg["nll"]
     pipe, dev = _load(pipeline, cfg, device)
     trace_model = sd.latent_trace_model_from_state(load_checkpoint(trace, map_location=dev)["model"], dev)
     shape = latent_shape(pipe)
-    prompts, scales, seeds = list(cfg["prompts"]), [float(w) for w in ncfg["guidance_scales"]], [int(s) for s in ncfg["seeds"]]
+    prompts, scales, seeds = (
+        list(cfg["prompts"]),
+        [float(w) for w in ncfg["guidance_scales"]],
+        [int(s) for s in ncfg["seeds"]],
+    )
     thumb = int(ncfg["thumbnail_size"])
     nll = np.zeros((len(prompts), len(scales), len(seeds)))
     bpd, prior, seconds = np.zeros_like(nll), np.zeros_like(nll), np.zeros_like(nll)
@@ -93,8 +137,15 @@ def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_c
             z_T = torch.cat([initial_latent(s, (1, *shape)) for s in seeds]).to(dev)
             z0 = sd.sample_latents(den, z_T, int(cfg["num_steps"]))
             start = time.perf_counter()
-            res = sd.latent_log_likelihood(z0, den, trace_model, method=ncfg["method"], solver=ncfg["solver"],
-                                           num_steps=int(ncfg["num_steps"]), data_var=float(ncfg["data_var"]))
+            res = sd.latent_log_likelihood(
+                z0,
+                den,
+                trace_model,
+                method=ncfg["method"],
+                solver=ncfg["solver"],
+                num_steps=int(ncfg["num_steps"]),
+                data_var=float(ncfg["data_var"]),
+            )
             elapsed = (time.perf_counter() - start) / len(seeds)
             with torch.no_grad():
                 imgs = sd.to_uint8(sd.decode_latents(pipe, z0)).numpy()
@@ -102,16 +153,27 @@ def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_c
                 nll[i, j, k], bpd[i, j, k] = -res["log_q"][k].item(), res["bpd"][k].item()
                 prior[i, j, k], seconds[i, j, k] = res["prior"][k].item(), elapsed
                 thumbs[i, j, k] = thumbnail(imgs[k], thumb)
-                rows.append({"prompt": prompt, "guidance_scale": w, "seed": s, "nll_nats": nll[i, j, k],
-                             "bpd": bpd[i, j, k], "seconds": elapsed, "nfe": int(res["nfe"])})
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "guidance_scale": w,
+                        "seed": s,
+                        "nll_nats": nll[i, j, k],
+                        "bpd": bpd[i, j, k],
+                        "seconds": elapsed,
+                        "nfe": int(res["nfe"]),
+                    }
+                )
                 bar.update(1)
     bar.close()
     dims = ("prompt", "guidance_scale", "seed")
     ds = xr.Dataset(
-        {"nll": (dims, nll, {"units": "nats", "long_name": "-log q(z_0) by DF-TM (Eq. 14, 17)"}),
-         "bpd": (dims, bpd, {"units": "bits/dim"}),
-         "prior_log_prob": (dims, prior, {"units": "nats"}),
-         "thumbnail": (dims + ("y", "x", "rgb"), thumbs)},
+        {
+            "nll": (dims, nll, {"units": "nats", "long_name": "-log q(z_0) by DF-TM (Eq. 14, 17)"}),
+            "bpd": (dims, bpd, {"units": "bits/dim"}),
+            "prior_log_prob": (dims, prior, {"units": "nats"}),
+            "thumbnail": (dims + ("y", "x", "rgb"), thumbs),
+        },
         coords={"prompt": prompts, "guidance_scale": scales, "seed": seeds},
     )
     write_zarr(ds, out_zarr, provenance(config, None, stage="sd_nll", method=ncfg["method"], latent_shape=list(shape)))
@@ -122,8 +184,16 @@ def run_nll(cfg: dict[str, Any], pipeline: str, trace: str, out_zarr: str, out_c
     return frame
 
 
-def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str, *, clip_path: str | None = None,
-                device: str = "auto", config: dict[str, Any] | None = None) -> pd.DataFrame:
+def run_adjoint(
+    cfg: dict[str, Any],
+    pipeline: str,
+    out_csv: str,
+    out_plot: str,
+    *,
+    clip_path: str | None = None,
+    device: str = "auto",
+    config: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """DF-EA vs VJP adjoint guidance (BELM-style schedule) with a differentiable reward; one row per image and method."""
     from dfcore.adjoint import guided_sample
     from dfcore.profiling import PeakMemory
@@ -131,8 +201,13 @@ def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str,
 
     acfg = cfg["adjoint"]
     pipe, dev = _load(pipeline, cfg, device)
-    reward = sd.load_reward(acfg["reward"], pipe, clip_path=clip_path or acfg["clip_path"] or None,
-                            module=acfg["reward_module"] or None, module_kwargs=acfg["reward_kwargs"]).to(dev)
+    reward = sd.load_reward(
+        acfg["reward"],
+        pipe,
+        clip_path=clip_path or acfg["clip_path"] or None,
+        module=acfg["reward_module"] or None,
+        module_kwargs=acfg["reward_kwargs"],
+    ).to(dev)
     shape = latent_shape(pipe)
     times = time_grid(int(acfg["num_steps"]), 1.0 / pipe.scheduler.config.num_train_timesteps, t_max=1.0).to(dev)
     rows = []
@@ -145,15 +220,32 @@ def run_adjoint(cfg: dict[str, Any], pipeline: str, out_csv: str, out_plot: str,
             before = reward(sd.sample_latents(den, z_T, int(acfg["num_steps"]))).item()
         with PeakMemory(dev) as mem:
             start = time.perf_counter()
-            out = guided_sample(den, z_T, times, lambda z: -reward(z), method=method,
-                                update_steps=acfg["update_steps"], step_size=float(acfg["step_size"]),
-                                iterations=int(acfg["iterations"]))
+            out = guided_sample(
+                den,
+                z_T,
+                times,
+                lambda z: -reward(z),
+                method=method,
+                update_steps=acfg["update_steps"],
+                step_size=float(acfg["step_size"]),
+                iterations=int(acfg["iterations"]),
+            )
             seconds = time.perf_counter() - start
         assert out.final_loss is not None  # guided_sample sets it
-        rows.append({"prompt": prompt, "seed": int(seed), "method": method, "reward": acfg["reward"],
-                     "score_before": before, "score_after": -out.final_loss.item(), "seconds": seconds,
-                     "peak_memory_mb": mem.peak_bytes / 2**20, "fvp_calls": out.fvp_calls,
-                     "device": str(dev)})
+        rows.append(
+            {
+                "prompt": prompt,
+                "seed": int(seed),
+                "method": method,
+                "reward": acfg["reward"],
+                "score_before": before,
+                "score_after": -out.final_loss.item(),
+                "seconds": seconds,
+                "peak_memory_mb": mem.peak_bytes / 2**20,
+                "fvp_calls": out.fvp_calls,
+                "device": str(dev),
+            }
+        )
     frame = pd.DataFrame(rows)
     frame["improvement"] = frame.score_after - frame.score_before
     write_csv(frame, out_csv)

@@ -68,7 +68,9 @@ def output_digest(path: str | os.PathLike[str]) -> str:
     return _file_digest(path)
 
 
-def summarize_outputs(paths: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def summarize_outputs(
+    paths: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
     """One row per output: path (relative to ``root``), kind, size in bytes, digest, and for Zarr
     stores the data variables and the ``git_revision``/``seed`` provenance attributes.
 
@@ -100,7 +102,9 @@ def summarize_outputs(paths: Iterable[str | os.PathLike[str]], root: str | os.Pa
     return pd.DataFrame(rows, columns=COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
 
 
-def write_summary(paths: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def write_summary(
+    paths: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
     """:func:`summarize_outputs`, written atomically as CSV to ``output``."""
     table = summarize_outputs(paths, root=root)
     write_csv(table, output)

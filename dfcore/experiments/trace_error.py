@@ -19,25 +19,34 @@ names the target each DF-TM row was trained on (empty for the other estimators).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
 
-from dfcore.models.base import Denoiser, TraceModel
-from dfcore.fisher.trace import fisher_trace
 from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
-from dfcore.plots import plot_trace_errors
+from dfcore.fisher.trace import fisher_trace
 from dfcore.io import provenance, write_csv, write_text, write_zarr
-from dfcore.models.networks import load_trace_model, same_weights
 from dfcore.mixtures import DiracMixture, Mixture
+from dfcore.models.base import Denoiser, TraceModel
+from dfcore.models.networks import load_trace_model, same_weights
+from dfcore.plots import plot_trace_errors
 from dfcore.schedules import Schedule
 
-__all__ = ["trace_errors", "estimator_order", "dftm_label", "markdown_table", "write_trace_error", "run_trace_error", "PAPER_TABLE2"]
+__all__ = [
+    "trace_errors",
+    "estimator_order",
+    "dftm_label",
+    "markdown_table",
+    "write_trace_error",
+    "run_trace_error",
+    "PAPER_TABLE2",
+]
 
 
 def dftm_label(target: str) -> str:
@@ -97,15 +106,27 @@ def trace_errors(
         x = (alpha * y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)).to(dtype)
         truth[j] = fisher_trace("analytic", x.to(torch.float64), t, schedule=schedule, mixture=mixture).numpy()
         for i, label in enumerate(labels):
-            estimates[i, j] = fisher_trace(kinds[label], x, t, schedule=schedule, denoiser=denoiser,
-                                           trace_model=models[label], num_probes=num_probes, generator=gen).numpy()
+            estimates[i, j] = fisher_trace(
+                kinds[label],
+                x,
+                t,
+                schedule=schedule,
+                denoiser=denoiser,
+                trace_model=models[label],
+                num_probes=num_probes,
+                generator=gen,
+            ).numpy()
     diff = estimates - truth[None]
     rel_l2 = 100 * np.linalg.norm(diff, axis=-1) / np.linalg.norm(truth, axis=-1)[None]
     ratio = 100 * np.abs(diff) / np.abs(truth)[None]
     t_eval = np.array([t if t > 0 else t_zero for t in times], dtype=float)
     ds = xr.Dataset(
         {
-            "rel_error": (("estimator", "t"), rel_l2, {"units": "%", "description": "||est - true||_2 / ||true||_2 over points"}),
+            "rel_error": (
+                ("estimator", "t"),
+                rel_l2,
+                {"units": "%", "description": "||est - true||_2 / ||true||_2 over points"},
+            ),
             "mean_rel_error": (("estimator", "t"), ratio.mean(-1), {"units": "%"}),
             "median_rel_error": (("estimator", "t"), np.median(ratio, -1), {"units": "%"}),
             "estimate": (("estimator", "t", "point"), estimates),
@@ -115,8 +136,10 @@ def trace_errors(
         },
         coords={
             "estimator": labels,
-            "trace_target": ("estimator", [str(getattr(models[label], "target", "")) if kinds[label] == "dftm" else ""
-                                           for label in labels]),
+            "trace_target": (
+                "estimator",
+                [str(getattr(models[label], "target", "")) if kinds[label] == "dftm" else "" for label in labels],
+            ),
             "t": np.asarray(times, dtype=float),
             "point": np.arange(num_points),
         },
@@ -129,7 +152,11 @@ def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None =
     """The table laid out like the paper's: one row per method, one column per t (relative error, %)."""
     cols = [f"t = {t:.1f}" + ("+" if t == 0 else "") for t in ds["t"].values]
     labels = {"vjp": "VJP", "dftm": "DF-TM", "hutchinson": "Hutchinson", "analytic": "analytic"}
-    targets = dict(zip(ds["estimator"].values.tolist(), ds["trace_target"].values.tolist())) if "trace_target" in ds.coords else {}
+    targets = (
+        dict(zip(ds["estimator"].values.tolist(), ds["trace_target"].values.tolist()))
+        if "trace_target" in ds.coords
+        else {}
+    )
     several = sum(1 for target in targets.values() if target) > 1
 
     def label(m: str) -> str:
@@ -138,8 +165,10 @@ def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None =
             return f"DF-TM [{targets[m]}]"
         return labels.get(m, m)
 
-    rows = {label(str(m)): [f"{float(v):.2f}" for v in ds["rel_error"].sel(estimator=m).values]
-            for m in ds["estimator"].values}
+    rows = {
+        label(str(m)): [f"{float(v):.2f}" for v in ds["rel_error"].sel(estimator=m).values]
+        for m in ds["estimator"].values
+    }
     for name, values in (paper or {}).items():
         rows[f"{name} (paper)"] = [f"{v:.2f}" for v in values]
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
@@ -150,9 +179,18 @@ def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None =
 PAPER_TABLE2 = {"VJP": [6.68, 5.79, 10.46, 20.13, 51.14, 70.95], "DF-TM": [3.41, 4.56, 4.13, 4.28, 5.33, 5.81]}
 
 
-def write_trace_error(ds: xr.Dataset, *, csv: str | Path, markdown: str | Path, figure: str | Path, zarr: str | Path,
-                      config: dict[str, Any] | None = None, seed: int | None = None, title: str = "",
-                      paper_rows: bool = True) -> None:
+def write_trace_error(
+    ds: xr.Dataset,
+    *,
+    csv: str | Path,
+    markdown: str | Path,
+    figure: str | Path,
+    zarr: str | Path,
+    config: dict[str, Any] | None = None,
+    seed: int | None = None,
+    title: str = "",
+    paper_rows: bool = True,
+) -> None:
     """Write the CSV (long format), markdown table (with the paper's row unless ``paper_rows`` is false, e.g. for a
     data set the paper did not use), figure and Zarr store."""
     frame = ds[["rel_error", "mean_rel_error", "median_rel_error", "sigma"]].to_dataframe().reset_index()
@@ -163,9 +201,19 @@ def write_trace_error(ds: xr.Dataset, *, csv: str | Path, markdown: str | Path, 
     write_zarr(ds, zarr, attrs=provenance(config, seed, title=title))
 
 
-def run_trace_error(section: dict[str, Any], data_path: str | Path, trace_path: str | Path, *, csv: str | Path,
-                    markdown: str | Path, figure: str | Path, zarr: str | Path, seed: int = 0,
-                    device: str = "auto", extra_trace_paths: Sequence[str | Path] = ()) -> xr.Dataset:
+def run_trace_error(
+    section: dict[str, Any],
+    data_path: str | Path,
+    trace_path: str | Path,
+    *,
+    csv: str | Path,
+    markdown: str | Path,
+    figure: str | Path,
+    zarr: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+    extra_trace_paths: Sequence[str | Path] = (),
+) -> xr.Dataset:
     """The trace_error stage (Table 2; ``section`` = the ``trace_error`` config section).
 
     ``trace_path`` is the main trace network (estimator ``dftm``; its denoiser is used by every estimator);
@@ -184,10 +232,20 @@ def run_trace_error(section: dict[str, Any], data_path: str | Path, trace_path: 
             raise ValueError(f"{path}: its trace network was trained on another denoiser than {trace_path}'s")
         extra[label] = model
     seed = int(seed) + int(cfg.get("seed", 0))
-    ds = trace_errors(load_dataset(data_path), denoiser.schedule, denoiser, trace_model, times=cfg["times"],
-                      t_zero=float(cfg["t_zero"]), methods=cfg["methods"], num_points=int(cfg["num_points"]),
-                      num_probes=int(cfg["num_probes"]), seed=seed, mixture=load_mixture(data_path),
-                      extra_trace_models=extra)
+    ds = trace_errors(
+        load_dataset(data_path),
+        denoiser.schedule,
+        denoiser,
+        trace_model,
+        times=cfg["times"],
+        t_zero=float(cfg["t_zero"]),
+        methods=cfg["methods"],
+        num_points=int(cfg["num_points"]),
+        num_probes=int(cfg["num_probes"]),
+        seed=seed,
+        mixture=load_mixture(data_path),
+        extra_trace_models=extra,
+    )
     title = f"Relative trace error, {cfg['dataset']} / {cfg['schedule']}"
     write_trace_error(ds, csv=csv, markdown=markdown, figure=figure, zarr=zarr, config=cfg, seed=seed, title=title)
     return ds

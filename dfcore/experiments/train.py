@@ -7,8 +7,9 @@ with) and the loss curve.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,16 +26,34 @@ from dfcore.train import build_denoiser, build_trace_model, sigma_data, train_lo
 __all__ = ["train_denoiser", "train_trace", "run_training"]
 
 
-def _finish(model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]) -> None:
-    save_checkpoint({"model": model.state(), "step": len(losses), "losses": torch.tensor(losses, dtype=torch.float64), "meta": meta}, out_path)
+def _finish(
+    model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]
+) -> None:
+    save_checkpoint(
+        {
+            "model": model.state(),
+            "step": len(losses),
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "meta": meta,
+        },
+        out_path,
+    )
     if loss_csv is not None:
         write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
 
 
 def train_denoiser(
-    data: Tensor, schedule: Schedule, cfg: dict[str, Any], out_path: str | Path, *,
-    image_shape: tuple[int, ...] | None = None, resume_path: str | Path | None = None,
-    loss_csv: str | Path | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
+    data: Tensor,
+    schedule: Schedule,
+    cfg: dict[str, Any],
+    out_path: str | Path,
+    *,
+    image_shape: tuple[int, ...] | None = None,
+    resume_path: str | Path | None = None,
+    loss_csv: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> LearnedDenoiser:
     """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged)."""
@@ -42,31 +61,59 @@ def train_denoiser(
     if arch == "auto":
         arch = "unet" if image_shape is not None else "mlp"
     dev = resolve_device(device)
-    model = build_denoiser(arch, data.shape[1], schedule, cfg, sigma_data(data), image_shape=image_shape, seed=seed, device=dev)
+    model = build_denoiser(
+        arch, data.shape[1], schedule, cfg, sigma_data(data), image_shape=image_shape, seed=seed, device=dev
+    )
     losses = train_loop(
-        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
-        progress=progress, desc=f"denoiser[{arch}]", on_step=on_step,
+        model,
+        data.float(),
+        steps=int(cfg["steps"]),
+        batch_size=int(cfg["batch_size"]),
+        lr=float(cfg["lr"]),
+        warmup_steps=int(cfg.get("warmup_steps", 0)),
+        t_min=float(cfg.get("t_min", 1e-3)),
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)),
+        seed=seed,
+        resume_path=resume_path,
+        progress=progress,
+        desc=f"denoiser[{arch}]",
+        on_step=on_step,
     )
     _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
     return model
 
 
 def train_trace(
-    data: Tensor, denoiser: LearnedDenoiser, cfg: dict[str, Any], out_path: str | Path, *,
-    resume_path: str | Path | None = None, loss_csv: str | Path | None = None, seed: int = 0,
-    progress: bool = True, on_step: Callable[[int], None] | None = None, reference: Mixture | None = None,
+    data: Tensor,
+    denoiser: LearnedDenoiser,
+    cfg: dict[str, Any],
+    out_path: str | Path,
+    *,
+    resume_path: str | Path | None = None,
+    loss_csv: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    reference: Mixture | None = None,
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
     (``reference``: see :func:`dfcore.train.build_trace_model`)."""
     model = build_trace_model(denoiser, cfg, seed=seed, data=data, reference=reference)
     losses = train_loop(
-        model, data.float(), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)), t_min=float(cfg.get("t_min", 1e-3)),
+        model,
+        data.float(),
+        steps=int(cfg["steps"]),
+        batch_size=int(cfg["batch_size"]),
+        lr=float(cfg["lr"]),
+        warmup_steps=int(cfg.get("warmup_steps", 0)),
+        t_min=float(cfg.get("t_min", 1e-3)),
         time_power=float(cfg.get("time_power", 1.0)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)), seed=seed, resume_path=resume_path,
-        progress=progress, desc="trace_net", on_step=on_step,
+        checkpoint_every=int(cfg.get("checkpoint_every", 500)),
+        seed=seed,
+        resume_path=resume_path,
+        progress=progress,
+        desc="trace_net",
+        on_step=on_step,
     )
     _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
     return model
@@ -94,12 +141,23 @@ def run_training(
     if kind == "denoiser":
         if schedule is None:
             raise ValueError("training a denoiser needs its schedule")
-        return train_denoiser(data, schedule, section, out, image_shape=image_shape(data_path), resume_path=resume_path,
-                              loss_csv=loss_csv, seed=seed, device=device, progress=progress)
+        return train_denoiser(
+            data,
+            schedule,
+            section,
+            out,
+            image_shape=image_shape(data_path),
+            resume_path=resume_path,
+            loss_csv=loss_csv,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
     if kind == "trace":
         if denoiser_path is None:
             raise ValueError("training a trace network needs the trained denoiser (denoiser_path)")
         den = load_denoiser(denoiser_path, resolve_device(device))
-        return train_trace(data, den, section, out, resume_path=resume_path, loss_csv=loss_csv, seed=seed,
-                           progress=progress)
+        return train_trace(
+            data, den, section, out, resume_path=resume_path, loss_csv=loss_csv, seed=seed, progress=progress
+        )
     raise ValueError(f"unknown training kind {kind!r}; choose 'denoiser' or 'trace'")

@@ -63,8 +63,12 @@ class TraceFn(Protocol):
     ) -> Tensor: ...
 
 
-def rademacher(shape: tuple[int, ...], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
-               device: torch.device | str = "cpu") -> Tensor:
+def rademacher(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """Independent ±1 entries."""
     return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(dtype=dtype, device=device)
 
@@ -102,7 +106,12 @@ def trace_dftm(
 
 
 def trace_vjp(
-    x: Tensor, t: Tensor, *, schedule: Schedule, denoiser: Denoiser | None = None, chunk_size: int | None = 256,
+    x: Tensor,
+    t: Tensor,
+    *,
+    schedule: Schedule,
+    denoiser: Denoiser | None = None,
+    chunk_size: int | None = 256,
     **_: object,
 ) -> Tensor:
     r""":math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma` from d VJPs with the basis vectors."""
@@ -175,6 +184,15 @@ def fisher_trace(
         raise ValueError(f"unknown trace method {method!r}; choose one of {list(TRACE_METHODS)}") from None
     schedule = resolve_schedule(schedule, denoiser, method)
     require_finite("x", x)
-    return fn(x, batch_time(t, x, torch.float64), schedule=schedule, mixture=mixture, denoiser=denoiser,
-              trace_model=trace_model, num_probes=num_probes, probes=probes, generator=generator,
-              chunk_size=chunk_size)
+    return fn(
+        x,
+        batch_time(t, x, torch.float64),
+        schedule=schedule,
+        mixture=mixture,
+        denoiser=denoiser,
+        trace_model=trace_model,
+        num_probes=num_probes,
+        probes=probes,
+        generator=generator,
+        chunk_size=chunk_size,
+    )

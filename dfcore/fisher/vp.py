@@ -132,7 +132,9 @@ def fisher_vp_dfea_centered(
 ) -> Tensor:
     r"""One-sample covariance form: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)\langle x_0 - \bar y, v\rangle (x_0 - \bar y)`."""
     if x0 is None or ybar is None:
-        raise ValueError("fisher_vp method 'dfea_centered' needs x0= (trajectory endpoint) and ybar= (cached posterior mean)")
+        raise ValueError(
+            "fisher_vp method 'dfea_centered' needs x0= (trajectory endpoint) and ybar= (cached posterior mean)"
+        )
     alpha, sigma = schedule(t)
     dev = x0 - ybar
     scale = expand_like(alpha.pow(2) / sigma.pow(4), v)

@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
-from dfcore.sde import batch_time, expand_like
 from dfcore.schedules import DiscreteSchedule
+from dfcore.sde import batch_time, expand_like
 
 __all__ = [
     "SDWeightsError",
@@ -73,17 +74,23 @@ def _offline() -> None:
 def check_pipeline_dir(path: str | Path) -> Path:
     """Check that ``path`` is a saved diffusers Stable Diffusion folder with UNet, VAE, text encoder and tokenizer."""
     if not str(path).strip():
-        raise SDWeightsError("no Stable Diffusion folder given: set the config key sd.pipeline to a local diffusers "
-                             "pipeline folder (or sd.tiny: true for the tiny test pipeline)")
+        raise SDWeightsError(
+            "no Stable Diffusion folder given: set the config key sd.pipeline to a local diffusers "
+            "pipeline folder (or sd.tiny: true for the tiny test pipeline)"
+        )
     path = Path(path)
-    hint = ("Point the config key sd.pipeline at a local folder made by StableDiffusionPipeline.save_pretrained "
-            "(or a snapshot of e.g. stable-diffusion-v1-5 downloaded beforehand; resources/README.md); weights are never "
-            "fetched at run time.")
+    hint = (
+        "Point the config key sd.pipeline at a local folder made by StableDiffusionPipeline.save_pretrained "
+        "(or a snapshot of e.g. stable-diffusion-v1-5 downloaded beforehand; resources/README.md); weights are never "
+        "fetched at run time."
+    )
     if not path.is_dir():
         raise SDWeightsError(f"Stable Diffusion folder {str(path)!r} does not exist. {hint}")
     if not (path / "model_index.json").is_file():
         raise SDWeightsError(f"{str(path)!r} has no model_index.json, so it is not a diffusers pipeline folder. {hint}")
-    missing = [sub for sub in ("unet", "vae") if not any((path / sub / name).is_file() for name in PIPELINE_WEIGHT_FILES)]
+    missing = [
+        sub for sub in ("unet", "vae") if not any((path / sub / name).is_file() for name in PIPELINE_WEIGHT_FILES)
+    ]
     if not any((path / "text_encoder" / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
         missing.append("text_encoder")
     if not (path / "tokenizer").is_dir():
@@ -101,7 +108,11 @@ def load_pipeline(path: str | Path, device: torch.device | str = "cpu", dtype: t
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(path), local_files_only=True, dtype=dtype, safety_checker=None, feature_extractor=None,
+        str(path),
+        local_files_only=True,
+        dtype=dtype,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe = pipe.to(device)
@@ -118,8 +129,13 @@ def load_pipeline(path: str | Path, device: torch.device | str = "cpu", dtype: t
 @torch.no_grad()
 def encode_prompt(pipe: Any, prompts: Sequence[str]) -> Tensor:
     """Text-encoder hidden states (B, L, D) of ``prompts`` padded to the tokenizer's length (the UNet's context)."""
-    tokens = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
+    tokens = pipe.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
 
 
@@ -134,8 +150,14 @@ class CFGDenoiser(Denoiser):
 
     schedule: DiscreteSchedule
 
-    def __init__(self, unet: nn.Module, schedule: DiscreteSchedule, cond: Tensor, uncond: Tensor | None = None,
-                 guidance_scale: float = 7.5) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        schedule: DiscreteSchedule,
+        cond: Tensor,
+        uncond: Tensor | None = None,
+        guidance_scale: float = 7.5,
+    ) -> None:
         if guidance_scale != 1.0 and uncond is None:
             raise ValueError("classifier-free guidance with guidance_scale != 1 needs the unconditional embedding")
         self.unet = unet
@@ -145,7 +167,9 @@ class CFGDenoiser(Denoiser):
         self.guidance_scale = float(guidance_scale)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, prompt: str, guidance_scale: float = 7.5, negative_prompt: str = "") -> "CFGDenoiser":
+    def from_pipeline(
+        cls, pipe: Any, prompt: str, guidance_scale: float = 7.5, negative_prompt: str = ""
+    ) -> CFGDenoiser:
         """Build from a loaded pipeline and one prompt (the unconditional text is ``negative_prompt``)."""
         cond = encode_prompt(pipe, [prompt])
         uncond = encode_prompt(pipe, [negative_prompt]) if guidance_scale != 1.0 else None
@@ -166,7 +190,9 @@ class CFGDenoiser(Denoiser):
         else:
             assert self.uncond is not None  # __init__ requires it when guidance_scale != 1
             uncond = self._context(self.uncond, batch).to(dtype)
-            both = self.unet(torch.cat([z, z]), torch.cat([step, step]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+            both = self.unet(
+                torch.cat([z, z]), torch.cat([step, step]), encoder_hidden_states=torch.cat([uncond, cond])
+            ).sample
             eps_u, eps_c = both.chunk(2)
             out = eps_u + self.guidance_scale * (eps_c - eps_u)
         return out.to(x.dtype)
@@ -200,32 +226,55 @@ class LatentTraceModel(TraceModel):
         return (self.mean_sq_norm(xt, t) - target).pow(2).mean()
 
     def state(self) -> dict[str, Any]:
-        return {"state_dict": self.module.state_dict(), "hparams": self.hparams,
-                "alphas_cumprod": self.schedule.alphas_cumprod}
+        return {
+            "state_dict": self.module.state_dict(),
+            "hparams": self.hparams,
+            "alphas_cumprod": self.schedule.alphas_cumprod,
+        }
 
 
-def build_latent_trace_model(latent_shape: Sequence[int], schedule: DiscreteSchedule,
-                             block_out_channels: Sequence[int] = (32, 64), layers_per_block: int = 1,
-                             norm_num_groups: int = 8, seed: int = 0) -> LatentTraceModel:
+def build_latent_trace_model(
+    latent_shape: Sequence[int],
+    schedule: DiscreteSchedule,
+    block_out_channels: Sequence[int] = (32, 64),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    seed: int = 0,
+) -> LatentTraceModel:
     """A small ``UNet2DModel`` (C latent channels in, 1 out) as the latent trace network."""
     from diffusers import UNet2DModel  # type checkers see its placeholder (diffusers' dummy_pt_objects)
 
     channels, height, _ = (int(v) for v in latent_shape)
-    hparams = {"latent_shape": [int(v) for v in latent_shape], "block_out_channels": [int(c) for c in block_out_channels],
-               "layers_per_block": int(layers_per_block), "norm_num_groups": int(norm_num_groups)}
+    hparams = {
+        "latent_shape": [int(v) for v in latent_shape],
+        "block_out_channels": [int(c) for c in block_out_channels],
+        "layers_per_block": int(layers_per_block),
+        "norm_num_groups": int(norm_num_groups),
+    }
     torch.manual_seed(seed)
-    module = UNet2DModel(sample_size=height, in_channels=channels, out_channels=1, layers_per_block=layers_per_block,
-                         block_out_channels=tuple(block_out_channels),
-                         down_block_types=("DownBlock2D",) * len(block_out_channels),
-                         up_block_types=("UpBlock2D",) * len(block_out_channels), norm_num_groups=norm_num_groups)
+    module = UNet2DModel(
+        sample_size=height,
+        in_channels=channels,
+        out_channels=1,
+        layers_per_block=layers_per_block,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("DownBlock2D",) * len(block_out_channels),
+        up_block_types=("UpBlock2D",) * len(block_out_channels),
+        norm_num_groups=norm_num_groups,
+    )
     return LatentTraceModel(module, schedule, hparams)  # type: ignore[arg-type]
 
 
 def latent_trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> LatentTraceModel:
     """Rebuild a trained :class:`LatentTraceModel` from its checkpoint's ``model`` entry."""
     hp = state["hparams"]
-    model = build_latent_trace_model(hp["latent_shape"], DiscreteSchedule(state["alphas_cumprod"]),
-                                     hp["block_out_channels"], hp["layers_per_block"], hp["norm_num_groups"])
+    model = build_latent_trace_model(
+        hp["latent_shape"],
+        DiscreteSchedule(state["alphas_cumprod"]),
+        hp["block_out_channels"],
+        hp["layers_per_block"],
+        hp["norm_num_groups"],
+    )
     model.module.load_state_dict(state["state_dict"])
     model.module.to(device).eval().requires_grad_(False)
     return model
@@ -244,7 +293,9 @@ def encode_image_folder(pipe: Any, folder: str | Path, max_images: int | None = 
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r} (config key sd.trace_net.image_dir)")
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r} (config key sd.trace_net.image_dir)"
+        )
     files = files[:max_images] if max_images else files
     size = int(pipe.vae.config.sample_size)
     vae = pipe.vae
@@ -282,9 +333,18 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
 # NLL via DF-TM (Eq. 14, 17)
 
 
-def latent_log_likelihood(z: Tensor, denoiser: Denoiser, trace_model: TraceModel | None, *, method: str = "dftm",
-                          t_min: float | None = None, t_max: float = 1.0, solver: str = "rk4", num_steps: int = 50,
-                          data_var: float = 1.0) -> dict[str, Tensor]:
+def latent_log_likelihood(
+    z: Tensor,
+    denoiser: Denoiser,
+    trace_model: TraceModel | None,
+    *,
+    method: str = "dftm",
+    t_min: float | None = None,
+    t_max: float = 1.0,
+    solver: str = "rk4",
+    num_steps: int = 50,
+    data_var: float = 1.0,
+) -> dict[str, Tensor]:
     r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14 (:func:`dfcore.likelihood.log_likelihood`), with
     :math:`\operatorname{tr}F_t` from :func:`dfcore.fisher.trace.fisher_trace` (``dftm`` by default) and the
     prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with v = ``data_var``. Fixed-step torchdiffeq
@@ -296,8 +356,18 @@ def latent_log_likelihood(z: Tensor, denoiser: Denoiser, trace_model: TraceModel
     t_min = 1.0 / cast(DiscreteSchedule, schedule).num_steps if t_min is None else t_min
     if solver not in ("euler", "rk4"):
         raise ValueError(f"latent NLL uses a fixed-step solver, 'euler' or 'rk4'; got {solver!r}")
-    res = log_likelihood(z, method=method, schedule=schedule, denoiser=denoiser, trace_model=trace_model, t_min=t_min,
-                         t_max=t_max, solver=solver, num_steps=num_steps, data_var=data_var)
+    res = log_likelihood(
+        z,
+        method=method,
+        schedule=schedule,
+        denoiser=denoiser,
+        trace_model=trace_model,
+        t_min=t_min,
+        t_max=t_max,
+        solver=solver,
+        num_steps=num_steps,
+        data_var=data_var,
+    )
     return {key: res[key] for key in ("log_q", "bpd", "prior", "delta")} | {"nfe": torch.tensor(res["nfe"])}
 
 
@@ -319,8 +389,10 @@ class CLIPReward(nn.Module):
 
         clip_path = Path(clip_path)
         if not (clip_path / "config.json").is_file():
-            raise SDWeightsError(f"CLIP reward folder {str(clip_path)!r} has no config.json (config key sd.adjoint.clip_path); "
-                                 "save a transformers CLIPModel and its tokenizer there first")
+            raise SDWeightsError(
+                f"CLIP reward folder {str(clip_path)!r} has no config.json (config key sd.adjoint.clip_path); "
+                "save a transformers CLIPModel and its tokenizer there first"
+            )
         self.clip = CLIPModel.from_pretrained(str(clip_path), local_files_only=True).eval().requires_grad_(False)
         self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_path), local_files_only=True)
         self.pipe = pipe
@@ -329,8 +401,13 @@ class CLIPReward(nn.Module):
         self._text: Tensor | None = None
 
     def set_prompt(self, prompt: str) -> None:
-        tokens = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        tokens = self.tokenizer(
+            [prompt],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         with torch.no_grad():
             text = self.clip.get_text_features(input_ids=tokens.input_ids.to(self.clip.device))
         text = getattr(text, "pooler_output", text)
@@ -340,8 +417,9 @@ class CLIPReward(nn.Module):
         if self._text is None:
             raise RuntimeError("call set_prompt(prompt) before scoring")
         images = decode_latents(self.pipe, z)
-        images = torch.nn.functional.interpolate((images + 1) / 2, size=(self.image_size,) * 2, mode="bilinear",
-                                                 align_corners=False)
+        images = torch.nn.functional.interpolate(
+            (images + 1) / 2, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
+        )
         mean = torch.tensor(self.MEAN, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.STD, device=images.device).view(1, 3, 1, 1)
         feats = self.clip.get_image_features(pixel_values=((images - mean) / std).to(self.clip.dtype))
@@ -364,8 +442,14 @@ class _ModuleReward(nn.Module):
         return self.module(decode_latents(self.pipe, z)).reshape(z.shape[0]).to(z.dtype)
 
 
-def load_reward(kind: str, pipe: Any, *, clip_path: str | None = None, module: str | None = None,
-                module_kwargs: dict[str, Any] | None = None) -> CLIPReward | _ModuleReward:
+def load_reward(
+    kind: str,
+    pipe: Any,
+    *,
+    clip_path: str | None = None,
+    module: str | None = None,
+    module_kwargs: dict[str, Any] | None = None,
+) -> CLIPReward | _ModuleReward:
     """The differentiable reward of adjoint guidance: ``clip`` (a :class:`CLIPReward` from ``clip_path``) or
     ``module``: ``"package.module:Name"`` importable, called with ``module_kwargs``, mapping images (B, 3, H, W)
     in [-1, 1] to scores (B,). (An import path, not a pickled module: nothing unsafe is unpickled.)"""

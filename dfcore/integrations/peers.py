@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,8 +56,10 @@ def _import_peer(method: str) -> Any:
         else:
             import flow_matching.solver as module
     except Exception as err:  # ImportError, or a broken install (e.g. a torchvision built for another torch)
-        raise PeerUnavailable(f"{method}: the peer package {package!r} does not import here ({type(err).__name__}: "
-                              f"{err}); install it with `pip install '{requirement}'` (see README, 'Peers')") from None
+        raise PeerUnavailable(
+            f"{method}: the peer package {package!r} does not import here ({type(err).__name__}: "
+            f"{err}); install it with `pip install '{requirement}'` (see README, 'Peers')"
+        ) from None
     return module
 
 
@@ -70,7 +73,13 @@ def peer_available(method: str) -> str | None:
 
 
 def kdiffusion_log_likelihood(
-    x: Tensor, denoiser: Denoiser, *, t_min: float, t_max: float = 1.0, rtol: float = 1e-5, atol: float = 1e-5,
+    x: Tensor,
+    denoiser: Denoiser,
+    *,
+    t_min: float,
+    t_max: float = 1.0,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
     seed: int = 0,
 ) -> dict[str, Any]:
     r"""``k_diffusion.sampling.log_likelihood`` (Hutchinson, dopri5) of ``x`` (B, d) under ``denoiser``; returns
@@ -114,8 +123,18 @@ class _PFVelocity(nn.Module):
 
 
 def flow_matching_log_likelihood(
-    x: Tensor, denoiser: Denoiser, *, log_prior: Callable[[Tensor], Tensor], t_min: float, t_max: float = 1.0,
-    exact: bool, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, num_steps: int = 200, seed: int = 0,
+    x: Tensor,
+    denoiser: Denoiser,
+    *,
+    log_prior: Callable[[Tensor], Tensor],
+    t_min: float,
+    t_max: float = 1.0,
+    exact: bool,
+    solver: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: int = 200,
+    seed: int = 0,
 ) -> dict[str, Any]:
     r"""``flow_matching.solver.ODESolver.compute_likelihood`` of ``x`` (B, d) under ``denoiser`` with the prior
     ``log_prior`` at ``t_max`` (exact divergence when ``exact``, else a Rademacher probe drawn from torch's global
@@ -133,8 +152,16 @@ def flow_matching_log_likelihood(
     torch.set_default_dtype(torch.float64)
     try:
         start = time.perf_counter()
-        _, log_q = ode.compute_likelihood(x_1=x, log_p0=log_prior, step_size=step, method=solver, atol=atol,
-                                          rtol=rtol, time_grid=grid, exact_divergence=exact)
+        _, log_q = ode.compute_likelihood(
+            x_1=x,
+            log_p0=log_prior,
+            step_size=step,
+            method=solver,
+            atol=atol,
+            rtol=rtol,
+            time_grid=grid,
+            exact_divergence=exact,
+        )
         seconds = time.perf_counter() - start
     finally:
         torch.set_default_dtype(previous)

@@ -107,5 +107,3 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Dig
     model = DigitClassifier(state["dim"], state["hidden"], state["num_classes"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval().requires_grad_(False)
-
-

@@ -37,12 +37,12 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from dfcore.models.base import Denoiser, TraceModel
-from dfcore.sde import add_noise, batch_time, expand_like
 from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
+from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import Schedule, get_schedule
+from dfcore.sde import add_noise, batch_time, expand_like
 
 __all__ = [
     "timestep_embedding",
@@ -88,12 +88,21 @@ class MLPBackbone(nn.Module):
 
     freqs: Tensor  # buffer
 
-    def __init__(self, dim: int, hidden: int = 256, layers: int = 4, emb_dim: int = 64, out_dim: int | None = None,
-                 fourier_levels: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 256,
+        layers: int = 4,
+        emb_dim: int = 64,
+        out_dim: int | None = None,
+        fourier_levels: int = 0,
+    ) -> None:
         super().__init__()
         self.dim, self.hidden, self.emb_dim = dim, hidden, emb_dim
         self.fourier_levels = int(fourier_levels)
-        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(self.fourier_levels, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "freqs", math.pi * 2.0 ** torch.arange(self.fourier_levels, dtype=torch.float32), persistent=False
+        )
         self.inp = nn.Linear(dim * (1 + 2 * self.fourier_levels), hidden)
         self.emb = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.blocks = nn.ModuleList(
@@ -176,14 +185,24 @@ class UNetBackbone(nn.Module):
 def build_backbone(arch: str, dim: int, hparams: dict[str, Any], out_dim: int | None = None) -> nn.Module:
     """``mlp`` or ``unet`` from plain hyper-parameters (as stored in checkpoints)."""
     if arch == "mlp":
-        return MLPBackbone(dim, hparams.get("hidden", 256), hparams.get("layers", 4), hparams.get("emb_dim", 64), out_dim,
-                           hparams.get("fourier_levels", 0))
+        return MLPBackbone(
+            dim,
+            hparams.get("hidden", 256),
+            hparams.get("layers", 4),
+            hparams.get("emb_dim", 64),
+            out_dim,
+            hparams.get("fourier_levels", 0),
+        )
     if arch == "unet":
         shape = hparams["image_shape"]
         if out_dim is not None:
             raise ValueError("a UNet backbone has image outputs; use a TraceHead on its features for scalars")
-        return UNetBackbone(shape, hparams.get("block_out_channels", (32, 64)), hparams.get("layers_per_block", 1),
-                            hparams.get("norm_num_groups", 8))
+        return UNetBackbone(
+            shape,
+            hparams.get("block_out_channels", (32, 64)),
+            hparams.get("layers_per_block", 1),
+            hparams.get("norm_num_groups", 8),
+        )
     raise ValueError(f"unknown architecture {arch!r}; choose 'mlp' or 'unet'")
 
 
@@ -219,8 +238,15 @@ class LearnedDenoiser(Denoiser):
         sigma_data: RMS data standard deviation used by the preconditioning.
     """
 
-    def __init__(self, module: nn.Module, schedule: Schedule, prediction: str = "x0", sigma_data: float = 1.0,
-                 arch: str = "mlp", hparams: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        schedule: Schedule,
+        prediction: str = "x0",
+        sigma_data: float = 1.0,
+        arch: str = "mlp",
+        hparams: dict[str, Any] | None = None,
+    ) -> None:
         if prediction not in ("x0", "eps"):
             raise ValueError(f"prediction must be 'x0' or 'eps'; got {prediction!r}")
         self.module = module
@@ -249,7 +275,9 @@ class LearnedDenoiser(Denoiser):
         out, alpha, sigma = self.raw(x, t)
         if self.prediction == "eps":
             return out.to(x.dtype)
-        return ((x - expand_like(alpha, x).to(x.dtype) * self._x0(x, out, alpha, sigma)) / expand_like(sigma, x).to(x.dtype))
+        return (x - expand_like(alpha, x).to(x.dtype) * self._x0(x, out, alpha, sigma)) / expand_like(sigma, x).to(
+            x.dtype
+        )
 
     def _x0(self, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         c_skip, c_out = skip_scalings(sigma / alpha, self.sigma_data)
@@ -298,7 +326,11 @@ class TraceHead(nn.Module):
         super().__init__()
         self.emb_dim = emb_dim
         self.net = nn.Sequential(
-            nn.Linear(feature_dim + emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+            nn.Linear(feature_dim + emb_dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 1),
         )
 
     def forward(self, features: Tensor, t: Tensor) -> Tensor:
@@ -315,8 +347,15 @@ class LearnedTraceModel(TraceModel):
     frozen and shared) or a head on a separate backbone.
     """
 
-    def __init__(self, denoiser: LearnedDenoiser, module: nn.Module, share_trunk: bool, hparams: dict[str, Any] | None = None,
-                 target: str = "residual", reference: Mixture | None = None) -> None:
+    def __init__(
+        self,
+        denoiser: LearnedDenoiser,
+        module: nn.Module,
+        share_trunk: bool,
+        hparams: dict[str, Any] | None = None,
+        target: str = "residual",
+        reference: Mixture | None = None,
+    ) -> None:
         if target not in TRACE_TARGETS:
             raise ValueError(f"unknown trace_net target {target!r}; choose one of {list(TRACE_TARGETS)}")
         self.denoiser = denoiser
@@ -376,7 +415,9 @@ class LearnedTraceModel(TraceModel):
         if self.target in ("dataset_posterior", "batch_posterior"):
             reference = self.reference if self.target == "dataset_posterior" else DiracMixture(flat)
             if reference is None:
-                raise ValueError("trace_net target 'dataset_posterior' needs the training set (reference=DiracMixture(data))")
+                raise ValueError(
+                    "trace_net target 'dataset_posterior' needs the training set (reference=DiracMixture(data))"
+                )
             target = reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
         else:
             with torch.no_grad():
@@ -414,8 +455,9 @@ def denoiser_from_state(state: dict[str, Any], device: torch.device | str = "cpu
     if state.get("state_dict") is not None:
         module.load_state_dict(state["state_dict"])
     module.to(resolve_device(device)).eval()
-    return LearnedDenoiser(module, schedule_from_spec(state["schedule"]), state["prediction"], state["sigma_data"],
-                           state["arch"], hp)
+    return LearnedDenoiser(
+        module, schedule_from_spec(state["schedule"]), state["prediction"], state["sigma_data"], state["arch"], hp
+    )
 
 
 def _trace_module(denoiser: LearnedDenoiser, share_trunk: bool, hparams: dict[str, Any]) -> nn.Module:
@@ -423,12 +465,15 @@ def _trace_module(denoiser: LearnedDenoiser, share_trunk: bool, hparams: dict[st
     emb_dim = int(hparams.get("emb_dim", 64))
     if share_trunk:
         return TraceHead(cast(_Trunk, denoiser.module).feature_dim, head_hidden, emb_dim)
-    trunk = build_backbone(denoiser.arch, int(denoiser.hparams["dim"]), {**denoiser.hparams, **hparams.get("backbone", {})})
+    trunk = build_backbone(
+        denoiser.arch, int(denoiser.hparams["dim"]), {**denoiser.hparams, **hparams.get("backbone", {})}
+    )
     return nn.ModuleDict({"trunk": trunk, "head": TraceHead(cast(_Trunk, trunk).feature_dim, head_hidden, emb_dim)})
 
 
-def trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu",
-                           denoiser: LearnedDenoiser | None = None) -> LearnedTraceModel:
+def trace_model_from_state(
+    state: dict[str, Any], device: torch.device | str = "cpu", denoiser: LearnedDenoiser | None = None
+) -> LearnedTraceModel:
     """Rebuild a :class:`LearnedTraceModel` (and its denoiser, stored inside it) from its state."""
     den = denoiser if denoiser is not None else denoiser_from_state(state["denoiser"], device)
     module = _trace_module(den, state["share_trunk"], state["hparams"])

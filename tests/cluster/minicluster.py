@@ -121,7 +121,9 @@ def _wait_for(predicate, timeout: float, what: str, cluster: Cluster) -> None:
     while time.monotonic() < deadline:
         for name, proc in cluster.procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}:\n{cluster.log(name)[-3000:]}")
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode} while waiting for {what}:\n{cluster.log(name)[-3000:]}"
+                )
         if predicate():
             return
         time.sleep(0.5)
@@ -135,11 +137,18 @@ def _stop(cluster: Cluster) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(["scancel", "--partition", PARTITION], env=cluster.env, capture_output=True, timeout=20)
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and subprocess.run(
-                ["squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", "%i"], env=cluster.env, capture_output=True, text=True, timeout=20
-            ).stdout.strip():
+            while (
+                time.monotonic() < deadline
+                and subprocess.run(
+                    ["squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", "%i"],
+                    env=cluster.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                ).stdout.strip()
+            ):
                 time.sleep(1)
-    for name, proc in reversed(list(cluster.procs.items())):
+    for proc in reversed(list(cluster.procs.values())):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -173,7 +182,9 @@ def slurm_cluster(root: Path, start_timeout: float = 90) -> Iterator[Cluster]:
 
     def spawn(name: str, argv: list[str]) -> None:
         log = open(root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115 (closed with the process)
-        cluster.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cluster.procs[name] = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
     def on_sigterm(signum, frame):  # a CI timeout: unwind, so that `finally` stops the daemons
         raise SystemExit(f"terminated by signal {signum}")
@@ -182,19 +193,35 @@ def slurm_cluster(root: Path, start_timeout: float = 90) -> Iterator[Cluster]:
     try:
         spawn(
             "munged",
-            ["munged", "--foreground", "--force", f"--socket={socket_path}", f"--pid-file={root}/munge/munged.pid",
-             f"--log-file={root}/log/munged.log", f"--seed-file={root}/munge/munged.seed"],
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={socket_path}",
+                f"--pid-file={root}/munge/munged.pid",
+                f"--log-file={root}/log/munged.log",
+                f"--seed-file={root}/munge/munged.seed",
+            ],
         )
         _wait_for(socket_path.exists, start_timeout, "the munge socket", cluster)
         spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(conf)])
         _wait_for(
-            lambda: subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=20).stdout.count("UP") > 0,
-            start_timeout, "slurmctld", cluster,
+            lambda: (
+                subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=20).stdout.count(
+                    "UP"
+                )
+                > 0
+            ),
+            start_timeout,
+            "slurmctld",
+            cluster,
         )
         spawn("slurmd", ["slurmd", "-D", "-f", str(conf), "-N", nodename])
 
         def node_idle() -> bool:
-            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=env, capture_output=True, text=True, timeout=20).stdout
+            out = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%t"], env=env, capture_output=True, text=True, timeout=20
+            ).stdout
             return out.strip().startswith("idle")
 
         _wait_for(node_idle, start_timeout, "the node to be idle", cluster)

@@ -36,13 +36,16 @@ from workflow_helpers import REPO, copy_repo, copy_run, run_snakemake, same_cont
 # so that CI cannot pass without having run it.
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(os.environ.get("DFCORE_TEST_CLUSTER") != "1", reason="set DFCORE_TEST_CLUSTER=1 (make test-cluster)"),
+    pytest.mark.skipif(
+        os.environ.get("DFCORE_TEST_CLUSTER") != "1", reason="set DFCORE_TEST_CLUSTER=1 (make test-cluster)"
+    ),
 ]
 
 
 def test_prerequisites():
     assert not missing_daemons(), f"not installed: {missing_daemons()} (make test-cluster installs them)"
     assert os.geteuid() == 0, "the test cluster runs its daemons as root"
+
 
 CONFIG = "config/test.yaml"
 TIMEOUT = 900  # seconds for the whole workflow on the cluster
@@ -96,6 +99,8 @@ LOCAL_TARGETS = [
     "results/adjoint/classifier.csv",
     "results/ot/table3.csv",
 ]
+
+
 def test_workflow_on_slurm_matches_a_local_run(tmp_path):
     remote = copy_repo(tmp_path / "remote")
     profile = ci_profile(tmp_path / "profile")
@@ -104,17 +109,30 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path):
         env["PATH"] = f"{cluster.bin}{os.pathsep}{env['PATH']}"
         started = time.monotonic()
         result = run_snakemake(
-            remote, "--profile", str(profile), "--workflow-profile", "none", "--configfile", CONFIG,
-            timeout=TIMEOUT, env=env, check=False,
+            remote,
+            "--profile",
+            str(profile),
+            "--workflow-profile",
+            "none",
+            "--configfile",
+            CONFIG,
+            timeout=TIMEOUT,
+            env=env,
+            check=False,
         )
         log = result.stdout + result.stderr
         elapsed = time.monotonic() - started
-        squeue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T %j"], env=cluster.env,
-                                capture_output=True, text=True, timeout=30).stdout
+        squeue = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-o", "%i %T %j"], env=cluster.env, capture_output=True, text=True, timeout=30
+        ).stdout
         if result.returncode != 0:
-            slurm_logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in (remote / ".snakemake" / "slurm_logs").rglob("*.log"))
-            pytest.fail(f"workflow failed on SLURM ({result.returncode}):\n{log[-6000:]}\n--- slurm logs:\n{slurm_logs[-6000:]}\n"
-                        f"--- slurmctld:\n{cluster.log('slurmctld')[-3000:]}")
+            slurm_logs = "\n".join(
+                p.read_text(errors="replace")[-1500:] for p in (remote / ".snakemake" / "slurm_logs").rglob("*.log")
+            )
+            pytest.fail(
+                f"workflow failed on SLURM ({result.returncode}):\n{log[-6000:]}\n--- slurm logs:\n{slurm_logs[-6000:]}\n"
+                f"--- slurmctld:\n{cluster.log('slurmctld')[-3000:]}"
+            )
     print(f"workflow on SLURM: {elapsed:.0f} s", file=sys.stderr)
 
     # every job but the declared local rules went through sbatch, and SLURM saw each one complete
@@ -134,12 +152,19 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path):
     # the seeded jobs again, locally: the same outputs as on the cluster
     local = copy_run(remote, tmp_path / "local")
     run_snakemake(local, "--cores", "2", "--configfile", CONFIG, "--force", *LOCAL_TARGETS, timeout=TIMEOUT)
-    rewritten = sorted({
-        Path(*rel.parts[: next((i + 1 for i, part in enumerate(rel.parts) if part.endswith(".zarr")), len(rel.parts))])
-        for rel in (p.relative_to(local) for p in (local / "results").rglob("*") if p.is_file())
-        if "logs" not in rel.parts and (remote / rel).exists()
-        and (local / rel).stat().st_mtime_ns != (remote / rel).stat().st_mtime_ns
-    })
+    rewritten = sorted(
+        {
+            Path(
+                *rel.parts[
+                    : next((i + 1 for i, part in enumerate(rel.parts) if part.endswith(".zarr")), len(rel.parts))
+                ]
+            )
+            for rel in (p.relative_to(local) for p in (local / "results").rglob("*") if p.is_file())
+            if "logs" not in rel.parts
+            and (remote / rel).exists()
+            and (local / rel).stat().st_mtime_ns != (remote / rel).stat().st_mtime_ns
+        }
+    )
     for target in LOCAL_TARGETS:
         assert Path(target) in rewritten, f"{target} was not written again locally"
     compared = 0

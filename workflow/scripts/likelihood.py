@@ -9,5 +9,13 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
     torch.set_num_threads(snakemake.threads)
     p, inp = snakemake.params, snakemake.input
     traces = {key[len("trace_") :]: path for key, path in inp.items() if key.startswith("trace_")}
-    run_likelihood_dataset(p.likelihood, inp.data, inp.denoiser, traces, snakemake.output[0],
-                           dataset=snakemake.wildcards.dataset, seed=p.seed, device=p.device)
+    run_likelihood_dataset(
+        p.likelihood,
+        inp.data,
+        inp.denoiser,
+        traces,
+        snakemake.output[0],
+        dataset=snakemake.wildcards.dataset,
+        seed=p.seed,
+        device=p.device,
+    )

@@ -2,8 +2,8 @@
 
 import torch
 
-from dfcore.logs import rule_log
 from dfcore.experiments.ot import run_convergence
+from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log
     torch.set_num_threads(snakemake.threads)

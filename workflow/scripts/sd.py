@@ -18,13 +18,24 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
 
         run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
     elif snakemake.rule == "sd_trace_net":
-        sd.run_trace_net(p.sd, p.pipeline, p.images, out.checkpoint, out.loss, device=p.device, seed=p.seed,
-                         resume=p.resume)
+        sd.run_trace_net(
+            p.sd, p.pipeline, p.images, out.checkpoint, out.loss, device=p.device, seed=p.seed, resume=p.resume
+        )
     elif snakemake.rule == "sd_nll":
-        sd.run_nll(p.sd, p.pipeline, snakemake.input.trace, out.zarr, out.csv, out.guidance, out.seeds,
-                   device=p.device, config={"sd": p.sd})
+        sd.run_nll(
+            p.sd,
+            p.pipeline,
+            snakemake.input.trace,
+            out.zarr,
+            out.csv,
+            out.guidance,
+            out.seeds,
+            device=p.device,
+            config={"sd": p.sd},
+        )
     elif snakemake.rule == "sd_adjoint":
-        sd.run_adjoint(p.sd, p.pipeline, out.metrics, out.plot, clip_path=p.clip or None, device=p.device,
-                       config={"sd": p.sd})
+        sd.run_adjoint(
+            p.sd, p.pipeline, out.metrics, out.plot, clip_path=p.clip or None, device=p.device, config={"sd": p.sd}
+        )
     else:
         raise ValueError(f"unknown rule {snakemake.rule}")
