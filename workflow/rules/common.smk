@@ -4,7 +4,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from dfcore.config import SCHEMA_PATH, ConfigError, dataset_section, load_yaml, validate_config
+from dfcore.config import (
+    SCHEMA_PATH,
+    ConfigError,
+    dataset_section,
+    load_yaml,
+    validate_config,
+)
 
 try:
     # Snakemake's own loader keeps the last of two equal keys; load_yaml refuses them.

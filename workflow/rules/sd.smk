@@ -53,8 +53,6 @@ rule sd_trace_net:
         runtime=120,
     params:
         sd=sd_params("dtype", "trace_net"),
-        pipeline=SD_PIPELINE,
-        images=SD_IMAGES,
         resume=f"{RESULTS}/models/sd_trace_net.resume.pt",
         seed=config["seed"],
         device=config["device"],
@@ -93,7 +91,6 @@ rule sd_nll:
         runtime=120,
     params:
         sd=sd_params("dtype", "prompts", "negative_prompt", "num_steps", "nll"),
-        pipeline=SD_PIPELINE,
         device=config["device"],
     script:
         "../scripts/sd.py"
@@ -124,8 +121,6 @@ rule sd_adjoint:
         runtime=240,
     params:
         sd=sd_params("dtype", "prompts", "negative_prompt", "adjoint"),
-        pipeline=SD_PIPELINE,
-        clip=SD_CLIP,
         device=config["device"],
     script:
         "../scripts/sd.py"

@@ -10,7 +10,7 @@ from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log
     torch.set_num_threads(max(1, int(snakemake.threads)))
-    p, out = snakemake.params, snakemake.output
+    p, inp, out = snakemake.params, snakemake.input, snakemake.output
     if snakemake.rule == "sd_tiny_pipeline":
         # Test inputs: the tiny pipeline is not part of dfcore but a fixture of the test suite.
         sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "tests"))
@@ -19,12 +19,12 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
         run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
     elif snakemake.rule == "sd_trace_net":
         sd.run_trace_net(
-            p.sd, p.pipeline, p.images, out.checkpoint, out.loss, device=p.device, seed=p.seed, resume=p.resume
+            p.sd, inp.pipeline, inp.images, out.checkpoint, out.loss, device=p.device, seed=p.seed, resume=p.resume
         )
     elif snakemake.rule == "sd_nll":
         sd.run_nll(
             p.sd,
-            p.pipeline,
+            inp.pipeline,
             snakemake.input.trace,
             out.zarr,
             out.csv,
@@ -35,7 +35,7 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
         )
     elif snakemake.rule == "sd_adjoint":
         sd.run_adjoint(
-            p.sd, p.pipeline, out.metrics, out.plot, clip_path=p.clip or None, device=p.device, config={"sd": p.sd}
+            p.sd, inp.pipeline, out.metrics, out.plot, clip_path=inp.get("clip"), device=p.device, config={"sd": p.sd}
         )
     else:
         raise ValueError(f"unknown rule {snakemake.rule}")
