@@ -463,7 +463,7 @@ This file is generated from the schema (`make config-docs`, i.e.
 snakemake --cores all                                      # config/config.yaml (small scale)
 snakemake --cores all --configfile config/paper.yaml       # paper scale
 snakemake --cores all --config seed=1 device=cpu           # single top-level keys on the command line
-python -m dfcore.config --check my.yaml                    # validate a config file without running anything
+python -m dfcore config --configfile my.yaml              # validate a config file without running anything
 ```
 
 A config file needs only the keys it changes; every other key keeps its default. Shipped configs:
