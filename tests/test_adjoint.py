@@ -316,12 +316,13 @@ def test_labelled_digits_match_the_data_stage_scaling():
 
 def test_classifier_learns_and_round_trips(tmp_path):
     from dfcore.data.datasets import labelled_digits
-    from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
+    from dfcore.io import save_checkpoint
+    from dfcore.models.classifier import class_nll, classifier_state, load_classifier, train_classifier
 
     x, labels = labelled_digits()
     model, metrics = train_classifier(x, labels, hidden=64, epochs=4, seed=0, progress=False)
     assert metrics["test_accuracy"] > 0.6  # chance is 0.1
-    save_classifier(model, tmp_path / "c.pt", metrics)
+    save_checkpoint(classifier_state(model, metrics), tmp_path / "c.pt")
     again = load_classifier(tmp_path / "c.pt")
     xb = x[:5]
     torch.testing.assert_close(again(xb), model(xb))

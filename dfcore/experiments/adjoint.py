@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
 from dfcore.data.datasets import labelled_digits
 from dfcore.device import resolve_device
-from dfcore.io import provenance, write_csv, write_zarr
+from dfcore.io import provenance, save_checkpoint, write_csv, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, ExactDenoiser
-from dfcore.models.classifier import class_nll, load_classifier, save_classifier, train_classifier
+from dfcore.models.classifier import class_nll, classifier_state, load_classifier, train_classifier
 from dfcore.plots import plot_digit_grid, plot_lambda_agreement, plot_loss_vs_time
 from dfcore.profiling import PeakMemory
 from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
@@ -76,7 +76,7 @@ def run_train_classifier(
         progress=progress,
     )
     metrics["train_seconds"] = time.perf_counter() - start
-    save_classifier(model, checkpoint_path, metrics)
+    save_checkpoint(classifier_state(model, metrics), checkpoint_path)
     table = pd.DataFrame([metrics])
     write_csv(table, metrics_path)
     log.info("classifier: %s", metrics)

@@ -9,15 +9,15 @@ with cross-entropy on clean digits plus small Gaussian input noise, which smooth
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dfcore.io import load_checkpoint, save_checkpoint
+from dfcore.io import load_checkpoint
 
-__all__ = ["DigitClassifier", "train_classifier", "save_classifier", "load_classifier", "class_nll"]
+__all__ = ["DigitClassifier", "train_classifier", "classifier_state", "load_classifier", "class_nll"]
 
 
 class DigitClassifier(nn.Module):
@@ -87,22 +87,19 @@ def train_classifier(
     return model, metrics
 
 
-def save_classifier(model: DigitClassifier, path: str | Path, metrics: dict[str, float] | None = None) -> None:
-    """Save weights and shape (weights-only checkpoint)."""
-    save_checkpoint(
-        {
-            "state_dict": model.state_dict(),
-            "dim": model.dim,
-            "hidden": model.hidden,
-            "num_classes": model.num_classes,
-            "metrics": dict(metrics or {}),
-        },
-        path,
-    )
+def classifier_state(model: DigitClassifier, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """Weights and shape of ``model`` (and its ``metrics``), safe for a weights-only checkpoint."""
+    return {
+        "state_dict": model.state_dict(),
+        "dim": model.dim,
+        "hidden": model.hidden,
+        "num_classes": model.num_classes,
+        "metrics": dict(metrics or {}),
+    }
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> DigitClassifier:
-    """Load a classifier saved by :func:`save_classifier` (``weights_only=True``)."""
+    """Load a classifier checkpoint holding :func:`classifier_state` (``weights_only=True``)."""
     state = load_checkpoint(path, map_location=device)
     model = DigitClassifier(state["dim"], state["hidden"], state["num_classes"])
     model.load_state_dict(state["state_dict"])
