@@ -13,7 +13,7 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
     p, inp, out = snakemake.params, snakemake.input, snakemake.output
     if snakemake.rule == "sd_tiny_pipeline":
         # Test inputs: the tiny pipeline is not part of dfcore but a fixture of the test suite.
-        sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "tests"))
+        sys.path.insert(0, str(Path.cwd() / "tests"))  # jobs run in the workflow directory
         from fixtures.tiny_sd import run_tiny
 
         run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
