@@ -45,7 +45,6 @@ TRAINING = {
     "train_trace_target",
     "adjoint_classifier",
     "sd_trace_net",
-    "likelihood_trace",
 }
 EVALUATION = {
     "nll",
