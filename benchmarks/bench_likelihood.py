@@ -5,10 +5,13 @@ they make the same number of network evaluations and the ratio is the per-evalua
 ``vjp`` needs the d VJPs of the denoiser (vectorised), ``dftm`` one pass of the trace network (its own backbone,
 ``share_trunk: false``, as the likelihood stage trains it). The networks are the likelihood stage's MLP denoiser
 (width 256, 4 blocks) with random weights: the cost does not depend on training. Batches of 1 point (one NLL at a
-time) and of 16 (amortised). ``hutchinson1`` is timed for context. The bars of the likelihood benchmark are a
+time), 16 and 128 (a test set evaluated in batches). On a CPU a batch of one is latency-bound: two small MLP passes
+cost nearly what the d VJPs cost when vmap stacks them into one batch of d rows, so the ratio grows with the batch
+until both sides are GEMM-bound. ``hutchinson1`` is timed for context. The bars of the likelihood benchmark are a
 ratio vjp/dftm of at least 10 at d = 64 and 30 at d = 256.
 
-Writes results/benchmarks/likelihood.csv. Run: ``python benchmarks/bench_likelihood.py`` (about a minute on 2 cores).
+Writes results/benchmarks/likelihood.csv. Run: ``python benchmarks/bench_likelihood.py`` (about 5 minutes on 2
+cores).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for dim in (64, 256):
-        for batch in (1, 16):
+        for batch in (1, 16, 128):
             rows += bench(dim, batch, args.steps, args.repeats)
     frame = pd.DataFrame(rows)
     base = frame[frame["method"] == "dftm"].set_index(["dim", "batch"])["seconds_per_nll"]

@@ -347,6 +347,36 @@ def _check_references(config: dict[str, Any]) -> None:
             _fail(f"{key}.update_steps", f"{late} exceed {key}.num_steps = {section['num_steps']} (steps still to go)")
 
 
+def _check_likelihood(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    section = config["likelihood"]
+    for i, name in enumerate(section["datasets"]):
+        _check_name(f"likelihood.datasets.{i}", name, datasets, "datasets")
+        if datasets[name]["kind"] not in ("gaussian_mixture", "gaussian_mixture_lowrank"):
+            _fail(f"likelihood.datasets.{i}", f"{name!r} has no closed-form density (kind {datasets[name]['kind']!r})")
+    for i, name in enumerate(section["table2"]["datasets"]):
+        _check_name(f"likelihood.table2.datasets.{i}", name, section["datasets"], "likelihood.datasets")
+    heldout = section["heldout"]
+    if not heldout["train"]:
+        return
+    specs = {}
+    for side in ("train", "test"):
+        key, name = f"likelihood.heldout.{side}", heldout[side]
+        _check_name(key, name, datasets, "datasets")
+        spec = specs[side] = datasets[name]
+        if spec["kind"] != "digits" or not spec.get("holdout"):
+            _fail(key, f"{name!r} must be a digits data set with a holdout fraction (one side of a split)")
+        if spec.get("split", "train") != side:
+            _fail(f"datasets.{name}.split", f"{name!r} is likelihood.heldout.{side}, so its split must be {side!r}")
+    for field in ("seed", "holdout"):
+        train, test = (specs[side].get(field, 0) for side in ("train", "test"))
+        if train != test:
+            _fail(
+                f"datasets.{heldout['test']}.{field}",
+                f"{test} differs from {train} of {heldout['train']!r}: the test images would not be held out",
+            )
+
+
 def _check_schedules(config: dict[str, Any]) -> None:
     for name, (low, high) in {
         "VE": ("sigma_min", "sigma_max"),
@@ -388,12 +418,15 @@ def cross_check(config: dict[str, Any]) -> None:
     """Checks between keys of a schema-valid config (defaults filled in), so that nothing that validation can
     see fails once jobs run: every data set named in nll.runs, trace_error, adjoint.mixture, ot.convergence and
     the overrides exists; the keys of each data set are those its kind reads and their lengths agree; ordered
-    schedule parameters are ordered; update steps fit their samplers; GroupNorm groups divide the UNet channels."""
+    schedule parameters are ordered; update steps fit their samplers; GroupNorm groups divide the UNet channels;
+    the likelihood stage's data sets have a closed-form density, and its held-out images are the other side of
+    its training set's split."""
     _check_schedules(config)
     _check_datasets(config)
     _check_ot(config)
     _check_training(config)
     _check_references(config)
+    _check_likelihood(config)
     _check_sd(config)
 
 

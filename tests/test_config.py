@@ -125,7 +125,7 @@ def test_the_key_table_describes_every_key():
     assert not undescribed, f"keys without a description in the schema: {undescribed}"
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml", "likelihood_cpu.yaml"])
 def test_dataset_section_merges_overrides_as_training_does(name):
     """The training rules' params (dataset_section) are exactly what run_training reads (dataset_section)."""
     from dfcore.config import dataset_section
@@ -454,6 +454,57 @@ BAD_CONFIGS = [
         {"sd": {"enabled": True, "tiny": True, "adjoint": {"reward": "module", "reward_module": "nope"}}},
         "sd.adjoint.reward_module",
         "package.module:Name",
+    ),
+    # the likelihood stage: closed-form densities, and held-out images from the other side of the training split
+    ("likelihood-unknown-dataset", {"likelihood": {"datasets": ["nope"]}}, "likelihood.datasets.0", "'nope'"),
+    ("likelihood-no-density", {"likelihood": {"datasets": ["checkerboard"]}}, "likelihood.datasets.0", "closed-form"),
+    (
+        "likelihood-table2-elsewhere",
+        {"likelihood": {"datasets": ["gmm"], "table2": {"datasets": ["checkerboard"]}}},
+        "likelihood.table2.datasets.0",
+        "likelihood.datasets",
+    ),
+    (
+        "heldout-without-split",
+        {"likelihood": {"heldout": {"train": "digits", "test": "digits"}}},
+        "likelihood.heldout.train",
+        "holdout",
+    ),
+    (
+        "heldout-other-seed",
+        {
+            **_datasets(
+                digits={"kind": "digits", "seed": 3, "holdout": 0.1},
+                dt={"kind": "digits", "seed": 4, "holdout": 0.1, "split": "test"},
+            ),
+            "likelihood": {"heldout": {"train": "digits", "test": "dt"}},
+        },
+        "datasets.dt.seed",
+        "not be held out",
+    ),
+    (
+        "heldout-other-fraction",
+        {
+            **_datasets(
+                digits={"kind": "digits", "seed": 3, "holdout": 0.1},
+                dt={"kind": "digits", "seed": 3, "holdout": 0.2, "split": "test"},
+            ),
+            "likelihood": {"heldout": {"train": "digits", "test": "dt"}},
+        },
+        "datasets.dt.holdout",
+        "not be held out",
+    ),
+    (
+        "heldout-test-is-train-side",
+        {
+            **_datasets(
+                digits={"kind": "digits", "seed": 3, "holdout": 0.1},
+                dt={"kind": "digits", "seed": 3, "holdout": 0.1},
+            ),
+            "likelihood": {"heldout": {"train": "digits", "test": "dt"}},
+        },
+        "datasets.dt.split",
+        "'test'",
     ),
     # infinite or undefined numbers
     ("ve-infinite-sigma", {"schedules": {"VE": {"sigma_max": INF}}}, "schedules.VE.sigma_max", "finite"),

@@ -1,5 +1,6 @@
 """The likelihood benchmark: the low-rank Gaussian-mixture data sets against autograd and torch.distributions,
-their Zarr round trip, the peers' adapters on a case with a closed-form NLL, and the benchmark's summary."""
+their Zarr round trip, the peers' adapters on a case with a closed-form NLL, the benchmark's summary, and the
+held-out digits likelihood's summary and split checks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from dfcore.data.datasets import make_dataset, make_gaussian_mixture_lowrank, split_digits
 from dfcore.data.store import load_mixture, write_dataset
-from dfcore.experiments.likelihood_benchmark import summarize_benchmark
+from dfcore.experiments.likelihood_benchmark import run_heldout_likelihood, summarize_benchmark, summarize_heldout
 from dfcore.integrations.peers import flow_matching_log_likelihood, kdiffusion_log_likelihood, peer_available
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.base import ExactDenoiser
@@ -197,3 +198,55 @@ def test_summary_reports_peer_agreement_against_the_same_estimator():
     assert {"dim", "method", "abs_error_mean", "abs_error_std", "seconds_per_sample", "nfe", "peak_mem_mb"} <= set(
         bench.reset_index()
     )
+
+
+# ------------------------------------------------------------------------------------------------------------- #
+# held-out digits
+
+
+def test_heldout_summary_measures_each_estimator_against_vjp_per_image():
+    bpd = {"vjp": [1.0, 2.0, 3.0, 4.0], "dftm": [1.5, 1.5, 3.5, 3.5], "hutchinson1": [0.0, 4.0, 2.0, 6.0]}
+    seconds = {"vjp": 8.0, "dftm": 0.5, "hutchinson1": 2.0}
+    points = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": m,
+                    "trace_target": "sq_norm" if m == "dftm" else "",
+                    "image": np.arange(4),
+                    "bpd": v,
+                    "seconds_per_image": seconds[m],
+                    "nfe": 20,
+                    "peak_mem_mb": 1.0,
+                }
+            )
+            for m, v in bpd.items()
+        ],
+        ignore_index=True,
+    )
+    summary = summarize_heldout(points.sample(frac=1.0, random_state=0)).set_index("method")  # order-free
+    assert math.isclose(summary.loc["vjp", "bpd_mean"], 2.5) and summary.loc["vjp", "abs_diff_to_vjp_bpd"] == 0
+    assert math.isclose(summary.loc["vjp", "bpd_sem"], np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert math.isclose(summary.loc["dftm", "abs_diff_to_vjp_bpd"], 0.5)
+    assert math.isclose(summary.loc["hutchinson1", "abs_diff_to_vjp_bpd"], 1.5)
+    assert math.isclose(summary.loc["dftm", "speedup_over_vjp"], 16.0)
+    assert summary.loc["dftm", "trace_target"] == "sq_norm"
+
+
+def test_heldout_likelihood_refuses_images_that_are_not_held_out(tmp_path):
+    stores = {}
+    for name, spec in {
+        "train": {"kind": "digits", "seed": 3, "holdout": 0.1, "num_samples": 20},
+        "test": {"kind": "digits", "seed": 3, "holdout": 0.1, "split": "test", "num_samples": 4},
+        "other": {"kind": "digits", "seed": 3, "holdout": 0.2, "split": "test", "num_samples": 4},
+    }.items():
+        x, mixture, attrs = make_dataset(spec)
+        stores[name] = tmp_path / f"{name}.zarr"
+        write_dataset(stores[name], x, name=name, mixture=mixture, attrs=attrs, config=spec, seed=3)
+    section = {"heldout": {"methods": ["vjp"], "num_points": 2, "t_min": 1e-3, "seed": 0}}
+    outs = dict(points_csv=tmp_path / "p.csv", summary_csv=tmp_path / "s.csv", markdown=tmp_path / "s.md")
+    with pytest.raises(ValueError, match="not the 'train' side"):
+        run_heldout_likelihood(section, stores["test"], stores["train"], tmp_path / "none.pt", {}, **outs)
+    with pytest.raises(ValueError, match="holdout differs"):
+        run_heldout_likelihood(section, stores["train"], stores["other"], tmp_path / "none.pt", {}, **outs)
+    assert not any(p.exists() for p in outs.values())

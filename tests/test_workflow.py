@@ -59,6 +59,7 @@ EVALUATION = {
     "likelihood_dataset",
     "likelihood_benchmark",
     "likelihood_table2",
+    "likelihood_heldout",
 }
 REPORT = {"summary"}
 ALL_RULES = DATA | TRAINING | EVALUATION | REPORT
@@ -86,6 +87,11 @@ PARAM_CHANGES = {
         {"likelihood_dataset": 1, "likelihood_benchmark": 1, "summary": 1},
     ),
     "likelihood.table2.num_points": (("likelihood", "table2", "num_points"), 8, {"likelihood_table2": 1, "summary": 1}),
+    "likelihood.heldout.num_points": (
+        ("likelihood", "heldout", "num_points"),
+        1,
+        {"likelihood_heldout": 1, "summary": 1},
+    ),
     # one DF-TM row fewer: Table 2 again (its input list changed), its trace nets stay
     "trace_error.trace_targets": (
         ("trace_error", "trace_targets"),
@@ -136,11 +142,11 @@ UPSTREAM_PARAM_CHANGES = {
         "residual",
         {"train_trace": 1, "train_trace_target": 1, "nll": 1, "trace_error": 1, "summary": 1},
     ),
-    # an override of one dataset: that dataset's denoiser and its user only
+    # an override of one dataset: that dataset's denoiser, the trace net on it and their users only
     "denoiser.overrides.digits.steps": (
         ("denoiser", "overrides", "digits", "steps"),
         12,
-        {"train_denoiser": 1, "adjoint_digits": 1, "summary": 1},
+        {"train_denoiser": 1, "train_trace_target": 1, "adjoint_digits": 1, "likelihood_heldout": 1, "summary": 1},
     ),
     # one dataset: its store and the nll run on it (gmm / VP / analytic)
     "datasets.gmm.num_samples": (("datasets", "gmm", "num_samples"), 150, {"make_data": 1, "nll": 1, "summary": 1}),
@@ -154,6 +160,7 @@ SCRIPT_CHANGES = {
     "trace_error.py": {"trace_error", "summary"},
     "nll.py": {"nll", "summary"},
     "likelihood.py": {"likelihood_dataset", "likelihood_benchmark", "summary"},
+    "likelihood_heldout.py": {"likelihood_heldout", "summary"},
     "summary.py": {"summary"},
 }
 

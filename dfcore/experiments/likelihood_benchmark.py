@@ -38,12 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dfcore.data.store import load_dataset, load_mixture
+from dfcore.data.store import dataset_attrs, load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.train import train_trace
 from dfcore.integrations.peers import PEERS, PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
-from dfcore.io import load_checkpoint, write_csv
-from dfcore.likelihood import gaussian_mixture_log_q0, log_likelihood, prior_log_prob
+from dfcore.io import load_checkpoint, write_csv, write_text
+from dfcore.likelihood import bits_per_dim, gaussian_mixture_log_q0, log_likelihood, prior_log_prob
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import (
     LearnedDenoiser,
@@ -63,6 +63,8 @@ __all__ = [
     "train_target_trace",
     "likelihood_points",
     "run_likelihood_dataset",
+    "run_heldout_likelihood",
+    "summarize_heldout",
     "summarize_benchmark",
     "run_likelihood_benchmark",
     "run_table2_mixture",
@@ -218,6 +220,66 @@ def likelihood_points(
     }
 
 
+def _method_results(
+    x: torch.Tensor,
+    methods: Sequence[str],
+    *,
+    cfg: dict[str, Any],
+    denoiser: LearnedDenoiser,
+    trace_paths: dict[str, str | Path],
+    mixture: GaussianMixture | None,
+    training_data: torch.Tensor,
+    seed: int,
+    device: torch.device,
+    label: str,
+) -> dict[str, dict[str, Any]]:
+    """:func:`likelihood_points` of each method on ``x``, after an untimed warm-up, with the prior moment-matched to
+    ``training_data``; skips (with a logged reason) a dftm method whose trace net is not in ``trace_paths`` and a
+    peer that is not installed."""
+    dim = training_data.shape[1]
+    data_mean, data_cov = training_data.mean(0), torch.cov(training_data.T).reshape(dim, dim)
+    results = {}
+    for method in methods:
+        trace_model = None
+        if method in TRACE_TARGETS:
+            target = TRACE_TARGETS[method]
+            if target not in trace_paths:
+                log.warning("likelihood: skipping %s on %s: no trace net with target %s", method, label, target)
+                continue
+            trace_model = _trace_model_on(trace_paths[target], denoiser, device)
+        kwargs: dict[str, Any] = dict(
+            denoiser=denoiser,
+            mixture=mixture,
+            trace_model=trace_model,
+            data_mean=data_mean,
+            data_cov=data_cov,
+            seed=seed,
+            device=device,
+        )
+        try:
+            # Warm-up on one point with two Euler steps, untimed: torch.func's first vmap and the first autograd
+            # graph of a method cost a one-off second or so that is no part of its per-sample cost.
+            if method != "kdiffusion_hutchinson":
+                likelihood_points(x[:1].to(device), method, cfg={**cfg, "solver": "euler", "num_steps": 2}, **kwargs)
+            results[method] = likelihood_points(x.to(device), method, cfg=cfg, **kwargs)
+        except PeerUnavailable as err:
+            log.warning("likelihood: skipping the %s rows: %s", method, err)
+            print(f"likelihood: skipping the {method} rows: {err}")
+            continue
+        res = results[method]
+        log.info("%s %s: %.3g s/sample, %d NFE", label, method, res["seconds"] / len(x), res["nfe"])
+    return results
+
+
+def _solver_columns(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "solver": cfg["solver"],
+        "rtol": float(cfg["rtol"]),
+        "atol": float(cfg["atol"]),
+        "t_min": float(cfg["t_min"]),
+    }
+
+
 def run_likelihood_dataset(
     section: dict[str, Any],
     data_path: str | Path,
@@ -229,9 +291,9 @@ def run_likelihood_dataset(
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Every method of ``section['methods']`` on the first ``num_points`` samples of ``dataset`` (held out of nothing:
-    the exact density is known everywhere); one CSV row per (method, point). ``trace_paths`` maps a trace target
-    (``sq_norm``, ``residual``, ``mixture_posterior``) to its checkpoint."""
+    """Every method of ``section['methods']`` on ``num_points`` fresh draws of the exact mixture of ``dataset``; one
+    CSV row per (method, point). ``trace_paths`` maps a trace target (``sq_norm``, ``residual``,
+    ``mixture_posterior``) to its checkpoint."""
     cfg = section
     dev = resolve_device(device)
     data = load_dataset(data_path)
@@ -245,42 +307,20 @@ def run_likelihood_dataset(
     # Points from a generator of their own, so they are fresh draws of q_0 (not training samples).
     x = mixture.sample(num_points, generator=torch.Generator().manual_seed(int(seed) + 7919)).to(torch.float64)
     exact = gaussian_mixture_log_q0(mixture, x)
-    denoiser = load_denoiser(denoiser_path, dev)
-    data_mean, data_cov = data.mean(0), torch.cov(data.T).reshape(dim, dim)
-    seed = int(seed) + int(cfg.get("seed", 0))
+    results = _method_results(
+        x,
+        cfg["methods"],
+        cfg=cfg,
+        denoiser=load_denoiser(denoiser_path, dev),
+        trace_paths=trace_paths,
+        mixture=mixture,
+        training_data=data,
+        seed=int(seed) + int(cfg.get("seed", 0)),
+        device=dev,
+        label=f"{dataset} (d = {dim})",
+    )
     rows = []
-    for method in cfg["methods"]:
-        trace_model = None
-        if method in TRACE_TARGETS:
-            target = TRACE_TARGETS[method]
-            if target not in trace_paths:
-                log.warning(
-                    "likelihood: skipping %s on %s: no trace net with target %s (likelihood.trace_targets)",
-                    method,
-                    dataset,
-                    target,
-                )
-                continue
-            trace_model = _trace_model_on(trace_paths[target], denoiser, dev)
-        kwargs: dict[str, Any] = dict(
-            denoiser=denoiser,
-            mixture=mixture,
-            trace_model=trace_model,
-            data_mean=data_mean,
-            data_cov=data_cov,
-            seed=seed,
-            device=dev,
-        )
-        try:
-            # Warm-up on one point with two Euler steps, untimed: torch.func's first vmap and the first autograd
-            # graph of a method cost a one-off second or so that is no part of its per-sample cost.
-            if method != "kdiffusion_hutchinson":
-                likelihood_points(x[:1].to(dev), method, cfg={**cfg, "solver": "euler", "num_steps": 2}, **kwargs)
-            res = likelihood_points(x.to(dev), method, cfg=cfg, **kwargs)
-        except PeerUnavailable as err:
-            log.warning("likelihood: skipping the %s rows: %s", method, err)
-            print(f"likelihood: skipping the {method} rows: {err}")
-            continue
+    for method, res in results.items():
         nll = -res["log_q"]
         rows.append(
             pd.DataFrame(
@@ -297,25 +337,113 @@ def run_likelihood_dataset(
                     "seconds_per_sample": res["seconds"] / num_points,
                     "nfe": res["nfe"],
                     "peak_mem_mb": res["peak_mem_mb"],
-                    "solver": cfg["solver"],
-                    "rtol": float(cfg["rtol"]),
-                    "atol": float(cfg["atol"]),
-                    "t_min": float(cfg["t_min"]),
+                    **_solver_columns(cfg),
                 }
             )
         )
-        log.info(
-            "%s d=%d %s: mean |error| %.3g nats/dim, %.3g s/sample, %d NFE",
-            dataset,
-            dim,
-            method,
-            rows[-1]["abs_error"].mean(),
-            res["seconds"] / num_points,
-            res["nfe"],
-        )
+        log.info("%s d=%d %s: mean |error| %.3g nats/dim", dataset, dim, method, rows[-1]["abs_error"].mean())
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     write_csv(frame, out_csv)
     return frame
+
+
+def run_heldout_likelihood(
+    section: dict[str, Any],
+    train_path: str | Path,
+    test_path: str | Path,
+    denoiser_path: str | Path,
+    trace_paths: dict[str, str | Path],
+    *,
+    points_csv: str | Path,
+    summary_csv: str | Path,
+    markdown: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    r"""Bits per dimension of held-out images, :math:`-\log q_{t_{min}}(x)/(d \ln 2)` (Eq. 14 through
+    :func:`dfcore.likelihood.log_likelihood`), by each method of ``section['heldout']['methods']`` on the first
+    ``num_points`` images of ``test_path`` from the subsection's ``t_min``, with the models trained on ``train_path``
+    (whose mean and covariance also give the prior). The other solver keys are those of ``section`` (the
+    ``likelihood`` section).
+
+    Writes one row per (method, image) to ``points_csv`` and one per method to ``summary_csv`` and ``markdown``:
+    mean bits/dim and its standard error, the mean per-image |difference| to ``vjp`` (the exact trace of the same
+    model, so the estimator's own error) in bits/dim, seconds per image and the speed-up over ``vjp``.
+    Densities are those of the images as stored (no dequantisation), so the numbers compare estimators, not
+    models from the literature."""
+    heldout = section["heldout"]
+    cfg = {**section, "t_min": float(heldout["t_min"])}
+    attrs = {split: dataset_attrs(path) for split, path in (("train", train_path), ("test", test_path))}
+    for split, path in (("train", train_path), ("test", test_path)):
+        if attrs[split].get("split") != split:
+            raise ValueError(f"{path}: not the {split!r} side of a split (its split is {attrs[split].get('split')!r})")
+    if attrs["train"].get("holdout") != attrs["test"].get("holdout"):
+        raise ValueError(f"{train_path} and {test_path} come from different splits (their holdout differs)")
+    dev = resolve_device(device)
+    x = load_dataset(test_path)[: int(heldout["num_points"])].to(torch.float64)
+    num_points, dim = x.shape
+    results = _method_results(
+        x,
+        heldout["methods"],
+        cfg=cfg,
+        denoiser=load_denoiser(denoiser_path, dev),
+        trace_paths=trace_paths,
+        mixture=None,
+        training_data=load_dataset(train_path),
+        seed=int(seed) + int(heldout.get("seed", 0)),
+        device=dev,
+        label=f"held-out {Path(test_path).stem}",
+    )
+    points = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "trace_target": TRACE_TARGETS.get(method, ""),
+                    "image": np.arange(num_points),
+                    "nll_nats": (-res["log_q"]).numpy(),
+                    "bpd": bits_per_dim(res["log_q"], dim).numpy(),
+                    "seconds_per_image": res["seconds"] / num_points,
+                    "nfe": res["nfe"],
+                    "peak_mem_mb": res["peak_mem_mb"],
+                    **_solver_columns(cfg),
+                }
+            )
+            for method, res in results.items()
+        ],
+        ignore_index=True,
+    )
+    summary = summarize_heldout(points)
+    write_csv(points, points_csv)
+    write_csv(summary, summary_csv)
+    write_text(summary.to_markdown(index=False, floatfmt=".4g") + "\n", markdown)
+    return summary
+
+
+def summarize_heldout(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per method of :func:`run_heldout_likelihood`'s per-image rows; the columns relative to ``vjp`` are NaN
+    when ``vjp`` did not run."""
+    vjp = points[points["method"] == "vjp"].set_index("image")
+    rows = []
+    for method, grp in points.groupby("method", sort=False):
+        bpd = grp.set_index("image")["bpd"]
+        row = {
+            "method": method,
+            "trace_target": grp["trace_target"].iloc[0],
+            "num_images": len(grp),
+            "bpd_mean": bpd.mean(),
+            "bpd_sem": bpd.std(ddof=1) / math.sqrt(len(bpd)) if len(bpd) > 1 else math.nan,
+            "abs_diff_to_vjp_bpd": math.nan,
+            "seconds_per_image": grp["seconds_per_image"].iloc[0],
+            "speedup_over_vjp": math.nan,
+            "nfe": int(grp["nfe"].iloc[0]),
+            "peak_mem_mb": grp["peak_mem_mb"].iloc[0],
+        }
+        if len(vjp):
+            row["abs_diff_to_vjp_bpd"] = float((bpd - vjp["bpd"].reindex(bpd.index)).abs().mean())
+            row["speedup_over_vjp"] = float(vjp["seconds_per_image"].iloc[0] / row["seconds_per_image"])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def summarize_benchmark(points: pd.DataFrame) -> pd.DataFrame:
@@ -380,41 +508,23 @@ def run_table2_mixture(
 ) -> Any:
     """Table 2 on a Gaussian-mixture data set (``section`` = ``likelihood.table2``): relative trace error of each
     estimator against the exact mixture's Fisher trace, with the trace net of ``trace_path`` (target sq_norm,
-    trained on samples) and its denoiser."""
-    from dfcore.experiments.trace_error import trace_errors, write_trace_error
-    from dfcore.models.networks import load_trace_model
+    trained on samples) and its denoiser; :func:`dfcore.experiments.trace_error.run_trace_error` without the
+    paper's rows."""
+    from dfcore.experiments.trace_error import run_trace_error
 
     mixture = load_mixture(data_path)
     if not isinstance(mixture, GaussianMixture):
         raise ValueError(f"likelihood.table2: dataset {dataset!r} has no exact Gaussian mixture")
-    trace_model = load_trace_model(trace_path, resolve_device(device))
-    den = trace_model.denoiser
-    seed = int(seed) + int(section.get("seed", 0))
-    ds = trace_errors(
-        load_dataset(data_path),
-        den.schedule,
-        den,
-        trace_model,
-        times=section["times"],
-        t_zero=float(section["t_zero"]),
-        methods=section["methods"],
-        num_points=int(section["num_points"]),
-        num_probes=int(section["num_probes"]),
-        seed=seed,
-        mixture=mixture,
-    )
-    title = (
-        f"Relative trace error against the exact Gaussian mixture, {dataset} (d = {mixture.dim}) / {den.schedule.name}"
-    )
-    write_trace_error(
-        ds,
+    return run_trace_error(
+        section,
+        data_path,
+        trace_path,
         csv=csv,
         markdown=markdown,
         figure=figure,
         zarr=zarr,
-        config=section,
         seed=seed,
-        title=title,
+        device=device,
+        heading=f"Relative trace error against the exact Gaussian mixture, {dataset} (d = {mixture.dim})",
         paper_rows=False,
     )
-    return ds

@@ -213,11 +213,15 @@ def run_trace_error(
     seed: int = 0,
     device: str = "auto",
     extra_trace_paths: Sequence[str | Path] = (),
+    heading: str | None = None,
+    paper_rows: bool = True,
 ) -> xr.Dataset:
-    """The trace_error stage (Table 2; ``section`` = the ``trace_error`` config section).
+    """The trace_error stage (Table 2; ``section`` = the ``trace_error`` config section, or ``likelihood.table2``).
 
     ``trace_path`` is the main trace network (estimator ``dftm``; its denoiser is used by every estimator);
-    each of ``extra_trace_paths`` adds the row ``dftm_<target>``, the target read from the checkpoint itself."""
+    each of ``extra_trace_paths`` adds the row ``dftm_<target>``, the target read from the checkpoint itself.
+    The title is ``heading`` (default: "Relative trace error, <dataset>") and the schedule's name; ``paper_rows``
+    adds the paper's Table 2 rows to the markdown (only meaningful for its checkerboard)."""
     cfg = section
     dev = resolve_device(device)
     trace_model = load_trace_model(trace_path, dev)
@@ -246,6 +250,17 @@ def run_trace_error(
         mixture=load_mixture(data_path),
         extra_trace_models=extra,
     )
-    title = f"Relative trace error, {cfg['dataset']} / {cfg['schedule']}"
-    write_trace_error(ds, csv=csv, markdown=markdown, figure=figure, zarr=zarr, config=cfg, seed=seed, title=title)
+    heading = heading or f"Relative trace error, {cfg['dataset']}"
+    title = f"{heading} / {denoiser.schedule.name}"
+    write_trace_error(
+        ds,
+        csv=csv,
+        markdown=markdown,
+        figure=figure,
+        zarr=zarr,
+        config=cfg,
+        seed=seed,
+        title=title,
+        paper_rows=paper_rows,
+    )
     return ds

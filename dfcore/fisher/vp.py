@@ -93,6 +93,19 @@ def fisher_vp_analytic(
     return flat.reshape(x.shape)
 
 
+def _endpoint_terms(
+    method: str, t: Tensor, v: Tensor, schedule: Schedule, x0: Tensor | None, ybar: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The inputs of the endpoint methods, checked: ``x0``, ``ybar``, and :math:`\sigma^2` and
+    :math:`\alpha^2/\sigma^4` broadcast against ``v``."""
+    if x0 is None or ybar is None:
+        raise ValueError(
+            f"fisher_vp method {method!r} needs x0= (trajectory endpoint) and ybar= (cached posterior mean)"
+        )
+    alpha, sigma = schedule(t)
+    return x0, ybar, expand_like(sigma.pow(2), v), expand_like(alpha.pow(2) / sigma.pow(4), v)
+
+
 def fisher_vp_dfea(
     x: Tensor,
     t: Tensor,
@@ -110,11 +123,7 @@ def fisher_vp_dfea(
         x0: endpoint of the sampling trajectory that passes through ``x``.
         ybar: cached posterior mean :math:`\bar y_\theta(x_t, t)` of the forward pass.
     """
-    if x0 is None or ybar is None:
-        raise ValueError("fisher_vp method 'dfea' needs x0= (trajectory endpoint) and ybar= (cached posterior mean)")
-    alpha, sigma = schedule(t)
-    var = expand_like(sigma.pow(2), v)
-    scale = expand_like(alpha.pow(2) / sigma.pow(4), v)
+    x0, ybar, var, scale = _endpoint_terms("dfea", t, v, schedule, x0, ybar)
     proj_x0 = expand_like(_inner(x0, v), v)
     proj_y = expand_like(_inner(ybar, v), v)
     return v / var - scale * (proj_x0 * x0 - proj_y * ybar)
@@ -131,14 +140,9 @@ def fisher_vp_dfea_centered(
     **_: object,
 ) -> Tensor:
     r"""One-sample covariance form: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)\langle x_0 - \bar y, v\rangle (x_0 - \bar y)`."""
-    if x0 is None or ybar is None:
-        raise ValueError(
-            "fisher_vp method 'dfea_centered' needs x0= (trajectory endpoint) and ybar= (cached posterior mean)"
-        )
-    alpha, sigma = schedule(t)
+    x0, ybar, var, scale = _endpoint_terms("dfea_centered", t, v, schedule, x0, ybar)
     dev = x0 - ybar
-    scale = expand_like(alpha.pow(2) / sigma.pow(4), v)
-    return v / expand_like(sigma.pow(2), v) - scale * expand_like(_inner(dev, v), v) * dev
+    return v / var - scale * expand_like(_inner(dev, v), v) * dev
 
 
 def fisher_vp_vjp(

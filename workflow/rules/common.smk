@@ -171,16 +171,25 @@ LIKELIHOOD_TRACE_TARGETS = {
 
 
 # Input functions of the rules files.
-def likelihood_trace_inputs(wildcards):
-    """The trace nets that the likelihood job of a dataset needs: one per dftm method it runs."""
-    stem = (
-        f"{RESULTS}/models/{wildcards.dataset}_{config['likelihood']['schedule']}_trace"
-    )
+def _likelihood_traces(dataset, methods):
+    """The trace nets (input name trace_{target}) of the dftm methods among ``methods`` on ``dataset``."""
+    stem = f"{RESULTS}/models/{dataset}_{config['likelihood']['schedule']}_trace"
     return {
         f"trace_{target}": f"{stem}_{target}.pt"
         for method, target in LIKELIHOOD_TRACE_TARGETS.items()
-        if method in config["likelihood"]["methods"]
+        if method in methods
     }
+
+
+def likelihood_trace_inputs(wildcards):
+    """The trace nets that the likelihood job of a dataset needs: one per dftm method it runs."""
+    return _likelihood_traces(wildcards.dataset, config["likelihood"]["methods"])
+
+
+def heldout_trace_inputs(wildcards):
+    """The trace nets of the held-out likelihood job: one per dftm method it runs, trained on its train set."""
+    heldout = config["likelihood"]["heldout"]
+    return _likelihood_traces(heldout["train"], heldout["methods"])
 
 
 def nll_models(wildcards):

@@ -1,11 +1,13 @@
 # Rules of the 'likelihood' stage (docs/likelihood.md): NLL error against time per trace
 # estimator on Gaussian mixtures with a closed-form density, every method on the same trained denoiser with
-# the same ODE solver; the peers k-diffusion and flow_matching through thin adapters; Table 2 on the mixtures.
+# the same ODE solver; the peers k-diffusion and flow_matching through thin adapters; Table 2 on the mixtures;
+# bits/dim of held-out digits (likelihood.heldout) by the same estimators.
 # The denoisers come from rule train_denoiser, the sq_norm and residual trace nets from rule train_trace_target;
 # the ablation's trace net (target from the exact mixture) is trained here.
 
 LIKELIHOOD = config["likelihood"]
 LIKELIHOOD_SCHEDULE = LIKELIHOOD["schedule"]
+HELDOUT = LIKELIHOOD["heldout"]
 
 
 rule likelihood_trace:
@@ -50,7 +52,7 @@ rule likelihood_dataset:
         mem_mb=6000,
         runtime=120,
     params:
-        likelihood=without(LIKELIHOOD, "datasets", "table2", "schedule"),
+        likelihood=without(LIKELIHOOD, "datasets", "table2", "schedule", "heldout"),
         seed=config["seed"],
         device=config["device"],
     script:
@@ -121,6 +123,56 @@ rule likelihood_table2:
         device=config["device"],
     script:
         "../scripts/likelihood_table2.py"
+
+
+if HELDOUT["train"]:
+
+    rule likelihood_heldout:
+        input:
+            unpack(heldout_trace_inputs),
+            train=f"{RESULTS}/data/{HELDOUT['train']}.zarr",
+            test=f"{RESULTS}/data/{HELDOUT['test']}.zarr",
+            denoiser=f"{RESULTS}/models/{HELDOUT['train']}_{LIKELIHOOD_SCHEDULE}_denoiser.pt",
+        output:
+            points=f"{RESULTS}/likelihood/heldout_points.csv",
+            summary=report(
+                f"{RESULTS}/likelihood/heldout.csv",
+                caption="../report/likelihood_heldout.rst",
+                category="Likelihood benchmark",
+            ),
+            markdown=report(
+                f"{RESULTS}/likelihood/heldout.md",
+                caption="../report/likelihood_heldout.rst",
+                category="Likelihood benchmark",
+            ),
+        log:
+            f"{RESULTS}/logs/likelihood/heldout.log",
+        conda:
+            "../envs/dfcore.yaml"
+        threads: 2
+        resources:
+            mem_mb=6000,
+            runtime=120,
+        params:
+            # the solver keys of the section and its heldout subsection
+            likelihood=without(
+                LIKELIHOOD,
+                "datasets",
+                "table2",
+                "schedule",
+                "methods",
+                "num_points",
+                "seed",
+                "t_min",
+            ),
+            seed=config["seed"],
+            device=config["device"],
+        script:
+            "../scripts/likelihood_heldout.py"
+
+    TARGETS.extend(
+        f"{RESULTS}/likelihood/{name}" for name in ("heldout.csv", "heldout.md")
+    )
 
 
 if LIKELIHOOD["datasets"]:
