@@ -319,6 +319,16 @@ def _check_training(config: dict[str, Any]) -> None:
             if "arch" in config["denoiser"]["overrides"].get(name, {})
             else "denoiser.arch"
         )
+        # a backbone stated at the level that also makes the trace net share the trunk would be ignored
+        override = config["trace_net"]["overrides"].get(name, {})
+        if dataset_section(config["trace_net"], name)["share_trunk"]:
+            key = None
+            if override.get("backbone"):
+                key = f"trace_net.overrides.{name}.backbone"
+            elif config["trace_net"].get("backbone") and "share_trunk" not in override:
+                key = "trace_net.backbone"
+            if key:
+                _fail(key, f"is read only with share_trunk false, and the trace net of {name!r} shares the trunk")
         image = spec["kind"] in IMAGE_KINDS
         if merged["arch"] == "unet" and not image:
             _fail(where, f"unet needs an image data set, and {name!r} is of kind {spec['kind']!r}")

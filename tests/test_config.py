@@ -455,6 +455,23 @@ BAD_CONFIGS = [
         "sd.adjoint.reward_module",
         "package.module:Name",
     ),
+    (
+        "backbone-with-shared-trunk",
+        {"trace_net": {"share_trunk": True, "backbone": {"hidden": 64}}},
+        "trace_net.backbone",
+        "share_trunk false",
+    ),
+    (
+        "override-backbone-with-shared-trunk",
+        {
+            "trace_net": {
+                "share_trunk": False,
+                "overrides": {"digits": {"share_trunk": True, "backbone": {"hidden": 64}}},
+            }
+        },
+        "trace_net.overrides.digits.backbone",
+        "share_trunk false",
+    ),
     # the likelihood stage: closed-form densities, and held-out images from the other side of the training split
     ("likelihood-unknown-dataset", {"likelihood": {"datasets": ["nope"]}}, "likelihood.datasets.0", "'nope'"),
     ("likelihood-no-density", {"likelihood": {"datasets": ["checkerboard"]}}, "likelihood.datasets.0", "closed-form"),
@@ -554,6 +571,7 @@ def test_the_overrides_and_backbone_accept_the_keys_they_override():
                 }
             },
             "trace_net": {
+                "share_trunk": False,
                 "backbone": {"hidden": 512, "layers": 2},
                 "overrides": {"digits": {"share_trunk": True, "steps": 3}},
             },
