@@ -514,6 +514,8 @@ A config file needs only the keys it changes; every other key keeps its default.
 - `config/config.yaml`: the default, small scale; runs end to end on 2 CPU cores.
 - `config/test.yaml`: tiny; every stage at the smallest useful size, for CI and the workflow tests.
 - `config/paper.yaml`: paper scale (longer training, more test points, tighter tolerances); hours on a CPU.
+- `config/likelihood_cpu.yaml`: the likelihood benchmark's Gaussian mixtures with training sized for a 2-core CPU
+  (the command that runs only that stage is at the top of the file).
 
 ## What reruns when a key changes
 
