@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slow test-cluster bench lint dryrun config-docs clean-env
+.PHONY: run test test-slow test-cluster bench gpu-check lint dryrun config-docs clean-env
 
 $(BIN)/snakemake: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -36,6 +36,14 @@ test-cluster: $(BIN)/snakemake
 
 bench: $(BIN)/snakemake
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# On a machine with a GPU: the gpu tests, the GPU-sized benchmarks and config/test.yaml with device: auto against
+# a CPU run, everything under results/gpu-check/ (benchmarks/gpu_check.py, docs/benchmarks.md). 8 minutes at most.
+# Without CUDA it skips those steps and says so. The python of .venv when there is one (no install here: a GPU
+# machine may have no network), else python3; pass options with GPU_CHECK_ARGS="--cpu-workflow DIR ...".
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	timeout 480 $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 dryrun: $(BIN)/snakemake
 	$(BIN)/snakemake -n --cores 1 --configfile config/config.yaml

@@ -10,8 +10,9 @@ cost nearly what the d VJPs cost when vmap stacks them into one batch of d rows,
 until both sides are GEMM-bound. ``hutchinson1`` is timed for context. The bars of the likelihood benchmark are a
 ratio vjp/dftm of at least 10 at d = 64 and 30 at d = 256.
 
-Writes results/benchmarks/likelihood.csv. Run: ``python benchmarks/bench_likelihood.py`` (about 5 minutes on 2
-cores).
+Writes results/benchmarks/likelihood.csv, with the device's name (or ``cpu``) in its ``device`` column. Run:
+``python benchmarks/bench_likelihood.py`` (about 5 minutes on 2 cores); ``--gpu`` (with ``--device auto``) measures
+batch 128 only, the GPU-sized case.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 import pandas as pd
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
+from common import device_name  # noqa: E402  (benchmarks/common.py)
 
+from dfcore.device import resolve_device
 from dfcore.io import write_csv
 from dfcore.likelihood import log_likelihood
 from dfcore.models.networks import trace_model_from_state
@@ -31,7 +34,7 @@ from dfcore.models.networks import trace_model_from_state
 BARS = {64: 10.0, 256: 30.0}
 
 
-def _models(dim: int):
+def _models(dim: int, device: torch.device):
     hp = {"dim": dim, "hidden": 256, "layers": 4, "emb_dim": 64, "fourier_levels": 0}
     state = {
         "kind": "denoiser",
@@ -44,14 +47,14 @@ def _models(dim: int):
     }
     torch.manual_seed(0)
     trace = trace_model_from_state(
-        {"kind": "trace", "share_trunk": False, "hparams": {}, "denoiser": state, "state_dict": None}
+        {"kind": "trace", "share_trunk": False, "hparams": {}, "denoiser": state, "state_dict": None}, device
     )
     return trace.denoiser, trace
 
 
-def bench(dim: int, batch: int, steps: int, repeats: int) -> list[dict]:
-    den, trace = _models(dim)
-    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+def bench(dim: int, batch: int, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    den, trace = _models(dim, device)
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
     rows = []
     for method in ("dftm", "hutchinson1", "vjp"):
         name = "hutchinson" if method.startswith("hutchinson") else method
@@ -71,7 +74,7 @@ def bench(dim: int, batch: int, steps: int, repeats: int) -> list[dict]:
             )
             nfe.append(out["nfe"])
 
-        seconds = timing.best_time(run, "cpu", repeats, reduce=statistics.median)
+        seconds = timing.best_time(run, device, repeats, reduce=statistics.median)
         rows.append(
             {
                 "dim": dim,
@@ -81,6 +84,7 @@ def bench(dim: int, batch: int, steps: int, repeats: int) -> list[dict]:
                 "steps": steps,
                 "nfe": nfe[-1],
                 "seconds_per_nll": seconds / batch,
+                "device": device_name(device),
             }
         )
     return rows
@@ -91,13 +95,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed on a shared machine)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
+    parser.add_argument("--gpu", action="store_true", help="batch 128 only (the GPU-sized case)")
     parser.add_argument("--out", default="results/benchmarks/likelihood.csv")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    batches = [128] if args.gpu else args.batches
     rows = []
     for dim in (64, 256):
-        for batch in (1, 16, 128):
-            rows += bench(dim, batch, args.steps, args.repeats)
+        for batch in batches:
+            rows += bench(dim, batch, args.steps, args.repeats, device)
     frame = pd.DataFrame(rows)
     base = frame[frame["method"] == "dftm"].set_index(["dim", "batch"])["seconds_per_nll"]
     frame["ratio_to_dftm"] = [r.seconds_per_nll / base[(r.dim, r.batch)] for r in frame.itertuples()]

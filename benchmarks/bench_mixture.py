@@ -8,27 +8,35 @@ For each (d, N) with B query points, side by side in one process:
   batched over B). Where d passes would take too long, ``--max-columns`` of them are timed and the
   time is scaled by d / columns (the passes are identical in cost); the CSV says so;
 - the GEMM bound: one ``torch.matmul`` of the same (B, d) x (d, N) shape. ``gemm_fraction`` =
-  t_matmul / t_method; the trace needs two such products, so 0.5 is its ceiling.
+  t_matmul / t_method; the trace needs two such products, so 0.5 is its ceiling;
+- the same as rates: the trace does two (B, d + 2) x (d + 2, N) products, 4 B N (d + 2) floating-point operations
+  (``trace_tflops``: that count over its time), the matmul 2 B N d (``matmul_tflops``); ``matmul_bound_fraction``
+  is their ratio, the share of the matmul's rate that the trace reaches. Its bar (``bar``, ``meets_bar``) is
+  0.3 at N = 1e5, d = 784.
 
 Writes ``results/benchmarks/mixture.csv``.
 
-    python benchmarks/bench_mixture.py [--device auto] [--dtype float32] [--quick]
+    python benchmarks/bench_mixture.py [--device auto] [--dtype float32] [--quick | --gpu]
+
+``--gpu`` measures the GPU-sized case only: d = 784, N = 1e5, B = 1024.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
 from pathlib import Path
 
 import pandas as pd
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
+from common import device_name as name_of  # noqa: E402  (benchmarks/common.py)
 
 from dfcore import DiracMixture, get_schedule
 from dfcore.device import resolve_device, resolve_dtype
 from dfcore.io import write_csv
+
+BAR, BAR_SIZE = 0.3, (784, 100_000)  # the trace reaches >= 30 % of the matmul's FLOP rate at d = 784, N = 1e5
 
 
 def best_time(fn, device: torch.device, repeats: int = 3, min_time: float = 0.2) -> float:
@@ -70,12 +78,15 @@ def main() -> None:
     parser.add_argument("--max-columns", type=int, default=8, help="autograd passes timed before scaling by d")
     parser.add_argument("--out", default="results/benchmarks/mixture.csv")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--gpu", action="store_true", help="the GPU-sized case only: d = 784, N = 1e5, B = 1024")
     args = parser.parse_args()
     if args.quick:
         args.dims, args.points, args.batch = [2, 64], [1_000], 64
+    if args.gpu:
+        args.dims, args.points, args.batch = [784], [100_000], 1024
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = name_of(device)
     schedule = get_schedule("VP")
     t = 0.3
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -98,6 +109,9 @@ def main() -> None:
                 err = ((mixture.fisher_trace(x, t, schedule) - partial).abs().max() / partial.abs().max()).item()
             else:
                 err = math.nan
+            trace_flops = 4.0 * args.batch * n * (d + 2)
+            matmul_flops = 2.0 * args.batch * n * d
+            bar = BAR if (d, n) == BAR_SIZE else math.nan
             row = {
                 "device": device_name,
                 "dtype": args.dtype,
@@ -115,12 +129,18 @@ def main() -> None:
                 "trace_gemm_fraction": t_gemm / t_trace,
                 "vp_gemm_fraction": t_gemm / t_vp,
                 "trace_rel_diff_vs_autograd": err,
+                "trace_tflops": trace_flops / t_trace / 1e12,
+                "matmul_tflops": matmul_flops / t_gemm / 1e12,
+                "matmul_bound_fraction": (trace_flops / t_trace) / (matmul_flops / t_gemm),
+                "bar": bar,
+                "meets_bar": "" if math.isnan(bar) else str(trace_flops / t_trace >= bar * matmul_flops / t_gemm),
             }
             rows.append(row)
             print(
                 f"d={d:4d} N={n:7d}: trace {row['fisher_trace_ms']:9.3f} ms, vp {row['fisher_vp_ms']:9.3f} ms, "
                 f"autograd {row['autograd_trace_ms']:11.1f} ms{' (extrap.)' if cols < d else ''}, "
-                f"speedup {row['speedup_trace_vs_autograd']:8.1f}x, GEMM fraction {row['trace_gemm_fraction']:.2f}",
+                f"speedup {row['speedup_trace_vs_autograd']:8.1f}x, GEMM fraction {row['trace_gemm_fraction']:.2f}, "
+                f"{row['trace_tflops']:.3g} TFLOP/s = {row['matmul_bound_fraction']:.2f} of the matmul's rate",
                 flush=True,
             )
     out = Path(args.out)

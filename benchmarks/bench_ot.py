@@ -10,7 +10,7 @@ In one process, from the ``ot`` section of a config (default ``config/config.yam
   ratio to the vectorised run (what the batching buys);
 - ``pot``: one exact OT problem (``ot.emd2``) on ``num_starts`` pushed points.
 
-Writes ``results/benchmarks/ot.csv``.
+Writes ``results/benchmarks/ot.csv`` (the ``device`` column names the GPU, or ``cpu``).
 
     python benchmarks/bench_ot.py [--config config/config.yaml] [--loop-starts 5]
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from common import device_name  # noqa: E402  (benchmarks/common.py)
 
 from dfcore.config import load_config
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
@@ -115,7 +116,7 @@ def main() -> None:
         num_starts=n,
         num_steps=ot_cfg["num_steps"],
         torch_threads=torch.get_num_threads(),
-        device=str(device),
+        device=device_name(device),
         cpu=platform.processor() or platform.machine(),
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,12 @@ random-weight UNet2DConditionModel with the SD-1.5 configuration at 4×64×64 la
     .venv/bin/python benchmarks/bench_sd.py                 # tiny pipeline, CPU, a few seconds
     .venv/bin/python benchmarks/bench_sd.py --sd-size       # + SD-sized random UNet (use a GPU)
 
-Writes ``results/benchmarks/sd.csv`` (device name included).
+Writes ``results/benchmarks/sd.csv``; its ``device`` column holds the GPU's name (or ``cpu``).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
+from common import device_name, sd15_unet  # noqa: E402  (benchmarks/common.py)
 
 from dfcore.device import resolve_device
 from dfcore.fisher.common import jacobian_quadratic_forms
@@ -45,28 +45,6 @@ from fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Fastest of ``repeats`` single calls after a warm-up call."""
     return timing.best_time(fn, device, repeats)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _sd15_unet() -> torch.nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
 
 
 def bench_model(
@@ -112,8 +90,7 @@ def bench_model(
     base = {
         "model": name,
         "latent_shape": "x".join(map(str, shape[1:])),
-        "device": str(device),
-        "device_name": _device_name(device),
+        "device": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
     }
     rows += [
@@ -161,7 +138,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.sd_size:
         torch.manual_seed(0)
         rows += bench_model(
-            "sd15_random", _sd15_unet(), schedule, 768, 77, device, dtype, args.repeats, args.vjp_probes
+            "sd15_random", sd15_unet(device, dtype), schedule, 768, 77, device, dtype, args.repeats, args.vjp_probes
         )
     frame = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

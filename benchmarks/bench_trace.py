@@ -10,7 +10,11 @@ on a CPU we time ``VJP_SUBSET`` basis vectors and scale linearly to d (marked ``
 Per full NLL: the PF-ODE + Eq. 14 with fixed-step RK4 (``NLL_STEPS`` steps, so the same number of
 evaluations for every method); vjp at d = 4096 is extrapolated from its per-evaluation time.
 
-Writes results/benchmarks/trace.csv. Run: ``python benchmarks/bench_trace.py`` (a few minutes on 2 CPU cores).
+With ``--gpu`` (meant for a GPU, ``--device auto``) the 4096 VJPs of the UNet's trace evaluation are all run
+(``measured``), not extrapolated; its NLL row stays extrapolated from that per-evaluation time.
+
+Writes results/benchmarks/trace.csv, with the device's name (or ``cpu``) in its ``device`` column. Run:
+``python benchmarks/bench_trace.py`` (a few minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 import pandas as pd
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
+from common import device_name  # noqa: E402  (benchmarks/common.py)
 
+from dfcore.device import resolve_device
 from dfcore.fisher import fisher_trace
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.io import write_csv
@@ -34,7 +40,7 @@ VJP_SUBSET = 32
 NLL_STEPS = 4
 
 
-def _models(arch: str, dim: int):
+def _models(arch: str, dim: int, device: torch.device):
     hp = (
         {"dim": dim, "hidden": 256, "layers": 4, "fourier_levels": 6 if dim <= 2 else 0}
         if arch == "mlp"
@@ -51,35 +57,48 @@ def _models(arch: str, dim: int):
     }
     torch.manual_seed(0)
     trace = trace_model_from_state(
-        {"kind": "trace", "share_trunk": True, "hparams": {}, "denoiser": state, "state_dict": None}
+        {"kind": "trace", "share_trunk": True, "hparams": {}, "denoiser": state, "state_dict": None}, device
     )
     return trace.denoiser, trace
 
 
-def _time(fn, repeats: int) -> float:
+def _time(fn, repeats: int, device: torch.device) -> float:
     """Median of ``repeats`` single calls after a warm-up call."""
-    return timing.best_time(fn, "cpu", repeats, reduce=statistics.median)
+    return timing.best_time(fn, device, repeats, reduce=statistics.median)
 
 
-def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp: bool, nll_batch: int) -> list[dict]:
-    den, trace = _models(arch, dim)
-    x = torch.randn(batch, dim)
-    t = torch.full((batch,), 0.5)
+def bench(
+    setting: str,
+    arch: str,
+    dim: int,
+    batch: int,
+    repeats: int,
+    full_vjp: bool,
+    nll_batch: int,
+    device: torch.device,
+    nll_vjp: bool | None = None,
+) -> list[dict]:
+    """Rows of one setting; ``full_vjp`` runs all d VJPs of a trace evaluation, ``nll_vjp`` (default:
+    ``full_vjp``) the VJP trace inside the NLL too."""
+    nll_vjp = full_vjp if nll_vjp is None else nll_vjp
+    den, trace = _models(arch, dim, device)
+    x = torch.randn(batch, dim).to(device)
+    t = torch.full((batch,), 0.5, device=device)
     rows = []
     per_eval = {}
     for method in ("dftm", "hutchinson", "vjp"):
         kw = dict(denoiser=den, trace_model=trace, num_probes=1, chunk_size=64)
         if method == "vjp" and not full_vjp:
-            basis = torch.eye(dim)[:VJP_SUBSET]
+            basis = torch.eye(dim, device=device)[:VJP_SUBSET]
             vectors = basis[:, None, :].expand(VJP_SUBSET, batch, dim).contiguous()
 
             def run():
                 jacobian_quadratic_forms(lambda z: den.eps(z, t), x, vectors, 64)
 
-            seconds = _time(run, max(1, repeats // 5)) * dim / VJP_SUBSET
+            seconds = _time(run, max(1, repeats // 5), device) * dim / VJP_SUBSET
             how = f"extrapolated from {VJP_SUBSET} of {dim} VJPs"
         else:
-            seconds = _time(lambda: fisher_trace(method, x, t, **kw), repeats)
+            seconds = _time(lambda: fisher_trace(method, x, t, **kw), repeats, device)
             how = "measured"
         per_eval[method] = seconds
         rows.append(
@@ -94,12 +113,13 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
             }
         )
     for method in ("dftm", "hutchinson", "vjp"):
-        if method == "vjp" and not full_vjp:
+        if method == "vjp" and not nll_vjp:
             nfe = 4 * NLL_STEPS
             seconds = per_eval["vjp"] * nll_batch / batch * nfe
             how = f"extrapolated: {nfe} evaluations x per-eval time"
         else:
-            xs = torch.randn(nll_batch, dim, dtype=torch.float64) * 0.5
+            xs = (torch.randn(nll_batch, dim, dtype=torch.float64) * 0.5).to(device)
+            timing.sync(device)
             start = time.perf_counter()
             out = log_likelihood(
                 xs,
@@ -111,6 +131,7 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
                 solver="rk4",
                 num_steps=NLL_STEPS,
             )
+            timing.sync(device)
             seconds, nfe, how = time.perf_counter() - start, out["nfe"], "measured"
         rows.append(
             {
@@ -134,13 +155,18 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared nodes)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--gpu", action="store_true", help="all 4096 VJPs of the UNet's trace evaluation (use a GPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    common = dict(repeats=args.repeats, device=device)
     rows = []
-    rows += bench("MLP d=2", "mlp", 2, batch=256, repeats=args.repeats, full_vjp=True, nll_batch=64)
-    rows += bench("MLP d=64", "mlp", 64, batch=64, repeats=args.repeats, full_vjp=True, nll_batch=16)
-    rows += bench("UNet 4x32x32", "unet", 4096, batch=2, repeats=max(2, args.repeats // 2), full_vjp=False, nll_batch=1)
-    frame = pd.DataFrame(rows)
+    rows += bench("MLP d=2", "mlp", 2, batch=256, full_vjp=True, nll_batch=64, **common)
+    rows += bench("MLP d=64", "mlp", 64, batch=64, full_vjp=True, nll_batch=16, **common)
+    unet = dict(batch=2, full_vjp=args.gpu, nll_batch=1, nll_vjp=False, device=device)
+    rows += bench("UNet 4x32x32", "unet", 4096, repeats=max(2, args.repeats // 2), **unet)
+    frame = pd.DataFrame(rows).assign(device=device_name(device))
     vjp = frame[frame.method == "vjp"].set_index(["setting", "quantity"])["seconds"]
     frame["vjp_over_method"] = [vjp[(s, q)] / sec for s, q, sec in zip(frame.setting, frame.quantity, frame.seconds)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
