@@ -5,7 +5,7 @@ In this order, each step with its own time limit inside the overall budget (``--
 
 1. ``tests``: ``pytest -m gpu tests/test_gpu.py``: every case on CUDA against the same call on the CPU
    (junit.xml, one row per test in tests.csv, every measured relative error in errors.csv);
-2. the benchmarks in their GPU-sized mode, one CSV each under ``benchmarks/``:
+2. the benchmarks in their GPU-sized mode, one CSV each under ``benchmarks/`` (``sd`` last, see 5):
    ``mixture`` (analytic Dirac-mixture trace at N = 1e5, d = 784 against the matmul's FLOP rate),
    ``adjoint`` (DF-EA against VJP per adjoint step and per guided sample, random SD-1.5-sized UNet, float16,
    4x64x64 latents), ``likelihood`` (vjp / dftm ratios at batch 128), ``trace`` (DF-TM against the exact VJP
@@ -14,7 +14,8 @@ In this order, each step with its own time limit inside the overall budget (``--
    at >= 30 % of the matmul's rate);
 4. ``workflow``: ``config/test.yaml`` end to end with ``device: auto`` (results in ``workflow/gpu/``), its CSVs
    compared with a CPU run of the same config (``workflow/cpu/``: made first, or reused from ``--cpu-workflow``
-   or an earlier complete run in that folder); the comparison is ``workflow/compare.csv``.
+   or an earlier complete run in that folder); the comparison is ``workflow/compare.csv``;
+5. the ``sd`` benchmark, which no bar needs, in the time that is left.
 
 Everything goes under one folder (``--out``, default ``results/gpu-check/``): ``summary.csv`` (one row per step),
 ``environment.csv``, ``tests/``, ``benchmarks/``, ``workflow/`` and ``logs/`` (each step's output). Every CSV the
@@ -81,6 +82,7 @@ IGNORED_WORDS = (
     "path",
 )
 
+LAST = ("sd",)  # benchmarks run after the workflow comparison
 BARS = {
     "adjoint": ("sample_ratio_vjp_over_dfea", "DF-EA >= 1.3x faster than VJP per guided sample (SD-1.5 UNet, 4x64x64)"),
     "mixture": ("matmul_bound_fraction", "analytic mixture trace >= 30 % of the matmul's FLOP rate (N = 1e5, d = 784)"),
@@ -423,9 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             say(run_tests(out, device, budget))
 
-        # 2. benchmarks
+        # 2. benchmarks (sd, beyond the bars, runs last: after the workflow, in what time is left)
         bench_dir = out / "benchmarks"
-        for name, (cmd, limit) in benchmark_commands(bench_dir).items():
+        commands = benchmark_commands(bench_dir)
+
+        def bench(name: str) -> None:
+            cmd, limit = commands[name]
             if args.skip_benchmarks:
                 skip(f"bench-{name}", "--skip-benchmarks")
             elif not cuda:
@@ -433,14 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 log = out / "logs" / f"bench-{name}.log"
                 status, seconds = run_logged(cmd, log, budget.limit(limit), child_env())
-                say(
-                    Step(
-                        f"bench-{name}",
-                        status,
-                        seconds,
-                        str(bench_dir / f"{name}.csv") if status == "ok" else tail(log),
-                    )
-                )
+                detail = str(bench_dir / f"{name}.csv") if status == "ok" else tail(log)
+                say(Step(f"bench-{name}", status, seconds, detail))
+
+        for name in commands:
+            if name not in LAST:
+                bench(name)
         if cuda and not args.skip_benchmarks:
             bar_step, bar_table = check_bars(bench_dir, device)
             write_csv(bar_table, out / "bars.csv")
@@ -476,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(Step("workflow", status, seconds, detail))
             else:
                 skip("workflow", "no CPU reference run")
+
+        # 4. what the bars do not need
+        for name in LAST:
+            bench(name)
 
     summary = pd.DataFrame([vars(s) for s in steps]).assign(device=device)
     write_csv(summary, out / "summary.csv")

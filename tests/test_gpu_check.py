@@ -25,9 +25,9 @@ SKIPPED_STEPS = [
     "bench-adjoint",
     "bench-likelihood",
     "bench-trace",
-    "bench-sd",
     "bars",
     "workflow",
+    "bench-sd",
 ]
 
 
