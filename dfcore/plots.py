@@ -120,9 +120,11 @@ def legend_outside(
     axes: Sequence[Axes],
     extra: Sequence[Artist | None] = (),
     wrap: int = 40,
+    below: bool = False,
 ) -> None:
     """Move the legend of the first of ``axes`` that has one (seaborn's, section titles included) to the
-    right of all panels (``loc="outside right upper"``, placed by the constrained layout), drop the other
+    right of all panels (``loc="outside right upper"``, placed by the constrained layout; with ``below``,
+    under them in one row, for a figure whose suptitle would meet a legend at its top right), drop the other
     panels' legends, and append ``extra`` handles (None entries are skipped). Labels longer than ``wrap``
     characters are wrapped."""
     handles: list[Artist] = []
@@ -140,7 +142,9 @@ def legend_outside(
         if handle is not None:
             handles.append(handle)
             labels.append(str(handle.get_label()))
-    if handles:
+    if handles and below:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 5))
+    elif handles:
         labels = [textwrap.fill(s, wrap) for s in labels]
         rows = sum(1 + s.count("\n") for s in labels)
         ncols = math.ceil(rows / _legend_rows(fig))
@@ -363,7 +367,7 @@ def plot_lambda_agreement(agreement: pd.DataFrame, path: str | Path, title: str)
     for ax in axes:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title)
-    legend_outside(fig, list(axes), [dropped_note(dropped, "errors")])
+    legend_outside(fig, list(axes), [dropped_note(dropped, "errors")], below=True)
     _finish(fig, path, dpi=120)
 
 

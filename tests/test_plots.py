@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -80,6 +81,32 @@ def _data_artists(ax):
     return [a for a in [*ax.lines, *ax.collections] if a.get_visible()]
 
 
+def _texts_drawn(fig: Figure) -> list:
+    """Suptitle, axes titles, axis labels and tick labels that are shown."""
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        texts += _shown_ticklabels(ax, "x") + _shown_ticklabels(ax, "y")
+    return [t for t in texts if t.get_visible() and t.get_text()]
+
+
+def _shown_ticklabels(ax, which: str, minor: bool = False) -> list:
+    """The major (or minor) tick labels of axis ``which`` that are drawn: inside the view limits, visible, not
+    empty."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    scale = axis.get_transform()  # compared in scaled units (log10 on a log axis)
+    lo, hi = sorted(scale.transform(np.asarray(axis.get_view_interval(), dtype=float)))
+    tol = 1e-9 * (hi - lo)
+    raw = axis.get_minorticklocs() if minor else axis.get_majorticklocs()
+    labels = axis.get_minorticklabels() if minor else axis.get_majorticklabels()
+    locs = scale.transform(np.asarray(raw, dtype=float))
+    return [
+        label
+        for loc, label in zip(locs, labels)
+        if lo - tol <= loc <= hi + tol and label.get_visible() and label.get_text()
+    ]
+
+
 def legend_problems(fig: Figure) -> list[str]:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -89,6 +116,9 @@ def legend_problems(fig: Figure) -> list[str]:
         box = legend.get_window_extent(renderer)
         if box.x0 < fig_box.x0 - 1 or box.y0 < fig_box.y0 - 1 or box.x1 > fig_box.x1 + 1 or box.y1 > fig_box.y1 + 1:
             problems.append(f"legend {box} sticks out of the figure {fig_box}")
+        for text in _texts_drawn(fig):
+            if box.overlaps(text.get_window_extent(renderer)):
+                problems.append(f"legend overlaps the text {text.get_text()!r}")
         for ax in fig.axes:
             if not ax.has_data():
                 continue
@@ -107,14 +137,7 @@ def xtick_problems(fig: Figure) -> list[str]:
     renderer = fig.canvas.get_renderer()
     problems = []
     for ax in fig.axes:
-        lo, hi = sorted(ax.get_xlim())
-        labels = [
-            label
-            for loc, label in zip(ax.get_xticks(), ax.get_xticklabels())
-            if lo - 1e-12 * abs(hi - lo) <= loc <= hi + 1e-12 * abs(hi - lo)
-            and label.get_visible()
-            and label.get_text()
-        ]
+        labels = _shown_ticklabels(ax, "x") + _shown_ticklabels(ax, "x", minor=True)
         boxes = sorted(((label.get_window_extent(renderer), label) for label in labels), key=lambda b: b[0].x0)
         for (a, la), (b, lb) in zip(boxes, boxes[1:]):
             angle = math.radians(la.get_rotation() % 180)
@@ -476,6 +499,15 @@ def test_the_legend_check_flags_a_legend_over_the_data():
     plt.close(fig)
 
 
+def test_the_legend_check_flags_a_legend_over_a_title():
+    fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    ax.plot([0, 1], [0, 1], label="a line with a long label")
+    fig.suptitle("a suptitle long enough to reach the legend at the top right")
+    fig.legend(loc="upper right")
+    assert any("overlaps the text 'a suptitle" in p for p in legend_problems(fig))
+    plt.close(fig)
+
+
 def test_the_legend_check_passes_a_legend_outside():
     fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
     ax.plot([0, 1], [0, 1], label="a")
@@ -501,6 +533,17 @@ def test_fit_xticklabels_removes_overlaps():
     plots.fit_xticklabels(fig)
     assert xtick_problems(fig) == []
     assert len(ax.get_xticks()) < 20
+    plt.close(fig)
+
+
+def test_the_tick_check_sees_minor_labels_of_a_log_axis():
+    fig, ax = plt.subplots(figsize=(2.5, 2))
+    ax.plot([0.031, 0.15], [1, 2])
+    ax.set_xscale("log")  # less than a decade: matplotlib labels the minor ticks, and they touch
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+    assert xtick_problems(fig)
+    plots.fit_xticklabels(fig)
+    assert xtick_problems(fig) == []
     plt.close(fig)
 
 
