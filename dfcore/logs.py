@@ -1,7 +1,8 @@
 """One way for a workflow rule's script to send its output to the rule's log file, tracebacks included.
 
 ``workflow/scripts/*.py`` run their whole body inside :func:`rule_log`, given the log path as a plain
-argument (this module does not depend on Snakemake).
+argument (this module does not depend on Snakemake). :func:`drop_log_messages` silences one known-harmless
+message of a third-party logger where that library is used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO, cast
 
-__all__ = ["LOG_FORMAT", "rule_log"]
+__all__ = ["LOG_FORMAT", "MessageFilter", "drop_log_messages", "rule_log"]
 
 LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 
@@ -58,3 +59,27 @@ def rule_log(
         root.setLevel(level_before)
         handler.close()
         stream.close()
+
+
+class MessageFilter(logging.Filter):
+    """Drops every record whose formatted message contains one of ``fragments``."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def drop_log_messages(logger: str, *fragments: str) -> MessageFilter:
+    """Attach a :class:`MessageFilter` for ``fragments`` to the logger named ``logger`` (the one the library
+    logs the message with: a logger's filters see only its own records), once; returns the filter."""
+    target = logging.getLogger(logger)
+    for existing in target.filters:
+        if isinstance(existing, MessageFilter) and existing.fragments == fragments:
+            return existing
+    message_filter = MessageFilter(*fragments)
+    target.addFilter(message_filter)
+    return message_filter

@@ -7,11 +7,13 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
-from dfcore.logs import rule_log
+from dfcore.logs import drop_log_messages, rule_log
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -103,3 +105,95 @@ def test_a_failing_snakemake_rule_leaves_its_traceback_in_its_log(tmp_path):
     assert "Traceback (most recent call last):" in text and "in compute" in text, text
     assert "ValueError: Zarr store results/data/x.zarr: array 'x' is missing" in text, text
     assert "lost sys.stderr" not in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------- #
+# known-harmless third-party messages stay out of the logs
+
+
+def test_no_profile_prints_shell_commands_while_every_rule_runs_a_script():
+    """With `printshellcmds` Snakemake prints "Shell command: None" for every job of a `script:` rule."""
+    rules = "".join(path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert "script:" in rules
+    if re.search(r"^\s+shell:", rules, re.MULTILINE):
+        pytest.skip("a rule has a shell command: printing it is useful")
+    for profile in sorted((REPO / "profiles").glob("*/config.yaml")):
+        assert "printshellcmds" not in yaml.safe_load(profile.read_text()), profile
+
+
+@pytest.mark.parametrize("extra, printed", [((), 0), (("--printshellcmds",), 1)])
+def test_a_script_rule_under_the_default_profile_prints_no_shell_command(tmp_path, extra, printed):
+    (tmp_path / "Snakefile").write_text('rule a:\n    output: "out.txt"\n    script: "a.py"\n')
+    (tmp_path / "a.py").write_text('open(snakemake.output[0], "w").write("x")\n')
+    result = subprocess.run(
+        [str(SNAKEMAKE), "-n", "--cores", "1", "--nolock", "--profile", str(REPO / "profiles" / "default"), *extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (result.stdout + result.stderr).count("Shell command: None") == printed
+
+
+def _string_coordinate_dataset():
+    import numpy as np
+    import xarray as xr
+
+    return xr.Dataset(
+        {"err": (("method", "t"), np.ones((2, 3)))}, coords={"method": ["vjp", "dftm_residual"], "t": [0.1, 0.5, 1.0]}
+    )
+
+
+def test_writing_a_zarr_store_warns_nothing(tmp_path):
+    from dfcore.io import read_zarr, write_zarr
+
+    ds = _string_coordinate_dataset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_zarr(ds, tmp_path / "a.zarr")
+    assert [str(w.message) for w in caught] == []
+    assert list(read_zarr(tmp_path / "a.zarr")["method"].values) == ["vjp", "dftm_residual"]
+    # the same store written by xarray directly does warn: the filters of write_zarr are what silence it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds.to_zarr(tmp_path / "b.zarr", mode="w", consolidated=True)
+    categories = {type(w.message).__name__ for w in caught}
+    assert {"UnstableSpecificationWarning", "ZarrUserWarning"} <= categories, categories
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_torchvision_fallback_message_of_transformers_is_dropped():
+    import dfcore.integrations.diffusers  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+    keep = _Keep()
+    logger.addHandler(keep)  # on the logger itself: transformers stops propagation at its root logger
+    try:
+        logger.warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` for "
+            "backward compatibility."
+        )
+        logger.warning("another message of transformers")
+    finally:
+        logger.removeHandler(keep)
+    assert keep.messages == ["another message of transformers"]
+
+
+def test_drop_log_messages_attaches_one_filter_per_message():
+    name = "dfcore.test.quiet"
+    first = drop_log_messages(name, "noise")
+    assert drop_log_messages(name, "noise") is first
+    assert logging.getLogger(name).filters == [first]
+    record = logging.LogRecord(name, logging.WARNING, __file__, 1, "some %s here", ("noise",), None)
+    assert not first.filter(record)
+    record.args = ("signal",)
+    assert first.filter(record)

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.workflow
 
 CONFIG = "config/test.yaml"
 SUMMARY = "results/report/outputs.csv"
+RUN_OUTPUT = ".snakemake/full_run_output.txt"  # what Snakemake printed during the fixture's full run
 
 # Every rule of the DAG of config/test.yaml, by stage.
 DATA = {"make_data", "sd_tiny_pipeline"}
@@ -177,7 +178,8 @@ def finished(tmp_path_factory) -> Path:
         return work
     work = copy_repo(tmp_path_factory.mktemp("workflow") / "repo")
     started = time.monotonic()
-    run_snakemake(work, "--cores", "2", "--configfile", CONFIG, timeout=900)
+    result = run_snakemake(work, "--cores", "2", "--configfile", CONFIG, timeout=900)
+    (work / RUN_OUTPUT).write_text(result.stdout + result.stderr)
     print(f"full run of {CONFIG}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     return work
 
@@ -269,16 +271,62 @@ def test_a_changed_script_reruns_its_rule_and_dependants(scratch, script):
 
 
 def test_the_report_builds_with_every_result_captioned(finished):
-    run_snakemake(finished, "--configfile", CONFIG, "--report", "results/report.zip", timeout=300)
+    """`snakemake --report` after a --configfile run, without repeating it: the Snakefile reads the run's effective
+    configuration back from results/report/config.yaml, which the report shows, and every caption is rendered."""
+    result = run_snakemake(finished, "--report", "results/report.zip", timeout=300)
+    assert "report on the last complete run, configuration results/report/config.yaml" in result.stderr
     results = report_results(finished / "results" / "report.zip")
-    uncaptioned = [
-        path for path, entry in results.items() if len(re.sub(r"<[^>]+>", "", entry["caption"] or "").strip()) < 40
-    ]
+    captions = {path: re.sub(r"<[^>]+>", "", entry["caption"] or "").strip() for path, entry in results.items()}
+    uncaptioned = [path for path, caption in captions.items() if len(caption) < 40]
     assert not uncaptioned, f"report results without a caption: {uncaptioned}"
+    # a list or a template left unrendered in a caption
+    raw = {path: caption for path, caption in captions.items() if re.search(r"\['|\{\{|\{%|\}\}", caption)}
+    assert not raw, raw
+    assert "lowrank4 (d = 4)" in captions["results/likelihood/benchmark.csv"]
     assert all(entry["data"] for entry in results.values())
     figures = [path for path, entry in results.items() if entry["mime_type"].startswith("image/")]
     assert figures and all(results[p]["data"][:8] == b"\x89PNG\r\n\x1a\n" for p in figures if p.endswith(".png"))
     assert "results/report/outputs.csv" in results
+    config = results["results/report/config.yaml"]
+    assert config["category"] == "Configuration"
+    assert config["data"] == (finished / "results" / "report" / "config.yaml").read_bytes()
+
+
+def test_the_effective_configuration_is_recorded(finished):
+    """results/report/config.yaml is config/config.yaml extended by config/test.yaml (Snakemake's merge), validated
+    with every default filled in."""
+    from dfcore.config import validate_config
+
+    def merged(base: dict, extra: dict) -> dict:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    expected = validate_config(
+        merged(
+            yaml.safe_load((REPO / "config" / "config.yaml").read_text()), yaml.safe_load((REPO / CONFIG).read_text())
+        )
+    )
+    recorded = yaml.safe_load((finished / "results" / "report" / "config.yaml").read_text())
+    assert recorded == expected
+    assert recorded["likelihood"]["datasets"] == ["lowrank4"]  # from config/test.yaml
+
+
+def test_the_run_prints_no_shell_command_and_its_logs_no_known_harmless_warnings(finished):
+    output = finished / RUN_OUTPUT
+    if not output.exists():
+        pytest.skip(f"no {RUN_OUTPUT}: the run was not made by this fixture")
+    assert "Shell command: None" not in output.read_text()
+    logs = {path: path.read_text() for path in (finished / "results" / "logs").rglob("*.log")}
+    assert logs
+    for phrase in (
+        "UnstableSpecificationWarning",
+        "Consolidated metadata is currently not part",
+        "requires torchvision",
+    ):
+        noisy = [str(path) for path, text in logs.items() if phrase in text]
+        assert not noisy, f"{phrase!r} in {noisy}"
 
 
 # --------------------------------------------------------------------------------------------- #

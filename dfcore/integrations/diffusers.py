@@ -35,9 +35,15 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from dfcore.logs import drop_log_messages
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
 from dfcore.sde import batch_time, expand_like
+
+# transformers logs, once per image-processor class, that without torchvision it falls back to the PIL
+# implementation (`CLIPImageProcessorPil`); harmless here: that is the processor transformers used before its
+# torchvision backend, and the pipelines are loaded with feature_extractor=None, so no image processor runs.
+drop_log_messages("transformers.utils.import_utils", "requires torchvision (not installed); falling back to")
 
 __all__ = [
     "SDWeightsError",
