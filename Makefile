@@ -9,7 +9,7 @@ CORES ?= all
 CONSTRAINTS := requirements/constraints.txt
 EXTRAS := workflow,sd,peers,dev,docs
 
-.PHONY: run test test-slow test-cluster test-wheel bench lint dryrun config-docs docs docs-check clean-env
+.PHONY: env run test test-slow test-cluster test-wheel bench lint dryrun config-docs docs docs-check clean-env
 
 $(BIN)/snakemake: pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -17,6 +17,9 @@ $(BIN)/snakemake: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	@touch $@
+
+# The environment alone (make run and make test create it too).
+env: $(BIN)/snakemake
 
 run: $(BIN)/snakemake
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
