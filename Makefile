@@ -61,7 +61,7 @@ test-wheel: $(BIN)/snakemake
 
 # The documentation site (mkdocs.yml, docs/) into site/, warnings as errors.
 docs: $(BIN)/snakemake
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Every page of the built site loads in headless Chromium (Debian's chromium; installed when missing) and
 # no link is broken (docs/check_site.py serves site/ on 127.0.0.1).
