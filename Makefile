@@ -64,13 +64,14 @@ docs: $(BIN)/snakemake
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Every page of the built site loads in headless Chromium (Debian's chromium; installed when missing) and
-# no link is broken (docs/check_site.py serves site/ on 127.0.0.1).
+# no link is broken (docs/check_site.py serves site/ on 127.0.0.1; tests/test_docs_site.py tests the checker).
 docs-check: docs
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  echo "installing chromium"; \
 	  timeout 600 apt-get update -q >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends chromium >/dev/null; \
 	fi
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_docs_site.py
 	$(BIN)/python docs/check_site.py site
 
 # config/README.md is generated from workflow/schemas/config.schema.yaml (tests/test_config.py checks it is current).
