@@ -50,8 +50,8 @@ dryrun: $(BIN)/snakemake
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/ruff check dfcore tests benchmarks workflow/scripts docs
-	$(BIN)/ruff format --check dfcore tests benchmarks workflow/scripts docs
+	$(BIN)/ruff check dfcore tests benchmarks workflow/scripts docs/check_site.py docs/_ext
+	$(BIN)/ruff format --check dfcore tests benchmarks workflow/scripts docs/check_site.py docs/_ext
 	$(BIN)/mypy
 
 # The built wheel in a fresh venv with the core dependencies only (no workflow, sd or peers extras):
