@@ -1,18 +1,25 @@
 # Two commands matter: `make run` (whole default workflow) and `make test` (test suite).
-# Both create the virtual environment in .venv on first use.
+# Both create the virtual environment in .venv on first use, with the exact versions of
+# requirements/constraints.txt (the library's own ranges are in pyproject.toml).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slow test-cluster bench gpu-check lint dryrun config-docs clean-env
+CONSTRAINTS := requirements/constraints.txt
+EXTRAS := workflow,sd,peers,dev,docs
 
-$(BIN)/snakemake: pyproject.toml
+.PHONY: env run test test-slow test-cluster test-wheel bench gpu-check lint dryrun config-docs docs docs-check clean-env
+
+$(BIN)/snakemake: pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	@touch $@
+
+# The environment alone (make run and make test create it too).
+env: $(BIN)/snakemake
 
 run: $(BIN)/snakemake
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
@@ -51,9 +58,29 @@ dryrun: $(BIN)/snakemake
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/ruff check dfcore tests benchmarks workflow/scripts
-	$(BIN)/ruff format --check dfcore tests benchmarks workflow/scripts
+	$(BIN)/ruff check dfcore tests benchmarks workflow/scripts docs/check_site.py docs/_ext
+	$(BIN)/ruff format --check dfcore tests benchmarks workflow/scripts docs/check_site.py docs/_ext
 	$(BIN)/mypy
+
+# The built wheel in a fresh venv with the core dependencies only (no workflow, sd or peers extras):
+# import dfcore, run the README's Python tour, and check that snakemake is not installed (tests/test_packaging.py).
+test-wheel: $(BIN)/snakemake
+	DFCORE_TEST_WHEEL=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_packaging.py
+
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors.
+docs: $(BIN)/snakemake
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# Every page of the built site loads in headless Chromium (Debian's chromium; installed when missing) and
+# no link is broken (docs/check_site.py serves site/ on 127.0.0.1; tests/test_docs_site.py tests the checker).
+docs-check: docs
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing chromium"; \
+	  timeout 600 apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends chromium >/dev/null; \
+	fi
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_docs_site.py
+	$(BIN)/python docs/check_site.py site
 
 # config/README.md is generated from workflow/schemas/config.schema.yaml (tests/test_config.py checks it is current).
 config-docs: $(BIN)/snakemake

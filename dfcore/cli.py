@@ -12,7 +12,11 @@ config's ``results`` folder, laid out as the workflow lays it out).
     python -m dfcore trace-error --data D --trace T --out-dir results/trace_error
     python -m dfcore ot table3 --out-dir results/ot
     python -m dfcore adjoint mixture --schedule VP
+    python -m dfcore likelihood benchmark --configfile config/paper.yaml
     python -m dfcore sd trace --pipeline resources/sd-pipeline --images resources/images --out trace.pt
+
+``python -m dfcore --help`` lists the stages with one line each (:data:`STAGES`); ``--version`` prints the
+installed version. Help texts are plain text: each stage's parser gets its description from :data:`STAGES`.
 """
 
 from __future__ import annotations
@@ -22,25 +26,33 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from dfcore.config import dataset_section, load_config
 
-__all__ = ["STAGES", "main"]
+__all__ = ["STAGES", "Stage", "main"]
+
+CONFIG_HELP = "YAML config, read on top of the schema defaults and validated (default: %(default)s)"
 
 
-def _parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m dfcore {stage}", description=doc)
-    parser.add_argument("--configfile", default="config/config.yaml", help="YAML config (validated, defaults filled)")
+def _parser(stage: str) -> argparse.ArgumentParser:
+    """The parser of ``stage`` with its plain-text description and the ``--configfile`` option."""
+    parser = argparse.ArgumentParser(prog=f"python -m dfcore {stage}", description=STAGES[stage].description)
+    parser.add_argument("--configfile", default="config/config.yaml", help=CONFIG_HELP)
     return parser
+
+
+def _without(section: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in section.items() if key not in keys}
 
 
 def _config_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore config --configfile FILE [--markdown] [--readme]``: validate a config, print the key table."""
     from dfcore import config
 
-    parser = _parser("config", _config_main.__doc__)
-    parser.add_argument("--markdown", action="store_true", help="print the table of keys")
-    parser.add_argument("--readme", action="store_true", help="print config/README.md")
+    parser = _parser("config")
+    parser.add_argument("--markdown", action="store_true", help="print the table of every key instead")
+    parser.add_argument("--readme", action="store_true", help="print config/README.md (generated from the schema)")
     args = parser.parse_args(argv)
     extra = (["--markdown"] if args.markdown else []) + (["--readme"] if args.readme else [])
     config.main(["--check", args.configfile, *extra] if not extra else extra)
@@ -50,9 +62,9 @@ def _make_data_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore make-data --name NAME --out STORE``: build one data set of the ``datasets`` section."""
     from dfcore.experiments.data import prepare_dataset
 
-    parser = _parser("make-data", _make_data_main.__doc__)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--out", required=True)
+    parser = _parser("make-data")
+    parser.add_argument("--name", required=True, help="a data set of the config's datasets section")
+    parser.add_argument("--out", required=True, help="Zarr store to write")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
     prepare_dataset(args.name, cfg["datasets"].get(args.name), args.out)
@@ -63,12 +75,14 @@ def _train_main(argv: Sequence[str] | None = None) -> None:
     from dfcore.experiments.train import run_training
     from dfcore.schedules import get_schedule
 
-    parser = _parser("train", _train_main.__doc__)
-    parser.add_argument("--kind", choices=["denoiser", "trace"], required=True)
-    for key in ("dataset", "schedule", "data", "out"):
-        parser.add_argument(f"--{key}", required=True)
+    parser = _parser("train")
+    parser.add_argument("--kind", choices=["denoiser", "trace"], required=True, help="the network to train")
+    parser.add_argument("--dataset", required=True, help="data set name (selects its overrides in the config)")
+    parser.add_argument("--schedule", required=True, help="noise schedule: VE, VP, subVP or EDM")
+    parser.add_argument("--data", required=True, help="Zarr store of the data set (from make-data)")
+    parser.add_argument("--out", required=True, help="checkpoint to write")
     parser.add_argument("--denoiser", help="trained denoiser checkpoint (for --kind trace)")
-    parser.add_argument("--loss-csv")
+    parser.add_argument("--loss-csv", help="CSV of the loss at every step (default: none)")
     parser.add_argument("--resume", help="resume checkpoint path (written every checkpoint_every steps)")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
@@ -93,11 +107,14 @@ def _nll_main(argv: Sequence[str] | None = None) -> None:
     from dfcore.experiments.likelihood import run_nll
     from dfcore.schedules import get_schedule
 
-    parser = _parser("nll", _nll_main.__doc__)
-    for key in ("dataset", "schedule", "method", "data", "out"):
-        parser.add_argument(f"--{key}", required=True)
-    parser.add_argument("--denoiser")
-    parser.add_argument("--trace")
+    parser = _parser("nll")
+    parser.add_argument("--dataset", required=True, help="data set name")
+    parser.add_argument("--schedule", required=True, help="noise schedule: VE, VP, subVP or EDM")
+    parser.add_argument("--method", required=True, help="trace estimator: analytic, dftm, vjp or hutchinson")
+    parser.add_argument("--data", required=True, help="Zarr store of the data set")
+    parser.add_argument("--out", required=True, help="CSV of the per-point log-likelihoods to write")
+    parser.add_argument("--denoiser", help="trained denoiser checkpoint (methods vjp and hutchinson)")
+    parser.add_argument("--trace", help="trained trace-net checkpoint (method dftm)")
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
     run_nll(
@@ -119,9 +136,9 @@ def _trace_error_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore trace-error --data STORE --trace CKPT [--out-dir DIR]``: Table 2."""
     from dfcore.experiments.trace_error import run_trace_error
 
-    parser = _parser("trace-error", _trace_error_main.__doc__)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--trace", required=True)
+    parser = _parser("trace-error")
+    parser.add_argument("--data", required=True, help="Zarr store of the data set of trace_error.dataset")
+    parser.add_argument("--trace", required=True, help="trained trace-net checkpoint (the dftm row)")
     parser.add_argument(
         "--extra-trace",
         nargs="*",
@@ -153,9 +170,13 @@ def _ot_main(argv: Sequence[str] | None = None) -> None:
     from dfcore.experiments.ot import run_convergence, run_table3
     from dfcore.experiments.ot_protocols import run_protocols
 
-    parser = argparse.ArgumentParser(prog="python -m dfcore ot", description=_ot_main.__doc__)
-    parser.add_argument("command", choices=["table3", "convergence", "protocols"])
-    parser.add_argument("--configfile", default="config/config.yaml", help="YAML config (validated, defaults filled)")
+    parser = _parser("ot")
+    parser.add_argument(
+        "command",
+        choices=["table3", "convergence", "protocols"],
+        help="table3: Table 3 with the checks; convergence: index against the step count; "
+        "protocols: our protocol and the authors' side by side",
+    )
     parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/ot)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -189,9 +210,12 @@ def _adjoint_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore adjoint {classifier,mixture,digits} --configfile FILE [--out-dir DIR]``."""
     from dfcore.experiments.adjoint import run_digits_task, run_mixture_task, run_train_classifier
 
-    parser = argparse.ArgumentParser(prog="python -m dfcore adjoint", description=_adjoint_main.__doc__)
-    parser.add_argument("command", choices=["classifier", "mixture", "digits"])
-    parser.add_argument("--configfile", default="config/config.yaml", help="YAML config (validated, defaults filled)")
+    parser = _parser("adjoint")
+    parser.add_argument(
+        "command",
+        choices=["classifier", "mixture", "digits"],
+        help="classifier: train the digit classifier; mixture, digits: guided sampling on that task",
+    )
     parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/adjoint)")
     parser.add_argument(
         "--schedule", default=None, help="mixture task: schedule (default: first of adjoint.mixture.schedules)"
@@ -253,9 +277,12 @@ def _sd_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore sd {trace,nll,adjoint} --configfile FILE --out PATH``."""
     from dfcore.experiments.sd import run_adjoint, run_nll, run_trace_net
 
-    parser = argparse.ArgumentParser(prog="python -m dfcore sd", description=_sd_main.__doc__)
-    parser.add_argument("command", choices=["trace", "nll", "adjoint"])
-    parser.add_argument("--configfile", default="config/config.yaml")
+    parser = _parser("sd")
+    parser.add_argument(
+        "command",
+        choices=["trace", "nll", "adjoint"],
+        help="trace: train the latent trace net; nll: DF-TM likelihoods; adjoint: DF-EA guidance",
+    )
     parser.add_argument("--pipeline", help="local Stable Diffusion folder (default: config sd.pipeline)")
     parser.add_argument("--images", help="image folder for the trace net (default: sd.trace_net.image_dir)")
     parser.add_argument("--trace", help="trained trace-net checkpoint (nll)")
@@ -301,27 +328,172 @@ def _sd_main(argv: Sequence[str] | None = None) -> None:
         )
 
 
-STAGES: dict[str, Callable[[Sequence[str] | None], None]] = {
-    "config": _config_main,
-    "make-data": _make_data_main,
-    "train": _train_main,
-    "nll": _nll_main,
-    "trace-error": _trace_error_main,
-    "ot": _ot_main,
-    "adjoint": _adjoint_main,
-    "sd": _sd_main,
+# Trace-net target of each dftm method of the likelihood stage, as in workflow/rules/common.smk.
+LIKELIHOOD_TRACE_TARGETS = {
+    "dftm": "sq_norm",
+    "dftm_residual": "residual",
+    "dftm_mixture_posterior": "mixture_posterior",
 }
 
 
+def _likelihood_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dfcore likelihood {trace,dataset,benchmark,table2,heldout}``: the likelihood stage."""
+    from dfcore.experiments import likelihood_benchmark as bench
+
+    parser = _parser("likelihood")
+    parser.add_argument(
+        "command",
+        choices=["trace", "dataset", "benchmark", "table2", "heldout"],
+        help="trace: train a trace net of --target on --dataset; dataset: every method on --dataset (points CSV); "
+        "benchmark: the summary over likelihood.datasets; table2: Table 2 on --dataset; heldout: held-out bits/dim",
+    )
+    parser.add_argument("--dataset", help="a Gaussian-mixture data set (trace, dataset, table2)")
+    parser.add_argument(
+        "--target",
+        choices=sorted(LIKELIHOOD_TRACE_TARGETS.values()),
+        default="sq_norm",
+        help="trace-net target (trace)",
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="folder with the workflow's layout that inputs are read from and outputs written to "
+        "(default: the config's results)",
+    )
+    args = parser.parse_args(argv)
+    cfg = load_config(args.configfile)
+    lik, res = cfg["likelihood"], Path(args.results or cfg["results"])
+    schedule = lik["schedule"]
+    common = dict(seed=cfg["seed"], device=cfg["device"])
+    if args.command in ("trace", "dataset", "table2") and not args.dataset:
+        parser.error(f"likelihood {args.command} needs --dataset")
+
+    def traces(dataset: str, methods: Sequence[str]) -> dict[str, str | Path]:
+        stem = res / "models" / f"{dataset}_{schedule}_trace"
+        return {t: Path(f"{stem}_{t}.pt") for m, t in LIKELIHOOD_TRACE_TARGETS.items() if m in methods}
+
+    if args.command == "trace":
+        name = f"{args.dataset}_{schedule}_trace_{args.target}"
+        bench.train_target_trace(
+            _without(dataset_section(cfg["trace_net"], args.dataset), "target"),
+            res / "data" / f"{args.dataset}.zarr",
+            res / "models" / f"{args.dataset}_{schedule}_denoiser.pt",
+            args.target,
+            res / "models" / f"{name}.pt",
+            loss_csv=res / "models" / f"{name}_loss.csv",
+            resume_path=res / "models" / "resume" / f"{name}.pt",
+            **common,
+        )
+        return
+    if args.command == "dataset":
+        table = bench.run_likelihood_dataset(
+            _without(lik, "datasets", "table2", "schedule", "heldout"),
+            res / "data" / f"{args.dataset}.zarr",
+            res / "models" / f"{args.dataset}_{schedule}_denoiser.pt",
+            traces(args.dataset, lik["methods"]),
+            res / "likelihood" / f"points_{args.dataset}.csv",
+            dataset=args.dataset,
+            **common,
+        )
+    elif args.command == "benchmark":
+        points = [res / "likelihood" / f"points_{name}.csv" for name in lik["datasets"]]
+        out = res / "likelihood"
+        table = bench.run_likelihood_benchmark(points, out / "benchmark.csv", out / "benchmark.png")
+    elif args.command == "table2":
+        stem = res / "likelihood" / f"table2_{args.dataset}"
+        bench.run_table2_mixture(
+            _without(lik["table2"], "datasets"),
+            res / "data" / f"{args.dataset}.zarr",
+            res / "models" / f"{args.dataset}_{schedule}_trace_sq_norm.pt",
+            dataset=args.dataset,
+            csv=stem.with_suffix(".csv"),
+            markdown=stem.with_suffix(".md"),
+            figure=stem.with_suffix(".png"),
+            zarr=stem.with_suffix(".zarr"),
+            **common,
+        )
+        print(stem.with_suffix(".md").read_text())
+        return
+    else:
+        held = lik["heldout"]
+        out = res / "likelihood"
+        table = bench.run_heldout_likelihood(
+            _without(lik, "datasets", "table2", "schedule", "methods", "num_points", "seed", "t_min"),
+            res / "data" / f"{held['train']}.zarr",
+            res / "data" / f"{held['test']}.zarr",
+            res / "models" / f"{held['train']}_{schedule}_denoiser.pt",
+            traces(held["train"], held["methods"]),
+            points_csv=out / "heldout_points.csv",
+            summary_csv=out / "heldout.csv",
+            markdown=out / "heldout.md",
+            **common,
+        )
+    print(table.to_string(index=False))
+
+
+class Stage(NamedTuple):
+    """One stage of the command line: its entry point and the plain-text line that ``--help`` shows."""
+
+    run: Callable[[Sequence[str] | None], None]
+    description: str
+
+
+STAGES: dict[str, Stage] = {
+    "config": Stage(_config_main, "validate a config file (or print the table of every key, or config/README.md)"),
+    "make-data": Stage(_make_data_main, "build one data set of the datasets section as a Zarr store"),
+    "train": Stage(_train_main, "train a denoiser or a DF-TM trace network (Alg. 1) on a data set, with resume"),
+    "nll": Stage(_nll_main, "PF-ODE log-likelihoods (Eq. 14) of a data set with one trace estimator"),
+    "trace-error": Stage(_trace_error_main, "Table 2: relative error of each Fisher-trace estimator"),
+    "likelihood": Stage(
+        _likelihood_main, "likelihood benchmark on Gaussian mixtures, Table 2 on them, held-out digits bits/dim"
+    ),
+    "adjoint": Stage(_adjoint_main, "adjoint guidance with DF-EA (Eq. 20): digit classifier, mixture and digits tasks"),
+    "ot": Stage(_ot_main, "the optimal-transport test (Alg. 2): Table 3, convergence, the authors' protocol"),
+    "sd": Stage(_sd_main, "Stable Diffusion: latent trace net, DF-TM likelihoods, DF-EA guidance (local weights)"),
+}
+
+
+def _version() -> str:
+    from dfcore import __version__
+
+    return __version__
+
+
+def _usage() -> str:
+    width = max(len(name) for name in STAGES) + 2
+    lines = [
+        "usage: python -m dfcore [-h] [--version] STAGE [options]",
+        "",
+        "Run one stage of the diffusion-fisher workflow, with the same function as its Snakemake rule.",
+        "Every stage reads --configfile (default config/config.yaml), validated against the schema.",
+        "",
+        "stages:",
+        *(f"  {name:<{width}}{stage.description}" for name, stage in STAGES.items()),
+        "",
+        "options:",
+        "  -h, --help  show this message and exit",
+        "  --version   show the version of dfcore and exit",
+        "",
+        "python -m dfcore STAGE --help lists the options of a stage.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``argv[0]`` to its stage; ``--help`` lists the stages."""
+    """Dispatch ``argv[0]`` to its stage; ``--help`` lists the stages, ``--version`` prints the version."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"dfcore {_version()}")
+        return 0
     if not argv or argv[0] not in STAGES:
-        names = ", ".join(STAGES)
-        print(f"usage: python -m dfcore <stage> [options]; stages: {names}", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        problem = "no stage given" if not argv else f"unknown stage {argv[0]!r}"
+        print(f"{_usage()}\n\nerror: {problem}; choose one of {', '.join(STAGES)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    STAGES[argv[0]](argv[1:])
+    STAGES[argv[0]].run(argv[1:])
     return 0
 
 

@@ -1,0 +1,44 @@
+"""Fenced code blocks of the Markdown documentation, for the tests that run them (tests/test_docs.py and the
+wheel check in tests/test_packaging.py)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CodeBlock", "code_blocks"]
+
+# An opening fence (up to 3 spaces of indent, or more inside a list item), its info string, the body, and a
+# closing fence with the same indent and at least as many backticks.
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^`\n]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)`*[ \t]*$", re.M | re.S
+)
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    """One fenced block: the file, the 1-based line of its opening fence, its language, and its dedented code."""
+
+    path: Path
+    line: int
+    language: str
+    code: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name}:{self.line}"
+
+
+def code_blocks(path: Path, language: str | None = None) -> list[CodeBlock]:
+    """Every fenced block of ``path`` (of one ``language`` when given), in order."""
+    text = path.read_text()
+    blocks = []
+    for match in _FENCE.finditer(text):
+        lang = match["info"].strip().split(" ")[0].lower()
+        if language is not None and lang != language:
+            continue
+        indent = len(match["indent"])
+        lines = [line[indent:] if line[:indent].strip() == "" else line for line in match["body"].splitlines()]
+        blocks.append(CodeBlock(path, text.count("\n", 0, match.start()) + 1, lang, "\n".join(lines) + "\n"))
+    return blocks
