@@ -150,3 +150,259 @@ def test_float32_results_are_unchanged_by_a_float64_call_in_between():
     mixture.fisher_trace(x.double(), 0.2, schedule)
     assert torch.equal(mixture.fisher_trace(x, 0.2, schedule), first)
     assert math.isfinite(float(first.sum()))
+
+
+# ------------------------------------------------------------------------------------------------------------- #
+# artefacts used with the wrong partner
+
+TRAIN = {"steps": 2, "batch_size": 16, "lr": 1e-3, "mlp": {"hidden": 16, "layers": 1}, "checkpoint_every": 100}
+TRACE = {**TRAIN, "share_trunk": False, "head_hidden": 8, "target": "residual"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A VP denoiser and its trace net on 2-D data, a VE denoiser on 3-D data, and their data stores."""
+    from dfcore.data.datasets import make_checkerboard
+    from dfcore.data.store import write_dataset
+    from dfcore.experiments.train import train_denoiser, train_trace
+
+    root = tmp_path_factory.mktemp("artefacts")
+    data2 = make_checkerboard(64, seed=0)
+    spec = {"kind": "checkerboard", "num_samples": 64, "seed": 0}
+    write_dataset(root / "checkerboard.zarr", data2, name="checkerboard", config=spec, attrs={"kind": "checkerboard"})
+    den = train_denoiser(data2, get_schedule("VP"), TRAIN, root / "vp_den.pt", device="cpu", progress=False)
+    train_trace(data2, den, TRACE, root / "vp_trace.pt", progress=False)
+    data3 = torch.randn(64, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    train_denoiser(data3, get_schedule("VE"), TRAIN, root / "ve3_den.pt", device="cpu", progress=False)
+    gspec = {"kind": "gaussian_mixture", "num_samples": 64, "weights": [1.0], "means": [[0.0, 0.0, 0.0]], "stds": [1.0]}
+    write_dataset(root / "gmm3.zarr", data3, name="gmm3", config=gspec)
+    return root
+
+
+def test_a_denoiser_under_another_schedule_is_refused(trained):
+    from dfcore.fisher.trace import fisher_trace
+    from dfcore.fisher.vp import fisher_vp
+    from dfcore.models.networks import load_denoiser
+
+    den = load_denoiser(trained / "vp_den.pt")
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"schedule is VESchedule.*trained under VPSchedule"):
+        fisher_trace("vjp", x, 0.3, denoiser=den, schedule=get_schedule("VE"))
+    with pytest.raises(ValueError, match="trained under VPSchedule"):
+        fisher_vp("vjp", x, 0.3, torch.ones_like(x), denoiser=den, schedule=get_schedule("VP", beta_max=10.0))
+    same = fisher_trace("vjp", x, 0.3, denoiser=den, schedule=get_schedule("VP"))
+    assert torch.equal(same, fisher_trace("vjp", x, 0.3, denoiser=den))
+
+
+def test_nll_of_a_trace_net_under_another_schedule_is_refused_naming_the_file(trained, tmp_path):
+    from dfcore.experiments.likelihood import run_nll
+
+    section = {"num_points": 4, "t_min": 1e-3, "solver": "rk4", "rtol": 1e-5, "atol": 1e-5, "num_steps": 4}
+    section["num_probes"] = 1
+    kwargs = {"dataset": "checkerboard", "schedule_name": "VE", "method": "dftm", "device": "cpu"}
+    with pytest.raises(ValueError, match=r"vp_trace.pt: schedule is .*'VP'.*but .*'VE'.* is expected"):
+        run_nll(
+            section,
+            trained / "checkerboard.zarr",
+            tmp_path / "nll.csv",
+            schedule=get_schedule("VE"),
+            trace_path=trained / "vp_trace.pt",
+            **kwargs,
+        )
+    assert not (tmp_path / "nll.csv").exists()
+
+
+def test_a_store_of_another_data_set_is_refused_by_the_analytic_nll(trained, tmp_path):
+    from dfcore.experiments.likelihood import run_nll
+
+    section = {"num_points": 4, "t_min": 1e-3, "solver": "rk4", "rtol": 1e-5, "atol": 1e-5, "num_steps": 4}
+    with pytest.raises(ValueError, match=r"gmm3.zarr: dataset is 'gmm3', but 'checkerboard' is expected"):
+        run_nll(
+            {**section, "num_probes": 1},
+            trained / "gmm3.zarr",
+            tmp_path / "nll.csv",
+            dataset="checkerboard",
+            schedule_name="VP",
+            schedule=get_schedule("VP"),
+            method="analytic",
+        )
+
+
+def test_a_store_is_checked_against_the_callers_dimension(trained):
+    from dfcore.data.store import load_dataset, load_mixture
+
+    with pytest.raises(ValueError, match=r"checkerboard.zarr: dim is 2, but 3 is expected"):
+        load_dataset(trained / "checkerboard.zarr", dim=3)
+    with pytest.raises(ValueError, match=r"gmm3.zarr: dim is 3, but 2 is expected"):
+        load_mixture(trained / "gmm3.zarr", dim=2)
+    assert load_dataset(trained / "gmm3.zarr", dataset="gmm3", dim=3).shape == (64, 3)
+
+
+def test_a_store_that_disagrees_with_its_own_config_is_refused(tmp_path):
+    from dfcore.data.store import load_dataset, write_dataset
+
+    x = torch.randn(50, 2, dtype=torch.float64)
+    spec = {"kind": "checkerboard", "num_samples": 80, "seed": 0}
+    write_dataset(tmp_path / "short.zarr", x, name="c", config=spec)
+    with pytest.raises(ValueError, match=r"short.zarr: holds 50 samples, but its config attribute makes 80"):
+        load_dataset(tmp_path / "short.zarr")
+    write_dataset(tmp_path / "wide.zarr", torch.randn(80, 3, dtype=torch.float64), name="c", config=spec)
+    with pytest.raises(ValueError, match=r"wide.zarr: its samples have dim 3, but its config attribute makes dim 2"):
+        load_dataset(tmp_path / "wide.zarr")
+
+
+def test_a_store_whose_recorded_count_disagrees_with_its_samples_is_refused(tmp_path):
+    from dfcore.data.store import load_dataset, write_dataset
+    from dfcore.io import read_zarr, write_zarr
+
+    write_dataset(tmp_path / "s.zarr", torch.randn(10, 2, dtype=torch.float64), name="s")
+    ds = read_zarr(tmp_path / "s.zarr")
+    assert (ds.attrs["dim"], ds.attrs["num_samples"], ds.attrs["artefact"]) == (2, 10, "dataset")
+    write_zarr(ds.isel(sample=slice(0, 6)), tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match=r"s.zarr: its attribute num_samples is 10, but x holds 6"):
+        load_dataset(tmp_path / "s.zarr")
+
+
+def test_a_trace_net_of_another_data_shape_is_refused_naming_the_file(trained, tmp_path):
+    from dfcore.experiments.trace_error import run_trace_error
+
+    section = {"times": [0.5], "t_zero": 1e-3, "methods": ["dftm"], "num_points": 4, "num_probes": 1}
+    with pytest.raises(ValueError, match=r"checkpoint .*vp_trace.pt: dim is 2, but 3 is expected"):
+        out = {k: tmp_path / f"t.{k}" for k in ("csv", "markdown", "figure", "zarr")}
+        run_trace_error(section, trained / "gmm3.zarr", trained / "vp_trace.pt", **out)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_architecture_names_the_file(trained, tmp_path):
+    from dfcore.models.networks import load_denoiser, load_trace_model
+
+    state = torch.load(trained / "vp_den.pt", weights_only=True)
+    state["model"]["hparams"] = {**state["model"]["hparams"], "hidden": 24}
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"checkpoint .*other.pt does not rebuild the model"):
+        load_denoiser(tmp_path / "other.pt")
+    state = torch.load(trained / "vp_trace.pt", weights_only=True)
+    state["model"]["hparams"] = {**state["model"]["hparams"], "head_hidden": 5}
+    torch.save(state, tmp_path / "trace.pt")
+    with pytest.raises(ValueError, match=r"checkpoint .*trace.pt does not rebuild the model"):
+        load_trace_model(tmp_path / "trace.pt")
+
+
+def test_nan_weights_are_named_with_the_file_and_the_parameter(trained, tmp_path):
+    from dfcore.models.networks import load_trace_model
+
+    state = torch.load(trained / "vp_trace.pt", weights_only=True)
+    name = next(iter(state["model"]["state_dict"]))
+    state["model"]["state_dict"][name][0] = math.nan
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=rf"checkpoint .*nan.pt has non-finite weights in model.{name}$"):
+        load_trace_model(tmp_path / "nan.pt")
+
+
+def test_a_checkpoint_records_what_it_is_and_load_checks_it(trained):
+    from dfcore.io import config_digest, load_checkpoint
+
+    path = trained / "vp_trace.pt"
+    record = torch.load(path, weights_only=True)["record"]
+    assert record == {
+        "kind": "trace",
+        "schedule": {"name": "VP", "params": {"beta_min": 0.1, "beta_max": 20.0}},
+        "dim": 2,
+        "config_digest": config_digest(TRACE),
+    }
+    load_checkpoint(path, kind="trace", schedule=get_schedule("VP"), dim=2, config_digest=config_digest(TRACE))
+    with pytest.raises(ValueError, match=r"vp_trace.pt: kind is 'trace', but 'denoiser' is expected"):
+        load_checkpoint(path, kind="denoiser")
+    with pytest.raises(ValueError, match=r"vp_trace.pt: config_digest is '[0-9a-f]{16}', but 'x' is expected"):
+        load_checkpoint(path, config_digest="x")
+    with pytest.raises(ValueError, match=r"vp_trace.pt: schedule is .*'VP'.*, but .*'subVP'.* is expected"):
+        load_checkpoint(path, schedule=get_schedule("subVP"))
+
+
+def test_a_config_digest_ignores_key_order():
+    from dfcore.io import config_digest
+
+    assert config_digest({"a": 1, "b": {"c": 2, "d": 3}}) == config_digest({"b": {"d": 3, "c": 2}, "a": 1})
+    assert config_digest({"a": 1}) != config_digest({"a": 2})
+
+
+# ------------------------------------------------------------------------------------------------------------- #
+# API edges
+
+
+def _ll(**kwargs):
+    from dfcore.likelihood import log_likelihood
+
+    args = {
+        "x": _x(),
+        "method": "analytic",
+        "schedule": get_schedule("VP"),
+        "mixture": _gaussian(),
+        "solver": "rk4",
+        "num_steps": 4,
+        "t_min": 1e-3,
+    }
+    return log_likelihood(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rtol": 0.0}, r"rtol must be a finite number > 0; got 0.0"),
+        ({"rtol": -1e-5}, r"rtol must be a finite number > 0"),
+        ({"atol": 0}, r"atol must be a finite number > 0; got 0"),
+        ({"atol": math.nan}, r"atol must be a finite number > 0"),
+        ({"num_steps": 0}, r"num_steps must be an integer >= 1; got 0"),
+        ({"num_steps": -3}, r"num_steps must be an integer >= 1"),
+        ({"x": torch.zeros(0, 3, dtype=torch.float64)}, r"x must be a non-empty batch .* got \(0, 3\)"),
+        ({"x": torch.zeros(2, 0, dtype=torch.float64)}, r"x must be a non-empty batch"),
+        ({"x": torch.full((2, 3), math.nan, dtype=torch.float64)}, r"x contains NaN or Inf"),
+    ],
+)
+def test_log_likelihood_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _ll(**kwargs)
+
+
+def test_log_likelihood_accepts_good_arguments():
+    from dfcore.likelihood import exact_log_densities
+
+    """With the exact log q_1 at the ODE's endpoint in place of the prior, the integral gives log q_{t_min}."""
+    schedule, mixture = get_schedule("VP"), _gaussian()
+    out = _ll(solver="dopri5", rtol=1e-7, atol=1e-7)
+    exact = exact_log_densities(mixture, _x(), 1e-3, schedule)["log_q_tmin"]
+    estimate = out["delta"] + mixture.log_prob(out["x_T"], 1.0, schedule)
+    torch.testing.assert_close(estimate, exact, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dim", [0, -2, 1.5, True])
+def test_bits_per_dim_refuses_a_dimension_below_one(dim):
+    from dfcore.likelihood import bits_per_dim
+
+    with pytest.raises(ValueError, match="dim must be an integer >= 1"):
+        bits_per_dim(torch.ones(3), dim)
+
+
+def test_bits_per_dim_is_nats_over_d_log_2():
+    from dfcore.likelihood import bits_per_dim
+
+    assert float(bits_per_dim(torch.tensor(-2.0 * math.log(2.0) * 4), 4)) == pytest.approx(2.0, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("x0", torch.full((4, 2), math.nan, dtype=torch.float64), r"x0 contains NaN or Inf \(in 4 of 4 rows\)"),
+        ("x0", torch.zeros(4, 3, dtype=torch.float64), r"x0 must have the shape of x \(4, 2\); got \(4, 3\)"),
+        ("x0", torch.zeros(2, dtype=torch.float64), r"x0 must have the shape of x"),
+        ("ybar", torch.full((4, 2), math.inf, dtype=torch.float64), r"ybar contains NaN or Inf"),
+        ("ybar", torch.zeros(4, 2, 1, dtype=torch.float64), r"ybar must have the shape of x"),
+    ],
+)
+@pytest.mark.parametrize("method", ["dfea", "dfea_centered"])
+def test_dfea_refuses_bad_endpoints(method, name, value, match):
+    from dfcore.fisher.vp import fisher_vp
+
+    x = torch.randn(4, 2, dtype=torch.float64)
+    ends = {"x0": x.clone(), "ybar": x.clone(), name: value}
+    with pytest.raises(ValueError, match=match):
+        fisher_vp(method, x, 0.3, torch.ones_like(x), schedule=get_schedule("VP"), **ends)

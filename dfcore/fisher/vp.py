@@ -44,6 +44,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from dfcore.checks import check_endpoints
 from dfcore.fisher.common import resolve_schedule, vjp
 from dfcore.mixtures import Mixture, require_finite
 from dfcore.models.base import Denoiser
@@ -102,6 +103,7 @@ def _endpoint_terms(
         raise ValueError(
             f"fisher_vp method {method!r} needs x0= (trajectory endpoint) and ybar= (cached posterior mean)"
         )
+    check_endpoints(v, x0=x0, ybar=ybar)
     alpha, sigma = schedule(t)
     return x0, ybar, expand_like(sigma.pow(2), v), expand_like(alpha.pow(2) / sigma.pow(4), v)
 
