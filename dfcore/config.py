@@ -657,7 +657,7 @@ def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict
     return validate_config(load_yaml(path), schema_path)
 
 
-class ParamDict(dict):  # type: ignore[type-arg]
+class ParamDict(dict):
     """A dict whose ``repr`` lists its keys sorted (its iteration order is kept): Snakemake compares a job's
     params by their ``repr``, so two mappings with the same items in another order are the same params."""
 
