@@ -553,6 +553,15 @@ def _check_lowrank(config: dict[str, Any]) -> None:
             missing = [k for k in ("dim", "components", "rank", "noise") if k not in spec]
             if missing:
                 _fail(f"datasets.{name}.{missing[0]}", "is required by kind 'gaussian_mixture_lowrank'")
+        if spec["kind"] == "digits" and spec.get("holdout") and "num_samples" in spec:
+            test = max(1, round(spec["holdout"] * DIGITS_SIZE))
+            side = spec.get("split", "train")
+            size = test if side == "test" else DIGITS_SIZE - test
+            if spec["num_samples"] > size:
+                _fail(
+                    f"datasets.{name}.num_samples",
+                    f"{spec['num_samples']} is more than the {size} images of the {side} side of the split",
+                )
 
 
 def _check_unet_depth(config: dict[str, Any]) -> None:
@@ -609,7 +618,21 @@ def _memory_estimates(config: dict[str, Any]) -> list[tuple[str, float]]:
         _dataset_dim(datasets[config["trace_error"]["dataset"]]) if config["trace_error"]["dataset"] in datasets else 1
     )
     out.append(("trace_error.num_points", 8.0 * config["trace_error"]["num_points"] * trace_dim * trace_dim))
-    out.append(("adjoint.mixture.num_samples", 8.0 * config["adjoint"]["mixture"]["num_samples"] * 64 * 64))
+    widest = max((_dataset_dim(spec) for spec in datasets.values()), default=1)
+    likelihood = config["likelihood"]
+    for key, points in (
+        ("nll.num_points", config["nll"]["num_points"]),
+        ("likelihood.num_points", likelihood["num_points"]),
+        ("likelihood.table2.num_points", likelihood["table2"]["num_points"]),
+    ):
+        out.append((key, 8.0 * points * widest * widest))
+    adjoint = config["adjoint"]
+    steps = adjoint["num_steps"] + 1
+    mixture_dim = (
+        _dataset_dim(datasets[adjoint["mixture"]["dataset"]]) if adjoint["mixture"]["dataset"] in datasets else 1
+    )
+    out.append(("adjoint.mixture.num_samples", 8.0 * adjoint["mixture"]["num_samples"] * steps * mixture_dim))
+    out.append(("adjoint.digits.num_samples", 8.0 * adjoint["digits"]["num_samples"] * steps * 64))
     return out
 
 

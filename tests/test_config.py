@@ -773,6 +773,14 @@ MORE_BAD_CONFIGS = [
     ("huge-mlp", {"denoiser": {"mlp": {"hidden": 2**20}}}, "denoiser.mlp.hidden", "GiB, above the limit"),
     ("huge-ot-paths", {"ot": {"num_starts": 10**9, "num_steps": 1000}}, "ot.num_starts", "GiB, above the limit"),
     ("huge-trace-error", {"trace_error": {"dataset": "digits", "num_points": 10**8}}, "trace_error.num_points", "GiB"),
+    ("huge-nll-points", {"nll": {"num_points": 10**9}}, "nll.num_points", "GiB, above the limit"),
+    ("huge-adjoint-samples", {"adjoint": {"mixture": {"num_samples": 10**10}}}, "adjoint.mixture.num_samples", "GiB"),
+    (
+        "heldout-side-too-small",
+        _datasets(dt={"kind": "digits", "holdout": 0.1, "split": "test", "num_samples": 500}),
+        "datasets.dt.num_samples",
+        "500 is more than the 180 images of the test side of the split",
+    ),
     # the results folder
     ("results-empty", {"results": ""}, "results", "is empty"),
     ("results-blank", {"results": "  "}, "results", "is empty"),

@@ -406,3 +406,37 @@ def test_dfea_refuses_bad_endpoints(method, name, value, match):
     ends = {"x0": x.clone(), "ybar": x.clone(), name: value}
     with pytest.raises(ValueError, match=match):
         fisher_vp(method, x, 0.3, torch.ones_like(x), schedule=get_schedule("VP"), **ends)
+
+
+def test_a_trace_model_under_another_schedule_is_refused(trained):
+    from dfcore.fisher.trace import fisher_trace
+    from dfcore.models.networks import load_denoiser, load_trace_model
+
+    trace = load_trace_model(trained / "vp_trace.pt")
+    other = load_denoiser(trained / "ve3_den.pt")
+    x = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"schedule is VPSchedule.*the denoiser was trained under VPSchedule"):
+        fisher_trace(
+            "dftm", x, 0.3, denoiser=trace.denoiser, trace_model=trace, schedule=get_schedule("VP", beta_max=5)
+        )
+    with pytest.raises(ValueError, match=r"schedule is VESchedule.*the trace model was trained under VPSchedule"):
+        fisher_trace("dftm", x, 0.3, denoiser=other, trace_model=trace)
+
+
+def test_training_a_trace_net_on_data_of_another_dimension_names_the_denoiser(trained, tmp_path):
+    from dfcore.experiments.train import run_training
+
+    with pytest.raises(ValueError, match=r"checkpoint .*ve3_den.pt: dim is 3, but 2 is expected"):
+        run_training(
+            "trace", TRACE, trained / "checkerboard.zarr", tmp_path / "t.pt", denoiser_path=trained / "ve3_den.pt"
+        )
+
+
+def test_a_store_is_checked_against_the_config_entry_of_its_data_set(trained):
+    from dfcore.data.store import load_dataset
+
+    spec = {"kind": "gaussian_mixture", "num_samples": 64, "weights": [1.0], "means": [[0.0, 0.0]], "stds": [1.0]}
+    with pytest.raises(ValueError, match=r"gmm3.zarr: dim is 3, but the config's data set entry makes 2"):
+        load_dataset(trained / "gmm3.zarr", spec=spec)
+    with pytest.raises(ValueError, match=r"gmm3.zarr: num_samples is 64, but the config's data set entry makes 65"):
+        load_dataset(trained / "gmm3.zarr", spec={**spec, "means": [[0.0] * 3], "num_samples": 65})

@@ -69,10 +69,18 @@ def spec_num_samples(spec: dict[str, Any]) -> int | None:
     return min(int(n), total) if n is not None else total
 
 
-def check_store(ds: xr.Dataset, path: str | Path, *, dataset: str | None = None, dim: int | None = None) -> None:
-    """Check a dataset store against itself and against the caller's ``dataset`` name and ``dim``: the samples
-    ``x`` (N, d) must agree with the store's recorded ``num_samples`` and ``dim`` and with the counts its own
-    ``config`` attribute implies. Raise ``ValueError`` naming the store, the key and both values."""
+def check_store(
+    ds: xr.Dataset,
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    dim: int | None = None,
+    spec: dict[str, Any] | None = None,
+) -> None:
+    """Check a dataset store against itself and against the caller's ``dataset`` name, ``dim`` and ``datasets``
+    config entry ``spec``: the samples ``x`` (N, d) must agree with the store's recorded ``num_samples`` and
+    ``dim`` and with the counts its own ``config`` attribute implies, and with the dimension and count that
+    ``spec`` makes. Raise ``ValueError`` naming the store, the key and both values."""
     where = f"data store {path}"
     n, d = (int(v) for v in ds["x"].shape)
     attrs = dict(ds.attrs)
@@ -82,20 +90,25 @@ def check_store(ds: xr.Dataset, path: str | Path, *, dataset: str | None = None,
             raise ValueError(f"{where}: its attribute {key} is {int(recorded)}, but x holds {have}")
     if isinstance(attrs.get("config"), str):
         try:
-            spec = json.loads(attrs["config"])
+            own = json.loads(attrs["config"])
         except ValueError:
-            spec = None
-        if isinstance(spec, dict):
-            if "config_digest" in attrs and config_digest(spec) != attrs["config_digest"]:
+            own = None
+        if isinstance(own, dict):
+            if "config_digest" in attrs and config_digest(own) != attrs["config_digest"]:
                 raise ValueError(
                     f"{where}: config_digest is {attrs['config_digest']!r}, but its config attribute has digest "
-                    f"{config_digest(spec)!r}"
+                    f"{config_digest(own)!r}"
                 )
-            want_n, want_d = spec_num_samples(spec), spec_dim(spec)
+            want_n, want_d = spec_num_samples(own), spec_dim(own)
             if want_n is not None and want_n != n:
                 raise ValueError(f"{where}: holds {n} samples, but its config attribute makes {want_n}")
             if want_d is not None and want_d != d:
                 raise ValueError(f"{where}: its samples have dim {d}, but its config attribute makes dim {want_d}")
+    if spec is not None:
+        for key, want in (("dim", spec_dim(spec)), ("num_samples", spec_num_samples(spec))):
+            have = d if key == "dim" else n
+            if want is not None and want != have:
+                raise ValueError(f"{where}: {key} is {have}, but the config's data set entry makes {want}")
     record = {"dataset": attrs.get("dataset"), "dim": d}
     check_record({k: v for k, v in record.items() if v is not None}, where, dataset=dataset, dim=dim)
 
@@ -134,23 +147,30 @@ def write_dataset(
     return ds
 
 
-def _read_store(path: str | Path, dataset: str | None, dim: int | None) -> xr.Dataset:
+def _read_store(
+    path: str | Path, dataset: str | None, dim: int | None, spec: dict[str, Any] | None = None
+) -> xr.Dataset:
     ds = read_zarr(path)
     if "x" not in ds or ds["x"].ndim != 2:
         raise ValueError(f"{path}: not a dataset store (no variable 'x' of dims (sample, dim))")
-    check_store(ds, path, dataset=dataset, dim=dim)
+    check_store(ds, path, dataset=dataset, dim=dim, spec=spec)
     return ds
 
 
 def load_dataset(
-    path: str | Path, dtype: torch.dtype = torch.float64, *, dataset: str | None = None, dim: int | None = None
+    path: str | Path,
+    dtype: torch.dtype = torch.float64,
+    *,
+    dataset: str | None = None,
+    dim: int | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> Tensor:
     """The samples of a dataset store written by :func:`write_dataset`, shape (N, d).
 
     The store is read whole (:func:`dfcore.io.read_zarr`: every chunk present and intact), checked against
-    itself and the caller's ``dataset`` and ``dim`` (:func:`check_store`), and the samples must be finite: NaN
-    or Inf raises ``ValueError`` naming the store."""
-    ds = _read_store(path, dataset, dim)
+    itself and the caller's ``dataset``, ``dim`` and config entry ``spec`` (:func:`check_store`), and the samples
+    must be finite: NaN or Inf raises ``ValueError`` naming the store."""
+    ds = _read_store(path, dataset, dim, spec)
     check_finite(ds, ["x"], path)
     return torch.as_tensor(ds["x"].values, dtype=dtype)
 
@@ -173,12 +193,14 @@ def store_dim(path: str | Path) -> int:
     return int(_read_store(path, None, None)["x"].shape[1])
 
 
-def load_mixture(path: str | Path, *, dataset: str | None = None, dim: int | None = None) -> Mixture:
+def load_mixture(
+    path: str | Path, *, dataset: str | None = None, dim: int | None = None, spec: dict[str, Any] | None = None
+) -> Mixture:
     """The exact data distribution of a store: its Gaussian mixture if it has one, otherwise the
     Dirac mixture over its samples (the 'analytic' ground truth of Table 2). The store is checked as by
     :func:`load_dataset`, and the values it uses must be finite: NaN or Inf raises ``ValueError`` naming the
     store and the variable."""
-    ds = _read_store(path, dataset, dim)
+    ds = _read_store(path, dataset, dim, spec)
     if "mixture_weights" in ds:
         check_finite(ds, ["mixture_weights", "mixture_means", "mixture_covs"], path)
         return GaussianMixture(
