@@ -752,7 +752,10 @@ README_INTRO = """\
 
 Every key of the workflow configuration, its type, default and meaning. The single source of these is the
 JSON schema `workflow/schemas/config.schema.yaml`: Snakemake and every `dfcore` command line validate a
-config against it and fill in the defaults, and a bad value is reported in one line that names the key.
+config against it and fill in the defaults, and every bad value is reported (up to 20 at once), each in one line
+that names the key. Checks between keys run too: names that refer to other sections, list lengths that must
+agree, ranges that depend on other keys, a rough memory estimate of the largest tensor, and the `results`
+folder; a YAML file whose aliases expand to more than 100,000 values is refused.
 This file is generated from the schema (`make config-docs`, i.e.
 `python -m dfcore.config --readme > config/README.md`); do not edit it by hand.
 
@@ -783,7 +786,8 @@ the jobs that read it and the jobs downstream of them, nothing else (rerun trigg
 Keys that only choose which jobs exist (`nll.runs`, `adjoint.mixture.schedules`, `sd.enabled`, ...) add
 or remove jobs and leave the others alone. The global `seed` and `device` are params of every job that
 reads them, so changing either reruns those jobs (on another device a result may differ in its last
-bits); thread counts are not params, so `--cores` or a profile's threads never rerun anything.
+bits); thread counts are not params, so `--cores` or a profile's threads never rerun anything. Params are compared by a
+canonical form (the keys of every mapping sorted), so reordering the keys of a config mapping reruns nothing.
 
 ## Keys
 
