@@ -21,7 +21,10 @@ __all__ = [
     "check_likelihood_args",
     "check_dim",
     "check_endpoints",
+    "widen_half",
 ]
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _model_schedule(model: Any) -> Any:
@@ -71,6 +74,12 @@ def check_likelihood_args(
         hparams = getattr(getattr(model, "denoiser", model), "hparams", None) or {}
         if "dim" in hparams and int(hparams["dim"]) != x[0].numel():
             raise ValueError(f"x has dimension {x[0].numel()}, but the network was trained on dim {hparams['dim']}")
+
+
+def widen_half(*tensors: Any) -> tuple[Any, ...]:
+    """The tensors with float16 and bfloat16 ones converted to float32 (others, and non-tensors, as given): the
+    estimators compute in at least float32 and return in the dtype their documentation states."""
+    return tuple(t.to(torch.float32) if isinstance(t, Tensor) and t.dtype in HALF_DTYPES else t for t in tensors)
 
 
 def check_dim(dim: Any) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,16 +89,15 @@ def sigma_floor(dtype: torch.dtype) -> float:
 
 
 def check_count(n: Any) -> int:
-    """``n`` as a sample count: an integer >= 0 (a bool or a float is refused), else ValueError."""
-    if (
-        isinstance(n, bool)
-        or not isinstance(n, int)
-        and not (isinstance(n, Tensor) and n.ndim == 0 and not n.is_floating_point())
-    ):
+    """``n`` as a sample count: an integer >= 0 (Python, NumPy or 0-d integer tensor; a bool or a float is
+    refused), else ValueError."""
+    try:
+        count = operator.index(n) if not isinstance(n, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count < 0:
         raise ValueError(f"n must be an integer >= 0; got {n!r}")
-    if int(n) < 0:
-        raise ValueError(f"n must be an integer >= 0; got {int(n)}")
-    return int(n)
+    return count
 
 
 def _check_device(x: Tensor) -> None:

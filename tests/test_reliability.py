@@ -440,3 +440,29 @@ def test_a_store_is_checked_against_the_config_entry_of_its_data_set(trained):
         load_dataset(trained / "gmm3.zarr", spec=spec)
     with pytest.raises(ValueError, match=r"gmm3.zarr: num_samples is 64, but the config's data set entry makes 65"):
         load_dataset(trained / "gmm3.zarr", spec={**spec, "means": [[0.0] * 3], "num_samples": 65})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_estimators_compute_half_precision_inputs_in_float32(trained, dtype):
+    """A half-precision x gives the float32 computation at the same (rounded) x: the trace in float64, F v rounded
+    to v's dtype."""
+    from dfcore.fisher.trace import fisher_trace
+    from dfcore.fisher.vp import fisher_vp
+    from dfcore.models.networks import load_denoiser
+
+    den = load_denoiser(trained / "vp_den.pt")
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(2)).to(dtype)
+    v = torch.ones_like(x)
+    wide = x.to(torch.float32)
+    trace = fisher_trace("vjp", x, 0.4, denoiser=den)
+    assert trace.dtype == torch.float64
+    assert torch.equal(trace, fisher_trace("vjp", wide, 0.4, denoiser=den))
+    fv = fisher_vp("vjp", x, 0.4, v, denoiser=den)
+    assert fv.dtype == dtype
+    assert torch.equal(fv, fisher_vp("vjp", wide, 0.4, v.to(torch.float32), denoiser=den).to(dtype))
+    mixture = _gaussian()
+    x3 = _x(dtype)
+    exact = fisher_vp("analytic", x3, 0.4, torch.ones_like(x3), schedule=get_schedule("VP"), mixture=mixture)
+    reference = mixture.fisher_vp(x3.double(), 0.4, torch.ones(5, 3, dtype=torch.float64), get_schedule("VP"))
+    assert exact.dtype == dtype
+    torch.testing.assert_close(exact.double(), reference, rtol=1e-2, atol=1e-2)
