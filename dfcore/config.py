@@ -2,8 +2,11 @@
 
 The schema (``workflow/schemas/config.schema.yaml``, shipped inside the package as
 ``dfcore/schemas/config.schema.yaml``) is the single description of every key;
-:func:`validate_config` fills in its ``default`` values and turns the first violation into one
-line that names the offending key and what is allowed.
+:func:`validate_config` fills in its ``default`` values and reports every violation (up to
+:data:`MAX_ERRORS`), each on one line that names the offending key and what is allowed; then the checks
+between keys (:func:`cross_check`) run, again reporting each failed check with its key. YAML alias expansion
+is bounded (:data:`MAX_NODES` nodes once every alias is expanded), in :func:`load_yaml` and again in
+:func:`validate_config` for a config built elsewhere (Snakemake's own loader).
 """
 
 from __future__ import annotations
@@ -29,13 +32,82 @@ __all__ = [
     "schema_markdown",
     "config_readme",
     "SCHEMA_PATH",
+    "ParamDict",
+    "canonical_params",
+    "check_size",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
+MAX_ERRORS = 20  # errors reported at once
+MAX_NODES = 100_000  # nodes of a config once every YAML alias is expanded (the shipped configs have < 2000)
+MEMORY_LIMIT_BYTES = 16 * 2**30  # the largest single tensor a config may ask for
+
+
 class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type, or out of range."""
+    """A configuration value is missing, of the wrong type, or out of range. ``errors`` holds one line per
+    problem (each naming its key); the message is that line, or a count followed by the lines."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        self.errors = list(errors) if errors else [message]
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, errors: list[str]) -> ConfigError:
+        """One error for the lines ``errors`` (at most :data:`MAX_ERRORS` of them are shown)."""
+        if len(errors) == 1:
+            return cls(errors[0])
+        shown = errors[:MAX_ERRORS]
+        more = f" (the first {MAX_ERRORS} shown)" if len(errors) > MAX_ERRORS else ""
+        return cls(f"{len(errors)} config errors{more}:\n" + "\n".join(f"  {e}" for e in shown), errors)
+
+
+def _expanded_size(root: Any, children: Any, limit: int) -> int:
+    """The number of nodes of the tree below ``root`` with every shared node counted each time it is reached
+    (as an alias expands), computed once per distinct node and stopped early past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if depth > 1000:
+            raise ConfigError("config: nested more than 1000 levels deep")
+        sizes[key] = limit + 1  # a node met again while being sized is a cycle: too large
+        total = 1
+        for child in children(node):
+            total += size(child, depth + 1)
+            if total > limit:
+                break
+        sizes[key] = min(total, limit + 1)
+        return sizes[key]
+
+    return size(root, 0)
+
+
+def _yaml_children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _object_children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return []
+
+
+def check_size(config: Any, where: str = "config") -> None:
+    """Refuse a config whose expanded tree (YAML aliases expanded) has more than :data:`MAX_NODES` nodes."""
+    if _expanded_size(config, _object_children, MAX_NODES) > MAX_NODES:
+        raise ConfigError(
+            f"{where}: more than {MAX_NODES} values once its YAML aliases are expanded (an alias bomb?); refused"
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -85,7 +157,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        loader = _UniqueKeyLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node, _yaml_children, MAX_NODES) > MAX_NODES:
+                raise ConfigError(
+                    f"{path}: more than {MAX_NODES} values once its YAML aliases are expanded (an alias bomb?); refused"
+                )
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
@@ -183,13 +264,16 @@ def full_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
 
 def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """Validate ``config`` in place against the schema, filling defaults, then check the names and shapes that
-    refer to each other (:func:`cross_check`); raise :class:`ConfigError` naming the first bad key."""
+    refer to each other (:func:`cross_check`); raise :class:`ConfigError` with every bad key (up to
+    :data:`MAX_ERRORS`), each named on its own line. The cross checks run once the schema holds."""
+    check_size(config)
     validator = _Validator(full_schema(schema_path))
     errors = sorted(
         validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
     )
     if errors:
-        raise ConfigError(_describe(errors[0]))
+        lines = list(dict.fromkeys(_describe(e) for e in errors))
+        raise ConfigError.of(lines)
     cross_check(config)
     return config
 
@@ -247,6 +331,8 @@ def _check_name(key: str, name: str, names: Any, what: str) -> None:
 
 def _dataset_dim(spec: dict[str, Any]) -> int:
     """Dimension of a 'datasets' entry (its kind fixes it)."""
+    if spec["kind"] == "gaussian_mixture_lowrank":
+        return int(spec["dim"])
     return {"checkerboard": 2, "digits": 64}.get(spec["kind"]) or len(spec["means"][0])
 
 
@@ -424,25 +510,195 @@ def _check_sd(config: dict[str, Any]) -> None:
             )
 
 
+def _check_results(config: dict[str, Any]) -> None:
+    results = str(config["results"])
+    if not results.strip():
+        _fail("results", "is empty; outputs would be written under the file-system root")
+    path = Path(results).expanduser()
+    if path.resolve() == Path(path.resolve().anchor):
+        _fail("results", f"{results!r} is the file-system root")
+    if path.exists() and not path.is_dir():
+        _fail("results", f"{results!r} is an existing file, not a folder")
+
+
+def _check_lengths(config: dict[str, Any]) -> None:
+    protocols = config["ot"]["protocols"]
+    if len(protocols["num_starts"]) != len(protocols["steps"]):
+        _fail(
+            "ot.protocols.num_starts",
+            f"has {len(protocols['num_starts'])} entries but ot.protocols.steps has {len(protocols['steps'])} "
+            "(one start count per step count)",
+        )
+
+
+def _check_ot_names(config: dict[str, Any]) -> None:
+    ot = config["ot"]
+    for i, name in enumerate(ot["protocols"]["datasets"]):
+        _check_name(f"ot.protocols.datasets.{i}", name, ot["datasets"], "ot.datasets")
+
+
+def _check_table2(config: dict[str, Any]) -> None:
+    """Table 2 on mixtures: 'analytic' needs the exact mixture, which every data set of the stage has."""
+    table2 = config["likelihood"]["table2"]
+    if table2["datasets"] and not table2["methods"]:
+        _fail("likelihood.table2.methods", "is empty, so Table 2 would have no rows")
+
+
+def _check_lowrank(config: dict[str, Any]) -> None:
+    for name, spec in config["datasets"].items():
+        if spec["kind"] == "gaussian_mixture_lowrank" and "rank" in spec and "dim" in spec:
+            if spec["rank"] > spec["dim"]:
+                _fail(f"datasets.{name}.rank", f"{spec['rank']} is above the dimension dim = {spec['dim']}")
+        if spec["kind"] == "gaussian_mixture_lowrank":
+            missing = [k for k in ("dim", "components", "rank", "noise") if k not in spec]
+            if missing:
+                _fail(f"datasets.{name}.{missing[0]}", "is required by kind 'gaussian_mixture_lowrank'")
+        if spec["kind"] == "digits" and spec.get("holdout") and "num_samples" in spec:
+            test = max(1, round(spec["holdout"] * DIGITS_SIZE))
+            side = spec.get("split", "train")
+            size = test if side == "test" else DIGITS_SIZE - test
+            if spec["num_samples"] > size:
+                _fail(
+                    f"datasets.{name}.num_samples",
+                    f"{spec['num_samples']} is more than the {size} images of the {side} side of the split",
+                )
+
+
+def _check_unet_depth(config: dict[str, Any]) -> None:
+    """Each UNet level but the last halves the image: 8x8 digits allow at most 4 levels."""
+    for name, spec in config["datasets"].items():
+        if spec["kind"] not in IMAGE_KINDS:
+            continue
+        merged = dataset_section(config["denoiser"], name)
+        if merged["arch"] == "mlp":
+            continue
+        channels = merged["unet"]["block_out_channels"]
+        if not channels:
+            _fail("denoiser.unet.block_out_channels", "needs at least one level")
+        if 2 ** (len(channels) - 1) > 8:
+            _fail(
+                "denoiser.unet.block_out_channels",
+                f"has {len(channels)} levels, but the 8x8 images of {name!r} allow at most 4 (each level but the "
+                "last halves the image)",
+            )
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def _memory_estimates(config: dict[str, Any]) -> list[tuple[str, float]]:
+    """(key, bytes of the largest tensor that key sizes), float64 data and float32 activations."""
+    out: list[tuple[str, float]] = []
+    datasets = config["datasets"]
+    for name, spec in datasets.items():
+        dim = _dataset_dim(spec)
+        n = spec.get("num_samples", 1000)
+        out.append((f"datasets.{name}.num_samples", 8.0 * n * dim))
+        if spec["kind"] == "gaussian_mixture_lowrank":
+            out.append((f"datasets.{name}.dim", 8.0 * spec.get("components", 1) * dim * dim))
+        for section in OVERRIDDEN_SECTIONS:
+            merged = dataset_section(config[section], name)
+            width = max(merged.get("mlp", {}).get("hidden", 0), merged.get("head_hidden", 0), dim)
+            out.append((f"{section}.batch_size", 4.0 * merged["batch_size"] * width))
+        merged = dataset_section(config["denoiser"], name)
+        hidden = merged["mlp"]["hidden"]
+        out.append(("denoiser.mlp.hidden", 4.0 * hidden * hidden))
+        if spec["kind"] in IMAGE_KINDS and merged["arch"] != "mlp":
+            widest = max(merged["unet"]["block_out_channels"] or [1])
+            out.append(("denoiser.batch_size", 4.0 * merged["batch_size"] * widest * 64))
+    ot = config["ot"]
+    out.append(("ot.num_starts", 8.0 * ot["num_starts"] * ot["num_steps"] * ot["dim"]))
+    out.append(("ot.dim", 8.0 * ot["num_starts"] * ot["dim"] * ot["dim"]))
+    for i, (steps, starts) in enumerate(zip(ot["protocols"]["steps"], ot["protocols"]["num_starts"])):
+        out.append((f"ot.protocols.num_starts.{i}", 8.0 * starts * steps * ot["dim"]))
+    conv = ot["convergence"]
+    out.append(("ot.convergence.num_starts", 8.0 * conv["num_starts"] * max(conv["steps"]) * ot["dim"]))
+    trace_dim = (
+        _dataset_dim(datasets[config["trace_error"]["dataset"]]) if config["trace_error"]["dataset"] in datasets else 1
+    )
+    out.append(("trace_error.num_points", 8.0 * config["trace_error"]["num_points"] * trace_dim * trace_dim))
+    widest = max((_dataset_dim(spec) for spec in datasets.values()), default=1)
+    likelihood = config["likelihood"]
+    for key, points in (
+        ("nll.num_points", config["nll"]["num_points"]),
+        ("likelihood.num_points", likelihood["num_points"]),
+        ("likelihood.table2.num_points", likelihood["table2"]["num_points"]),
+    ):
+        out.append((key, 8.0 * points * widest * widest))
+    adjoint = config["adjoint"]
+    steps = adjoint["num_steps"] + 1
+    mixture_dim = (
+        _dataset_dim(datasets[adjoint["mixture"]["dataset"]]) if adjoint["mixture"]["dataset"] in datasets else 1
+    )
+    out.append(("adjoint.mixture.num_samples", 8.0 * adjoint["mixture"]["num_samples"] * steps * mixture_dim))
+    out.append(("adjoint.digits.num_samples", 8.0 * adjoint["digits"]["num_samples"] * steps * 64))
+    return out
+
+
+def _check_memory(config: dict[str, Any]) -> None:
+    """Refuse every key whose largest tensor (estimated by :func:`_memory_estimates`) is above the limit."""
+    errors = [
+        f"config key '{key}': makes a tensor of about {_gib(nbytes)}, above the limit of "
+        f"{_gib(MEMORY_LIMIT_BYTES)} (dfcore.config.MEMORY_LIMIT_BYTES)"
+        for key, nbytes in _memory_estimates(config)
+        if nbytes > MEMORY_LIMIT_BYTES
+    ]
+    if errors:
+        raise ConfigError.of(list(dict.fromkeys(errors)))
+
+
 def cross_check(config: dict[str, Any]) -> None:
     """Checks between keys of a schema-valid config (defaults filled in), so that nothing that validation can
     see fails once jobs run: every data set named in nll.runs, trace_error, adjoint.mixture, ot.convergence and
     the overrides exists; the keys of each data set are those its kind reads and their lengths agree; ordered
     schedule parameters are ordered; update steps fit their samplers; GroupNorm groups divide the UNet channels;
     the likelihood stage's data sets have a closed-form density, and its held-out images are the other side of
-    its training set's split."""
-    _check_schedules(config)
-    _check_datasets(config)
-    _check_ot(config)
-    _check_training(config)
-    _check_references(config)
-    _check_likelihood(config)
-    _check_sd(config)
+    its training set's split; lists that go in pairs have equal lengths; a low-rank data set's rank is at most its
+    dimension; a UNet has as many levels as its images allow; no key asks for a tensor above
+    :data:`MEMORY_LIMIT_BYTES`; ``results`` is a folder other than the root. Each check runs, and every one that
+    fails is reported (:class:`ConfigError` with one line per failed check, up to :data:`MAX_ERRORS`)."""
+    errors: list[str] = []
+    groups = [_check_results, _check_schedules, _check_datasets, _check_lowrank, _check_lengths, _check_ot]
+    groups += [_check_ot_names, _check_training, _check_unet_depth, _check_references, _check_likelihood]
+    groups += [_check_table2, _check_sd]
+    for check in groups:
+        try:
+            check(config)
+        except ConfigError as err:
+            errors.extend(err.errors)
+        except (KeyError, TypeError, IndexError, ValueError) as err:  # an earlier failed check left this one blind
+            if not errors:
+                raise ConfigError(f"config: cannot check ({check.__name__}): {err}") from None
+    if errors:
+        raise ConfigError.of(errors)
+    _check_memory(config)
 
 
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """Load a YAML config and validate it (with defaults)."""
     return validate_config(load_yaml(path), schema_path)
+
+
+class ParamDict(dict):
+    """A dict whose ``repr`` lists its keys sorted (its iteration order is kept): Snakemake compares a job's
+    params by their ``repr``, so two mappings with the same items in another order are the same params."""
+
+    def __repr__(self) -> str:
+        items = sorted(self.items(), key=lambda item: repr(item[0]))
+        return "{" + ", ".join(f"{key!r}: {value!r}" for key, value in items) + "}"
+
+
+def canonical_params(value: Any) -> Any:
+    """``value`` with every mapping at any depth a :class:`ParamDict` (same items, same order), lists and tuples
+    rebuilt around their canonical items: its ``repr`` does not depend on the order of any mapping's keys."""
+    if isinstance(value, dict):
+        return ParamDict((key, canonical_params(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [canonical_params(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(canonical_params(item) for item in value)
+    return value
 
 
 def dataset_section(section: dict[str, Any], dataset: str) -> dict[str, Any]:
@@ -496,7 +752,10 @@ README_INTRO = """\
 
 Every key of the workflow configuration, its type, default and meaning. The single source of these is the
 JSON schema `workflow/schemas/config.schema.yaml`: Snakemake and every `dfcore` command line validate a
-config against it and fill in the defaults, and a bad value is reported in one line that names the key.
+config against it and fill in the defaults, and every bad value is reported (up to 20 at once), each in one line
+that names the key. Checks between keys run too: names that refer to other sections, list lengths that must
+agree, ranges that depend on other keys, a rough memory estimate of the largest tensor, and the `results`
+folder; a YAML file whose aliases expand to more than 100,000 values is refused.
 This file is generated from the schema (`make config-docs`, i.e.
 `python -m dfcore.config --readme > config/README.md`); do not edit it by hand.
 
@@ -527,7 +786,8 @@ the jobs that read it and the jobs downstream of them, nothing else (rerun trigg
 Keys that only choose which jobs exist (`nll.runs`, `adjoint.mixture.schedules`, `sd.enabled`, ...) add
 or remove jobs and leave the others alone. The global `seed` and `device` are params of every job that
 reads them, so changing either reruns those jobs (on another device a result may differ in its last
-bits); thread counts are not params, so `--cores` or a profile's threads never rerun anything.
+bits); thread counts are not params, so `--cores` or a profile's threads never rerun anything. Params are compared by a
+canonical form (the keys of every mapping sorted), so reordering the keys of a config mapping reruns nothing.
 
 ## Keys
 

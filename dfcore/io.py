@@ -4,10 +4,17 @@ Every writer writes to a temporary sibling and renames it into place, so an inte
 leaves a half-written file or store that a later run could take as done. Zarr stores are written
 with every chunk and a checksum per chunk, and :func:`read_zarr` refuses a store with a missing or
 damaged chunk, naming the store and the array.
+
+Artefacts carry what they are. A checkpoint holds a ``record`` (:func:`checkpoint_record`: kind, schedule spec,
+dimension, image shape, data set where known, and the digest of the config section that made it), and a data
+store the same in its attributes (:mod:`dfcore.data.store`). Every load can be told what the caller expects
+(:func:`check_record`, :func:`expect_model`); a mismatch is a ``ValueError`` naming the file and both values.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -15,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,13 @@ __all__ = [
     "write_text",
     "save_checkpoint",
     "load_checkpoint",
+    "config_digest",
+    "schedule_spec",
+    "checkpoint_record",
+    "check_record",
+    "check_finite_weights",
+    "checkpoint_errors",
+    "expect_model",
 ]
 
 
@@ -218,10 +232,127 @@ def write_text(text: str, path: str | os.PathLike[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` atomically. Keep ``state`` to tensors, numbers, strings, lists and dicts so
-    that :func:`load_checkpoint` can read it with ``weights_only=True``."""
+def config_digest(section: Any) -> str:
+    """SHA-256 (first 16 hex digits) of a config section as canonical JSON (keys sorted): equal for equal values,
+    whatever the order of the keys."""
+    text = json.dumps(section, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def schedule_spec(schedule: Any) -> dict[str, Any]:
+    """``{"name": ..., "params": {...}}`` of a schedule object, or the spec itself when given a mapping."""
+    if isinstance(schedule, Mapping):
+        return {"name": schedule["name"], "params": dict(schedule.get("params", {}))}
+    return {"name": schedule.name, "params": dict(schedule.params())}
+
+
+def checkpoint_record(state: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """What a checkpoint holds, derived from its ``model`` state (a denoiser, trace or classifier state) and its
+    ``meta`` (the config section it was trained with), plus ``extra`` (e.g. ``dataset``)."""
+    found = state.get("model", state)
+    model: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    nested = model.get("denoiser")
+    inner: Mapping[str, Any] = nested if isinstance(nested, Mapping) else model
+    hparams = inner.get("hparams", {}) if isinstance(inner.get("hparams"), Mapping) else {}
+    record: dict[str, Any] = {"kind": model.get("kind", state.get("kind"))}
+    if isinstance(inner.get("schedule"), Mapping):
+        record["schedule"] = schedule_spec(inner["schedule"])
+    dim = hparams.get("dim", state.get("dim"))
+    if dim is not None:
+        record["dim"] = int(dim)
+    if hparams.get("image_shape") is not None:
+        record["image_shape"] = [int(v) for v in hparams["image_shape"]]
+    meta = state.get("meta")
+    if isinstance(meta, Mapping) and "config" in meta:
+        record["config_digest"] = config_digest(meta["config"])
+    record.update({k: v for k, v in extra.items() if v is not None})
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _comparable(key: str, value: Any) -> Any:
+    if key == "schedule" and value is not None and not isinstance(value, (str, Mapping)):
+        return schedule_spec(value)
+    if key == "image_shape" and value is not None:
+        return [int(v) for v in value]
+    return value
+
+
+def check_record(record: Mapping[str, Any], where: str, **expected: Any) -> None:
+    """Check the artefact ``record`` (read from ``where``) against ``expected`` values (None: not checked; a key
+    the record lacks, from an artefact written before it was recorded, is not checked either). A schedule may be
+    given as an object or a spec. A mismatch raises ``ValueError`` naming ``where``, the key and both values."""
+    for key, want in expected.items():
+        if want is None or key not in record:
+            continue
+        have, want = _comparable(key, record[key]), _comparable(key, want)
+        if key == "schedule" and isinstance(want, str):
+            have = have["name"] if isinstance(have, Mapping) else have
+        if have != want:
+            raise ValueError(f"{where}: {key} is {have!r}, but {want!r} is expected here")
+
+
+def _tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}.{i}")
+
+
+def check_finite_weights(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` "checkpoint FILE has non-finite weights in <param>" when a floating tensor of a
+    ``state_dict`` (at any depth of ``state``) holds NaN or Inf."""
+    for name, tensor in _tensors(state):
+        if ".state_dict." not in f".{name}." and not name.startswith("state_dict."):
+            continue
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            param = name.replace("state_dict.", "")
+            raise ValueError(f"checkpoint {path} has non-finite weights in {param}")
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an error while rebuilding a model from the checkpoint ``path`` (missing key, state-dict keys or shapes
+    that do not match the architecture it names) into a ``ValueError`` that names the file."""
+    try:
+        yield
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"checkpoint {path}: {' '.join(str(err).split())}") from err
+    except (RuntimeError, KeyError, TypeError) as err:
+        detail = " ".join(str(err).split())
+        raise ValueError(
+            f"checkpoint {path} does not rebuild the model it describes (another architecture?): {detail}"
+        ) from err
+
+
+def expect_model(model: Any, path: str | os.PathLike[str], **expected: Any) -> Any:
+    """Check a model loaded from ``path`` against what the caller uses it for and return it: ``schedule`` (object,
+    spec or name), ``dim``, ``image_shape``, ``kind``. The model's schedule is its own (or its denoiser's), its
+    dimension that of its hyper-parameters. A mismatch raises ``ValueError`` naming the file and both values."""
+    inner = getattr(model, "denoiser", model)
+    hparams = getattr(inner, "hparams", {}) or {}
+    record: dict[str, Any] = {}
+    if getattr(inner, "schedule", None) is not None:
+        record["schedule"] = schedule_spec(inner.schedule)
+    if "dim" in hparams:
+        record["dim"] = int(hparams["dim"])
+    if hparams.get("image_shape") is not None:
+        record["image_shape"] = [int(v) for v in hparams["image_shape"]]
+    check_record(record, f"checkpoint {path}", **expected)
+    return model
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], **record: Any) -> None:
+    """``torch.save`` atomically, with ``state["record"]`` = :func:`checkpoint_record` (``record``: further
+    entries, e.g. ``dataset``). Keep ``state`` to tensors, numbers, strings, lists and dicts so that
+    :func:`load_checkpoint` can read it with ``weights_only=True``."""
     path = Path(path)
+    state = {**state, "record": checkpoint_record(state, **record)}
     tmp = _tmp_sibling(path)
     try:
         torch.save(state, tmp)
@@ -245,12 +376,25 @@ def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> None:
         plt.close(fig)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code execution)."""
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", **expected: Any
+) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code execution). Its weights must be finite
+    (:func:`check_finite_weights`), and its record must match ``expected`` (:func:`check_record`: ``kind``,
+    ``schedule``, ``dim``, ``image_shape``, ``dataset``, ``config_digest``); else ``ValueError`` naming the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(f"cannot load checkpoint {path} (corrupted, or not a weights-only checkpoint): {err}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a mapping")
+    check_finite_weights(state, path)
+    if expected:
+        record = state.get("record")
+        check_record(
+            record if isinstance(record, Mapping) else checkpoint_record(state), f"checkpoint {path}", **expected
+        )
+    return state

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from dfcore.checks import check_dim, check_likelihood_args
 from dfcore.fisher.trace import fisher_trace, rademacher
 from dfcore.mixtures import GaussianMixture, Mixture
 from dfcore.models.base import Denoiser, ExactDenoiser, TraceModel
@@ -84,6 +85,7 @@ def prior_log_prob(
 
 def bits_per_dim(log_q: Tensor, dim: int) -> Tensor:
     """Negative log-likelihood in bits per dimension."""
+    check_dim(dim)
     return -log_q / (dim * math.log(2.0))
 
 
@@ -142,6 +144,16 @@ def log_likelihood(
     Returns ``log_q`` (:math:`\log q_{t_{min}}(x)`, nats, (B,)), ``bpd``, ``prior``, ``delta``
     (the integral), ``x_T`` and ``nfe`` (drift evaluations).
     """
+    check_likelihood_args(
+        x,
+        rtol=rtol,
+        atol=atol,
+        num_steps=num_steps,
+        num_probes=num_probes,
+        schedule=schedule,
+        denoiser=denoiser,
+        trace_model=trace_model,
+    )
     if solver not in ODE_SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(ODE_SOLVERS)}")
     if not 0 < t_min < t_max <= 1:

@@ -32,21 +32,37 @@ log-determinant and :math:`\operatorname{tr} C_k^{-1} = \sum_j 1/(\alpha^2\lambd
 :math:`O(B K d^2)` whether the batch shares one t or not.
 
 Shapes: ``x`` is ``(B, d)``; ``t`` is a scalar or ``(B,)`` in (0, 1]; ``v`` is ``(B, d)``.
-Everything runs in the dtype and on the device of ``x``.
+
+Precision. Everything runs on the device of ``x``, in its dtype when that is float32 or float64; half-precision
+``x`` (float16, bfloat16) is computed in float64 and only the result is rounded to the input's dtype (a result
+beyond that dtype's range is a ValueError, not inf). The stored parameters keep the dtype they were built with:
+a call in another dtype or on another device uses a cached converted copy, so later calls in the original dtype
+give the same numbers. :math:`\alpha_t, \sigma_t` are evaluated in float64 and :math:`\sigma_t` is floored at
+:data:`sigma_floor` of the compute dtype (``tiny ** (1/8)``: 3.5e-39 in float64, 1.8e-5 in float32), so that
+:math:`1/\sigma^4` and the logits stay finite with many orders of magnitude to spare: every legal t, down to
+the smallest positive float, gives finite values, those of the time at which the schedule reaches the floor.
+A meta-device ``x`` is refused with a ValueError.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from dfcore.schedules import Schedule, check_time
 
-__all__ = ["Mixture", "DiracMixture", "GaussianMixture", "require_finite"]
+__all__ = ["Mixture", "DiracMixture", "GaussianMixture", "require_finite", "sigma_floor", "check_count"]
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+_F = TypeVar("_F", bound=Callable[..., Tensor])
 
 
 def _concrete_any(mask: Tensor) -> bool | None:
@@ -66,22 +82,72 @@ def require_finite(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf (in {rows} of {value.shape[0] if value.ndim else 1} rows)")
 
 
+def sigma_floor(dtype: torch.dtype) -> float:
+    r"""The smallest :math:`\sigma_t` used in ``dtype``: ``finfo(dtype).tiny ** (1/8)``, so that :math:`1/\sigma^4`
+    is below ``1/sqrt(tiny)`` and products of it with data-sized numbers stay finite."""
+    return float(torch.finfo(dtype).tiny ** 0.125)
+
+
+def check_count(n: Any) -> int:
+    """``n`` as a sample count: an integer >= 0 (Python, NumPy or 0-d integer tensor; a bool or a float is
+    refused), else ValueError."""
+    try:
+        count = operator.index(n) if not isinstance(n, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count < 0:
+        raise ValueError(f"n must be an integer >= 0; got {n!r}")
+    return count
+
+
+def _check_device(x: Tensor) -> None:
+    if x.device.type == "meta":
+        raise ValueError("x is on the meta device (it holds no values); move it to a real device first")
+
+
+def _widened(method: _F) -> _F:
+    """Run ``method(self, x, ...)`` in float64 when ``x`` is float16 or bfloat16 and round its result to x's dtype;
+    a result that is finite in float64 but beyond the range of x's dtype is a ValueError."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if not isinstance(x, Tensor) or x.dtype not in HALF_DTYPES:
+            return method(self, x, *args, **kwargs)
+        _check_device(x)
+        out = method(self, x.to(torch.float64), *args, **kwargs)
+        narrow = out.to(x.dtype)
+        overflow = torch.isfinite(out) & ~torch.isfinite(narrow)
+        if _concrete_any(overflow):
+            big = float(out[overflow].abs().max())
+            raise ValueError(
+                f"{type(self).__name__}.{method.__name__}: the result (|value| up to {big:.3g}) is beyond the range "
+                f"of {x.dtype} (computed in float64); pass x in float32 or float64"
+            )
+        return narrow
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _batch_coefficients(x: Tensor, t: Tensor | float, schedule: Schedule, dim: int) -> tuple[Tensor, Tensor]:
-    """Validate ``x`` (B, d) and ``t`` (scalar or (B,)); return alpha, sigma as (B,) in x's dtype."""
+    """Validate ``x`` (B, d) and ``t`` (scalar or (B,)); return alpha, sigma as (B,) in x's dtype, evaluated in
+    float64 and with sigma floored at :func:`sigma_floor` of x's dtype."""
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_device(x)
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"x must have shape (B, {dim}); got {tuple(x.shape)}")
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor; got {x.dtype}")
     require_finite("x", x)
-    t = check_time(t).to(dtype=x.dtype, device=x.device)
+    wide = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    t = check_time(t).to(dtype=wide, device=x.device)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
     elif t.shape != (x.shape[0],):
         raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},); got {tuple(t.shape)}")
     alpha, sigma = schedule(t)
-    return alpha, sigma
+    sigma = sigma.clamp_min(sigma_floor(x.dtype))
+    return alpha.to(x.dtype), sigma.to(x.dtype)
 
 
 def _split(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -156,7 +222,8 @@ class Mixture(ABC):
 
     @abstractmethod
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Mixture:
-        """Move the stored parameters (in place) and return self."""
+        """Move the stored parameters (in place) and return self. Only this changes them: a call with an ``x`` of
+        another dtype or device works on a cached converted copy."""
 
 
 @dataclass
@@ -226,6 +293,7 @@ class DiracMixture(Mixture):
         for start in range(0, n, rows):
             self._table[start : start + rows, d] = self._table[start : start + rows, :d].pow(2).sum(1)
         self.chunk_elements = int(chunk_elements)
+        self._converted: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     @property
     def points(self) -> Tensor:
@@ -236,12 +304,18 @@ class DiracMixture(Mixture):
         """Move the stored data (in place) and return self."""
         self.center = self.center.to(device=device, dtype=dtype)
         self._table = self._table.to(device=device, dtype=dtype)
+        self._converted = {}
         return self
 
     def _data_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self._table.dtype != x.dtype or self._table.device != x.device:
-            self.to(device=x.device, dtype=x.dtype)
-        return self._table, self.center
+        """The table and centre in x's dtype and on its device: the stored ones, or a cached converted copy (one
+        at a time, so at most one extra table is held); the stored ones never change."""
+        key = (x.dtype, x.device)
+        if key == (self._table.dtype, self._table.device):
+            return self._table, self.center
+        if key not in self._converted:
+            self._converted = {key: (self._table.to(device=x.device, dtype=x.dtype), self.center.to(x.device, x.dtype))}
+        return self._converted[key]
 
     def _stats(
         self,
@@ -349,6 +423,7 @@ class DiracMixture(Mixture):
             weight_sum=s0,
         )
 
+    @_widened
     def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`\log q_t(x) = \log\sum_i e^{\ell_i} - \log N - \tfrac d2 \log(2\pi\sigma^2)`, shape (B,), with the
         log-sum-exp free of the cancellation of the expanded square (see :meth:`_log_z`)."""
@@ -436,11 +511,13 @@ class DiracMixture(Mixture):
             run_max = new_max
         return run_max + torch.log(run_sum)
 
+    @_widened
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma)
         return stats.ref + stats.mean + self._data_like(x)[1]
 
+    @_widened
     def posterior_sq_norm(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`E[\|x_0\|^2 | x_t = x] = \sum_i w_i \|y_i\|^2`, shape (B,): d times the optimum of Alg. 1 (Prop. 6)."""
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
@@ -449,6 +526,7 @@ class DiracMixture(Mixture):
         assert stats.sq_norm is not None
         return anchor.pow(2).sum(1) + 2.0 * (anchor * stats.mean).sum(1) + stats.sq_norm
 
+    @_widened
     def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t = x] = \sum_i w_i \|y_i\|^2 - \|\bar y\|^2` (the bracket of
         Prop. 5), shape (B,). Accumulated about the most likely point, so where the posterior has collapsed
@@ -456,12 +534,14 @@ class DiracMixture(Mixture):
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         return self._stats(x, alpha, sigma, sq_norm=True).cov_trace()
 
+    @_widened
     def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma)
         ybar = stats.ref + stats.mean + self._data_like(x)[1]
         return -(x - alpha[:, None] * ybar) / sigma.pow(2)[:, None]
 
+    @_widened
     def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma, second=True)
@@ -470,6 +550,7 @@ class DiracMixture(Mixture):
         var = sigma.pow(2)[:, None, None]
         return eye / var - (alpha.pow(2)[:, None, None] / var.pow(2)) * cov
 
+    @_widened
     def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         stats = self._stats(x, alpha, sigma, sq_norm=True)
@@ -477,6 +558,7 @@ class DiracMixture(Mixture):
         var = sigma.pow(2)
         return self.dim / var - alpha.pow(2) / var.pow(2) * tr_cov
 
+    @_widened
     def fisher_vp(self, x: Tensor, t: Tensor | float, v: Tensor, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         v = _check_vector(v, x)
@@ -486,8 +568,23 @@ class DiracMixture(Mixture):
         return v / var - alpha.pow(2)[:, None] / var.pow(2) * cov_v
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        n = check_count(n)
         idx = torch.randint(self.num_points, (n,), generator=generator, device=self._table.device)
         return self._table[idx, : self.dim] + self.center
+
+
+_GAUSSIAN_FIELDS = ("log_weights", "means", "covs", "evals", "evecs")
+
+
+@dataclass
+class _GaussianParams:
+    """A Gaussian mixture's parameters in one dtype and on one device."""
+
+    log_weights: Tensor  # (K,)
+    means: Tensor  # (K, d)
+    covs: Tensor  # (K, d, d)
+    evals: Tensor  # (K, d) eigenvalues of covs
+    evecs: Tensor  # (K, d, d) eigenvectors of covs, as columns
 
 
 class GaussianMixture(Mixture):
@@ -536,12 +633,26 @@ class GaussianMixture(Mixture):
         # Eigendecomposition in float64 (eigh of a PSD matrix can return -1e-17: clamp to 0).
         evals, evecs = torch.linalg.eigh(self.covs.to(torch.float64))
         self.evals, self.evecs = evals.clamp_min(0.0).to(dtype), evecs.to(dtype)
+        self._converted: dict[tuple[torch.dtype, torch.device], _GaussianParams] = {}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GaussianMixture:
         """Move the parameters (in place) and return self."""
-        for name in ("log_weights", "means", "covs", "evals", "evecs"):
+        for name in _GAUSSIAN_FIELDS:
             setattr(self, name, getattr(self, name).to(device=device, dtype=dtype))
+        self._converted = {}
         return self
+
+    def _like(self, x: Tensor) -> _GaussianParams:
+        """The parameters in x's dtype and on its device: the stored ones, or a cached converted copy (one at a
+        time); the stored ones never change."""
+        key = (x.dtype, x.device)
+        if key == (self.means.dtype, self.means.device):
+            return _GaussianParams(*(getattr(self, name) for name in _GAUSSIAN_FIELDS))
+        if key not in self._converted:
+            self._converted = {
+                key: _GaussianParams(*(getattr(self, name).to(x.device, x.dtype) for name in _GAUSSIAN_FIELDS))
+            }
+        return self._converted[key]
 
     @property
     def weights(self) -> Tensor:
@@ -553,26 +664,28 @@ class GaussianMixture(Mixture):
         In the eigenbasis of component k, :math:`z = V_k^\top(\alpha\mu_k - x)` and
         :math:`s_k = V_k (z / c_k)` with :math:`c_k = \alpha^2\lambda_k + \sigma^2`.
         """
-        if self.means.dtype != x.dtype or self.means.device != x.device:
-            self.to(device=x.device, dtype=x.dtype)
-        resid = alpha[:, None, None] * self.means - x[:, None, :]  # (B, K, d)
-        z = torch.einsum("kdj,bkd->bkj", self.evecs, resid)
-        c = alpha[:, None, None].pow(2) * self.evals + sigma[:, None, None].pow(2)  # (B, K, d)
-        s_k = torch.einsum("kdj,bkj->bkd", self.evecs, z / c)
+        p = self._like(x)
+        resid = alpha[:, None, None] * p.means - x[:, None, :]  # (B, K, d)
+        z = torch.einsum("kdj,bkd->bkj", p.evecs, resid)
+        c = alpha[:, None, None].pow(2) * p.evals + sigma[:, None, None].pow(2)  # (B, K, d)
+        s_k = torch.einsum("kdj,bkj->bkd", p.evecs, z / c)
         log_comp = -0.5 * (self.dim * math.log(2 * math.pi) + (z.pow(2) / c).sum(-1) + torch.log(c).sum(-1))
-        joint = self.log_weights + log_comp
+        joint = p.log_weights + log_comp
         log_q = torch.logsumexp(joint, dim=1)
         return log_q, torch.exp(joint - log_q[:, None]), s_k, c
 
+    @_widened
     def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         return self._components(x, alpha, sigma)[0]
 
+    @_widened
     def score(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         _, gamma, s_k, _ = self._components(x, alpha, sigma)
         return (gamma[:, :, None] * s_k).sum(1)
 
+    @_widened
     def posterior_mean(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`E[x_0|x_t] = \sum_k \gamma_k m_k` with the component posterior means
         :math:`m_k = \mu_k + \alpha\Sigma_k C_k^{-1}(x - \alpha\mu_k) = \mu_k - \alpha\Sigma_k s_k`.
@@ -581,7 +694,8 @@ class GaussianMixture(Mixture):
         :math:`\alpha`, which cancels two large terms when :math:`\alpha` is small and :math:`\|x\|` large."""
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         _, gamma, s_k, _ = self._components(x, alpha, sigma)
-        m_k = self.means - alpha[:, None, None] * torch.einsum("kde,bke->bkd", self.covs, s_k)
+        p = self._like(x)
+        m_k = p.means - alpha[:, None, None] * torch.einsum("kde,bke->bkd", p.covs, s_k)
         return (gamma[:, :, None] * m_k).sum(1)
 
     def _centred_scores(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
@@ -590,16 +704,20 @@ class GaussianMixture(Mixture):
         s_bar = (gamma[:, :, None] * s_k).sum(1, keepdim=True)
         return gamma, s_k - s_bar, c
 
+    @_widened
     def fisher(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         gamma, dev, c = self._centred_scores(x, t, schedule)
         # sum_k gamma_k C_k^{-1} = sum_k V_k diag(gamma_k / c_k) V_k^T
-        prec = torch.einsum("kdj,bkj,kej->bde", self.evecs, gamma[:, :, None] / c, self.evecs)
+        evecs = self._like(x).evecs
+        prec = torch.einsum("kdj,bkj,kej->bde", evecs, gamma[:, :, None] / c, evecs)
         return prec - torch.einsum("bk,bkd,bke->bde", gamma, dev, dev)
 
+    @_widened
     def fisher_trace(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         gamma, dev, c = self._centred_scores(x, t, schedule)
         return (gamma * (c.reciprocal().sum(-1) - dev.pow(2).sum(-1))).sum(1)
 
+    @_widened
     def posterior_variance(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t = x]`, shape (B,): the bracket of Eq. 17 for this mixture,
         i.e. the optimum of Alg. 1's regression in the trace network's parameterisation. By Tweedie's
@@ -609,19 +727,24 @@ class GaussianMixture(Mixture):
         alpha, sigma = _batch_coefficients(x, t, schedule, self.dim)
         gamma, dev, c = self._centred_scores(x, t, schedule)
         var = sigma.pow(2)[:, None]
-        within = (self.evals * var[:, :, None] / c).sum(-1)  # tr Cov[x0 | x_t, k] (B, K)
+        within = (self._like(x).evals * var[:, :, None] / c).sum(-1)  # tr Cov[x0 | x_t, k] (B, K)
         between = (var / alpha[:, None]).pow(2) * dev.pow(2).sum(-1)
         return (gamma * (within + between)).sum(1)
 
+    @_widened
     def fisher_vp(self, x: Tensor, t: Tensor | float, v: Tensor, schedule: Schedule) -> Tensor:
         v = _check_vector(v, x)
         gamma, dev, c = self._centred_scores(x, t, schedule)
-        prec_v = torch.einsum("kdj,bkj->bkd", self.evecs, torch.einsum("kdj,bd->bkj", self.evecs, v) / c)
+        evecs = self._like(x).evecs
+        prec_v = torch.einsum("kdj,bkj->bkd", evecs, torch.einsum("kdj,bd->bkj", evecs, v) / c)
         proj = (dev * v[:, None, :]).sum(-1, keepdim=True)
         return (gamma[:, :, None] * (prec_v - proj * dev)).sum(1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        n = check_count(n)
         dev = self.means.device
+        if n == 0:
+            return torch.empty(0, self.dim, dtype=self.means.dtype, device=dev)
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         root = self.evecs * self.evals.sqrt()[:, None, :]
         z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=dev)

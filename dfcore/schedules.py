@@ -92,6 +92,23 @@ class Schedule(ABC):
         """Constructor parameters, for provenance attributes."""
         return {}
 
+    def spec(self) -> dict[str, Any]:
+        """``{"name": ..., "params": {...}}``: what rebuilds this schedule (:func:`get_schedule`)."""
+        return {"name": self.name, "params": self.params()}
+
+    def _key(self) -> tuple[Any, ...]:
+        """What equality compares: the family and its parameters."""
+        return (type(self), tuple(sorted(self.params().items())))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same family (class) with the same parameters."""
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
@@ -277,6 +294,10 @@ class DiscreteSchedule(Schedule):
 
     def params(self) -> dict[str, Any]:
         return {"num_steps": self.num_steps}
+
+    def _key(self) -> tuple[Any, ...]:
+        """The family and the whole table (two tables of one length differ in their values)."""
+        return (type(self), tuple(self._log_ac.tolist()))
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

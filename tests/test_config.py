@@ -68,7 +68,10 @@ def _one_line_error(config: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as info:
         validate_config(config)
     message = str(info.value)
-    assert "\n" not in message, f"not one line: {message!r}"
+    lines = message.splitlines()
+    if len(lines) > 1:  # several errors: a count, then one line per error, each naming its key
+        assert lines[0].endswith("config errors:") or "config errors (the first" in lines[0], message
+        assert all(line.strip().startswith("config") for line in lines[1:]), message
     return message
 
 
@@ -657,3 +660,235 @@ def test_make_data_reports_a_missing_entry_truthfully(tmp_path):
         runpy.run_path(str(REPO / "workflow" / "scripts" / "make_data.py"), init_globals={"snakemake": fake})
     message = str(info.value)
     assert "'moons' is not defined in the config's 'datasets' section" in message and "have []" not in message, message
+
+
+# --------------------------------------------------------------------------------------------- #
+# configs that passed validation and failed later, or succeeded with nothing: lengths that must agree,
+# names of things that do not exist, empty lists, integers out of range, structural minimums, sizes
+# that cannot fit in memory, and a results folder that is no folder
+
+BIG_SEED = 2**64
+MAX_SEED = 2**62 - 1
+
+
+def _lowrank(**changes: Any) -> dict[str, Any]:
+    spec = {"kind": "gaussian_mixture_lowrank", "dim": 4, "components": 2, "rank": 2, "noise": 0.1, **changes}
+    return _datasets(lr={k: v for k, v in spec.items() if v is not None})
+
+
+MORE_BAD_CONFIGS = [
+    # lists whose lengths must agree
+    (
+        "protocols-lengths",
+        {"ot": {"protocols": {"steps": [20, 50], "num_starts": [100]}}},
+        "ot.protocols.num_starts",
+        "has 1 entries but ot.protocols.steps has 2",
+    ),
+    (
+        "protocols-lengths-long",
+        {"ot": {"protocols": {"steps": [20], "num_starts": [100, 200, 300]}}},
+        "ot.protocols.num_starts",
+        "has 3 entries",
+    ),
+    ("gmm-weights-vs-means", _gmm(weights=[0.2, 0.3, 0.5]), "datasets.gmm.means", "has 2 entries but weights has 3"),
+    # names in lists that refer to things that do not exist
+    (
+        "protocols-unknown-dataset",
+        {"ot": {"protocols": {"datasets": ["affine", "ghost"]}}},
+        "ot.protocols.datasets.1",
+        "'ghost' is not a key of ot.datasets",
+    ),
+    ("trace-targets-unknown", {"trace_error": {"trace_targets": ["magic"]}}, "trace_error.trace_targets.0", "'magic'"),
+    (
+        "table2-unknown-dataset",
+        {"likelihood": {"datasets": [], "table2": {"datasets": ["gmm"]}}},
+        "likelihood.table2.datasets.0",
+        "'gmm' is not a key of likelihood.datasets",
+    ),
+    (
+        "heldout-unknown-method",
+        {"likelihood": {"heldout": {"methods": ["analytic"]}}},
+        "likelihood.heldout.methods.0",
+        "'analytic'",
+    ),
+    (
+        "adjoint-unknown-dataset",
+        {"adjoint": {"mixture": {"dataset": "nowhere"}}},
+        "adjoint.mixture.dataset",
+        "'nowhere'",
+    ),
+    ("trace-error-unknown-method", {"trace_error": {"methods": ["vjp", "magic"]}}, "trace_error.methods.1", "'magic'"),
+    ("likelihood-unknown-method", {"likelihood": {"methods": ["exact"]}}, "likelihood.methods.0", "'exact'"),
+    # empty method or time lists
+    ("trace-error-no-methods", {"trace_error": {"methods": []}}, "trace_error.methods", "should be non-empty"),
+    ("trace-error-no-times", {"trace_error": {"times": []}}, "trace_error.times", "should be non-empty"),
+    ("likelihood-no-methods", {"likelihood": {"methods": []}}, "likelihood.methods", "should be non-empty"),
+    (
+        "table2-no-methods",
+        {"likelihood": {"table2": {"methods": []}}},
+        "likelihood.table2.methods",
+        "should be non-empty",
+    ),
+    ("table2-no-times", {"likelihood": {"table2": {"times": []}}}, "likelihood.table2.times", "should be non-empty"),
+    (
+        "heldout-no-methods",
+        {"likelihood": {"heldout": {"methods": []}}},
+        "likelihood.heldout.methods",
+        "should be non-empty",
+    ),
+    ("trace-error-time-above-one", {"trace_error": {"times": [1.5]}}, "trace_error.times.0", "maximum of 1"),
+    # integers out of range
+    ("seed-beyond-64-bits", {"seed": BIG_SEED}, "seed", "maximum"),
+    ("seed-just-above", {"seed": MAX_SEED + 1}, "seed", "maximum"),
+    ("dataset-seed-beyond-64-bits", _gmm(seed=BIG_SEED), "datasets.gmm.seed", "maximum"),
+    ("denoiser-seed-beyond", {"denoiser": {"seed": BIG_SEED}}, "denoiser.seed", "maximum"),
+    ("nll-seed-beyond", {"nll": {"seed": BIG_SEED}}, "nll.seed", "maximum"),
+    ("sd-seeds-beyond", {"sd": {"nll": {"seeds": [0, BIG_SEED]}}}, "sd.nll.seeds.1", "maximum"),
+    ("lowrank-rank-above-dim", _lowrank(rank=5), "datasets.lr.rank", "5 is above the dimension dim = 4"),
+    ("lowrank-missing-noise", _lowrank(noise=None), "datasets.lr.noise", "required by kind 'gaussian_mixture_lowrank'"),
+    ("target-class-ten", {"adjoint": {"digits": {"target_class": 10}}}, "adjoint.digits.target_class", "maximum of 9"),
+    # structural minimums
+    (
+        "unet-no-channels",
+        {"denoiser": {"arch": "auto", "unet": {"block_out_channels": []}}},
+        "denoiser.unet.block_out_channels",
+        "should be non-empty",
+    ),
+    (
+        "unet-too-deep",
+        {"denoiser": {"unet": {"block_out_channels": [8, 8, 8, 8, 8], "norm_num_groups": 8}}},
+        "denoiser.unet.block_out_channels",
+        "allow at most 4",
+    ),
+    (
+        "sd-trace-no-channels",
+        {"sd": {"trace_net": {"block_out_channels": []}}},
+        "sd.trace_net.block_out_channels",
+        "should be non-empty",
+    ),
+    # sizes that cannot fit in memory
+    ("huge-dataset", _gmm(num_samples=2**40), "datasets.gmm.num_samples", "GiB, above the limit"),
+    ("huge-lowrank-dim", _lowrank(dim=2**20, rank=2), "datasets.lr.dim", "GiB, above the limit"),
+    ("huge-batch", {"denoiser": {"batch_size": 2**34}}, "denoiser.batch_size", "GiB, above the limit"),
+    ("huge-mlp", {"denoiser": {"mlp": {"hidden": 2**20}}}, "denoiser.mlp.hidden", "GiB, above the limit"),
+    ("huge-ot-paths", {"ot": {"num_starts": 10**9, "num_steps": 1000}}, "ot.num_starts", "GiB, above the limit"),
+    ("huge-trace-error", {"trace_error": {"dataset": "digits", "num_points": 10**8}}, "trace_error.num_points", "GiB"),
+    ("huge-nll-points", {"nll": {"num_points": 10**9}}, "nll.num_points", "GiB, above the limit"),
+    ("huge-adjoint-samples", {"adjoint": {"mixture": {"num_samples": 10**10}}}, "adjoint.mixture.num_samples", "GiB"),
+    (
+        "heldout-side-too-small",
+        _datasets(dt={"kind": "digits", "holdout": 0.1, "split": "test", "num_samples": 500}),
+        "datasets.dt.num_samples",
+        "500 is more than the 180 images of the test side of the split",
+    ),
+    # the results folder
+    ("results-empty", {"results": ""}, "results", "is empty"),
+    ("results-blank", {"results": "  "}, "results", "is empty"),
+    ("results-root", {"results": "/"}, "results", "is the file-system root"),
+    ("results-root-dots", {"results": "/tmp/../"}, "results", "is the file-system root"),
+    ("results-a-file", {"results": "pyproject.toml"}, "results", "is an existing file"),
+]
+
+
+def test_the_new_table_of_bad_configs_is_large_and_new():
+    assert len(MORE_BAD_CONFIGS) >= 30
+    names = [name for name, *_ in BAD_CONFIGS + MORE_BAD_CONFIGS]
+    assert len(set(names)) == len(names)
+    old = [c[1] for c in BAD_CONFIGS]
+    assert not [name for name, config, *_ in MORE_BAD_CONFIGS if config in old]
+
+
+@pytest.mark.parametrize(
+    "config, key, fragment", [c[1:] for c in MORE_BAD_CONFIGS], ids=[c[0] for c in MORE_BAD_CONFIGS]
+)
+def test_a_config_that_fails_late_or_does_nothing_is_refused_with_the_key_named(config, key, fragment, monkeypatch):
+    monkeypatch.chdir(REPO)  # results: pyproject.toml is an existing file there
+    message = _one_line_error(copy.deepcopy(config))
+    assert f"'{key}'" in message and fragment in message, message
+
+
+def test_every_error_is_reported_at_once_each_with_its_key():
+    message = _one_line_error({"seed": -1, "nll": {"num_points": 0}, "denoiser": {"lr": "fast"}})
+    assert message.startswith("3 config errors:")
+    for key in ("seed", "nll.num_points", "denoiser.lr"):
+        assert f"config key '{key}'" in message
+    cross = _one_line_error(
+        {"results": "", "ot": {"protocols": {"steps": [20, 50], "num_starts": [100]}}, **_lowrank(rank=9)}
+    )
+    assert cross.startswith("3 config errors:")
+    for key in ("results", "ot.protocols.num_starts", "datasets.lr.rank"):
+        assert f"config key '{key}'" in cross
+
+
+def test_at_most_twenty_errors_are_shown():
+    from dfcore.config import MAX_ERRORS
+
+    config = {"datasets": {f"d{i}": {"kind": "checkerboard", "num_samples": -1} for i in range(30)}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    assert len(info.value.errors) >= 30
+    assert len(str(info.value).splitlines()) == MAX_ERRORS + 1
+    assert "(the first 20 shown)" in str(info.value)
+
+
+def _alias_bomb(levels: int = 12) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
+    return "\n".join(lines) + f"\nsd: {{reward_kwargs: {{bomb: *a{levels - 1}}}}}\n"
+
+
+def test_an_alias_bomb_is_refused_by_the_loader(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    with pytest.raises(ConfigError, match=r"bomb.yaml: more than 100000 values once its YAML aliases are expanded"):
+        load_yaml(path)
+
+
+def test_an_alias_bomb_built_elsewhere_is_refused_by_the_validator():
+    shared: list[Any] = ["x"] * 10
+    for _ in range(8):
+        shared = [shared] * 10
+    with pytest.raises(ConfigError, match="more than 100000 values"):
+        validate_config({"sd": {"adjoint": {"reward_kwargs": {"bomb": shared}}}})
+
+
+def test_a_few_shared_aliases_are_fine(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {steps: 5}\ndenoiser: {overrides: {digits: *b, gmm: *b}}\n")
+    assert load_yaml(path)["denoiser"]["overrides"]["gmm"] == {"steps": 5}
+
+
+@pytest.mark.parametrize(
+    "name", ["protocols-lengths", "results-empty", "trace-error-no-methods", "seed-beyond-64-bits", "huge-dataset"]
+)
+def test_check_refuses_the_new_bad_configs(tmp_path, capsys, name):
+    from dfcore.config import main
+
+    config, key, fragment = next(c[1:] for c in MORE_BAD_CONFIGS if c[0] == name)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as info:
+        main(["--check", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and f"'{key}'" in err and fragment in err, err
+
+
+def test_snakemake_dry_run_refuses_the_new_bad_configs_and_an_alias_bomb(tmp_path):
+    """One dry run with several bad keys (each named) and one with an alias bomb (refused before it grows)."""
+    config = load_yaml(REPO / "config" / "test.yaml")
+    config["results"] = ""
+    config["trace_error"]["methods"] = []
+    config["ot"]["protocols"] = {**config["ot"].get("protocols", {}), "steps": [20, 50], "num_starts": [10]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _snakemake_dry_run(path)
+    out = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert "config key 'trace_error.methods'" in out and "should be non-empty" in out, out[-2000:]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text((REPO / "config" / "test.yaml").read_text() + _alias_bomb(7))
+    result = _snakemake_dry_run(bomb)
+    assert result.returncode != 0
+    assert "once its YAML aliases are expanded" in result.stderr + result.stdout, result.stderr[-2000:]

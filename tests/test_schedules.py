@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from dfcore.schedules import SCHEDULES, DiscreteSchedule, check_time, get_schedule
+from dfcore.schedules import (
+    SCHEDULES,
+    DiscreteSchedule,
+    EDMSchedule,
+    SubVPSchedule,
+    VESchedule,
+    VPSchedule,
+    check_time,
+    get_schedule,
+)
 
 T_GRID = torch.tensor([1e-4, 1e-3, 0.01, 0.1, 0.37, 0.5, 0.9, 1.0], dtype=torch.float64)
 
@@ -112,3 +121,28 @@ def test_get_schedule_refuses_non_finite_parameters(name, key, value):
     """An infinite sigma_max or beta_max would give inf/NaN alpha and sigma at every t."""
     with pytest.raises(ValueError, match=f"{key}"):
         get_schedule(name, **{key: value})
+
+
+@pytest.mark.parametrize(
+    "a, b, equal",
+    [
+        (VPSchedule(), VPSchedule(0.1, 20.0), True),
+        (VPSchedule(), VPSchedule(0.1, 19.0), False),
+        (VPSchedule(), SubVPSchedule(), False),  # same parameters, another family
+        (VESchedule(), EDMSchedule(0.01, 50.0), False),
+        (VESchedule(), VESchedule(sigma_min=0.01, sigma_max=50), True),
+        (DiscreteSchedule([0.9, 0.5]), DiscreteSchedule([0.9, 0.5]), True),
+        (DiscreteSchedule([0.9, 0.5]), DiscreteSchedule([0.9, 0.4]), False),
+    ],
+)
+def test_schedules_are_equal_when_family_and_parameters_agree(a, b, equal):
+    assert (a == b) is equal and (a != b) is (not equal)
+    if equal:
+        assert hash(a) == hash(b) and len({a, b}) == 1
+    assert a != "VP"
+
+
+def test_a_schedule_rebuilds_from_its_spec():
+    for schedule in (VPSchedule(0.2, 10.0), VESchedule(0.02, 40.0), SubVPSchedule(), EDMSchedule()):
+        spec = schedule.spec()
+        assert get_schedule(spec["name"], **spec["params"]) == schedule

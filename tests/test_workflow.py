@@ -253,6 +253,30 @@ def test_a_changed_parameter_reruns_exactly_its_rules(finished, tmp_path, name):
     assert pending_rules(finished, "--configfile", str(config)) == set(expected)
 
 
+def _reversed_keys(value):
+    """``value`` with the keys of every mapping, at every depth, in reverse order."""
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed_keys(item) for item in value]
+    return value
+
+
+def test_reordering_the_keys_of_config_mappings_reruns_nothing(finished, tmp_path):
+    """Params are compared by their repr, made canonical: the whole validated config (defaults included) with the
+    keys of every mapping reversed plans nothing; a changed value in it still reruns its rules."""
+    from dfcore.config import load_config
+
+    config = _reversed_keys(load_config(finished / CONFIG))
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert planned_jobs(finished, "--configfile", str(reordered)) == {}
+    config["nll"]["num_steps"] = int(config["nll"]["num_steps"]) + 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert "nll" in planned_jobs(finished, "--configfile", str(changed))
+
+
 def test_scripts_read_the_config_only_through_their_params():
     """A script reading snakemake.config would escape the params rerun trigger (a change would rerun nothing)."""
     scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))

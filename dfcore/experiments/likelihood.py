@@ -14,7 +14,7 @@ import torch
 
 from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
-from dfcore.io import write_csv
+from dfcore.io import expect_model, write_csv
 from dfcore.likelihood import exact_log_densities, log_likelihood
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import load_denoiser, load_trace_model
@@ -48,18 +48,22 @@ def run_nll(
     solver only). ``exact_nll_nats`` / ``abs_error_nats_per_dim`` repeat the comparison named by ``exact_kind``.
     """
     cfg = section
-    data = load_dataset(data_path)
-    mixture = load_mixture(data_path)
+    data = load_dataset(data_path, dataset=dataset)
+    mixture = load_mixture(data_path, dataset=dataset)
     x = data[: int(cfg["num_points"])]
     device = resolve_device(device)
     denoiser = trace_model = None
     if method == "dftm":
         assert trace_path is not None, "method 'dftm' needs trace_path"
-        trace_model = load_trace_model(trace_path, device)
+        trace_model = expect_model(
+            load_trace_model(trace_path, device), trace_path, schedule=schedule, dim=data.shape[1]
+        )
         denoiser = trace_model.denoiser
     elif method != "analytic":
         assert denoiser_path is not None, f"method {method!r} needs denoiser_path"
-        denoiser = load_denoiser(denoiser_path, device)
+        denoiser = expect_model(
+            load_denoiser(denoiser_path, device), denoiser_path, schedule=schedule, dim=data.shape[1]
+        )
     gen = torch.Generator().manual_seed(int(seed) + int(cfg.get("seed", 0)))
     t_min = float(cfg["t_min"])
     result = log_likelihood(

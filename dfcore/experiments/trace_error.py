@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from dfcore.data.store import load_dataset, load_mixture
+from dfcore.data.store import load_dataset, load_mixture, store_dim
 from dfcore.device import resolve_device
 from dfcore.fisher.trace import fisher_trace
-from dfcore.io import provenance, write_csv, write_text, write_zarr
+from dfcore.io import expect_model, provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.models.networks import load_trace_model, same_weights
@@ -224,7 +224,7 @@ def run_trace_error(
     adds the paper's Table 2 rows to the markdown (only meaningful for its checkerboard)."""
     cfg = section
     dev = resolve_device(device)
-    trace_model = load_trace_model(trace_path, dev)
+    trace_model = expect_model(load_trace_model(trace_path, dev), trace_path, dim=store_dim(data_path))
     denoiser = trace_model.denoiser
     extra: dict[str, TraceModel] = {}
     for path in extra_trace_paths:

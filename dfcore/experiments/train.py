@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dfcore.data.store import image_shape, load_dataset
 from dfcore.device import resolve_device
-from dfcore.io import save_checkpoint, write_csv
+from dfcore.io import expect_model, save_checkpoint, write_csv
 from dfcore.mixtures import Mixture
 from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
 from dfcore.schedules import Schedule
@@ -156,7 +156,7 @@ def run_training(
     if kind == "trace":
         if denoiser_path is None:
             raise ValueError("training a trace network needs the trained denoiser (denoiser_path)")
-        den = load_denoiser(denoiser_path, resolve_device(device))
+        den = expect_model(load_denoiser(denoiser_path, resolve_device(device)), denoiser_path, dim=data.shape[1])
         return train_trace(
             data, den, section, out, resume_path=resume_path, loss_csv=loss_csv, seed=seed, progress=progress
         )

@@ -8,6 +8,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
+from dfcore.checks import check_same_schedule
 from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
 
@@ -19,6 +20,7 @@ _VjpResult = tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]]]
 
 def resolve_schedule(schedule: Schedule | None, denoiser: Denoiser | None, method: str) -> Schedule:
     """``schedule``, or the denoiser's own when none is given."""
+    check_same_schedule(schedule, denoiser)
     if schedule is not None:
         return schedule
     if denoiser is not None:

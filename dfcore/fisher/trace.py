@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from dfcore.checks import check_same_schedule, widen_half
 from dfcore.fisher.common import jacobian_quadratic_forms, resolve_schedule
 from dfcore.mixtures import Mixture, require_finite
 from dfcore.models.base import Denoiser, TraceModel
@@ -183,7 +184,9 @@ def fisher_trace(
     except KeyError:
         raise ValueError(f"unknown trace method {method!r}; choose one of {list(TRACE_METHODS)}") from None
     schedule = resolve_schedule(schedule, denoiser, method)
+    check_same_schedule(schedule, trace_model)
     require_finite("x", x)
+    x, probes = widen_half(x, probes)
     return fn(
         x,
         batch_time(t, x, torch.float64),

@@ -44,6 +44,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from dfcore.checks import check_endpoints, widen_half
 from dfcore.fisher.common import resolve_schedule, vjp
 from dfcore.mixtures import Mixture, require_finite
 from dfcore.models.base import Denoiser
@@ -102,6 +103,7 @@ def _endpoint_terms(
         raise ValueError(
             f"fisher_vp method {method!r} needs x0= (trajectory endpoint) and ybar= (cached posterior mean)"
         )
+    check_endpoints(v, x0=x0, ybar=ybar)
     alpha, sigma = schedule(t)
     return x0, ybar, expand_like(sigma.pow(2), v), expand_like(alpha.pow(2) / sigma.pow(4), v)
 
@@ -189,4 +191,5 @@ def fisher_vp(
     require_finite("x", x)
     require_finite("v", v)
     schedule = resolve_schedule(schedule, denoiser, method)
-    return fn(x, batch_time(t, x), v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar)
+    dtype, (x, v, x0, ybar) = v.dtype, widen_half(x, v, x0, ybar)
+    return fn(x, batch_time(t, x), v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar).to(dtype)

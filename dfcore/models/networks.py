@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.device import resolve_device
-from dfcore.io import load_checkpoint
+from dfcore.io import checkpoint_errors, load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import Schedule, get_schedule
@@ -493,9 +493,11 @@ def _model_state(path: str | Path, kind: str) -> dict[str, Any]:
 
 def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> LearnedDenoiser:
     """Load a denoiser checkpoint (``weights_only=True``) and rebuild the model on ``device``."""
-    return denoiser_from_state(_model_state(path, "denoiser"), device)
+    with checkpoint_errors(path):
+        return denoiser_from_state(_model_state(path, "denoiser"), device)
 
 
 def load_trace_model(path: str | Path, device: torch.device | str = "cpu") -> LearnedTraceModel:
     """Load a trace-network checkpoint (it embeds its denoiser) and rebuild the model on ``device``."""
-    return trace_model_from_state(_model_state(path, "trace"), device)
+    with checkpoint_errors(path):
+        return trace_model_from_state(_model_state(path, "trace"), device)

@@ -24,7 +24,7 @@ rule adjoint_classifier:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=config["adjoint"]["classifier"],
+        cfg=canonical_params(config["adjoint"]["classifier"]),
         seed=config["seed"],
     script:
         "../scripts/adjoint_classifier.py"

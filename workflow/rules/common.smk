@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 from dfcore.config import (
     SCHEMA_PATH,
     ConfigError,
+    canonical_params,
     dataset_section,
     load_yaml,
     validate_config,
@@ -38,26 +39,30 @@ def all_targets():
 # Table 3, adjoint.mixture.schedules, ...) are left out: they add or remove jobs, never change one.
 # `device` is a param of every rule that computes (a result on another device may differ in its last
 # bits), so changing it reruns them; threads are not params (a changed --cores reruns nothing).
+# Snakemake compares params by their repr: every mapping a helper returns goes through canonical_params,
+# whose repr sorts the keys, so reordering the keys of a config mapping reruns nothing.
 
 
 def without(section, *keys):
     """A config section without ``keys``."""
-    return {key: value for key, value in section.items() if key not in keys}
+    return canonical_params(
+        {key: value for key, value in section.items() if key not in keys}
+    )
 
 
 def schedule_params(wildcards):
     """Param function: the parameters of the job's schedule (top-level 'schedules' section)."""
-    return config["schedules"].get(wildcards.schedule, {})
+    return canonical_params(config["schedules"].get(wildcards.schedule, {}))
 
 
 def schedules_of(names):
     """The 'schedules' section restricted to ``names``."""
-    return {name: config["schedules"].get(name, {}) for name in names}
+    return canonical_params({name: config["schedules"].get(name, {}) for name in names})
 
 
 def dataset_spec(wildcards):
     """Param function: the job's entry of the 'datasets' section (None when absent; the job then says so)."""
-    return config["datasets"].get(wildcards.dataset)
+    return canonical_params(config["datasets"].get(wildcards.dataset))
 
 
 def training_section(name):
@@ -66,7 +71,7 @@ def training_section(name):
     overrides, retrains nothing here."""
 
     def section(wildcards):
-        return dataset_section(config[name], wildcards.dataset)
+        return canonical_params(dataset_section(config[name], wildcards.dataset))
 
     return section
 
@@ -75,48 +80,58 @@ def trace_target_section(wildcards):
     """Param function of train_trace_target: the trace_net section as the job's dataset sees it (as
     training_section("trace_net")), with ``target`` set to the job's {target}; every other key, the training
     budget included, is the main trace net's."""
-    return {
-        **dataset_section(config["trace_net"], wildcards.dataset),
-        "target": wildcards.target,
-    }
+    return canonical_params(
+        {
+            **dataset_section(config["trace_net"], wildcards.dataset),
+            "target": wildcards.target,
+        }
+    )
 
 
 def ot_table3_params():
     """The 'ot' keys of Table 3: all but 'convergence' and 'protocols', t_min of its schedules only."""
     ot = config["ot"]
-    return {
-        **without(ot, "convergence", "protocols"),
-        "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
-    }
+    return canonical_params(
+        {
+            **without(ot, "convergence", "protocols"),
+            "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
+        }
+    )
 
 
 def ot_convergence_params():
     """The 'ot' keys of the convergence study: 'convergence', the grid keys and its own data sets."""
     ot, conv = config["ot"], config["ot"]["convergence"]
-    return {
-        **{
-            key: ot[key]
-            for key in ("dim", "spacing", "rho", "schedules", "asymmetry_floor")
-        },
-        "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
-        "datasets": {
-            d: ot["datasets"][d] for d in conv["datasets"] if d in ot["datasets"]
-        },
-        "convergence": conv,
-    }
+    return canonical_params(
+        {
+            **{
+                key: ot[key]
+                for key in ("dim", "spacing", "rho", "schedules", "asymmetry_floor")
+            },
+            "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
+            "datasets": {
+                d: ot["datasets"][d] for d in conv["datasets"] if d in ot["datasets"]
+            },
+            "convergence": conv,
+        }
+    )
 
 
 def ot_protocols_params():
     """The 'ot' keys of the protocols table: 'protocols', its data sets, and the keys of protocol 'ours'."""
     ot, prot = config["ot"], config["ot"]["protocols"]
-    return {
-        **{key: ot[key] for key in ("dim", "spacing", "rho", "update", "schedules")},
-        "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
-        "datasets": {
-            d: ot["datasets"][d] for d in prot["datasets"] if d in ot["datasets"]
-        },
-        "protocols": prot,
-    }
+    return canonical_params(
+        {
+            **{
+                key: ot[key] for key in ("dim", "spacing", "rho", "update", "schedules")
+            },
+            "t_min": {s: ot["t_min"][s] for s in ot["schedules"] if s in ot["t_min"]},
+            "datasets": {
+                d: ot["datasets"][d] for d in prot["datasets"] if d in ot["datasets"]
+            },
+            "protocols": prot,
+        }
+    )
 
 
 # Keys of an adjoint task that only name the rule's inputs or targets (not read by the task itself).
@@ -129,24 +144,30 @@ ADJOINT_TASK_TARGET_KEYS = {
 def adjoint_task_params(task):
     """The 'adjoint' keys of ``task`` (mixture, digits): the shared sampler keys and its own subsection."""
     adjoint = config["adjoint"]
-    return {
-        **without(adjoint, "mixture", "digits", "classifier"),
-        task: without(adjoint[task], *ADJOINT_TASK_TARGET_KEYS[task]),
-    }
+    return canonical_params(
+        {
+            **without(adjoint, "mixture", "digits", "classifier"),
+            task: without(adjoint[task], *ADJOINT_TASK_TARGET_KEYS[task]),
+        }
+    )
 
 
 def sd_params(*keys):
     """The 'sd' section restricted to ``keys``."""
-    return {key: config["sd"][key] for key in keys if key in config["sd"]}
+    return canonical_params(
+        {key: config["sd"][key] for key in keys if key in config["sd"]}
+    )
 
 
 def sd_tiny_params():
     """The 'sd' keys of the tiny pipeline's images: the last guidance scale of sd.nll only."""
     scales = config["sd"]["nll"]["guidance_scales"]
-    return {
-        **sd_params("prompts", "tiny_images", "num_steps"),
-        "nll": {"guidance_scales": scales[-1:]},
-    }
+    return canonical_params(
+        {
+            **sd_params("prompts", "tiny_images", "num_steps"),
+            "nll": {"guidance_scales": scales[-1:]},
+        }
+    )
 
 
 # The regression targets of Alg. 1 (trace_net.target), from the schema.
