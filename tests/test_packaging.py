@@ -9,6 +9,7 @@ the README's Python tour there, and checks that Snakemake and diffusers are not 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -159,14 +160,32 @@ def test_wheel_in_a_fresh_venv_without_extras(tmp_path):
     Snakemake nor diffusers is installed."""
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip"]
-    # Without PYTHONPATH: a source tree on the path (and the dfcore.egg-info that the build leaves in it) would
-    # make pip take dfcore as installed already.
+    # Without PYTHONPATH: a source tree on the path would make pip take dfcore as installed already.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # The wheel is built from a copy of the tree, so that the build leaves nothing (build/, dfcore.egg-info) in the
+    # repository; the copy has no git metadata, so it gets the version that setuptools-scm reads from the repository.
+    version = subprocess.run(
+        [sys.executable, "-m", "setuptools_scm"], capture_output=True, text=True, cwd=REPO, env=env, check=True
+    ).stdout.strip()
+    source = tmp_path / "source"
+    skip = (
+        ".git",
+        ".venv",
+        "results",
+        "resources",
+        "site",
+        "build",
+        "*.egg-info",
+        ".snakemake",
+        "__pycache__",
+        ".*cache",
+    )
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
         check=True,
         timeout=300,
-        env=env,
+        env={**env, "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_DFCORE": version},
     )
     (wheel,) = wheels.glob("dfcore-*.whl")
     env_dir = tmp_path / "venv"
@@ -199,5 +218,5 @@ def test_wheel_in_a_fresh_venv_without_extras(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    version = result.stdout.split("version")[-1].strip()
-    assert version == wheel.name.split("-")[1], (version, wheel.name)
+    installed = result.stdout.split("version")[-1].strip()
+    assert installed == version == wheel.name.split("-")[1], (installed, version, wheel.name)
