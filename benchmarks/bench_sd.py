@@ -33,7 +33,7 @@ import torch
 from dfcore.device import resolve_device
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.fisher.trace import fisher_trace
-from dfcore.fisher.vp import fisher_vp
+from dfcore.fisher.vp import fvp_estimator_from
 from dfcore.integrations import diffusers as sd
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
@@ -102,7 +102,8 @@ def bench_model(
 
     def step(method: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            fv = fisher_vp(method, z, t, lam, schedule=schedule, denoiser=den, x0=x0, ybar=ybar)
+            fvp = fvp_estimator_from(method, {"schedule": schedule, "denoiser": den, "x0": x0})
+            fv = fvp(z, t, lam, ybar=ybar)
             return a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fv
 
         return run

@@ -24,10 +24,10 @@ import pandas as pd
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
-from dfcore.fisher import fisher_trace
+from dfcore.fisher import trace_estimator_from
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.io import write_csv
-from dfcore.likelihood import log_likelihood
+from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.models.networks import trace_model_from_state
 
 VJP_SUBSET = 32
@@ -79,7 +79,7 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
             seconds = _time(run, max(1, repeats // 5)) * dim / VJP_SUBSET
             how = f"extrapolated from {VJP_SUBSET} of {dim} VJPs"
         else:
-            seconds = _time(lambda: fisher_trace(method, x, t, **kw), repeats)
+            seconds = _time(lambda: trace_estimator_from(method, kw)(x, t), repeats)
             how = "measured"
         per_eval[method] = seconds
         rows.append(
@@ -103,15 +103,13 @@ def bench(setting: str, arch: str, dim: int, batch: int, repeats: int, full_vjp:
             start = time.perf_counter()
             out = log_likelihood(
                 xs,
-                method=method,
-                schedule=den.schedule,
-                denoiser=den,
-                trace_model=trace,
+                trace_estimator_from(method, {"denoiser": den, "trace_model": trace}),
+                log_prior=gaussian_log_prior(den.schedule),
                 t_min=1e-3,
                 solver="rk4",
                 num_steps=NLL_STEPS,
             )
-            seconds, nfe, how = time.perf_counter() - start, out["nfe"], "measured"
+            seconds, nfe, how = time.perf_counter() - start, out.nfe, "measured"
         rows.append(
             {
                 "setting": setting,

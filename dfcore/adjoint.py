@@ -11,8 +11,8 @@ The sampler (:mod:`dfcore.sampling`) takes DDIM steps (Euler in :math:`(\bar\sig
 the discretisation of :math:`d\lambda/dt = -(f I + \tfrac12 g^2 F_t)^\top\lambda` (Wang et al., 2025, Eq. 19).
 For Heun, with :math:`\mu = \alpha_s\lambda_s` and :math:`\nu = \tfrac h2\alpha_s\sigma_s F_s(x'_s)^\top\mu`:
 :math:`\lambda_t = (\mu + \nu)/\alpha_t + h\,\sigma_t F_t^\top(\tfrac12\mu + \nu)`.
-Only Fisher-vector products are needed; they come from :func:`dfcore.fisher.fisher_vp`
-(``analytic``, ``dfea`` (Eq. 20) or ``vjp``). :func:`autograd_adjoint` is the ground truth:
+Only Fisher-vector products are needed; they come from a
+:class:`dfcore.fisher.FisherVectorProduct` (``analytic``, ``dfea`` (Eq. 20) or ``vjp``). :func:`autograd_adjoint` is the ground truth:
 reverse-mode autograd through the whole discrete sampler, with activation checkpointing per step.
 
 **Stability of DF-EA.** In terms of the posterior mean the DDIM step is
@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from dfcore.fisher.vp import fisher_vp
+from dfcore.fisher.vp import fvp_estimator_from
 from dfcore.mixtures import Mixture
 from dfcore.models.base import Denoiser
 from dfcore.sampling import Trajectory, ode_step, sample_trajectory, schedule_at
@@ -86,28 +86,19 @@ def discrete_adjoint(
     lam = lam0.detach()
     lams[num] = lam
     x0 = traj.x0_denoised if dfea_endpoint == "denoised" else traj.x0
+    product = fvp_estimator_from(method, {"schedule": schedule, "mixture": mixture, "denoiser": denoiser, "x0": x0})
+
+    def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
+        # the estimators refuse non-finite vectors; a non-finite adjoint row stays NaN (guided_sample flags it)
+        bad = expand_like(~torch.isfinite(vec).flatten(1).all(1), vec)
+        out = product(point, time, torch.where(bad, 0.0, vec), ybar=ybar)
+        return torch.where(bad, math.nan, out)
+
     for k in range(num - 1, stop - 1, -1):
         x, cache = traj.xs[k], traj.caches[k]
         t, s = traj.times[k], traj.times[k + 1]
         tb, a_t, s_t = schedule_at(schedule, t, x)
         sb, a_s, s_s = schedule_at(schedule, s, x)
-
-        def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
-            # fisher_vp refuses non-finite vectors; a non-finite adjoint row stays NaN (guided_sample flags it)
-            bad = expand_like(~torch.isfinite(vec).flatten(1).all(1), vec)
-            out = fisher_vp(
-                method,
-                point,
-                time,
-                torch.where(bad, 0.0, vec),
-                schedule=schedule,
-                mixture=mixture,
-                denoiser=denoiser,
-                x0=x0,
-                ybar=ybar,
-            )
-            return torch.where(bad, math.nan, out)
-
         if traj.solver == "ddim":
             lam = a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fvp(x, tb, lam, cache.ybar)
         else:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
-from dfcore.fisher import fisher_vp
+from dfcore.fisher import DFEA, FVP_ESTIMATORS, AnalyticFVP, DFEACentered, FisherVectorProduct, fisher_vp
 from dfcore.mixtures import DiracMixture, GaussianMixture
 from dfcore.models.base import ExactDenoiser
 from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
@@ -121,12 +121,36 @@ def test_analytic_and_vjp_match_autograd_hessian(make, sched):
 
 def test_fisher_vp_rejects_bad_input():
     x = torch.zeros(2, 3)
+    schedule = get_schedule("VP")
+    assert set(FVP_ESTIMATORS) == {"analytic", "dfea", "dfea_centered", "vjp"}
+    assert all(issubclass(cls, FisherVectorProduct) for cls in FVP_ESTIMATORS.values())
     with pytest.raises(ValueError, match="unknown fisher_vp method"):
-        fisher_vp("exact", x, 0.5, x, schedule=get_schedule("VP"))
-    with pytest.raises(ValueError, match="needs x0"):
-        fisher_vp("dfea", x, 0.5, x, schedule=get_schedule("VP"))
+        fisher_vp("exact", x, 0.5, x, schedule=schedule)
+    with pytest.raises(TypeError, match="x0"):
+        fisher_vp("dfea", x, 0.5, x, schedule=schedule)
     with pytest.raises(ValueError, match="shape of x"):
-        fisher_vp("dfea", x, 0.5, torch.zeros(2, 4), schedule=get_schedule("VP"))
+        fisher_vp("dfea", x, 0.5, torch.zeros(2, 4), schedule=schedule, x0=x, ybar=x)
+    with pytest.raises(ValueError, match="schedule"):  # neither a schedule nor a denoiser that has one
+        DFEA(x)
+    with pytest.raises(ValueError, match="ybar"):  # no cached posterior mean and no denoiser to compute it
+        DFEA(x, schedule=schedule)(x, 0.5, x)
+    with pytest.raises(TypeError, match="x0"):  # the vjp product reads no endpoint
+        fisher_vp("vjp", x, 0.5, x, denoiser=ExactDenoiser(DiracMixture(x + 1), schedule), x0=x)
+    with pytest.raises(TypeError, match="mixtur"):  # misspelt
+        AnalyticFVP(mixtur=DiracMixture(x), schedule=schedule)
+
+
+def test_dfea_without_a_cached_mean_asks_the_denoiser():
+    mix = DiracMixture(torch.randn(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    schedule = get_schedule("VP")
+    den = ExactDenoiser(mix, schedule)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    v = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    x0 = torch.randn(4, 3, dtype=torch.float64)
+    for cls in (DFEA, DFEACentered):
+        cached = cls(x0, schedule=schedule)(x, t, v, ybar=den.posterior_mean(x, t))
+        torch.testing.assert_close(cls(x0, denoiser=den)(x, t, v), cached, rtol=1e-12, atol=0)
 
 
 # --- sampler ------------------------------------------------------------------------------------

@@ -195,8 +195,8 @@ def test_latent_nll_exact_for_gaussian_latents(pipe64):
     a, sg = (v.item() for v in sched(torch.tensor(t_min, dtype=torch.float64)))
     var = a**2 * s2 + sg**2
     want = -0.5 * (z.pow(2).sum(1) / var + d * math.log(2 * math.pi * var))
-    torch.testing.assert_close(res["log_q"], want, rtol=0, atol=2e-3)
-    torch.testing.assert_close(res["bpd"], -want / (d * math.log(2)), rtol=0, atol=1e-3)
+    torch.testing.assert_close(res.log_q, want, rtol=0, atol=2e-3)
+    torch.testing.assert_close(res.bpd, -want / (d * math.log(2)), rtol=0, atol=1e-3)
 
 
 def test_rewards_are_differentiable(tiny, pipe64):

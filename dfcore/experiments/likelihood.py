@@ -14,8 +14,9 @@ import torch
 
 from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
+from dfcore.fisher.trace import trace_estimator_from
 from dfcore.io import write_csv
-from dfcore.likelihood import exact_log_densities, log_likelihood
+from dfcore.likelihood import exact_log_densities, log_likelihood, moment_matched_prior
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import load_denoiser, load_trace_model
 from dfcore.schedules import Schedule
@@ -42,7 +43,7 @@ def run_nll(
 
     ``analytic`` uses the exact mixture of the dataset (its Gaussian mixture, or the Dirac mixture
     over its samples, for which :math:`\\log q_{t_{min}}` is compared); the other methods use the
-    trained networks. The exact densities of :func:`~dfcore.likelihood.exact_log_densities` are stored next to
+    trained networks of ``trace_path`` (the trace net and its denoiser) or ``denoiser_path``. The exact densities of :func:`~dfcore.likelihood.exact_log_densities` are stored next to
     the estimate (columns ``log_q0`` and ``log_q_tmin``, NaN where unknown), with the error per dimension
     against each (``abs_error_q0_nats_per_dim``: solver plus t_min truncation; ``abs_error_tmin_nats_per_dim``:
     solver only). ``exact_nll_nats`` / ``abs_error_nats_per_dim`` repeat the comparison named by ``exact_kind``.
@@ -52,39 +53,35 @@ def run_nll(
     mixture = load_mixture(data_path)
     x = data[: int(cfg["num_points"])]
     device = resolve_device(device)
-    denoiser = trace_model = None
-    if method == "dftm":
-        assert trace_path is not None, "method 'dftm' needs trace_path"
-        trace_model = load_trace_model(trace_path, device)
-        denoiser = trace_model.denoiser
-    elif method != "analytic":
-        assert denoiser_path is not None, f"method {method!r} needs denoiser_path"
+    trace_model = None if trace_path is None else load_trace_model(trace_path, device)
+    denoiser = trace_model.denoiser if trace_model is not None else None
+    if denoiser is None and denoiser_path is not None:
         denoiser = load_denoiser(denoiser_path, device)
-    gen = torch.Generator().manual_seed(int(seed) + int(cfg.get("seed", 0)))
+    pool = {
+        "mixture": mixture,
+        "schedule": schedule,
+        "denoiser": denoiser,
+        "trace_model": trace_model,
+        "num_probes": int(cfg["num_probes"]),
+        "generator": torch.Generator().manual_seed(int(seed) + int(cfg.get("seed", 0))),
+    }
     t_min = float(cfg["t_min"])
     result = log_likelihood(
         x.to(device),
-        method=method,
-        schedule=schedule,
-        denoiser=denoiser,
-        trace_model=trace_model,
-        mixture=mixture if method == "analytic" else None,
+        trace_estimator_from(method, pool),
+        log_prior=moment_matched_prior(schedule, data),
         t_min=t_min,
         solver=cfg["solver"],
         rtol=float(cfg["rtol"]),
         atol=float(cfg["atol"]),
         num_steps=int(cfg["num_steps"]),
-        num_probes=int(cfg["num_probes"]),
-        generator=gen,
-        data_mean=data.mean(0),
-        data_cov=torch.cov(data.T).reshape(data.shape[1], data.shape[1]),
     )
     dim = data.shape[1]
     exact = exact_log_densities(mixture, x, t_min, schedule)
     # The headline comparison: log q_0 where it exists (Gaussian mixtures), else log q_{t_min} (NaN: none).
     label = "log_q0" if isinstance(mixture, GaussianMixture) else ("log_q_tmin" if dim <= 16 else "none")
     reference = exact["log_q0"] if label == "log_q0" else exact["log_q_tmin"]
-    log_q = result["log_q"].cpu()
+    log_q = result.log_q.cpu()
     frame = pd.DataFrame(
         {
             "dataset": dataset,
@@ -92,7 +89,7 @@ def run_nll(
             "method": method,
             "point": range(len(x)),
             "nll_nats": (-log_q).numpy(),
-            "bpd": result["bpd"].cpu().numpy(),
+            "bpd": result.bpd.cpu().numpy(),
             "exact_nll_nats": (-reference).numpy(),
             "exact_kind": label,
             "abs_error_nats_per_dim": ((log_q - reference).abs() / dim).numpy(),
@@ -100,8 +97,8 @@ def run_nll(
             "log_q_tmin": exact["log_q_tmin"].numpy(),
             "abs_error_q0_nats_per_dim": ((log_q - exact["log_q0"]).abs() / dim).numpy(),
             "abs_error_tmin_nats_per_dim": ((log_q - exact["log_q_tmin"]).abs() / dim).numpy(),
-            "nfe": result["nfe"],
-            "seconds": result["seconds"],
+            "nfe": result.nfe,
+            "seconds": result.seconds,
             "solver": cfg["solver"],
             "t_min": t_min,
         }

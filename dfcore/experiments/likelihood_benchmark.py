@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ import torch
 from dfcore.data.store import dataset_attrs, load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.train import train_trace
+from dfcore.fisher.trace import trace_estimator_from
 from dfcore.integrations.peers import PEERS, PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
 from dfcore.io import load_checkpoint, write_csv, write_text
-from dfcore.likelihood import bits_per_dim, gaussian_mixture_log_q0, log_likelihood, prior_log_prob
+from dfcore.likelihood import LogPrior, bits_per_dim, gaussian_mixture_log_q0, log_likelihood, moment_matched_prior
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import (
     LearnedDenoiser,
@@ -56,6 +58,7 @@ from dfcore.plots import plot_likelihood_benchmark
 from dfcore.profiling import PeakMemory
 
 __all__ = [
+    "OwnMethod",
     "OWN_METHODS",
     "PEER_METHODS",
     "TRACE_TARGETS",
@@ -72,10 +75,31 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OWN_METHODS = ("analytic", "vjp", "hutchinson1", "hutchinson4", "dftm", "dftm_residual", "dftm_mixture_posterior")
+
+@dataclass(frozen=True)
+class OwnMethod:
+    """A method of ours in the benchmark: a trace estimator of :data:`~dfcore.fisher.trace.TRACE_ESTIMATORS` with
+    its settings, the target of its trace net (dftm variants) and its role in the tables."""
+
+    estimator: str
+    num_probes: int = 1
+    trace_target: str = ""
+    role: str = "ours"
+
+
+# Every method of ours by name; its estimator and settings are looked up here, never parsed from the name.
+OWN_METHODS: dict[str, OwnMethod] = {
+    "analytic": OwnMethod("analytic", role="sanity"),
+    "vjp": OwnMethod("vjp"),
+    "hutchinson1": OwnMethod("hutchinson", num_probes=1),
+    "hutchinson4": OwnMethod("hutchinson", num_probes=4),
+    "dftm": OwnMethod("dftm", trace_target="sq_norm"),  # the headline: Alg. 1's target
+    "dftm_residual": OwnMethod("dftm", trace_target="residual"),
+    "dftm_mixture_posterior": OwnMethod("dftm", trace_target="mixture_posterior", role="ablation"),
+}
 PEER_METHODS = tuple(PEERS)
-# trace-net target of each dftm method (the headline 'dftm' is Alg. 1's sq_norm)
-TRACE_TARGETS = {"dftm": "sq_norm", "dftm_residual": "residual", "dftm_mixture_posterior": "mixture_posterior"}
+# trace-net target of each dftm method
+TRACE_TARGETS = {name: spec.trace_target for name, spec in OWN_METHODS.items() if spec.trace_target}
 # the method of ours that computes the same quantity as each peer (their agreement is reported against it)
 PEER_REFERENCE = {
     "kdiffusion_hutchinson": "hutchinson1",
@@ -86,11 +110,7 @@ PEER_REFERENCE = {
 
 def method_role(method: str) -> str:
     """``sanity`` (analytic), ``peer``, ``ablation`` (a trace net that saw the true mixture) or ``ours``."""
-    if method == "analytic":
-        return "sanity"
-    if method in PEER_METHODS:
-        return "peer"
-    return "ablation" if method == "dftm_mixture_posterior" else "ours"
+    return "peer" if method in PEER_METHODS else OWN_METHODS[method].role
 
 
 def train_target_trace(
@@ -157,8 +177,7 @@ def likelihood_points(
     mixture: GaussianMixture | None,
     trace_model: LearnedTraceModel | None,
     cfg: dict[str, Any],
-    data_mean: torch.Tensor,
-    data_cov: torch.Tensor,
+    log_prior: LogPrior,
     seed: int,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -175,10 +194,6 @@ def likelihood_points(
                     raise ValueError("kdiffusion_hutchinson runs dopri5 only: set likelihood.solver to dopri5")
                 out = kdiffusion_log_likelihood(x, denoiser, seed=seed, **common)
             else:
-
-                def log_prior(z: torch.Tensor) -> torch.Tensor:
-                    return prior_log_prob(z, schedule, 1.0, data_mean, data_cov).to(z.device)
-
                 out = flow_matching_log_likelihood(
                     x,
                     denoiser,
@@ -190,27 +205,24 @@ def likelihood_points(
                     **common,
                 )
         else:
-            trace_method, probes = method, 1
-            if method.startswith("hutchinson"):
-                trace_method, probes = "hutchinson", int(method[len("hutchinson") :])
-            elif method.startswith("dftm"):
-                trace_method = "dftm"
-            analytic = method == "analytic"
-            out = log_likelihood(
+            spec = OWN_METHODS[method]
+            pool = {
+                "mixture": mixture,
+                "schedule": schedule,
+                "denoiser": denoiser,
+                "trace_model": trace_model,
+                "num_probes": spec.num_probes,
+                "generator": gen,
+            }
+            result = log_likelihood(
                 x,
-                method=trace_method,
-                schedule=schedule,
-                denoiser=None if analytic else denoiser,
-                trace_model=trace_model,
-                mixture=mixture if analytic else None,
+                trace_estimator_from(spec.estimator, pool),
+                log_prior=log_prior,
                 solver=cfg["solver"],
                 num_steps=int(cfg["num_steps"]),
-                num_probes=probes,
-                generator=gen,
-                data_mean=data_mean,
-                data_cov=data_cov,
                 **common,
             )
+            out = {"log_q": result.log_q, "nfe": result.nfe}
         seconds = time.perf_counter() - start
     return {
         "log_q": out["log_q"].detach().cpu().to(torch.float64),
@@ -236,8 +248,7 @@ def _method_results(
     """:func:`likelihood_points` of each method on ``x``, after an untimed warm-up, with the prior moment-matched to
     ``training_data``; skips (with a logged reason) a dftm method whose trace net is not in ``trace_paths`` and a
     peer that is not installed."""
-    dim = training_data.shape[1]
-    data_mean, data_cov = training_data.mean(0), torch.cov(training_data.T).reshape(dim, dim)
+    log_prior = moment_matched_prior(denoiser.schedule, training_data)
     results = {}
     for method in methods:
         trace_model = None
@@ -251,8 +262,7 @@ def _method_results(
             denoiser=denoiser,
             mixture=mixture,
             trace_model=trace_model,
-            data_mean=data_mean,
-            data_cov=data_cov,
+            log_prior=log_prior,
             seed=seed,
             device=device,
         )

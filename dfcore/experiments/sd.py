@@ -150,8 +150,8 @@ def run_nll(
             with torch.no_grad():
                 imgs = sd.to_uint8(sd.decode_latents(pipe, z0)).numpy()
             for k, s in enumerate(seeds):
-                nll[i, j, k], bpd[i, j, k] = -res["log_q"][k].item(), res["bpd"][k].item()
-                prior[i, j, k], seconds[i, j, k] = res["prior"][k].item(), elapsed
+                nll[i, j, k], bpd[i, j, k] = -res.log_q[k].item(), res.bpd[k].item()
+                prior[i, j, k], seconds[i, j, k] = res.prior[k].item(), elapsed
                 thumbs[i, j, k] = thumbnail(imgs[k], thumb)
                 rows.append(
                     {
@@ -161,7 +161,7 @@ def run_nll(
                         "nll_nats": nll[i, j, k],
                         "bpd": bpd[i, j, k],
                         "seconds": elapsed,
-                        "nfe": int(res["nfe"]),
+                        "nfe": res.nfe,
                     }
                 )
                 bar.update(1)
