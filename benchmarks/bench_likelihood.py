@@ -24,7 +24,7 @@ import pandas as pd
 import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 
-from dfcore.experiments.likelihood_benchmark import OWN_METHODS
+from dfcore.experiments.likelihood_methods import OWN_METHODS
 from dfcore.fisher import trace_estimator_from
 from dfcore.io import write_csv
 from dfcore.likelihood import gaussian_log_prior, log_likelihood

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,11 +34,9 @@ from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fvp_estimator_from
 from dfcore.integrations import diffusers as sd
+from dfcore.integrations.tiny_sd import build_tiny_pipeline
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test fixtures
-from fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -61,7 +61,7 @@ LossFn = Callable[[Tensor], Tensor]
 
 def discrete_adjoint(
     traj: Trajectory,
-    lam0: Tensor,
+    lam_final: Tensor,
     method: str,
     *,
     schedule: Schedule,
@@ -74,8 +74,8 @@ def discrete_adjoint(
 
     Returns ``lams`` with ``lams[k]`` the adjoint at ``traj.xs[k]`` for k = stop..K (entries before
     ``stop`` are None). ``method`` picks the Fisher-vector product (``analytic``, ``dfea``, ``vjp``);
-    ``dfea`` uses the cached :math:`\bar y_\theta` and the endpoint ``traj.x0_denoised``
-    (``dfea_endpoint="denoised"``) or the raw state ``traj.x0`` (``"state"``), so it calls no network.
+    ``dfea`` uses the cached :math:`\bar y_\theta` and the endpoint ``traj.ybar_final``
+    (``dfea_endpoint="denoised"``) or the raw state ``traj.x_final`` (``"state"``), so it calls no network.
     With the raw state, the :math:`\sigma_{min}\varepsilon` it still holds enters Eq. 20 multiplied by
     :math:`\alpha^2/\sigma^4`, which swamps the late steps.
     """
@@ -83,9 +83,9 @@ def discrete_adjoint(
         raise ValueError(f"dfea_endpoint must be 'denoised' or 'state'; got {dfea_endpoint!r}")
     num = len(traj.xs) - 1
     lams: list[Tensor | None] = [None] * (num + 1)
-    lam = lam0.detach()
+    lam = lam_final.detach()
     lams[num] = lam
-    x0 = traj.x0_denoised if dfea_endpoint == "denoised" else traj.x0
+    x0 = traj.ybar_final if dfea_endpoint == "denoised" else traj.x_final
     product = fvp_estimator_from(method, {"schedule": schedule, "mixture": mixture, "denoiser": denoiser, "x0": x0})
 
     def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
@@ -151,7 +151,7 @@ def cosine_and_relative_error(est: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]
 class GuidedSample:
     """Result of :func:`guided_sample`."""
 
-    x0: Tensor  # final guided sample
+    x_final: Tensor  # final guided sample
     xs: list[Tensor]  # the guided trajectory on the grid (states after each update)
     loss_history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, mean loss of look-ahead x0)
     final_loss: Tensor | None = None  # (B,)
@@ -175,13 +175,13 @@ def guided_sample(
     solver: str = "ddim",
     mixture: Mixture | None = None,
     dfea_endpoint: str = "denoised",
-    normalize: str = "none",
+    normalize: str,
 ) -> GuidedSample:
     r"""Adjoint-guided sampling (BELM-style schedule): at each step count in ``update_steps`` (steps still
     to go), ``iterations`` times: look ahead to :math:`x_0`, take :math:`\lambda_t` by :func:`discrete_adjoint`
     with ``method``, and set :math:`x_t \leftarrow x_t - \eta\lambda_t`. ``loss_fn`` maps (B, ...) to (B,).
 
-    ``normalize`` sets the length of the update: ``none`` (:math:`\eta\lambda_t` as is, the default), ``grad`` (:math:`\lambda_t` rescaled per sample to the norm of
+    ``normalize`` sets the length of the update: ``none`` (:math:`\eta\lambda_t` as is), ``grad`` (:math:`\lambda_t` rescaled per sample to the norm of
     :math:`\nabla L(x_0)` of the look-ahead, the same for every method) or ``rms`` (rescaled to unit RMS per
     coordinate); the last two compare only the directions of the methods' adjoints.
 
@@ -203,13 +203,13 @@ def guided_sample(
             for _ in range(iterations):
                 traj = sample_trajectory(denoiser, x, times[k:], solver)
                 with torch.enable_grad():
-                    x0 = traj.x0.detach().requires_grad_(True)
+                    x0 = traj.x_final.detach().requires_grad_(True)
                     loss = loss_fn(x0)
-                    (lam0,) = torch.autograd.grad(loss.sum(), x0)
+                    (lam_final,) = torch.autograd.grad(loss.sum(), x0)
                 history.append((time.perf_counter() - start, loss.mean().item()))
                 lams = discrete_adjoint(
                     traj,
-                    lam0,
+                    lam_final,
                     method,
                     schedule=denoiser.schedule,
                     denoiser=denoiser,
@@ -226,7 +226,9 @@ def guided_sample(
                     lam = lam.double()
                     length = lam.flatten(1).norm(dim=1)
                     # rms: eta per coordinate (RMS); grad: eta * ||grad L(x_0)|| of the look-ahead
-                    target = math.sqrt(lam[0].numel()) if normalize == "rms" else lam0.flatten(1).double().norm(dim=1)
+                    target = (
+                        math.sqrt(lam[0].numel()) if normalize == "rms" else lam_final.flatten(1).double().norm(dim=1)
+                    )
                     scale = torch.where(length > 0, target / length.clamp_min(1e-300), torch.zeros_like(length))
                     lam = lam * expand_like(scale, lam)
                 x = x - step_size * lam.to(x.dtype)

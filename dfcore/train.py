@@ -32,6 +32,7 @@ from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint, save_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.networks import (
+    TRACE_TARGETS,
     LearnedDenoiser,
     LearnedTraceModel,
     _trace_module,
@@ -95,28 +96,12 @@ def train_loop(
         raise ValueError(f"time_power must be positive; got {time_power}")
     module = model.module
     param = next(module.parameters())
-    device, dtype = param.device, param.dtype
-    data = data.to(device=device, dtype=dtype)
+    data = data.to(device=param.device, dtype=param.dtype)
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    losses: list[float] = []
-    start = 0
     resume_path = Path(resume_path) if resume_path is not None else None
-    ckpt = (
-        load_checkpoint(resume_path, map_location=device) if resume_path is not None and resume_path.exists() else None
-    )
-    if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
-        log.warning("ignoring %s: it was written with other settings or data", resume_path)
-        ckpt = None
-    if ckpt is not None:
-        module.load_state_dict(ckpt["model"]["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"].cpu())
-        start = int(ckpt["step"])
-        losses = [float(v) for v in ckpt["losses"].tolist()]
-        log.info("resumed %s from step %d (%s)", desc, start, resume_path)
-
-    saved = start if ckpt is not None else None  # the step of the resume checkpoint on disk, if any
+    start, losses = _resume(resume_path, fingerprint, module, opt, gen, desc)
+    saved = start if start else None  # the step of the resume checkpoint on disk, if any
 
     def stop(what: str, step_number: int) -> FloatingPointError:
         if resume_path is None:
@@ -134,10 +119,7 @@ def train_loop(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
-        idx = torch.randint(len(data), (batch_size,), generator=gen)
-        t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64).pow(time_power)
-        noise = torch.randn(batch_size, *data.shape[1:], generator=gen, dtype=torch.float64)
-        loss = model.loss(data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype))
+        loss = model.loss(*_draw_batch(data, batch_size, t_min, time_power, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         done = step + 1
@@ -157,17 +139,7 @@ def train_loop(
         if resume_path is not None and (done % checkpoint_every == 0) and done < steps:
             if bad := _non_finite_parameters(module):
                 raise stop(f"parameters ({', '.join(bad)})", done)
-            save_checkpoint(
-                {
-                    "model": model.state(),
-                    "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(),
-                    "step": done,
-                    "losses": torch.tensor(losses, dtype=torch.float64),
-                    "fingerprint": fingerprint,
-                },
-                resume_path,
-            )
+            _save_resume(resume_path, model, opt, gen, done, losses, fingerprint)
             saved = done
         if on_step is not None:
             on_step(done)
@@ -177,6 +149,57 @@ def train_loop(
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return losses
+
+
+def _draw_batch(
+    data: Tensor, batch_size: int, t_min: float, time_power: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""A minibatch (x0, t, noise) on ``data``'s device: indices, times :math:`t_{min} + (1 - t_{min}) u^p` and
+    Gaussian noise, drawn in that order from the CPU generator ``gen`` (so a resumed run draws the same)."""
+    device, dtype = data.device, data.dtype
+    idx = torch.randint(len(data), (batch_size,), generator=gen)
+    t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64).pow(time_power)
+    noise = torch.randn(batch_size, *data.shape[1:], generator=gen, dtype=torch.float64)
+    return data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype)
+
+
+def _resume(
+    resume_path: Path | None,
+    fingerprint: str,
+    module: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    desc: str,
+) -> tuple[int, list[float]]:
+    """Load the resume checkpoint into ``module``, ``opt`` and ``gen`` when it exists and its fingerprint matches;
+    return the step it was written at and the losses so far (0 and [] without one)."""
+    if resume_path is None or not resume_path.exists():
+        return 0, []
+    ckpt = load_checkpoint(resume_path, map_location=next(module.parameters()).device)
+    if ckpt.get("fingerprint") != fingerprint:
+        log.warning("ignoring %s: it was written with other settings or data", resume_path)
+        return 0, []
+    module.load_state_dict(ckpt["model"]["state_dict"])
+    opt.load_state_dict(ckpt["optimizer"])
+    gen.set_state(ckpt["generator"].cpu())
+    start = int(ckpt["step"])
+    log.info("resumed %s from step %d (%s)", desc, start, resume_path)
+    return start, [float(v) for v in ckpt["losses"].tolist()]
+
+
+def _save_resume(
+    path: Path, model: Any, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, losses: list[float], fp: str
+) -> None:
+    """Write the resume checkpoint of ``step`` (model, optimizer, generator, losses, fingerprint)."""
+    state = {
+        "model": model.state(),
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "step": step,
+        "losses": torch.tensor(losses, dtype=torch.float64),
+        "fingerprint": fp,
+    }
+    save_checkpoint(state, path)
 
 
 def _non_finite_parameters(module: torch.nn.Module) -> list[str]:
@@ -222,10 +245,10 @@ def build_trace_model(
     data: Tensor | None = None,
     reference: Mixture | None = None,
 ) -> LearnedTraceModel:
-    """A freshly initialised (seeded) trace model from the ``trace_net`` config section. ``target:
-    dataset_posterior`` regresses onto the posterior variance of ``reference``, by default the Dirac mixture
-    of the training set ``data`` (N, ...) in float64; an exact data distribution (a Gaussian mixture) can be
-    passed instead."""
+    """A freshly initialised (seeded) trace model from the ``trace_net`` config section. A target with a
+    reference (:data:`~dfcore.models.networks.TRACE_TARGETS`) regresses onto the posterior variance of
+    ``reference``: for ``training_set`` by default the Dirac mixture of the training set ``data`` (N, ...) in
+    float64; for ``exact_mixture`` the data set's exact Gaussian mixture, which the caller passes."""
     share = bool(cfg.get("share_trunk", True))
     hparams: dict[str, Any] = {"head_hidden": int(cfg.get("head_hidden", 128))}
     if not share and cfg.get("backbone"):
@@ -235,8 +258,8 @@ def build_trace_model(
     for p in denoiser.module.parameters():
         p.requires_grad_(False)
     target = cfg.get("target", "residual")
-    if target == "dataset_posterior" and reference is None:
+    if TRACE_TARGETS[target].reference == "training_set" and reference is None:
         if data is None:
-            raise ValueError("trace_net.target 'dataset_posterior' needs the training set (data=)")
+            raise ValueError(f"trace target {target!r} needs the training set (data=)")
         reference = DiracMixture(data.flatten(1).to(device=next(module.parameters()).device, dtype=torch.float64))
     return LearnedTraceModel(denoiser, module, share, hparams, target, reference)

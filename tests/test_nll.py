@@ -119,7 +119,7 @@ def test_run_nll_reports_the_error_against_log_q0_and_log_q_tmin(tmp_path):
     """For a Gaussian mixture the estimate is of log q_{t_min}: the error against it is the solver's (and the prior's),
     while the error against log q_0 also holds the truncation at t_min; both are reported."""
     from dfcore.data.store import write_dataset
-    from dfcore.experiments.likelihood import run_nll
+    from dfcore.experiments.nll import run_nll
     from dfcore.likelihood import exact_log_densities
 
     x, mixture = make_gaussian_mixture(50, [0.3, 0.7], [[-1.0, 0.0], [1.0, 1.0]], [0.3, 0.5], seed=5)

@@ -107,7 +107,7 @@ def test_sampler_matches_diffusers_ddim(pipe64):
     times = torch.tensor([(int(s) + 1) / 1000 for s in sched.timesteps] + [1e-9], dtype=torch.float64)
     # final DDIM step of diffusers goes to alpha_bar = final_alpha_cumprod (= alphas_cumprod[0] here)
     times[-1] = 1 / 1000
-    ours = sample_trajectory(den, z, times, "ddim").x0
+    ours = sample_trajectory(den, z, times, "ddim").x_final
     # diffusers takes sqrt(alpha_bar) of its float32 table in float32: agreement to ~1e-7
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert (ours - z).abs().max() > 1e-2  # and the sampler did move
@@ -259,7 +259,7 @@ def test_cli_end_to_end(tmp_path):
     assert model.hparams["latent_shape"] == [4, 8, 8]
     out = tmp_path / "nll"
     out.mkdir()
-    frame = sd_cli.run_nll(
+    frame = sd_cli.run_sd_nll(
         cfg,
         str(tmp_path / "pipe"),
         str(tmp_path / "trace.pt"),

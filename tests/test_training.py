@@ -15,6 +15,9 @@ from dfcore.schedules import get_schedule
 from dfcore.train import learning_rate
 
 CFG = {
+    "arch": "auto",
+    "t_min": 1e-3,
+    "time_power": 1.0,
     "steps": 30,
     "batch_size": 32,
     "lr": 3e-3,

@@ -30,6 +30,7 @@ import xarray as xr
 
 from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
+from dfcore.experiments.common import section_seed
 from dfcore.fisher.trace import AnalyticTrace, trace_estimator_from
 from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
@@ -233,7 +234,7 @@ def run_trace_error(
         if not same_weights(model.denoiser.module, denoiser.module):
             raise ValueError(f"{path}: its trace network was trained on another denoiser than {trace_path}'s")
         extra[label] = model
-    seed = int(seed) + int(cfg.get("seed", 0))
+    seed = section_seed(seed, cfg)
     ds = trace_errors(
         load_dataset(data_path),
         denoiser.schedule,

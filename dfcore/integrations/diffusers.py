@@ -329,7 +329,7 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
     from dfcore.sde import time_grid
 
     t_min = 1.0 / cast(DiscreteSchedule, denoiser.schedule).num_steps if t_min is None else t_min
-    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, t_min, t_max=1.0), "ddim").x0
+    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, t_min, t_max=1.0), "ddim").x_final
 
 
 # ----------------------------------------------------------------------------------------------
