@@ -244,3 +244,30 @@ def test_dftm_shortcut_for_learned_trace_models_is_eq17():
     eq17 = 3 / sigma**2 - alpha**2 / sigma**4 * (3 * model.mean_sq_norm(x, t) - ybar.pow(2).sum(1))
     est = fisher_trace("dftm", x, t, denoiser=model.denoiser, trace_model=model)
     torch.testing.assert_close(est, eq17, rtol=1e-9, atol=0)
+
+
+def test_schema_enums_come_from_the_registries():
+    """The config schema lists no estimator names itself: full_schema() fills them from the registries, so a new
+    registry entry is a valid config word at once; an unknown registry or exception is refused."""
+    from dfcore.config import full_schema
+    from dfcore.fisher import FVP_ESTIMATORS
+    from dfcore.registries import fill_registry_enums
+
+    props = full_schema()["properties"]
+    assert props["nll"]["properties"]["runs"]["items"]["properties"]["method"]["enum"] == list(TRACE_ESTIMATORS)
+    assert props["adjoint"]["properties"]["mixture"]["properties"]["methods"]["items"]["enum"] == list(FVP_ESTIMATORS)
+    names = {"toys": ["a", "b", "c"]}
+    schema = {"properties": {"k": {"x-registry": "toys", "x-registry-except": ["b"]}}}
+    assert fill_registry_enums(schema, names) == {"properties": {"k": {"enum": ["a", "c"]}}}
+    with pytest.raises(ValueError, match="unknown x-registry 'tools'"):
+        fill_registry_enums({"x-registry": "tools"}, names)
+    with pytest.raises(ValueError, match=r"\['z'\] are not in registry 'toys'"):
+        fill_registry_enums({"x-registry": "toys", "x-registry-except": ["z"]}, names)
+
+
+def test_required_dependencies_name_what_each_estimator_needs():
+    from dfcore.registries import required_dependencies
+
+    assert required_dependencies(AnalyticTrace) == ("mixture", "schedule")
+    assert required_dependencies(TRACE_ESTIMATORS["dftm"]) == ("denoiser", "trace_model")
+    assert required_dependencies(HutchinsonTrace) == ("denoiser",)
