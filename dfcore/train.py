@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,50 +216,55 @@ def build_denoiser(
     arch: str,
     dim: int,
     schedule: Schedule,
-    cfg: dict[str, Any],
     sigma_data: float,
     *,
+    backbone: Mapping[str, Any],
+    prediction: str = "x0",
     image_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> LearnedDenoiser:
-    """A freshly initialised (seeded) denoiser from the ``denoiser`` config section."""
+    """A freshly initialised (seeded) denoiser: an ``arch`` (``mlp`` or ``unet``) backbone with the settings
+    ``backbone``, preconditioned for ``prediction`` (``x0`` or ``eps``) with the data's RMS ``sigma_data``."""
     if arch == "mlp":
-        hparams = {"dim": dim, **cfg.get("mlp", {})}
+        hparams = {"dim": dim, **backbone}
     elif arch == "unet":
         if image_shape is None:
             raise ValueError("a UNet denoiser needs an image dataset (image_shape)")
-        hparams = {"dim": dim, "image_shape": list(image_shape), **cfg.get("unet", {})}
+        hparams = {"dim": dim, "image_shape": list(image_shape), **backbone}
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose 'mlp' or 'unet'")
     torch.manual_seed(int(seed))
     module = build_backbone(arch, dim, hparams).to(resolve_device(device))
-    return LearnedDenoiser(module, schedule, cfg.get("prediction", "x0"), sigma_data, arch, hparams)
+    return LearnedDenoiser(module, schedule, prediction, sigma_data, arch, hparams)
 
 
 def build_trace_model(
     denoiser: LearnedDenoiser,
-    cfg: dict[str, Any],
     *,
+    target: str,
+    share_trunk: bool = True,
+    head_hidden: int = 128,
+    backbone: Mapping[str, Any] | None = None,
     seed: int = 0,
     data: Tensor | None = None,
     reference: Mixture | None = None,
 ) -> LearnedTraceModel:
-    """A freshly initialised (seeded) trace model from the ``trace_net`` config section. A target with a
-    reference (:data:`~dfcore.models.networks.TRACE_TARGETS`) regresses onto the posterior variance of
-    ``reference``: for ``training_set`` by default the Dirac mixture of the training set ``data`` (N, ...) in
-    float64; for ``exact_mixture`` the data set's exact Gaussian mixture, which the caller passes."""
-    share = bool(cfg.get("share_trunk", True))
-    hparams: dict[str, Any] = {"head_hidden": int(cfg.get("head_hidden", 128))}
-    if not share and cfg.get("backbone"):
-        hparams["backbone"] = dict(cfg["backbone"])  # overrides of the denoiser's backbone settings
+    """A freshly initialised (seeded) trace model for the frozen ``denoiser``: a head of width ``head_hidden`` on
+    the denoiser's trunk (``share_trunk``) or on a backbone of its own (the denoiser's settings updated by
+    ``backbone``), trained on ``target`` (a key of :data:`~dfcore.models.networks.TRACE_TARGETS`). A target with a
+    reference regresses onto the posterior variance of ``reference``: for ``training_set`` by default the Dirac
+    mixture of the training set ``data`` (N, ...) in float64; for ``exact_mixture`` the data set's exact Gaussian
+    mixture, which the caller passes."""
+    hparams: dict[str, Any] = {"head_hidden": int(head_hidden)}
+    if not share_trunk and backbone:
+        hparams["backbone"] = dict(backbone)  # overrides of the denoiser's backbone settings
     torch.manual_seed(int(seed))
-    module = _trace_module(denoiser, share, hparams).to(next(denoiser.module.parameters()).device)
+    module = _trace_module(denoiser, share_trunk, hparams).to(next(denoiser.module.parameters()).device)
     for p in denoiser.module.parameters():
         p.requires_grad_(False)
-    target = cfg.get("target", "residual")
     if TRACE_TARGETS[target].reference == "training_set" and reference is None:
         if data is None:
             raise ValueError(f"trace target {target!r} needs the training set (data=)")
         reference = DiracMixture(data.flatten(1).to(device=next(module.parameters()).device, dtype=torch.float64))
-    return LearnedTraceModel(denoiser, module, share, hparams, target, reference)
+    return LearnedTraceModel(denoiser, module, share_trunk, hparams, target, reference)

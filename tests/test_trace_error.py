@@ -162,6 +162,7 @@ def test_run_trace_error_labels_further_rows_by_the_checkpoints_target(tmp_path)
     schedule = get_schedule("VE", sigma_min=0.01, sigma_max=5.0)
     den_cfg = {
         "arch": "auto",
+        "prediction": "x0",
         "steps": 2,
         "batch_size": 8,
         "lr": 1e-3,
@@ -181,6 +182,8 @@ def test_run_trace_error_labels_further_rows_by_the_checkpoints_target(tmp_path)
         "time_power": 1.0,
         "checkpoint_every": 500,
         "share_trunk": False,
+        "head_hidden": 128,
+        "backbone": {},
     }
     for name, target, denoiser in (
         ("main", "dataset_posterior", den),

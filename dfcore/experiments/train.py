@@ -63,7 +63,15 @@ def train_denoiser(
         arch = "unet" if image_shape is not None else "mlp"
     dev = resolve_device(device)
     model = build_denoiser(
-        arch, data.shape[1], schedule, cfg, sigma_data(data), image_shape=image_shape, seed=seed, device=dev
+        arch,
+        data.shape[1],
+        schedule,
+        sigma_data(data),
+        backbone=cfg[arch],
+        prediction=cfg["prediction"],
+        image_shape=image_shape,
+        seed=seed,
+        device=dev,
     )
     losses = train_loop(
         model,
@@ -99,7 +107,16 @@ def train_trace(
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
     (``reference``: see :func:`dfcore.train.build_trace_model`)."""
-    model = build_trace_model(denoiser, cfg, seed=seed, data=data, reference=reference)
+    model = build_trace_model(
+        denoiser,
+        target=cfg["target"],
+        share_trunk=bool(cfg["share_trunk"]),
+        head_hidden=int(cfg["head_hidden"]),
+        backbone=cfg["backbone"],
+        seed=seed,
+        data=data,
+        reference=reference,
+    )
     losses = train_loop(
         model,
         data.float(),
