@@ -94,7 +94,7 @@ def bench(kind: str, device: torch.device, batch: int, repeats: int, sd_dtype: t
         return 0.5 * (x0 - target).pow(2).flatten(1).sum(1)
 
     traj = sample_trajectory(denoiser, x_T, times)
-    lam0 = traj.x0 - target
+    lam0 = traj.x_final - target
     step_traj = type(traj)(times[-2:], traj.xs[-2:], traj.caches[-1:], traj.solver)  # one step: the last one
     rows = []
     t_plain = best_time(lambda: sample_trajectory(denoiser, x_T, times), device, repeats)

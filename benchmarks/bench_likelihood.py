@@ -27,8 +27,10 @@ import torch
 from common import device_name  # noqa: E402  (benchmarks/common.py)
 
 from dfcore.device import resolve_device
+from dfcore.experiments.likelihood_methods import OWN_METHODS
+from dfcore.fisher import trace_estimator_from
 from dfcore.io import write_csv
-from dfcore.likelihood import log_likelihood
+from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.models.networks import trace_model_from_state
 
 BARS = {64: 10.0, 256: 30.0}
@@ -57,22 +59,20 @@ def bench(dim: int, batch: int, steps: int, repeats: int, device: torch.device) 
     x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
     rows = []
     for method in ("dftm", "hutchinson1", "vjp"):
-        name = "hutchinson" if method.startswith("hutchinson") else method
+        spec = OWN_METHODS[method]
+        pool = {"denoiser": den, "trace_model": trace, "num_probes": spec.num_probes}
         nfe = []
 
         def run():
             out = log_likelihood(
                 x,
-                method=name,
-                schedule=den.schedule,
-                denoiser=den,
-                trace_model=trace,
+                trace_estimator_from(spec.estimator, pool),
+                log_prior=gaussian_log_prior(den.schedule),
                 t_min=1e-4,
                 solver="rk4",
                 num_steps=steps,
-                num_probes=1,
             )
-            nfe.append(out["nfe"])
+            nfe.append(out.nfe)
 
         seconds = timing.best_time(run, device, repeats, reduce=statistics.median)
         rows.append(

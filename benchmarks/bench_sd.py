@@ -20,7 +20,6 @@ Writes ``results/benchmarks/sd.csv``; its ``device`` column holds the GPU's name
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +32,11 @@ from common import device_name, sd15_unet  # noqa: E402  (benchmarks/common.py)
 from dfcore.device import resolve_device
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.fisher.trace import fisher_trace
-from dfcore.fisher.vp import fisher_vp
+from dfcore.fisher.vp import fvp_estimator_from
 from dfcore.integrations import diffusers as sd
+from dfcore.integrations.tiny_sd import build_tiny_pipeline
 from dfcore.io import write_csv
 from dfcore.schedules import DiscreteSchedule
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test fixtures
-from fixtures.tiny_sd import build_tiny_pipeline  # noqa: E402
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -80,7 +77,8 @@ def bench_model(
 
     def step(method: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            fv = fisher_vp(method, z, t, lam, schedule=schedule, denoiser=den, x0=x0, ybar=ybar)
+            fvp = fvp_estimator_from(method, {"schedule": schedule, "denoiser": den, "x0": x0})
+            fv = fvp(z, t, lam, ybar=ybar)
             return a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fv
 
         return run

@@ -30,10 +30,10 @@ import torch
 from common import device_name  # noqa: E402  (benchmarks/common.py)
 
 from dfcore.device import resolve_device
-from dfcore.fisher import fisher_trace
+from dfcore.fisher import trace_estimator_from
 from dfcore.fisher.common import jacobian_quadratic_forms
 from dfcore.io import write_csv
-from dfcore.likelihood import log_likelihood
+from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.models.networks import trace_model_from_state
 
 VJP_SUBSET = 32
@@ -98,7 +98,7 @@ def bench(
             seconds = _time(run, max(1, repeats // 5), device) * dim / VJP_SUBSET
             how = f"extrapolated from {VJP_SUBSET} of {dim} VJPs"
         else:
-            seconds = _time(lambda: fisher_trace(method, x, t, **kw), repeats, device)
+            seconds = _time(lambda: trace_estimator_from(method, kw)(x, t), repeats, device)
             how = "measured"
         per_eval[method] = seconds
         rows.append(
@@ -123,16 +123,14 @@ def bench(
             start = time.perf_counter()
             out = log_likelihood(
                 xs,
-                method=method,
-                schedule=den.schedule,
-                denoiser=den,
-                trace_model=trace,
+                trace_estimator_from(method, {"denoiser": den, "trace_model": trace}),
+                log_prior=gaussian_log_prior(den.schedule),
                 t_min=1e-3,
                 solver="rk4",
                 num_steps=NLL_STEPS,
             )
             timing.sync(device)
-            seconds, nfe, how = time.perf_counter() - start, out["nfe"], "measured"
+            seconds, nfe, how = time.perf_counter() - start, out.nfe, "measured"
         rows.append(
             {
                 "setting": setting,

@@ -11,8 +11,8 @@ The sampler (:mod:`dfcore.sampling`) takes DDIM steps (Euler in :math:`(\bar\sig
 the discretisation of :math:`d\lambda/dt = -(f I + \tfrac12 g^2 F_t)^\top\lambda` (Wang et al., 2025, Eq. 19).
 For Heun, with :math:`\mu = \alpha_s\lambda_s` and :math:`\nu = \tfrac h2\alpha_s\sigma_s F_s(x'_s)^\top\mu`:
 :math:`\lambda_t = (\mu + \nu)/\alpha_t + h\,\sigma_t F_t^\top(\tfrac12\mu + \nu)`.
-Only Fisher-vector products are needed; they come from :func:`dfcore.fisher.fisher_vp`
-(``analytic``, ``dfea`` (Eq. 20) or ``vjp``). :func:`autograd_adjoint` is the ground truth:
+Only Fisher-vector products are needed; they come from a
+:class:`dfcore.fisher.FisherVectorProduct` (``analytic``, ``dfea`` (Eq. 20) or ``vjp``). :func:`autograd_adjoint` is the ground truth:
 reverse-mode autograd through the whole discrete sampler, with activation checkpointing per step.
 
 **Stability of DF-EA.** In terms of the posterior mean the DDIM step is
@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from dfcore.fisher.vp import fisher_vp
+from dfcore.fisher.vp import fvp_estimator_from
 from dfcore.mixtures import Mixture
 from dfcore.models.base import Denoiser
 from dfcore.sampling import Trajectory, ode_step, sample_trajectory, schedule_at
@@ -61,7 +61,7 @@ LossFn = Callable[[Tensor], Tensor]
 
 def discrete_adjoint(
     traj: Trajectory,
-    lam0: Tensor,
+    lam_final: Tensor,
     method: str,
     *,
     schedule: Schedule,
@@ -74,8 +74,8 @@ def discrete_adjoint(
 
     Returns ``lams`` with ``lams[k]`` the adjoint at ``traj.xs[k]`` for k = stop..K (entries before
     ``stop`` are None). ``method`` picks the Fisher-vector product (``analytic``, ``dfea``, ``vjp``);
-    ``dfea`` uses the cached :math:`\bar y_\theta` and the endpoint ``traj.x0_denoised``
-    (``dfea_endpoint="denoised"``) or the raw state ``traj.x0`` (``"state"``), so it calls no network.
+    ``dfea`` uses the cached :math:`\bar y_\theta` and the endpoint ``traj.ybar_final``
+    (``dfea_endpoint="denoised"``) or the raw state ``traj.x_final`` (``"state"``), so it calls no network.
     With the raw state, the :math:`\sigma_{min}\varepsilon` it still holds enters Eq. 20 multiplied by
     :math:`\alpha^2/\sigma^4`, which swamps the late steps.
     """
@@ -83,31 +83,22 @@ def discrete_adjoint(
         raise ValueError(f"dfea_endpoint must be 'denoised' or 'state'; got {dfea_endpoint!r}")
     num = len(traj.xs) - 1
     lams: list[Tensor | None] = [None] * (num + 1)
-    lam = lam0.detach()
+    lam = lam_final.detach()
     lams[num] = lam
-    x0 = traj.x0_denoised if dfea_endpoint == "denoised" else traj.x0
+    x0 = traj.ybar_final if dfea_endpoint == "denoised" else traj.x_final
+    product = fvp_estimator_from(method, {"schedule": schedule, "mixture": mixture, "denoiser": denoiser, "x0": x0})
+
+    def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
+        # the estimators refuse non-finite vectors; a non-finite adjoint row stays NaN (guided_sample flags it)
+        bad = expand_like(~torch.isfinite(vec).flatten(1).all(1), vec)
+        out = product(point, time, torch.where(bad, 0.0, vec), ybar=ybar)
+        return torch.where(bad, math.nan, out)
+
     for k in range(num - 1, stop - 1, -1):
         x, cache = traj.xs[k], traj.caches[k]
         t, s = traj.times[k], traj.times[k + 1]
         tb, a_t, s_t = schedule_at(schedule, t, x)
         sb, a_s, s_s = schedule_at(schedule, s, x)
-
-        def fvp(point: Tensor, time: Tensor, vec: Tensor, ybar: Tensor) -> Tensor:
-            # fisher_vp refuses non-finite vectors; a non-finite adjoint row stays NaN (guided_sample flags it)
-            bad = expand_like(~torch.isfinite(vec).flatten(1).all(1), vec)
-            out = fisher_vp(
-                method,
-                point,
-                time,
-                torch.where(bad, 0.0, vec),
-                schedule=schedule,
-                mixture=mixture,
-                denoiser=denoiser,
-                x0=x0,
-                ybar=ybar,
-            )
-            return torch.where(bad, math.nan, out)
-
         if traj.solver == "ddim":
             lam = a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fvp(x, tb, lam, cache.ybar)
         else:
@@ -160,7 +151,7 @@ def cosine_and_relative_error(est: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]
 class GuidedSample:
     """Result of :func:`guided_sample`."""
 
-    x0: Tensor  # final guided sample
+    x_final: Tensor  # final guided sample
     xs: list[Tensor]  # the guided trajectory on the grid (states after each update)
     loss_history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, mean loss of look-ahead x0)
     final_loss: Tensor | None = None  # (B,)
@@ -184,13 +175,13 @@ def guided_sample(
     solver: str = "ddim",
     mixture: Mixture | None = None,
     dfea_endpoint: str = "denoised",
-    normalize: str = "none",
+    normalize: str,
 ) -> GuidedSample:
     r"""Adjoint-guided sampling (BELM-style schedule): at each step count in ``update_steps`` (steps still
     to go), ``iterations`` times: look ahead to :math:`x_0`, take :math:`\lambda_t` by :func:`discrete_adjoint`
     with ``method``, and set :math:`x_t \leftarrow x_t - \eta\lambda_t`. ``loss_fn`` maps (B, ...) to (B,).
 
-    ``normalize`` sets the length of the update: ``none`` (:math:`\eta\lambda_t` as is, the default), ``grad`` (:math:`\lambda_t` rescaled per sample to the norm of
+    ``normalize`` sets the length of the update: ``none`` (:math:`\eta\lambda_t` as is), ``grad`` (:math:`\lambda_t` rescaled per sample to the norm of
     :math:`\nabla L(x_0)` of the look-ahead, the same for every method) or ``rms`` (rescaled to unit RMS per
     coordinate); the last two compare only the directions of the methods' adjoints.
 
@@ -212,13 +203,13 @@ def guided_sample(
             for _ in range(iterations):
                 traj = sample_trajectory(denoiser, x, times[k:], solver)
                 with torch.enable_grad():
-                    x0 = traj.x0.detach().requires_grad_(True)
+                    x0 = traj.x_final.detach().requires_grad_(True)
                     loss = loss_fn(x0)
-                    (lam0,) = torch.autograd.grad(loss.sum(), x0)
+                    (lam_final,) = torch.autograd.grad(loss.sum(), x0)
                 history.append((time.perf_counter() - start, loss.mean().item()))
                 lams = discrete_adjoint(
                     traj,
-                    lam0,
+                    lam_final,
                     method,
                     schedule=denoiser.schedule,
                     denoiser=denoiser,
@@ -235,7 +226,9 @@ def guided_sample(
                     lam = lam.double()
                     length = lam.flatten(1).norm(dim=1)
                     # rms: eta per coordinate (RMS); grad: eta * ||grad L(x_0)|| of the look-ahead
-                    target = math.sqrt(lam[0].numel()) if normalize == "rms" else lam0.flatten(1).double().norm(dim=1)
+                    target = (
+                        math.sqrt(lam[0].numel()) if normalize == "rms" else lam_final.flatten(1).double().norm(dim=1)
+                    )
                     scale = torch.where(length > 0, target / length.clamp_min(1e-300), torch.zeros_like(length))
                     lam = lam * expand_like(scale, lam)
                 x = x - step_size * lam.to(x.dtype)

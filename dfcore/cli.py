@@ -104,7 +104,7 @@ def _train_main(argv: Sequence[str] | None = None) -> None:
 
 def _nll_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore nll --dataset D --schedule S --method M --data STORE --out CSV [--denoiser|--trace CKPT]``."""
-    from dfcore.experiments.likelihood import run_nll
+    from dfcore.experiments.nll import run_nll
     from dfcore.schedules import get_schedule
 
     parser = _parser("nll")
@@ -275,7 +275,7 @@ def _adjoint_main(argv: Sequence[str] | None = None) -> None:
 
 def _sd_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore sd {trace,nll,adjoint} --configfile FILE --out PATH``."""
-    from dfcore.experiments.sd import run_adjoint, run_nll, run_trace_net
+    from dfcore.experiments.sd import run_adjoint, run_sd_nll, run_trace_net
 
     parser = _parser("sd")
     parser.add_argument(
@@ -304,7 +304,7 @@ def _sd_main(argv: Sequence[str] | None = None) -> None:
         )
     elif args.command == "nll":
         out.mkdir(parents=True, exist_ok=True)
-        run_nll(
+        run_sd_nll(
             cfg,
             pipeline,
             args.trace,
@@ -328,18 +328,18 @@ def _sd_main(argv: Sequence[str] | None = None) -> None:
         )
 
 
-# Trace-net target of each dftm method of the likelihood stage, as in workflow/rules/common.smk.
-LIKELIHOOD_TRACE_TARGETS = {
-    "dftm": "sq_norm",
-    "dftm_residual": "residual",
-    "dftm_mixture_posterior": "mixture_posterior",
-}
+def _likelihood_trace_targets() -> dict[str, str]:
+    """Trace-net target of each dftm method of the likelihood stage (from its method registry)."""
+    from dfcore.experiments.likelihood_methods import OWN_METHODS
+
+    return {name: method.trace_target for name, method in OWN_METHODS.items() if method.trace_target}
 
 
 def _likelihood_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore likelihood {trace,dataset,benchmark,table2,heldout}``: the likelihood stage."""
-    from dfcore.experiments import likelihood_benchmark as bench
+    from dfcore.experiments import likelihood as bench
 
+    trace_targets = _likelihood_trace_targets()
     parser = _parser("likelihood")
     parser.add_argument(
         "command",
@@ -350,7 +350,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", help="a Gaussian-mixture data set (trace, dataset, table2)")
     parser.add_argument(
         "--target",
-        choices=sorted(LIKELIHOOD_TRACE_TARGETS.values()),
+        choices=sorted(trace_targets.values()),
         default="sq_norm",
         help="trace-net target (trace)",
     )
@@ -370,7 +370,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
 
     def traces(dataset: str, methods: Sequence[str]) -> dict[str, str | Path]:
         stem = res / "models" / f"{dataset}_{schedule}_trace"
-        return {t: Path(f"{stem}_{t}.pt") for m, t in LIKELIHOOD_TRACE_TARGETS.items() if m in methods}
+        return {t: Path(f"{stem}_{t}.pt") for m, t in trace_targets.items() if m in methods}
 
     if args.command == "trace":
         name = f"{args.dataset}_{schedule}_trace_{args.target}"

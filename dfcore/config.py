@@ -248,7 +248,9 @@ def full_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     (less ``overrides``) with the same types and ranges, and ``trace_net.backbone`` the keys of
     ``denoiser.mlp`` and ``denoiser.unet``; none of them has defaults, so an override sets only what it names.
     """
-    schema = load_yaml(schema_path)
+    from dfcore.registries import fill_registry_enums
+
+    schema = fill_registry_enums(load_yaml(schema_path))  # x-registry: the names of a dfcore registry
     sections = schema["properties"]
     for name in OVERRIDDEN_SECTIONS:
         props = sections[name]["properties"]
@@ -736,7 +738,9 @@ def _schema_rows(schema: dict[str, Any], prefix: str = "") -> list[tuple[str, st
 
 def schema_markdown(schema_path: str | Path = SCHEMA_PATH) -> str:
     """A markdown table of every config key, its type, default and description."""
-    rows = _schema_rows(load_yaml(schema_path))
+    from dfcore.registries import fill_registry_enums
+
+    rows = _schema_rows(fill_registry_enums(load_yaml(schema_path)))
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {t} | {_cell(d)} | {_cell(desc)} |" for k, t, d, desc in rows]
     return "\n".join(lines) + "\n"

@@ -9,8 +9,8 @@ so, integrating the augmented state :math:`(x_t, \Delta_t)` from :math:`t_{min}`
 
 .. math:: \log q_{t_{min}}(x) = \log p_T(x_T) + \int_{t_{min}}^{T} \big(f d + \tfrac12 g^2 \operatorname{tr}F_t(x_t)\big)\,dt .
 
-The trace is :func:`dfcore.fisher.fisher_trace` with any method; the drift's score comes from
-the denoiser (``ExactDenoiser`` of the mixture for ``analytic``). Integration is torchdiffeq's
+The trace is any :class:`dfcore.fisher.TraceEstimator`; the drift's score comes from the estimator's denoiser
+(``ExactDenoiser`` of the mixture for ``analytic``), from the same forward pass as the trace where it makes one. Integration is torchdiffeq's
 adaptive ``dopri5`` (``rtol``/``atol``) or fixed-step ``euler``/``rk4`` (``num_steps``), entirely in torch
 (no numpy round trip per step) and in float64.
 
@@ -18,7 +18,7 @@ adaptive ``dopri5`` (``rtol``/``atol``) or fixed-step ``euler``/``rk4`` (``num_s
 :math:`\alpha_T`. The plain :math:`\mathcal N(0, \sigma_T^2 I)` (VE/EDM with :math:`\alpha = 1`;
 :math:`\sigma_T \approx 1` for VP) is off by :math:`O(\|m\|\,\|x_T\|\alpha_T/\sigma_T^2)` nats when the data
 mean :math:`m \ne 0` — about 0.01 nats in 2-D for VE with :math:`\sigma_{max} = 50` and for VP (measured).
-By default we therefore use the moment-matched prior :math:`\mathcal N(\alpha_T m, \alpha_T^2\Sigma + \sigma_T^2 I)`
+The callers therefore use the moment-matched prior (:func:`moment_matched_prior`) :math:`\mathcal N(\alpha_T m, \alpha_T^2\Sigma + \sigma_T^2 I)`
 with the training data's mean and covariance, whose error is of the order of the data's
 higher cumulants over :math:`\sigma_T^3` (negligible: the NLL tests reach 1e-4 nats/dim). For VE the data
 scale matters: :math:`\sigma_{max}` should be many times the data's diameter.
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,15 +41,18 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from dfcore.checks import check_dim, check_likelihood_args
-from dfcore.fisher.trace import fisher_trace, rademacher
+from dfcore.fisher.trace import TraceEstimator
 from dfcore.mixtures import GaussianMixture, Mixture
-from dfcore.models.base import Denoiser, ExactDenoiser, TraceModel
 from dfcore.schedules import Schedule
-from dfcore.sde import pf_ode_velocity
+from dfcore.sde import expand_like, pf_ode_velocity
 
 __all__ = [
     "ODE_SOLVERS",
+    "LogPrior",
+    "LikelihoodResult",
     "prior_log_prob",
+    "gaussian_log_prior",
+    "moment_matched_prior",
     "log_likelihood",
     "bits_per_dim",
     "gaussian_mixture_log_q0",
@@ -55,6 +60,8 @@ __all__ = [
 ]
 
 ODE_SOLVERS = ("dopri5", "euler", "rk4")
+
+LogPrior = Callable[[Tensor], Tensor]  # x_T (B, d...) -> log p_T(x_T) (B,)
 
 
 def prior_log_prob(
@@ -119,55 +126,93 @@ def exact_log_densities(
     return {"log_q0": nan, "log_q_tmin": nan.clone()}
 
 
+@dataclass(frozen=True)
+class LikelihoodResult:
+    r"""What :func:`log_likelihood` returns: per-sample tensors (B,) and the cost of the solve."""
+
+    log_q: Tensor  # log q_{t_min}(x), nats
+    bpd: Tensor  # -log_q / (d ln 2)
+    prior: Tensor  # log p_T(x_T)
+    delta: Tensor  # the integral of f d + g^2 tr F / 2 from t_min to t_max
+    x_T: Tensor  # the state at t_max, (B, d...)
+    nfe: int  # drift evaluations
+    seconds: float  # wall time of the solve
+
+
+def gaussian_log_prior(
+    schedule: Schedule,
+    t_max: float = 1.0,
+    *,
+    mean: Tensor | None = None,
+    cov: Tensor | None = None,
+    var: float | None = None,
+) -> LogPrior:
+    r"""The prior :math:`x_T \mapsto \log\mathcal N(x_T; \alpha_T m, \alpha_T^2\Sigma + \sigma_T^2 I)` of
+    :func:`prior_log_prob` as a callable, with the data's ``mean`` m and covariance ``cov`` (or isotropic
+    variance ``var``), all absent giving :math:`\mathcal N(0, \sigma_T^2 I)`."""
+
+    def log_prior(x_T: Tensor) -> Tensor:
+        return prior_log_prob(x_T, schedule, t_max, mean, cov, var).to(x_T.device)
+
+    return log_prior
+
+
+def moment_matched_prior(schedule: Schedule, data: Tensor, t_max: float = 1.0) -> LogPrior:
+    r""":func:`gaussian_log_prior` with the mean and covariance of ``data`` (N, d): the default prior of the module
+    docstring."""
+    dim = data.shape[1]
+    return gaussian_log_prior(schedule, t_max, mean=data.mean(0), cov=torch.cov(data.T).reshape(dim, dim))
+
+
+def _solver_options(solver: str, times: Tensor, rtol: float, atol: float, num_steps: int) -> dict[str, Any]:
+    """The keyword arguments of ``torchdiffeq.odeint`` for ``solver`` on ``times`` = (t_min, t_max)."""
+    t_min, t_max = float(times[0]), float(times[1])
+    if solver == "dopri5":
+        # step_t: land a step exactly on t_max, so the drift is never evaluated beyond t = 1.
+        # and start small (torchdiffeq would otherwise probe t_min + h0, which may lie beyond 1).
+        options = {"step_t": times[1:], "first_step": 1e-4 * (t_max - t_min)}
+        return {"method": solver, "rtol": rtol, "atol": atol, "options": options}
+    return {"method": solver, "options": {"step_size": (t_max - t_min) / num_steps}}
+
+
 def log_likelihood(
     x: Tensor,
+    trace: TraceEstimator,
     *,
-    method: str,
-    schedule: Schedule,
-    denoiser: Denoiser | None = None,
-    trace_model: TraceModel | None = None,
-    mixture: Mixture | None = None,
+    log_prior: LogPrior,
     t_min: float = 1e-5,
     t_max: float = 1.0,
     solver: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     num_steps: int = 200,
-    num_probes: int = 1,
-    generator: torch.Generator | None = None,
-    data_mean: Tensor | None = None,
-    data_cov: Tensor | None = None,
-    data_var: float | None = None,
-) -> dict[str, Any]:
+) -> LikelihoodResult:
     r"""Integrate the PF-ODE and Eq. 14 from ``t_min`` to ``t_max`` for data ``x`` (B, d...).
 
-    Returns ``log_q`` (:math:`\log q_{t_{min}}(x)`, nats, (B,)), ``bpd``, ``prior``, ``delta``
-    (the integral), ``x_T`` and ``nfe`` (drift evaluations).
+    ``trace`` gives :math:`\operatorname{tr}F_t` and, from the same forward pass, the ε-prediction of the drift
+    (:meth:`~dfcore.fisher.trace.TraceEstimator.eps_and_trace`), on its own schedule; a Hutchinson estimator keeps
+    one draw of probes along the solve. ``log_prior`` maps :math:`x_T` (B, d...) to :math:`\log p_T(x_T)` (B,)
+    (e.g. :func:`moment_matched_prior`). ``solver`` is adaptive ``dopri5`` (``rtol``, ``atol``) or fixed-step
+    ``euler``/``rk4`` (``num_steps``).
     """
     check_likelihood_args(
         x,
         rtol=rtol,
         atol=atol,
         num_steps=num_steps,
-        num_probes=num_probes,
-        schedule=schedule,
-        denoiser=denoiser,
-        trace_model=trace_model,
+        schedule=trace.schedule,
+        denoiser=trace.denoiser,
+        trace_model=getattr(trace, "trace_model", None),
     )
     if solver not in ODE_SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(ODE_SOLVERS)}")
     if not 0 < t_min < t_max <= 1:
         raise ValueError(f"need 0 < t_min < t_max <= 1; got {t_min}, {t_max}")
-    if denoiser is None:
-        if mixture is None:
-            raise ValueError("log_likelihood needs a denoiser or the exact mixture")
-        denoiser = ExactDenoiser(mixture, schedule)
     x = x.to(torch.float64)
     batch = x.shape[0]
     dim = x[0].numel()
-    probes = None
-    if method == "hutchinson":
-        probes = rademacher((num_probes, *x.shape), generator, x.dtype, x.device)
+    schedule = trace.schedule
+    estimator = trace.frozen(x)
     nfe = 0
 
     def drift(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -176,42 +221,17 @@ def log_likelihood(
         xt = state[0]
         tt = t.to(torch.float64).expand(batch)
         f, g2 = schedule.f(tt), schedule.g2(tt)
-        with torch.no_grad():
-            score = denoiser.score(xt, tt).to(torch.float64)
-        dx = pf_ode_velocity(xt, tt, score, schedule)
-        tr = fisher_trace(
-            method,
-            xt,
-            tt,
-            schedule=schedule,
-            mixture=mixture,
-            denoiser=denoiser,
-            trace_model=trace_model,
-            probes=probes,
-        )
-        return dx, f * dim + 0.5 * g2 * tr
+        eps, tr = estimator.eps_and_trace(xt, tt)
+        score = -eps.to(torch.float64) / expand_like(schedule.sigma(tt), xt)
+        return pf_ode_velocity(xt, tt, score, schedule), f * dim + 0.5 * g2 * tr
 
     times = torch.tensor([t_min, t_max], dtype=torch.float64, device=x.device)
+    options = _solver_options(solver, times, rtol, atol, num_steps)
     state0 = (x, torch.zeros(batch, dtype=torch.float64, device=x.device))
-    kwargs: dict[str, Any] = {"method": solver}
-    if solver == "dopri5":
-        # step_t: land a step exactly on t_max, so the drift is never evaluated beyond t = 1.
-        # and start small (torchdiffeq would otherwise probe t_min + h0, which may lie beyond 1).
-        kwargs.update(rtol=rtol, atol=atol, options={"step_t": times[1:], "first_step": 1e-4 * (t_max - t_min)})
-    else:
-        kwargs["options"] = {"step_size": (t_max - t_min) / num_steps}
     start = time.perf_counter()
-    xs, deltas = odeint(drift, state0, times, **kwargs)
+    xs, deltas = odeint(drift, state0, times, **options)
     seconds = time.perf_counter() - start
     x_T, delta = xs[-1], deltas[-1]
-    prior = prior_log_prob(x_T, schedule, t_max, data_mean, data_cov, data_var)
+    prior = log_prior(x_T).to(delta.device, torch.float64)
     log_q = prior + delta
-    return {
-        "log_q": log_q,
-        "bpd": bits_per_dim(log_q, dim),
-        "prior": prior,
-        "delta": delta,
-        "x_T": x_T,
-        "nfe": nfe,
-        "seconds": seconds,
-    }
+    return LikelihoodResult(log_q, bits_per_dim(log_q, dim), prior, delta, x_T, nfe, seconds)

@@ -106,14 +106,15 @@ class Trajectory:
     solver: str
 
     @property
-    def x0(self) -> Tensor:
-        """The endpoint :math:`x_0` (state at ``times[-1]``)."""
+    def x_final(self) -> Tensor:
+        """The final state (at ``times[-1]`` = t_min), which still holds :math:`\\sigma_{min}\varepsilon`."""
         return self.xs[-1]
 
     @property
-    def x0_denoised(self) -> Tensor:
+    def ybar_final(self) -> Tensor:
         r"""The sampler's last clean prediction :math:`\bar y_\theta` (of the final step; for Heun at
-        ``times[-1]``): the endpoint in the limit :math:`t_{min} \to 0`, free of the :math:`\sigma_{min}\varepsilon` left in ``x0``."""
+        ``times[-1]``): the endpoint in the limit :math:`t_{min} \to 0`, free of the :math:`\sigma_{min}\varepsilon` left in
+        ``x_final``."""
         last = self.caches[-1]
         return last.ybar_pred if last.ybar_pred is not None else last.ybar
 

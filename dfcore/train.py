@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from dfcore.device import resolve_device
 from dfcore.io import load_checkpoint, save_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.networks import (
+    TRACE_TARGETS,
     LearnedDenoiser,
     LearnedTraceModel,
     _trace_module,
@@ -95,28 +96,12 @@ def train_loop(
         raise ValueError(f"time_power must be positive; got {time_power}")
     module = model.module
     param = next(module.parameters())
-    device, dtype = param.device, param.dtype
-    data = data.to(device=device, dtype=dtype)
+    data = data.to(device=param.device, dtype=param.dtype)
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    losses: list[float] = []
-    start = 0
     resume_path = Path(resume_path) if resume_path is not None else None
-    ckpt = (
-        load_checkpoint(resume_path, map_location=device) if resume_path is not None and resume_path.exists() else None
-    )
-    if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
-        log.warning("ignoring %s: it was written with other settings or data", resume_path)
-        ckpt = None
-    if ckpt is not None:
-        module.load_state_dict(ckpt["model"]["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"].cpu())
-        start = int(ckpt["step"])
-        losses = [float(v) for v in ckpt["losses"].tolist()]
-        log.info("resumed %s from step %d (%s)", desc, start, resume_path)
-
-    saved = start if ckpt is not None else None  # the step of the resume checkpoint on disk, if any
+    start, losses = _resume(resume_path, fingerprint, module, opt, gen, desc)
+    saved = start if start else None  # the step of the resume checkpoint on disk, if any
 
     def stop(what: str, step_number: int) -> FloatingPointError:
         if resume_path is None:
@@ -134,10 +119,7 @@ def train_loop(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
-        idx = torch.randint(len(data), (batch_size,), generator=gen)
-        t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64).pow(time_power)
-        noise = torch.randn(batch_size, *data.shape[1:], generator=gen, dtype=torch.float64)
-        loss = model.loss(data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype))
+        loss = model.loss(*_draw_batch(data, batch_size, t_min, time_power, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         done = step + 1
@@ -157,17 +139,7 @@ def train_loop(
         if resume_path is not None and (done % checkpoint_every == 0) and done < steps:
             if bad := _non_finite_parameters(module):
                 raise stop(f"parameters ({', '.join(bad)})", done)
-            save_checkpoint(
-                {
-                    "model": model.state(),
-                    "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(),
-                    "step": done,
-                    "losses": torch.tensor(losses, dtype=torch.float64),
-                    "fingerprint": fingerprint,
-                },
-                resume_path,
-            )
+            _save_resume(resume_path, model, opt, gen, done, losses, fingerprint)
             saved = done
         if on_step is not None:
             on_step(done)
@@ -177,6 +149,57 @@ def train_loop(
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return losses
+
+
+def _draw_batch(
+    data: Tensor, batch_size: int, t_min: float, time_power: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""A minibatch (x0, t, noise) on ``data``'s device: indices, times :math:`t_{min} + (1 - t_{min}) u^p` and
+    Gaussian noise, drawn in that order from the CPU generator ``gen`` (so a resumed run draws the same)."""
+    device, dtype = data.device, data.dtype
+    idx = torch.randint(len(data), (batch_size,), generator=gen)
+    t = t_min + (1.0 - t_min) * torch.rand(batch_size, generator=gen, dtype=torch.float64).pow(time_power)
+    noise = torch.randn(batch_size, *data.shape[1:], generator=gen, dtype=torch.float64)
+    return data[idx.to(device)], t.to(device), noise.to(device=device, dtype=dtype)
+
+
+def _resume(
+    resume_path: Path | None,
+    fingerprint: str,
+    module: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    desc: str,
+) -> tuple[int, list[float]]:
+    """Load the resume checkpoint into ``module``, ``opt`` and ``gen`` when it exists and its fingerprint matches;
+    return the step it was written at and the losses so far (0 and [] without one)."""
+    if resume_path is None or not resume_path.exists():
+        return 0, []
+    ckpt = load_checkpoint(resume_path, map_location=next(module.parameters()).device)
+    if ckpt.get("fingerprint") != fingerprint:
+        log.warning("ignoring %s: it was written with other settings or data", resume_path)
+        return 0, []
+    module.load_state_dict(ckpt["model"]["state_dict"])
+    opt.load_state_dict(ckpt["optimizer"])
+    gen.set_state(ckpt["generator"].cpu())
+    start = int(ckpt["step"])
+    log.info("resumed %s from step %d (%s)", desc, start, resume_path)
+    return start, [float(v) for v in ckpt["losses"].tolist()]
+
+
+def _save_resume(
+    path: Path, model: Any, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, losses: list[float], fp: str
+) -> None:
+    """Write the resume checkpoint of ``step`` (model, optimizer, generator, losses, fingerprint)."""
+    state = {
+        "model": model.state(),
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "step": step,
+        "losses": torch.tensor(losses, dtype=torch.float64),
+        "fingerprint": fp,
+    }
+    save_checkpoint(state, path)
 
 
 def _non_finite_parameters(module: torch.nn.Module) -> list[str]:
@@ -193,50 +216,55 @@ def build_denoiser(
     arch: str,
     dim: int,
     schedule: Schedule,
-    cfg: dict[str, Any],
     sigma_data: float,
     *,
+    backbone: Mapping[str, Any],
+    prediction: str = "x0",
     image_shape: tuple[int, ...] | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> LearnedDenoiser:
-    """A freshly initialised (seeded) denoiser from the ``denoiser`` config section."""
+    """A freshly initialised (seeded) denoiser: an ``arch`` (``mlp`` or ``unet``) backbone with the settings
+    ``backbone``, preconditioned for ``prediction`` (``x0`` or ``eps``) with the data's RMS ``sigma_data``."""
     if arch == "mlp":
-        hparams = {"dim": dim, **cfg.get("mlp", {})}
+        hparams = {"dim": dim, **backbone}
     elif arch == "unet":
         if image_shape is None:
             raise ValueError("a UNet denoiser needs an image dataset (image_shape)")
-        hparams = {"dim": dim, "image_shape": list(image_shape), **cfg.get("unet", {})}
+        hparams = {"dim": dim, "image_shape": list(image_shape), **backbone}
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose 'mlp' or 'unet'")
     torch.manual_seed(int(seed))
     module = build_backbone(arch, dim, hparams).to(resolve_device(device))
-    return LearnedDenoiser(module, schedule, cfg.get("prediction", "x0"), sigma_data, arch, hparams)
+    return LearnedDenoiser(module, schedule, prediction, sigma_data, arch, hparams)
 
 
 def build_trace_model(
     denoiser: LearnedDenoiser,
-    cfg: dict[str, Any],
     *,
+    target: str,
+    share_trunk: bool = True,
+    head_hidden: int = 128,
+    backbone: Mapping[str, Any] | None = None,
     seed: int = 0,
     data: Tensor | None = None,
     reference: Mixture | None = None,
 ) -> LearnedTraceModel:
-    """A freshly initialised (seeded) trace model from the ``trace_net`` config section. ``target:
-    dataset_posterior`` regresses onto the posterior variance of ``reference``, by default the Dirac mixture
-    of the training set ``data`` (N, ...) in float64; an exact data distribution (a Gaussian mixture) can be
-    passed instead."""
-    share = bool(cfg.get("share_trunk", True))
-    hparams: dict[str, Any] = {"head_hidden": int(cfg.get("head_hidden", 128))}
-    if not share and cfg.get("backbone"):
-        hparams["backbone"] = dict(cfg["backbone"])  # overrides of the denoiser's backbone settings
+    """A freshly initialised (seeded) trace model for the frozen ``denoiser``: a head of width ``head_hidden`` on
+    the denoiser's trunk (``share_trunk``) or on a backbone of its own (the denoiser's settings updated by
+    ``backbone``), trained on ``target`` (a key of :data:`~dfcore.models.networks.TRACE_TARGETS`). A target with a
+    reference regresses onto the posterior variance of ``reference``: for ``training_set`` by default the Dirac
+    mixture of the training set ``data`` (N, ...) in float64; for ``exact_mixture`` the data set's exact Gaussian
+    mixture, which the caller passes."""
+    hparams: dict[str, Any] = {"head_hidden": int(head_hidden)}
+    if not share_trunk and backbone:
+        hparams["backbone"] = dict(backbone)  # overrides of the denoiser's backbone settings
     torch.manual_seed(int(seed))
-    module = _trace_module(denoiser, share, hparams).to(next(denoiser.module.parameters()).device)
+    module = _trace_module(denoiser, share_trunk, hparams).to(next(denoiser.module.parameters()).device)
     for p in denoiser.module.parameters():
         p.requires_grad_(False)
-    target = cfg.get("target", "residual")
-    if target == "dataset_posterior" and reference is None:
+    if TRACE_TARGETS[target].reference == "training_set" and reference is None:
         if data is None:
-            raise ValueError("trace_net.target 'dataset_posterior' needs the training set (data=)")
+            raise ValueError(f"trace target {target!r} needs the training set (data=)")
         reference = DiracMixture(data.flatten(1).to(device=next(module.parameters()).device, dtype=torch.float64))
-    return LearnedTraceModel(denoiser, module, share, hparams, target, reference)
+    return LearnedTraceModel(denoiser, module, share_trunk, hparams, target, reference)

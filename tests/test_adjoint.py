@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
-from dfcore.fisher import fisher_vp
+from dfcore.fisher import DFEA, FVP_ESTIMATORS, AnalyticFVP, DFEACentered, FisherVectorProduct, fisher_vp
 from dfcore.mixtures import DiracMixture, GaussianMixture
 from dfcore.models.base import ExactDenoiser
 from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
@@ -121,12 +121,36 @@ def test_analytic_and_vjp_match_autograd_hessian(make, sched):
 
 def test_fisher_vp_rejects_bad_input():
     x = torch.zeros(2, 3)
+    schedule = get_schedule("VP")
+    assert set(FVP_ESTIMATORS) == {"analytic", "dfea", "dfea_centered", "vjp"}
+    assert all(issubclass(cls, FisherVectorProduct) for cls in FVP_ESTIMATORS.values())
     with pytest.raises(ValueError, match="unknown fisher_vp method"):
-        fisher_vp("exact", x, 0.5, x, schedule=get_schedule("VP"))
-    with pytest.raises(ValueError, match="needs x0"):
-        fisher_vp("dfea", x, 0.5, x, schedule=get_schedule("VP"))
+        fisher_vp("exact", x, 0.5, x, schedule=schedule)
+    with pytest.raises(TypeError, match="x0"):
+        fisher_vp("dfea", x, 0.5, x, schedule=schedule)
     with pytest.raises(ValueError, match="shape of x"):
-        fisher_vp("dfea", x, 0.5, torch.zeros(2, 4), schedule=get_schedule("VP"))
+        fisher_vp("dfea", x, 0.5, torch.zeros(2, 4), schedule=schedule, x0=x, ybar=x)
+    with pytest.raises(ValueError, match="schedule"):  # neither a schedule nor a denoiser that has one
+        DFEA(x)
+    with pytest.raises(ValueError, match="ybar"):  # no cached posterior mean and no denoiser to compute it
+        DFEA(x, schedule=schedule)(x, 0.5, x)
+    with pytest.raises(TypeError, match="x0"):  # the vjp product reads no endpoint
+        fisher_vp("vjp", x, 0.5, x, denoiser=ExactDenoiser(DiracMixture(x + 1), schedule), x0=x)
+    with pytest.raises(TypeError, match="mixtur"):  # misspelt
+        AnalyticFVP(mixtur=DiracMixture(x), schedule=schedule)
+
+
+def test_dfea_without_a_cached_mean_asks_the_denoiser():
+    mix = DiracMixture(torch.randn(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    schedule = get_schedule("VP")
+    den = ExactDenoiser(mix, schedule)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    v = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    x0 = torch.randn(4, 3, dtype=torch.float64)
+    for cls in (DFEA, DFEACentered):
+        cached = cls(x0, schedule=schedule)(x, t, v, ybar=den.posterior_mean(x, t))
+        torch.testing.assert_close(cls(x0, denoiser=den)(x, t, v), cached, rtol=1e-12, atol=0)
 
 
 # --- sampler ------------------------------------------------------------------------------------
@@ -149,7 +173,7 @@ def test_ddim_step_formula_and_solver_orders():
     exact = _gaussian_flow(schedule, mu, s2, z, torch.tensor(t_min))
 
     times = time_grid(1, t_min, t_max=t_max)
-    one = sample_trajectory(den, xT, times, "ddim").x0
+    one = sample_trajectory(den, xT, times, "ddim").x_final
     tb = torch.full((4,), t_max)
     eps = den.eps(xT, tb)
     ybar = (xT - schedule.sigma(tb)[:, None] * eps) / schedule.alpha(tb)[:, None]
@@ -160,7 +184,7 @@ def test_ddim_step_formula_and_solver_orders():
     errs = {}
     for solver in ("ddim", "heun"):
         errs[solver] = [
-            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), solver).x0 - exact).norm().item()
+            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), solver).x_final - exact).norm().item()
             for n in (10, 20)
         ]
     assert 1.6 < errs["ddim"][0] / errs["ddim"][1] < 2.5  # first order
@@ -184,14 +208,14 @@ def test_discrete_adjoint_analytic_matches_autograd(solver, sched):
     xT = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)) * schedule.sigma(torch.tensor(1.0))
     truth, loss = autograd_adjoint(den, xT, times, _target_loss, solver)
     traj = sample_trajectory(den, xT, times, solver)
-    lam0 = traj.x0 - torch.tensor([1.0, 0.5, -0.5])
+    lam_final = traj.x_final - torch.tensor([1.0, 0.5, -0.5])
     for method, kwargs in (("analytic", {"mixture": mix}), ("vjp", {"denoiser": den})):
-        lams = discrete_adjoint(traj, lam0, method, schedule=schedule, **kwargs)
+        lams = discrete_adjoint(traj, lam_final, method, schedule=schedule, **kwargs)
         for k in range(len(times)):
             cos, rel = cosine_and_relative_error(lams[k], truth[k])
             assert cos.min() > 0.999999, (method, k)
             assert rel.max() < 1e-6, (method, k)
-    torch.testing.assert_close(loss, _target_loss(traj.x0))
+    torch.testing.assert_close(loss, _target_loss(traj.x_final))
 
 
 def test_checkpointed_ground_truth_equals_plain_autograd():
@@ -212,11 +236,11 @@ def test_dfea_adjoint_is_the_product_of_eq20_step_matrices_and_calls_no_network(
     times = time_grid(8, 0.01, t_max=1.0)
     xT = torch.randn(3, 2, generator=torch.Generator().manual_seed(5))
     traj = sample_trajectory(den, xT, times)
-    lam0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(6))
+    lam_final = torch.randn(3, 2, generator=torch.Generator().manual_seed(6))
     den.reset()
-    dfea = discrete_adjoint(traj, lam0, "dfea", schedule=schedule, denoiser=den)
+    dfea = discrete_adjoint(traj, lam_final, "dfea", schedule=schedule, denoiser=den)
     assert den.calls == 0
-    x0, lam = traj.caches[-1].ybar, lam0.clone()  # the denoised endpoint
+    x0, lam = traj.caches[-1].ybar, lam_final.clone()  # the denoised endpoint
     for k in range(7, -1, -1):
         t, s = times[k], times[k + 1]
         a_t, s_t, a_s, s_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
@@ -242,9 +266,11 @@ def test_guided_sample_lowers_loss_and_counts_evaluations():
     def loss(x0):
         return 0.5 * (x0 - target).pow(2).sum(1)
 
-    before = loss(sample_trajectory(den, xT, times).x0)
+    before = loss(sample_trajectory(den, xT, times).x_final)
     den.reset()
-    out = guided_sample(den, xT, times, loss, method="analytic", update_steps=(10, 5), step_size=0.5, mixture=mix)
+    out = guided_sample(
+        den, xT, times, loss, method="analytic", update_steps=(10, 5), step_size=0.5, mixture=mix, normalize="none"
+    )
     assert out.final_loss.mean() < before.mean()
     assert den.calls == 20 + 10 + 5  # forward pass + look-aheads; analytic makes no network call
     assert len(out.xs) == 21 and out.fvp_calls == 15
@@ -265,12 +291,14 @@ def test_guided_sample_rejects_non_finite_updates_and_flags_them():
         kink = ((x0[:, 0] - x0[:, 0].detach()).abs() + shift).sqrt() - shift
         return 0.5 * (x0 - target).pow(2).sum(1) + kink
 
-    base = sample_trajectory(den, xT, times).x0
-    out = guided_sample(den, xT, times, loss, method="analytic", update_steps=(5, 2), step_size=0.5, mixture=mix)
+    base = sample_trajectory(den, xT, times).x_final
+    out = guided_sample(
+        den, xT, times, loss, method="analytic", update_steps=(5, 2), step_size=0.5, mixture=mix, normalize="none"
+    )
     assert out.diverged.tolist() == poisoned.tolist()
-    assert torch.isfinite(out.final_loss).all() and torch.isfinite(out.x0).all()
-    torch.testing.assert_close(out.x0[poisoned], base[poisoned])  # never moved
-    assert not torch.allclose(out.x0[~poisoned], base[~poisoned])
+    assert torch.isfinite(out.final_loss).all() and torch.isfinite(out.x_final).all()
+    torch.testing.assert_close(out.x_final[poisoned], base[poisoned])  # never moved
+    assert not torch.allclose(out.x_final[~poisoned], base[~poisoned])
 
 
 @pytest.mark.parametrize("normalize", ["grad", "rms"])
@@ -284,7 +312,7 @@ def test_guided_sample_normalized_step_length(normalize):
     eta, u = 0.3, 4
     k = len(times) - 1 - u
     plain = sample_trajectory(den, xT, times)
-    lookahead = sample_trajectory(den, plain.xs[k], times[k:]).x0
+    lookahead = sample_trajectory(den, plain.xs[k], times[k:]).x_final
     want = eta * ((lookahead - target).norm(dim=1) if normalize == "grad" else torch.full((5,), 3**0.5))
     for method in ("analytic", "dfea"):
         out = guided_sample(

@@ -28,13 +28,14 @@ from dfcore.config import (
     schema_markdown,
     validate_config,
 )
+from dfcore.registries import fill_registry_enums
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 ESTIMATOR_WORDS = {"analytic", "dftm", "vjp", "hutchinson", "dfea"}
 SCHEDULE_NAMES = {"VE", "VP", "subVP", "EDM"}
 
-SCHEMA = load_yaml(SCHEMA_PATH)
+SCHEMA = fill_registry_enums(load_yaml(SCHEMA_PATH))  # the schema's x-registry names filled in
 
 
 def _walk(schema: dict[str, Any], path: tuple[str | int, ...] = ()):

@@ -13,7 +13,7 @@ import torch
 
 from dfcore.data.datasets import make_dataset, make_gaussian_mixture_lowrank, split_digits
 from dfcore.data.store import load_mixture, write_dataset
-from dfcore.experiments.likelihood_benchmark import run_heldout_likelihood, summarize_benchmark, summarize_heldout
+from dfcore.experiments.likelihood import run_heldout_likelihood, summarize_benchmark, summarize_heldout
 from dfcore.integrations.peers import flow_matching_log_likelihood, kdiffusion_log_likelihood, peer_available
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.base import ExactDenoiser

@@ -55,6 +55,27 @@ def test_x0_loss_is_the_edm_weighted_denoising_error():
     torch.testing.assert_close(den.loss(x0, t, noise).double(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("schedule", ["VE", "VP", "EDM"])
+def test_preconditioning_is_edm_table_1_in_the_scaled_variable(schedule):
+    """c_in, c_skip, c_out against EDM's Table 1 written out with sigma~ = sigma/alpha, and the x0 prediction
+    D = c_skip x/alpha + c_out F rebuilt from the raw backbone output F."""
+    from dfcore.models.networks import precondition
+
+    torch.manual_seed(3)
+    den = denoiser_from_state(_mlp_state(schedule, "x0"))
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
+    alpha, sigma = den.schedule(t)
+    s, sd = sigma / alpha, 0.8
+    pre = precondition(den.schedule, t, sd)
+    torch.testing.assert_close(pre.c_in, (s**2 + sd**2) ** -0.5, rtol=1e-14, atol=0)
+    torch.testing.assert_close(pre.c_skip, sd**2 / (s**2 + sd**2), rtol=1e-14, atol=0)
+    torch.testing.assert_close(pre.c_out, s * sd * (s**2 + sd**2) ** -0.5, rtol=1e-14, atol=0)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    out, pre = den.raw(x, t)
+    d = pre.c_skip[:, None] * x / alpha[:, None] + pre.c_out[:, None] * out.double()
+    torch.testing.assert_close(den.posterior_mean(x, t), d, rtol=1e-6, atol=1e-6)
+
+
 def test_eps_loss_is_the_noise_regression():
     torch.manual_seed(2)
     den = denoiser_from_state(_mlp_state("VP", "eps"))

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from dfcore.data.datasets import make_gaussian_mixture
-from dfcore.likelihood import bits_per_dim, gaussian_mixture_log_q0, log_likelihood, prior_log_prob
+from dfcore.fisher import AnalyticTrace, DFTMTrace
+from dfcore.likelihood import (
+    bits_per_dim,
+    gaussian_log_prior,
+    gaussian_mixture_log_q0,
+    log_likelihood,
+    moment_matched_prior,
+    prior_log_prob,
+)
 from dfcore.mixtures import DiracMixture
 from dfcore.models.base import ExactDenoiser, ExactTraceModel
 from dfcore.schedules import get_schedule
@@ -38,17 +46,14 @@ def test_gaussian_mixture_nll_matches_exact_log_q0(gmm, name, params, t_min):
     schedule = get_schedule(name, **params)
     result = log_likelihood(
         x,
-        method="analytic",
-        schedule=schedule,
-        mixture=mixture,
+        AnalyticTrace(mixture, schedule),
+        log_prior=gaussian_log_prior(schedule, mean=mean, cov=cov),
         t_min=t_min,
         rtol=1e-6,
         atol=1e-6,
-        data_mean=mean,
-        data_cov=cov,
     )
     exact = gaussian_mixture_log_q0(mixture, x)
-    assert ((result["log_q"] - exact).abs() / x.shape[1]).max() < 1e-3
+    assert ((result.log_q - exact).abs() / x.shape[1]).max() < 1e-3
 
 
 def test_dirac_mixture_log_q_eps(gmm):
@@ -59,17 +64,14 @@ def test_dirac_mixture_log_q_eps(gmm):
     x = points[:4] + 0.01
     result = log_likelihood(
         x,
-        method="analytic",
-        schedule=schedule,
-        mixture=mixture,
+        AnalyticTrace(mixture, schedule),
+        log_prior=moment_matched_prior(schedule, points),
         t_min=t_min,
         rtol=1e-7,
         atol=1e-7,
-        data_mean=points.mean(0),
-        data_cov=torch.cov(points.T),
     )
     exact = mixture.log_prob(x, t_min, schedule)
-    assert ((result["log_q"] - exact).abs() / 2).max() < 1e-3
+    assert ((result.log_q - exact).abs() / 2).max() < 1e-3
 
 
 def test_dftm_with_exact_models_gives_the_analytic_nll(gmm):
@@ -77,26 +79,24 @@ def test_dftm_with_exact_models_gives_the_analytic_nll(gmm):
     mixture = DiracMixture(points)
     schedule = get_schedule("VP")
     x = points[:3] + 0.05
-    kw = dict(schedule=schedule, t_min=0.05, solver="rk4", num_steps=10)
-    ref = log_likelihood(x, method="analytic", mixture=mixture, **kw)
-    est = log_likelihood(
-        x,
-        method="dftm",
-        denoiser=ExactDenoiser(mixture, schedule),
-        trace_model=ExactTraceModel(mixture, schedule),
-        **kw,
-    )
-    torch.testing.assert_close(est["log_q"], ref["log_q"], rtol=1e-9, atol=1e-8)
+    kw = dict(log_prior=gaussian_log_prior(schedule), t_min=0.05, solver="rk4", num_steps=10)
+    ref = log_likelihood(x, AnalyticTrace(mixture, schedule), **kw)
+    est = log_likelihood(x, DFTMTrace(ExactDenoiser(mixture, schedule), ExactTraceModel(mixture, schedule)), **kw)
+    torch.testing.assert_close(est.log_q, ref.log_q, rtol=1e-9, atol=1e-8)
+    torch.testing.assert_close(est.log_q, est.prior + est.delta, rtol=0, atol=0)
+    torch.testing.assert_close(est.bpd, -est.log_q / (2 * math.log(2)))
+    assert est.nfe == 4 * 10  # rk4: four drift evaluations per step
 
 
 def test_fixed_step_rk4_converges_to_the_adaptive_answer(gmm):
     x, mixture, mean, cov = gmm
     schedule = get_schedule("VP")
-    kw = dict(method="analytic", schedule=schedule, mixture=mixture, t_min=1e-3, data_mean=mean, data_cov=cov)
+    kw = dict(t_min=1e-3, log_prior=gaussian_log_prior(schedule, mean=mean, cov=cov))
+    trace = AnalyticTrace(mixture, schedule)
     x = x[:4]
-    adaptive = log_likelihood(x, solver="dopri5", rtol=1e-7, atol=1e-7, **kw)["log_q"]
-    coarse = log_likelihood(x, solver="rk4", num_steps=8, **kw)["log_q"]
-    fine = log_likelihood(x, solver="rk4", num_steps=64, **kw)["log_q"]
+    adaptive = log_likelihood(x, trace, solver="dopri5", rtol=1e-7, atol=1e-7, **kw).log_q
+    coarse = log_likelihood(x, trace, solver="rk4", num_steps=8, **kw).log_q
+    fine = log_likelihood(x, trace, solver="rk4", num_steps=64, **kw).log_q
     assert (fine - adaptive).abs().max() < 0.1 * (coarse - adaptive).abs().max() + 1e-6
     assert (fine - adaptive).abs().max() < 1e-3
 
@@ -110,14 +110,16 @@ def test_prior_and_units():
     log_q = torch.tensor([-3.0, 1.0], dtype=torch.float64)
     torch.testing.assert_close(bits_per_dim(log_q, 4), -log_q / (4 * math.log(2)))
     with pytest.raises(ValueError, match="solver"):
-        log_likelihood(x, method="analytic", schedule=schedule, mixture=DiracMixture(x), solver="magic")
+        log_likelihood(
+            x, AnalyticTrace(DiracMixture(x), schedule), log_prior=gaussian_log_prior(schedule), solver="magic"
+        )
 
 
 def test_run_nll_reports_the_error_against_log_q0_and_log_q_tmin(tmp_path):
     """For a Gaussian mixture the estimate is of log q_{t_min}: the error against it is the solver's (and the prior's),
     while the error against log q_0 also holds the truncation at t_min; both are reported."""
     from dfcore.data.store import write_dataset
-    from dfcore.experiments.likelihood import run_nll
+    from dfcore.experiments.nll import run_nll
     from dfcore.likelihood import exact_log_densities
 
     x, mixture = make_gaussian_mixture(50, [0.3, 0.7], [[-1.0, 0.0], [1.0, 1.0]], [0.3, 0.5], seed=5)

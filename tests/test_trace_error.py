@@ -161,14 +161,30 @@ def test_run_trace_error_labels_further_rows_by_the_checkpoints_target(tmp_path)
     write_dataset(tmp_path / "cb.zarr", data, name="checkerboard")
     schedule = get_schedule("VE", sigma_min=0.01, sigma_max=5.0)
     den_cfg = {
+        "arch": "auto",
+        "prediction": "x0",
         "steps": 2,
         "batch_size": 8,
         "lr": 1e-3,
+        "warmup_steps": 0,
+        "t_min": 1e-3,
+        "checkpoint_every": 500,
         "mlp": {"hidden": 8, "layers": 1, "emb_dim": 8, "fourier_levels": 2},
     }
     den = train_denoiser(data, schedule, den_cfg, tmp_path / "den.pt", progress=False)
     other = train_denoiser(data, schedule, den_cfg, tmp_path / "den2.pt", seed=1, progress=False)
-    trace_cfg = {"steps": 2, "batch_size": 8, "lr": 1e-3, "share_trunk": False}
+    trace_cfg = {
+        "steps": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+        "t_min": 1e-3,
+        "time_power": 1.0,
+        "checkpoint_every": 500,
+        "share_trunk": False,
+        "head_hidden": 128,
+        "backbone": {},
+    }
     for name, target, denoiser in (
         ("main", "dataset_posterior", den),
         ("sq", "sq_norm", den),
@@ -185,6 +201,7 @@ def test_run_trace_error_labels_further_rows_by_the_checkpoints_target(tmp_path)
         "methods": ["dftm"],
         "num_points": 8,
         "num_probes": 1,
+        "seed": 3,
     }
     out = {k: tmp_path / f"t.{v}" for k, v in (("csv", "csv"), ("markdown", "md"), ("figure", "png"), ("zarr", "zarr"))}
     ds = run_trace_error(

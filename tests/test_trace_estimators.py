@@ -8,10 +8,20 @@ import math
 import pytest
 import torch
 
-from dfcore.fisher import TRACE_METHODS, fisher_trace
+from dfcore.fisher import (
+    TRACE_ESTIMATORS,
+    AnalyticTrace,
+    HutchinsonTrace,
+    TraceEstimator,
+    fisher_trace,
+    rademacher,
+    trace_estimator,
+    trace_estimator_from,
+)
 from dfcore.mixtures import DiracMixture, GaussianMixture
 from dfcore.models.base import ExactDenoiser, ExactTraceModel
 from dfcore.models.networks import denoiser_from_state
+from dfcore.sampling import CountingDenoiser
 from dfcore.schedules import get_schedule
 
 SCHEDULES = ["VE", "VP", "subVP", "EDM"]
@@ -136,18 +146,77 @@ def test_vjp_of_a_network_equals_trace_of_its_autograd_jacobian(arch):
     torch.testing.assert_close(fisher_trace("vjp", x, t, denoiser=den, chunk_size=16), truth, rtol=1e-4, atol=1e-4)
 
 
-def test_one_signature_and_clear_errors(dirac):
+def test_registry_and_clear_errors(dirac):
     schedule = get_schedule("VE")
     x = _points(dirac, schedule, 0.5, n=2)
-    assert set(TRACE_METHODS) == {"analytic", "dftm", "vjp", "hutchinson"}
+    den = ExactDenoiser(dirac, schedule)
+    assert set(TRACE_ESTIMATORS) == {"analytic", "dftm", "vjp", "hutchinson"}
+    assert all(issubclass(cls, TraceEstimator) for cls in TRACE_ESTIMATORS.values())
     with pytest.raises(ValueError, match="unknown trace method 'magic'"):
         fisher_trace("magic", x, 0.5, schedule=schedule)
-    with pytest.raises(ValueError, match="mixture"):
+    with pytest.raises(TypeError, match="mixture"):
         fisher_trace("analytic", x, 0.5, schedule=schedule)
-    with pytest.raises(ValueError, match="trace model"):
-        fisher_trace("dftm", x, 0.5, denoiser=ExactDenoiser(dirac, schedule))
-    with pytest.raises(ValueError, match="schedule"):
-        fisher_trace("vjp", x, 0.5)
+    with pytest.raises(TypeError, match="trace_model"):
+        fisher_trace("dftm", x, 0.5, denoiser=den)
+    with pytest.raises(ValueError, match="num_probes must be positive"):
+        HutchinsonTrace(den, num_probes=0)
+
+
+def test_a_misspelt_or_foreign_keyword_is_a_type_error(dirac):
+    schedule = get_schedule("VP")
+    x = _points(dirac, schedule, 0.5, n=2)
+    den = ExactDenoiser(dirac, schedule)
+    with pytest.raises(TypeError, match="num_probe"):
+        HutchinsonTrace(den, num_probe=2)
+    with pytest.raises(TypeError, match="num_probes"):  # vjp takes no probes
+        fisher_trace("vjp", x, 0.5, denoiser=den, num_probes=2)
+    with pytest.raises(TypeError, match="denoiser"):  # the analytic trace has the exact mixture
+        fisher_trace("analytic", x, 0.5, schedule=schedule, mixture=dirac, denoiser=den)
+    # a keyword given as None counts as not given, so callers may pass every slot they hold
+    torch.testing.assert_close(
+        fisher_trace("vjp", x, 0.5, denoiser=den, trace_model=None), fisher_trace("vjp", x, 0.5, denoiser=den)
+    )
+    # the pool form takes, of the dependencies of every method, those the chosen one needs
+    pool = {"schedule": schedule, "mixture": dirac, "denoiser": den, "num_probes": 3, "trace_model": None}
+    assert isinstance(trace_estimator_from("analytic", pool), AnalyticTrace)
+    assert trace_estimator_from("hutchinson", pool).num_probes == 3
+
+
+@pytest.mark.parametrize("method", ["vjp", "hutchinson", "dftm", "analytic"])
+def test_eps_and_trace_equals_eps_and_the_trace_apart(dirac, method):
+    """eps_and_trace returns exactly the denoiser's eps and the estimator's own trace; vjp and hutchinson take eps
+    from the forward pass of their VJPs (one denoiser call), the others call the denoiser once for it."""
+    schedule = get_schedule("VP")
+    x = _points(dirac, schedule, 0.4, n=5)
+    t = torch.full((5,), 0.4, dtype=torch.float64)
+    den = CountingDenoiser(ExactDenoiser(dirac, schedule))
+    deps = {
+        "vjp": dict(denoiser=den),
+        "hutchinson": dict(denoiser=den, probes=rademacher((2, *x.shape), torch.Generator().manual_seed(3))),
+        "dftm": dict(denoiser=den, trace_model=ExactTraceModel(dirac, schedule)),
+        "analytic": dict(mixture=dirac, schedule=schedule),
+    }[method]
+    est = trace_estimator(method, **deps)
+    eps, tr = est.eps_and_trace(x, t)
+    assert torch.equal(tr, est(x, t))
+    assert torch.equal(eps, est.denoiser.eps(x, t))
+    den.reset()
+    est.eps_and_trace(x, t)
+    assert den.calls == {"vjp": 1, "hutchinson": 1, "dftm": 2, "analytic": 0}[method]
+
+
+def test_frozen_hutchinson_keeps_its_probes(dirac):
+    """Unfrozen, each call draws new probes from the generator; frozen(x) draws once, so every step of a solve
+    sees the same z_j (and the estimate is Eq. 17's companion with those fixed probes)."""
+    schedule = get_schedule("VP")
+    x = _points(dirac, schedule, 0.4, n=4)
+    est = HutchinsonTrace(ExactDenoiser(dirac, schedule), num_probes=2, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(est(x, 0.4), est(x, 0.4))
+    frozen = est.frozen(x)
+    assert frozen.probes is not None and frozen.probes.shape == (2, *x.shape)
+    assert torch.equal(frozen(x, 0.4), frozen(x, 0.4))
+    fixed = HutchinsonTrace(ExactDenoiser(dirac, schedule), probes=frozen.probes)
+    assert torch.equal(fixed(x, 0.4), frozen(x, 0.4))
 
 
 def test_dftm_shortcut_for_learned_trace_models_is_eq17():
@@ -175,3 +244,30 @@ def test_dftm_shortcut_for_learned_trace_models_is_eq17():
     eq17 = 3 / sigma**2 - alpha**2 / sigma**4 * (3 * model.mean_sq_norm(x, t) - ybar.pow(2).sum(1))
     est = fisher_trace("dftm", x, t, denoiser=model.denoiser, trace_model=model)
     torch.testing.assert_close(est, eq17, rtol=1e-9, atol=0)
+
+
+def test_schema_enums_come_from_the_registries():
+    """The config schema lists no estimator names itself: full_schema() fills them from the registries, so a new
+    registry entry is a valid config word at once; an unknown registry or exception is refused."""
+    from dfcore.config import full_schema
+    from dfcore.fisher import FVP_ESTIMATORS
+    from dfcore.registries import fill_registry_enums
+
+    props = full_schema()["properties"]
+    assert props["nll"]["properties"]["runs"]["items"]["properties"]["method"]["enum"] == list(TRACE_ESTIMATORS)
+    assert props["adjoint"]["properties"]["mixture"]["properties"]["methods"]["items"]["enum"] == list(FVP_ESTIMATORS)
+    names = {"toys": ["a", "b", "c"]}
+    schema = {"properties": {"k": {"x-registry": "toys", "x-registry-except": ["b"]}}}
+    assert fill_registry_enums(schema, names) == {"properties": {"k": {"enum": ["a", "c"]}}}
+    with pytest.raises(ValueError, match="unknown x-registry 'tools'"):
+        fill_registry_enums({"x-registry": "tools"}, names)
+    with pytest.raises(ValueError, match=r"\['z'\] are not in registry 'toys'"):
+        fill_registry_enums({"x-registry": "toys", "x-registry-except": ["z"]}, names)
+
+
+def test_required_dependencies_name_what_each_estimator_needs():
+    from dfcore.registries import required_dependencies
+
+    assert required_dependencies(AnalyticTrace) == ("mixture", "schedule")
+    assert required_dependencies(TRACE_ESTIMATORS["dftm"]) == ("denoiser", "trace_model")
+    assert required_dependencies(HutchinsonTrace) == ("denoiser",)

@@ -15,6 +15,13 @@ from dfcore.schedules import get_schedule
 from dfcore.train import learning_rate
 
 CFG = {
+    "arch": "auto",
+    "share_trunk": True,
+    "head_hidden": 128,
+    "backbone": {},
+    "target": "residual",
+    "t_min": 1e-3,
+    "time_power": 1.0,
     "steps": 30,
     "batch_size": 32,
     "lr": 3e-3,
@@ -190,7 +197,7 @@ def test_dataset_posterior_training_needs_and_uses_the_training_set(tmp_path, da
     from dfcore.train import build_trace_model
 
     with pytest.raises(ValueError, match="dataset_posterior"):
-        build_trace_model(den, cfg)
+        build_trace_model(den, target="dataset_posterior", share_trunk=False, head_hidden=8)
 
 
 class Poisoned:

@@ -29,15 +29,18 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dfcore.adjoint import autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
+from dfcore.adjoint import GuidedSample, autograd_adjoint, cosine_and_relative_error, discrete_adjoint, guided_sample
 from dfcore.data.datasets import labelled_digits
 from dfcore.device import resolve_device
+from dfcore.experiments.common import Stopwatch
+from dfcore.fisher.vp import FVP_ESTIMATORS
 from dfcore.io import provenance, save_checkpoint, write_csv, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, ExactDenoiser
 from dfcore.models.classifier import class_nll, classifier_state, load_classifier, train_classifier
 from dfcore.plots import plot_digit_grid, plot_lambda_agreement, plot_loss_vs_time
 from dfcore.profiling import PeakMemory
+from dfcore.registries import required_dependencies
 from dfcore.sampling import CountingDenoiser, sample_trajectory, with_posterior_mean
 from dfcore.schedules import get_schedule
 from dfcore.sde import time_grid
@@ -86,9 +89,132 @@ def run_train_classifier(
 # --- one comparison of methods -----------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _agreement(method: str, lams: list[Tensor], truth: list[Tensor], times: Tensor) -> dict[int, dict[str, Any]]:
+    """One row per state of the trajectory, keyed by the number of sampling steps still to go: the agreement of
+    ``method``'s adjoint ``lams`` with autograd's ``truth`` there (an overflowing adjoint is counted, not averaged
+    as NaN)."""
+    num = len(times) - 1
+    rows = {}
+    for k, (lam_k, ref_k) in enumerate(zip(lams, truth)):
+        cos, rel = cosine_and_relative_error(lam_k, ref_k)
+        ok = torch.isfinite(cos) & torch.isfinite(rel)
+        cos_f, rel_f = (cos[ok], rel[ok]) if ok.any() else (torch.full((1,), -1.0), torch.full((1,), float("inf")))
+        norm_ratio = lam_k.flatten(1).double().norm(dim=1) / ref_k.flatten(1).double().norm(dim=1)
+        rows[num - k] = {
+            "method": method,
+            "step": k,
+            "steps_to_go": num - k,
+            "t": times[k].item(),
+            "cosine_mean": cos_f.mean().item(),
+            "cosine_min": cos_f.min().item(),
+            "rel_err_mean": rel_f.mean().item(),
+            "rel_err_median": rel_f.median().item(),
+            "finite_fraction": ok.double().mean().item(),
+            "norm_ratio_median": norm_ratio.nanmedian().item(),
+        }
+    return rows
+
+
+def _loss_columns(method: str, loss_before: Tensor, out: GuidedSample) -> dict[str, Any]:
+    """The loss of the guided samples against the unguided ones; losses are averaged over the samples with a finite
+    final loss, and divergence is reported in its own columns."""
+    assert out.final_loss is not None and out.diverged is not None  # guided_sample sets both
+    after = out.final_loss.double()
+    finite = torch.isfinite(after)
+    diverged = out.diverged.to(after.device)
+    if diverged.any():
+        log.warning(
+            "%s: %d of %d guided samples diverged (non-finite adjoint: update rejected, or non-finite loss)",
+            method,
+            int(diverged.sum()),
+            diverged.numel(),
+        )
+    keep = finite if finite.any() else torch.ones_like(finite)
+    after_f = torch.where(finite, after, torch.zeros_like(after))
+    return {
+        "loss_before": loss_before.mean().item(),
+        "loss_after": after_f[keep].mean().item() if finite.any() else float("inf"),
+        "improvement": (loss_before - after_f)[keep].mean().item() if finite.any() else float("-inf"),
+        "improved_fraction": (finite & (after < loss_before)).double().mean().item(),
+        "diverged": bool(diverged.any()),
+        "diverged_fraction": diverged.double().mean().item(),
+        "finite_fraction": finite.double().mean().item(),
+    }
+
+
+def _trajectories(
+    guided_paths: list[Tensor],
+    loss_before: Tensor,
+    lam_T: dict[str, Tensor],
+    truth_T: Tensor,
+    times: Tensor,
+    x_T: Tensor,
+) -> xr.Dataset:
+    """The guided trajectories and the adjoints at x_T of every method, as a Dataset."""
+    methods = list(lam_T)
+    flat = lambda a: a.detach().double().cpu().reshape(*a.shape[: a.ndim - (x_T.ndim - 1)], -1).numpy()  # noqa: E731
+    ds = xr.Dataset(
+        {
+            "x": (("guidance", "step", "sample", "dim"), np.stack([flat(p) for p in guided_paths])),
+            "loss_before": (("sample",), loss_before.cpu().numpy()),
+            "lambda_T": (("fvp_method", "lambda_sample", "dim"), np.stack([flat(lam_T[m]) for m in methods])),
+            "lambda_T_truth": (("lambda_sample", "dim"), flat(truth_T)),
+        },
+        coords={
+            "guidance": ["unguided"] + methods,
+            "fvp_method": methods,
+            "step": np.arange(len(times)),
+            "t": ("step", times.cpu().numpy()),
+        },
+    )
+    ds["x"].attrs["description"] = (
+        "guided PF-ODE trajectories (states after each guidance update), 'unguided' = plain sampler"
+    )
+    ds["lambda_T"].attrs["description"] = "adjoint dL/dx_T of the plain trajectory by each Fisher-vector-product method"
+    ds["lambda_T_truth"].attrs["description"] = "dL/dx_T by autograd through the whole discrete sampler"
+    return ds
+
+
+def _guided_run(
+    counter: CountingDenoiser,
+    x_T: Tensor,
+    times: Tensor,
+    loss_fn: LossFn,
+    method: str,
+    cfg: Mapping[str, Any],
+    task_cfg: Mapping[str, Any],
+    *,
+    mixture: Mixture | None,
+    unguided_seconds: float,
+) -> tuple[GuidedSample, dict[str, Any]]:
+    """Adjoint-guided sampling from ``x_T`` with ``method`` and its cost: wall time (next to the unguided
+    sampler's), network forward passes and VJPs (the ``vjp`` method's Fisher-vector products), and peak memory."""
+    counter.reset()
+    with PeakMemory(x_T.device) as mem, Stopwatch(x_T.device) as guided:
+        out = guided_sample(
+            counter,
+            x_T,
+            times,
+            loss_fn,
+            method=method,
+            update_steps=cfg["update_steps"],
+            step_size=task_cfg["step_size"],
+            iterations=cfg["iterations"],
+            solver=cfg["solver"],
+            mixture=mixture,
+            dfea_endpoint=cfg["dfea_endpoint"],
+            normalize=cfg["normalize"],
+        )
+    nfe_vjp = out.fvp_calls if "denoiser" in required_dependencies(FVP_ESTIMATORS[method]) else 0
+    cost = {
+        "wall_s": guided.seconds,
+        "unguided_wall_s": unguided_seconds,
+        "nfe_forward": counter.calls - nfe_vjp,
+        "nfe_vjp": nfe_vjp,
+        "fvp_calls": out.fvp_calls,
+        "peak_mem_mb": mem.peak_bytes / 2**20,
+    }
+    return out, cost
 
 
 def compare_methods(
@@ -107,116 +233,50 @@ def compare_methods(
     device = x_T.device
     counter = CountingDenoiser(denoiser)
     times = time_grid(cfg["num_steps"], cfg["t_min"], t_max=1.0, dtype=x_T.dtype).to(device)
-    solver, methods = cfg["solver"], list(task_cfg["methods"])
-
-    counter.reset()
-    start = time.perf_counter()
-    base = sample_trajectory(counter, x_T, times, solver)
-    _sync(device)
-    base_time = time.perf_counter() - start
+    solver, methods, num = cfg["solver"], list(task_cfg["methods"]), len(times) - 1
+    with Stopwatch(device) as unguided:
+        base = sample_trajectory(counter, x_T, times, solver)
     with torch.no_grad():
-        loss_before = loss_fn(base.x0).double()
+        loss_before = loss_fn(base.x_final).double()
 
     # Ground truth on a subset: autograd through the whole discrete sampler (checkpointed per step).
-    n_lam = min(int(cfg["lambda_samples"]), x_T.shape[0])
-    xl = x_T[:n_lam]
+    xl = x_T[: min(int(cfg["lambda_samples"]), x_T.shape[0])]
     truth, _ = autograd_adjoint(denoiser, xl, times, loss_fn, solver, use_checkpoint=True)
     traj_l = sample_trajectory(denoiser, xl, times, solver)
     with torch.enable_grad():
-        x0 = traj_l.x0.detach().requires_grad_(True)
-        (lam0,) = torch.autograd.grad(loss_fn(x0).sum(), x0)
+        x_final = traj_l.x_final.detach().requires_grad_(True)
+        (lam_final,) = torch.autograd.grad(loss_fn(x_final).sum(), x_final)
 
-    rows, hist_rows, agree_rows = [], [], []
+    rows: list[dict[str, Any]] = []
+    hist_rows: list[dict[str, Any]] = []
+    agree_rows: list[dict[str, Any]] = []
     guided_paths, lam_T = [base.stack()], {}
     for method in tqdm(methods, desc="methods", disable=not progress):
         lams = discrete_adjoint(
             traj_l,
-            lam0,
+            lam_final,
             method,
             schedule=denoiser.schedule,
             denoiser=denoiser,
             mixture=mixture,
             dfea_endpoint=cfg["dfea_endpoint"],
         )
-        for k, (lam_k, ref_k) in enumerate(zip(lams, truth)):
-            cos, rel = cosine_and_relative_error(lam_k, ref_k)
-            ok = torch.isfinite(cos) & torch.isfinite(rel)  # an overflowing adjoint is counted, not averaged as NaN
-            cos_f, rel_f = (cos[ok], rel[ok]) if ok.any() else (torch.full((1,), -1.0), torch.full((1,), float("inf")))
-            agree_rows.append(
-                {
-                    "method": method,
-                    "step": k,
-                    "steps_to_go": len(times) - 1 - k,
-                    "t": times[k].item(),
-                    "cosine_mean": cos_f.mean().item(),
-                    "cosine_min": cos_f.min().item(),
-                    "rel_err_mean": rel_f.mean().item(),
-                    "rel_err_median": rel_f.median().item(),
-                    "finite_fraction": ok.double().mean().item(),
-                    "norm_ratio_median": (lam_k.flatten(1).double().norm(dim=1) / ref_k.flatten(1).double().norm(dim=1))
-                    .nanmedian()
-                    .item(),
-                }
-            )
+        agreement = _agreement(method, lams, truth, times)  # keyed by steps to go
+        agree_rows += agreement.values()
         lam_T[method] = lams[0]
 
-        counter.reset()
-        _sync(device)
-        with PeakMemory(device) as mem:
-            start = time.perf_counter()
-            out = guided_sample(
-                counter,
-                x_T,
-                times,
-                loss_fn,
-                method=method,
-                update_steps=cfg["update_steps"],
-                step_size=task_cfg["step_size"],
-                iterations=cfg["iterations"],
-                solver=solver,
-                mixture=mixture,
-                dfea_endpoint=cfg["dfea_endpoint"],
-                normalize=cfg.get("normalize", "none"),
-            )
-            _sync(device)
-            wall = time.perf_counter() - start
-        nfe_vjp = out.fvp_calls if method == "vjp" else 0
-        assert out.final_loss is not None and out.diverged is not None  # guided_sample sets both
-        after = out.final_loss.double()
-        finite = torch.isfinite(after)
-        diverged = out.diverged.to(after.device)
-        if diverged.any():
-            log.warning(
-                "%s: %d of %d guided samples diverged (non-finite adjoint: update rejected, or non-finite loss)",
-                method,
-                int(diverged.sum()),
-                diverged.numel(),
-            )
-        # Losses are averaged over the samples with a finite final loss; divergence is reported in its own columns.
-        keep = finite if finite.any() else torch.ones_like(finite)
-        after_f = torch.where(finite, after, torch.zeros_like(after))
+        out, cost = _guided_run(
+            counter, x_T, times, loss_fn, method, cfg, task_cfg, mixture=mixture, unguided_seconds=unguided.seconds
+        )
         rows.append(
             {
                 "method": method,
-                "loss_before": loss_before.mean().item(),
-                "loss_after": after_f[keep].mean().item() if finite.any() else float("inf"),
-                "improvement": (loss_before - after_f)[keep].mean().item() if finite.any() else float("-inf"),
-                "improved_fraction": (finite & (after < loss_before)).double().mean().item(),
-                "diverged": bool(diverged.any()),
-                "diverged_fraction": diverged.double().mean().item(),
-                "finite_fraction": finite.double().mean().item(),
-                "wall_s": wall,
-                "unguided_wall_s": base_time,
-                "nfe_forward": counter.calls - nfe_vjp,
-                "nfe_vjp": nfe_vjp,
-                "fvp_calls": out.fvp_calls,
-                "peak_mem_mb": mem.peak_bytes / 2**20,
-                # cosine with autograd at the update steps (u steps to go = the row u places before the last)
-                "lambda_update_cosine": float(
-                    np.mean([agree_rows[-1 - u]["cosine_mean"] for u in cfg["update_steps"]])
-                ),
-                "lambda_T_cosine": agree_rows[-len(times)]["cosine_mean"],
-                "lambda_T_rel_err": agree_rows[-len(times)]["rel_err_mean"],
+                **_loss_columns(method, loss_before, out),
+                **cost,
+                # cosine with autograd at the update steps and at x_T
+                "lambda_update_cosine": float(np.mean([agreement[u]["cosine_mean"] for u in cfg["update_steps"]])),
+                "lambda_T_cosine": agreement[num]["cosine_mean"],
+                "lambda_T_rel_err": agreement[num]["rel_err_mean"],
             }
         )
         hist_rows += [
@@ -229,30 +289,12 @@ def compare_methods(
     metrics["improvement_vs_best"] = metrics["improvement"] / metrics["improvement"].max()
     if "vjp" in methods:  # each method's improvement as a share of the exact VJP's
         metrics["improvement_vs_vjp"] = metrics["improvement"] / metrics.set_index("method").loc["vjp", "improvement"]
-    flat = lambda a: a.detach().double().cpu().reshape(*a.shape[: a.ndim - (x_T.ndim - 1)], -1).numpy()  # noqa: E731
-    ds = xr.Dataset(
-        {
-            "x": (("guidance", "step", "sample", "dim"), np.stack([flat(p) for p in guided_paths])),
-            "loss_before": (("sample",), loss_before.cpu().numpy()),
-            "lambda_T": (("fvp_method", "lambda_sample", "dim"), np.stack([flat(lam_T[m]) for m in methods])),
-            "lambda_T_truth": (("lambda_sample", "dim"), flat(truth[0])),
-        },
-        coords={
-            "guidance": ["unguided"] + methods,
-            "fvp_method": methods,
-            "step": np.arange(len(times)),
-            "t": ("step", times.cpu().numpy()),
-        },
-    )
-    ds["x"].attrs["description"] = (
-        "guided PF-ODE trajectories (states after each guidance update), 'unguided' = plain sampler"
-    )
-    ds["lambda_T"].attrs["description"] = "adjoint dL/dx_T of the plain trajectory by each Fisher-vector-product method"
-    ds["lambda_T_truth"].attrs["description"] = "dL/dx_T by autograd through the whole discrete sampler"
+    ds = _trajectories(guided_paths, loss_before, lam_T, truth[0], times, x_T)
     return metrics, pd.DataFrame(hist_rows), pd.DataFrame(agree_rows), ds
 
 
-EXACT_MEAN_METHODS = ("analytic", "dfea", "dfea_centered")
+# the Fisher-vector products that need no network (they run on the exact mixture's posterior mean)
+EXACT_MEAN_METHODS = tuple(m for m, cls in FVP_ESTIMATORS.items() if "denoiser" not in required_dependencies(cls))
 
 
 def exact_mean_lambda_agreement(
@@ -277,11 +319,13 @@ def exact_mean_lambda_agreement(
     truth, _ = autograd_adjoint(denoiser, x_T, times, loss_fn, solver, use_checkpoint=False)
     traj = with_posterior_mean(sample_trajectory(denoiser, x_T, times, solver), mixture, schedule)
     with torch.enable_grad():
-        x0 = traj.x0.detach().requires_grad_(True)
-        (lam0,) = torch.autograd.grad(loss_fn(x0).sum(), x0)
+        x0 = traj.x_final.detach().requires_grad_(True)
+        (lam_final,) = torch.autograd.grad(loss_fn(x0).sum(), x0)
     rows = []
     for method in methods:
-        lams = discrete_adjoint(traj, lam0, method, schedule=schedule, mixture=mixture, dfea_endpoint=dfea_endpoint)
+        lams = discrete_adjoint(
+            traj, lam_final, method, schedule=schedule, mixture=mixture, dfea_endpoint=dfea_endpoint
+        )
         for k, (lam_k, ref_k) in enumerate(zip(lams, truth)):
             cos, _ = cosine_and_relative_error(lam_k, ref_k)
             ok = torch.isfinite(cos)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.device import resolve_device
+from dfcore.experiments.common import Stopwatch
 from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
 from dfcore.ot import (
@@ -39,7 +39,7 @@ from dfcore.ot import (
     min_sym_eigenvalue,
     pairing_gap,
 )
-from dfcore.ot_official import OfficialResult, OfficialSchedule, official_fundamental, official_start
+from dfcore.ot_official import OfficialName, OfficialResult, OfficialSchedule, official_fundamental, official_start
 from dfcore.plots import plot_ot_convergence, plot_table3_heatmap
 from dfcore.schedules import Schedule, get_schedule
 from dfcore.sde import time_grid
@@ -62,11 +62,6 @@ def is_affine(mixture: Mixture, tol: float = 1e-12) -> bool:
         sv = torch.linalg.svdvals(pts)
         return bool(sv[1] <= tol * max(sv[0].item(), 1e-300))
     return False
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _setup(
@@ -101,6 +96,117 @@ def _autograd_check(
     return float(_relative_error(a_mat, ref).max()), asymmetry_index(jac, floor=floor)
 
 
+def _table3_row(
+    ot_cfg: Mapping[str, Any],
+    s_name: str,
+    d_name: str,
+    mixture: Any,
+    res: OfficialResult | FundamentalResult,
+    checks: dict[str, Any],
+    floor: float,
+) -> dict[str, Any]:
+    """The row of Table 3 of one (schedule, data set) pair from Alg. 2's result and the ``checks`` of
+    :func:`_table3_pair` (asymmetry, eigenvalues, POT gap, autograd check, timers)."""
+    official = checks["official"]
+    tol, pot_tol = float(ot_cfg["tolerance"]), float(ot_cfg["pot_tolerance"])
+    asym, lam, gap, n_auto = checks["asym"], checks["lam"], checks["gap"], checks["autograd_starts"]
+    auto_err, auto_asym = checks["autograd_rel_err"], checks["autograd_asym"]
+    monge = bool((asym <= tol).all() and (lam > 0).all())
+    pot_optimal = gap["relative_gap"] <= pot_tol
+    auto_monge = bool((auto_asym <= tol).all()) if n_auto > 0 else None
+    inv_t = torch.linalg.inv(res.fundamental).transpose(-1, -2)  # proportional to J
+    return {
+        "schedule": s_name,
+        "dataset": d_name,
+        "kind": ot_cfg["datasets"][d_name]["kind"],
+        "affine_data": is_affine(mixture),
+        "dim": int(ot_cfg["dim"]),
+        "num_starts": int(ot_cfg["num_starts"]),
+        "num_steps": int(ot_cfg["num_steps"]),
+        "protocol": "official" if official else "ours",
+        "spacing": "ddim_linspace" if official else ot_cfg["spacing"],
+        "update": "euler" if official else ot_cfg["update"],
+        "t_min": checks["t_min"],
+        "asym_mean": float(asym.mean()),
+        "asym_median": float(asym.median()),
+        "asym_max": float(asym.max()),
+        "frac_above_tol": float((asym > tol).double().mean()),
+        "asym_full_mean": float(asymmetry_index(res.fundamental, zero_diagonal=False, floor=floor).mean()),
+        "asym_jacobian_mean": float(asymmetry_index(inv_t, floor=floor).mean()),
+        "frac_sym_pd": float((lam > 0).double().mean()),
+        "min_sym_eig": float(lam.min()),
+        "min_step_eig": float(res.min_step_eigenvalue.min()),
+        "verdict": "Monge" if monge else "not Monge",
+        "pot_points": checks["pot_points"],
+        "pot_pairing_cost": gap["pairing_cost"],
+        "pot_optimal_cost": gap["optimal_cost"],
+        "pot_gap": gap["gap"],
+        "pot_rel_gap": gap["relative_gap"],
+        "pot_verdict": "optimal" if pot_optimal else "not optimal",
+        "autograd_starts": min(n_auto, int(ot_cfg["num_starts"])),
+        "autograd_rel_err": auto_err,
+        "autograd_asym_mean": float(auto_asym.mean()),
+        "autograd_verdict": None if auto_monge is None else ("Monge" if auto_monge else "not Monge"),
+        "verdicts_agree": (monge == pot_optimal) and (auto_monge is None or auto_monge == monge),
+        "seconds_alg2": checks["alg2"].seconds,
+        "seconds_pot": checks["pot"].seconds,
+        "seconds_autograd": checks["autograd"].seconds,
+    }
+
+
+def _table3_pair(
+    ot_cfg: Mapping[str, Any], s_name: str, schedule: Schedule, mixture: Any, *, seed: int, dev: torch.device
+) -> tuple[OfficialResult | FundamentalResult, dict[str, Any]]:
+    """Alg. 2 on one (schedule, data set) pair (``ot_cfg["protocol"]``: ``ours`` or ``official``), then its checks:
+    the asymmetry and smallest symmetric eigenvalue of A, the POT pairing gap and the autograd check, each timed."""
+    official = ot_cfg.get("protocol", "ours") == "official"
+    dim, n_starts, n_steps = int(ot_cfg["dim"]), int(ot_cfg["num_starts"]), int(ot_cfg["num_steps"])
+    keep, floor = int(ot_cfg["keep_paths"]), _asymmetry_floor(ot_cfg)
+    res: OfficialResult | FundamentalResult
+    if official:
+        schedule = OfficialSchedule(cast(OfficialName, s_name))  # OfficialSchedule checks the name
+        x_start = official_start(n_starts, dim, seed=seed + 1, device=dev)
+        mixture.to(device=dev, dtype=torch.float32)
+        with Stopwatch(dev) as alg2:
+            res = official_fundamental(mixture, schedule, x_start, n_steps, keep=keep)
+            times, t_min = res.times, 0.0
+            asym, lam = asymmetry_index(res.fundamental, floor=floor), min_sym_eigenvalue(res.fundamental)
+    else:
+        t_min = float(ot_cfg["t_min"][s_name])
+        times = time_grid(n_steps, t_min, spacing=ot_cfg["spacing"], rho=float(ot_cfg["rho"]), schedule=schedule)
+        x_start = sample_prior(mixture, schedule, n_starts, seed=seed + 1, device=dev)  # CPU generator
+        mixture.to(device=dev)
+        with Stopwatch(dev) as alg2:
+            res = fundamental_matrix(mixture, schedule, x_start, times, update=ot_cfg["update"], keep=keep)
+            asym, lam = asymmetry_index(res.fundamental, floor=floor), min_sym_eigenvalue(res.fundamental)
+    with Stopwatch(dev) as pot:
+        n_pot = min(n_starts, int(ot_cfg["pot_max_points"]))
+        gap = pairing_gap(res.x_start[:n_pot], res.x_end[:n_pot])
+    # Protocol official has no autograd check: its last DDIM step lands on sigma = 0 for VE and EDM, where the
+    # map is the posterior mean and its Jacobian is singular, and its subVP A is not the Jacobian flow of its map.
+    n_auto = 0 if official else int(ot_cfg["autograd_starts"])
+    auto_err, auto_asym = math.nan, torch.full((1,), math.nan)
+    with Stopwatch(dev) as autograd:
+        if n_auto > 0:
+            m = min(n_auto, n_starts)
+            auto_err, auto_asym = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m], floor)
+    checks = {
+        "official": official,
+        "t_min": t_min,
+        "asym": asym,
+        "lam": lam,
+        "gap": gap,
+        "pot_points": n_pot,
+        "autograd_starts": n_auto,
+        "autograd_rel_err": auto_err,
+        "autograd_asym": auto_asym,
+        "alg2": alg2,
+        "pot": pot,
+        "autograd": autograd,
+    }
+    return res, checks
+
+
 def run_table3(
     ot_cfg: Mapping[str, Any],
     schedules_cfg: Mapping[str, Any],
@@ -121,105 +227,33 @@ def run_table3(
     ``official`` (:func:`dfcore.ot_official.official_fundamental`, the authors' published procedure).
     """
     dev, schedules = _setup(ot_cfg, schedules_cfg, device)
-    official = ot_cfg.get("protocol", "ours") == "official"
-    dim, n_starts, n_steps = int(ot_cfg["dim"]), int(ot_cfg["num_starts"]), int(ot_cfg["num_steps"])
-    tol, pot_tol = float(ot_cfg["tolerance"]), float(ot_cfg["pot_tolerance"])
-    keep, n_auto = int(ot_cfg["keep_paths"]), int(ot_cfg["autograd_starts"])
-    floor = _asymmetry_floor(ot_cfg)
+    dim, keep, floor = int(ot_cfg["dim"]), int(ot_cfg["keep_paths"]), _asymmetry_floor(ot_cfg)
     datasets = {
         name: make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()
     }
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[xr.Dataset]] = {}
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
     alg2_wall = alg2_cpu = 0.0
     pairs = [(s, d) for s in schedules for d in datasets]
-    for s_name, d_name in tqdm(pairs, desc="Table 3", disable=not progress):
-        schedule, mixture = schedules[s_name], datasets[d_name].to(device="cpu", dtype=torch.float64)
-        res: OfficialResult | FundamentalResult
-        if official:
-            schedule = OfficialSchedule(s_name)
-            x_start = official_start(n_starts, dim, seed=seed + 1, device=dev)
-            mixture.to(device=dev, dtype=torch.float32)
-            w0, c0 = time.perf_counter(), _cpu_seconds()
-            res = official_fundamental(mixture, schedule, x_start, n_steps, keep=keep)
-            times, t_min = res.times, 0.0
-        else:
-            t_min = float(ot_cfg["t_min"][s_name])
-            times = time_grid(n_steps, t_min, spacing=ot_cfg["spacing"], rho=float(ot_cfg["rho"]), schedule=schedule)
-            x_start = sample_prior(mixture, schedule, n_starts, seed=seed + 1, device=dev)  # CPU generator
-            mixture.to(device=dev)
-            w0, c0 = time.perf_counter(), _cpu_seconds()
-            res = fundamental_matrix(mixture, schedule, x_start, times, update=ot_cfg["update"], keep=keep)
-        asym = asymmetry_index(res.fundamental, floor=floor)
-        lam = min_sym_eigenvalue(res.fundamental)
-        w1, c1 = time.perf_counter(), _cpu_seconds()
-        alg2_wall += w1 - w0
-        alg2_cpu += c1 - c0
-        n_pot = min(n_starts, int(ot_cfg["pot_max_points"]))
-        gap = pairing_gap(res.x_start[:n_pot], res.x_end[:n_pot])
-        w2 = time.perf_counter()
-        auto_err, auto_asym = math.nan, torch.full((1,), math.nan)
-        # Protocol official has no autograd check: its last DDIM step lands on sigma = 0 for VE and EDM, where the
-        # map is the posterior mean and its Jacobian is singular, and its subVP A is not the Jacobian flow of its map.
-        n_auto = 0 if official else n_auto
-        if n_auto > 0:
-            m = min(n_auto, n_starts)
-            auto_err, auto_asym = _autograd_check(mixture, schedule, x_start[:m], times, res.fundamental[:m], floor)
-        w3 = time.perf_counter()
-        monge = bool((asym <= tol).all() and (lam > 0).all())
-        pot_optimal = gap["relative_gap"] <= pot_tol
-        auto_monge = bool((auto_asym <= tol).all()) if n_auto > 0 else None
-        inv_t = torch.linalg.inv(res.fundamental).transpose(-1, -2)  # proportional to J
-        rows.append(
-            {
-                "schedule": s_name,
-                "dataset": d_name,
-                "kind": ot_cfg["datasets"][d_name]["kind"],
-                "affine_data": is_affine(mixture),
-                "dim": dim,
-                "num_starts": n_starts,
-                "num_steps": n_steps,
-                "protocol": "official" if official else "ours",
-                "spacing": "ddim_linspace" if official else ot_cfg["spacing"],
-                "update": "euler" if official else ot_cfg["update"],
-                "t_min": t_min,
-                "asym_mean": float(asym.mean()),
-                "asym_median": float(asym.median()),
-                "asym_max": float(asym.max()),
-                "frac_above_tol": float((asym > tol).double().mean()),
-                "asym_full_mean": float(asymmetry_index(res.fundamental, zero_diagonal=False, floor=floor).mean()),
-                "asym_jacobian_mean": float(asymmetry_index(inv_t, floor=floor).mean()),
-                "frac_sym_pd": float((lam > 0).double().mean()),
-                "min_sym_eig": float(lam.min()),
-                "min_step_eig": float(res.min_step_eigenvalue.min()),
-                "verdict": "Monge" if monge else "not Monge",
-                "pot_points": n_pot,
-                "pot_pairing_cost": gap["pairing_cost"],
-                "pot_optimal_cost": gap["optimal_cost"],
-                "pot_gap": gap["gap"],
-                "pot_rel_gap": gap["relative_gap"],
-                "pot_verdict": "optimal" if pot_optimal else "not optimal",
-                "autograd_starts": min(n_auto, n_starts),
-                "autograd_rel_err": auto_err,
-                "autograd_asym_mean": float(auto_asym.mean()),
-                "autograd_verdict": None if auto_monge is None else ("Monge" if auto_monge else "not Monge"),
-                "verdicts_agree": (monge == pot_optimal) and (auto_monge is None or auto_monge == monge),
-                "seconds_alg2": w1 - w0,
-                "seconds_pot": w2 - w1,
-                "seconds_autograd": w3 - w2,
-            }
-        )
-        log.info(
-            "%s/%s: asym mean %.4g, POT rel gap %.3g, autograd rel err %.3g",
-            s_name,
-            d_name,
-            asym.mean(),
-            gap["relative_gap"],
-            auto_err,
-        )
-        finals.setdefault(s_name, []).append(_final_dataset(res, asym, lam, d_name, keep, floor))
-    wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+    with Stopwatch(dev) as total:
+        for s_name, d_name in tqdm(pairs, desc="Table 3", disable=not progress):
+            mixture = datasets[d_name].to(device="cpu", dtype=torch.float64)
+            res, checks = _table3_pair(ot_cfg, s_name, schedules[s_name], mixture, seed=seed, dev=dev)
+            alg2_wall += checks["alg2"].seconds
+            alg2_cpu += checks["alg2"].cpu_seconds
+            rows.append(_table3_row(ot_cfg, s_name, d_name, mixture, res, checks, floor))
+            log.info(
+                "%s/%s: asym mean %.4g, POT rel gap %.3g, autograd rel err %.3g",
+                s_name,
+                d_name,
+                checks["asym"].mean(),
+                checks["gap"]["relative_gap"],
+                checks["autograd_rel_err"],
+            )
+            finals.setdefault(s_name, []).append(
+                _final_dataset(res, checks["asym"], checks["lam"], d_name, keep, floor)
+            )
+    wall, cpu = total.seconds, total.cpu_seconds
     table = pd.DataFrame(rows)
     attrs = provenance(config=dict(config) if config is not None else dict(ot_cfg), seed=seed)
     write_csv(table, csv_path, float_format="%.6g")

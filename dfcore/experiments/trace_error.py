@@ -30,7 +30,8 @@ import xarray as xr
 
 from dfcore.data.store import load_dataset, load_mixture, store_dim
 from dfcore.device import resolve_device
-from dfcore.fisher.trace import fisher_trace
+from dfcore.experiments.common import section_seed
+from dfcore.fisher.trace import AnalyticTrace, trace_estimator_from
 from dfcore.io import expect_model, provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
@@ -80,7 +81,7 @@ def trace_errors(
     ground truth is ``mixture``'s exact trace (default: the Dirac mixture over ``data``).
 
     ``extra_trace_models`` maps further estimator labels (e.g. ``dftm_sq_norm``) to trace models; each is
-    evaluated by Eq. 17 (``fisher_trace("dftm", ...)``) with ``denoiser`` on the same test points, and its row
+    evaluated by Eq. 17 (:class:`~dfcore.fisher.trace.DFTMTrace`) with ``denoiser`` on the same test points, and its row
     follows ``dftm``. DF-TM draws no random numbers, so the other rows are the same with or without them.
 
     The dimension is not called ``method``: ``Dataset.sel(method=...)`` is xarray's keyword for inexact
@@ -104,18 +105,16 @@ def trace_errors(
         alpha, sigma = schedule(tt)
         y = data[torch.randint(len(data), (num_points,), generator=gen)].to(torch.float64)
         x = (alpha * y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)).to(dtype)
-        truth[j] = fisher_trace("analytic", x.to(torch.float64), t, schedule=schedule, mixture=mixture).numpy()
+        truth[j] = AnalyticTrace(mixture, schedule)(x.to(torch.float64), t).numpy()
         for i, label in enumerate(labels):
-            estimates[i, j] = fisher_trace(
-                kinds[label],
-                x,
-                t,
-                schedule=schedule,
-                denoiser=denoiser,
-                trace_model=models[label],
-                num_probes=num_probes,
-                generator=gen,
-            ).numpy()
+            pool = {
+                "schedule": schedule,
+                "denoiser": denoiser,
+                "trace_model": models[label],
+                "num_probes": num_probes,
+                "generator": gen,
+            }
+            estimates[i, j] = trace_estimator_from(kinds[label], pool)(x, t).numpy()
     diff = estimates - truth[None]
     rel_l2 = 100 * np.linalg.norm(diff, axis=-1) / np.linalg.norm(truth, axis=-1)[None]
     ratio = 100 * np.abs(diff) / np.abs(truth)[None]
@@ -235,7 +234,7 @@ def run_trace_error(
         if not same_weights(model.denoiser.module, denoiser.module):
             raise ValueError(f"{path}: its trace network was trained on another denoiser than {trace_path}'s")
         extra[label] = model
-    seed = int(seed) + int(cfg.get("seed", 0))
+    seed = section_seed(seed, cfg)
     ds = trace_errors(
         load_dataset(data_path),
         denoiser.schedule,

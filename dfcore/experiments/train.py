@@ -17,6 +17,7 @@ from torch import Tensor
 
 from dfcore.data.store import image_shape, load_dataset
 from dfcore.device import resolve_device
+from dfcore.experiments.common import section_seed
 from dfcore.io import expect_model, save_checkpoint, write_csv
 from dfcore.mixtures import Mixture
 from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
@@ -57,12 +58,20 @@ def train_denoiser(
     on_step: Callable[[int], None] | None = None,
 ) -> LearnedDenoiser:
     """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged)."""
-    arch = cfg.get("arch", "auto")
+    arch = cfg["arch"]
     if arch == "auto":
         arch = "unet" if image_shape is not None else "mlp"
     dev = resolve_device(device)
     model = build_denoiser(
-        arch, data.shape[1], schedule, cfg, sigma_data(data), image_shape=image_shape, seed=seed, device=dev
+        arch,
+        data.shape[1],
+        schedule,
+        sigma_data(data),
+        backbone=cfg[arch],
+        prediction=cfg["prediction"],
+        image_shape=image_shape,
+        seed=seed,
+        device=dev,
     )
     losses = train_loop(
         model,
@@ -70,9 +79,9 @@ def train_denoiser(
         steps=int(cfg["steps"]),
         batch_size=int(cfg["batch_size"]),
         lr=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)),
-        t_min=float(cfg.get("t_min", 1e-3)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)),
+        warmup_steps=int(cfg["warmup_steps"]),
+        t_min=float(cfg["t_min"]),
+        checkpoint_every=int(cfg["checkpoint_every"]),
         seed=seed,
         resume_path=resume_path,
         progress=progress,
@@ -98,17 +107,26 @@ def train_trace(
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
     (``reference``: see :func:`dfcore.train.build_trace_model`)."""
-    model = build_trace_model(denoiser, cfg, seed=seed, data=data, reference=reference)
+    model = build_trace_model(
+        denoiser,
+        target=cfg["target"],
+        share_trunk=bool(cfg["share_trunk"]),
+        head_hidden=int(cfg["head_hidden"]),
+        backbone=cfg["backbone"],
+        seed=seed,
+        data=data,
+        reference=reference,
+    )
     losses = train_loop(
         model,
         data.float(),
         steps=int(cfg["steps"]),
         batch_size=int(cfg["batch_size"]),
         lr=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)),
-        t_min=float(cfg.get("t_min", 1e-3)),
-        time_power=float(cfg.get("time_power", 1.0)),
-        checkpoint_every=int(cfg.get("checkpoint_every", 500)),
+        warmup_steps=int(cfg["warmup_steps"]),
+        t_min=float(cfg["t_min"]),
+        time_power=float(cfg["time_power"]),
+        checkpoint_every=int(cfg["checkpoint_every"]),
         seed=seed,
         resume_path=resume_path,
         progress=progress,
@@ -137,7 +155,7 @@ def run_training(
     schedule comes with the denoiser). ``section`` is the ``denoiser`` or ``trace_net`` config section as the
     data set sees it (its ``overrides`` entry merged in, :func:`dfcore.config.dataset_section`)."""
     data = load_dataset(data_path)
-    seed = int(seed) + int(section.get("seed", 0))
+    seed = section_seed(seed, section)
     if kind == "denoiser":
         if schedule is None:
             raise ValueError("training a denoiser needs its schedule")

@@ -1,9 +1,11 @@
-"""What the trace and Fisher-vector-product estimators share: the schedule they use and batched VJPs."""
+"""What the trace and Fisher-vector-product estimators share: the schedule they use, batched VJPs, and the
+construction of an estimator from its registry name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import cast
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -12,20 +14,48 @@ from dfcore.checks import check_same_schedule
 from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
 
-__all__ = ["resolve_schedule", "jacobian_quadratic_forms", "vjp"]
+__all__ = [
+    "resolve_schedule",
+    "jacobian_quadratic_forms",
+    "output_and_jacobian_quadratic_forms",
+    "vjp",
+    "build_estimator",
+]
 
 # What ``torch.func.vjp`` returns without ``has_aux``: the output and the function of the cotangents.
 _VjpResult = tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]]]
 
+_T = TypeVar("_T")
 
-def resolve_schedule(schedule: Schedule | None, denoiser: Denoiser | None, method: str) -> Schedule:
+
+def resolve_schedule(schedule: Schedule | None, denoiser: Denoiser | None, estimator: str) -> Schedule:
     """``schedule``, or the denoiser's own when none is given."""
     check_same_schedule(schedule, denoiser)
     if schedule is not None:
         return schedule
     if denoiser is not None:
         return denoiser.schedule
-    raise ValueError(f"method {method!r} needs a schedule (or a denoiser that has one)")
+    raise ValueError(f"{estimator} needs a schedule (or a denoiser that has one)")
+
+
+def build_estimator(
+    registry: Mapping[str, type[_T]], kind: str, method: str, deps: Mapping[str, Any], *, strict: bool = True
+) -> _T:
+    """``registry[method](**deps)`` without the keywords given as None (they count as not given).
+
+    An unknown ``method`` is a ValueError naming the choices. With ``strict`` a keyword the estimator does not take,
+    or a dependency it needs and did not get, is the constructor's own TypeError; without it, ``deps`` is the pool
+    of dependencies of every method (a driver whose config word picks the method) and each estimator takes those
+    of them its constructor names."""
+    try:
+        cls = registry[method]
+    except KeyError:
+        raise ValueError(f"unknown {kind} method {method!r}; choose one of {sorted(registry)}") from None
+    given = {key: value for key, value in deps.items() if value is not None}
+    if not strict:
+        takes = inspect.signature(cls).parameters
+        given = {key: value for key, value in given.items() if key in takes}
+    return cls(**given)
 
 
 def vjp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
@@ -35,17 +65,24 @@ def vjp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
         return vjp_fn(v.to(out.dtype))[0]
 
 
-def jacobian_quadratic_forms(
+def output_and_jacobian_quadratic_forms(
     fn: Callable[[Tensor], Tensor], x: Tensor, vectors: Tensor, chunk_size: int | None
-) -> Tensor:
-    r"""For cotangents ``vectors`` (K, B, d...) return :math:`\langle v_k, v_k^\top J\rangle` per sample, (K, B),
-    where J is the (block-diagonal) Jacobian of ``fn`` at x; the K VJPs are vectorised with
-    ``torch.func.vmap`` in chunks of ``chunk_size``."""
+) -> tuple[Tensor, Tensor]:
+    r"""``fn(x)`` (detached) and, for cotangents ``vectors`` (K, B, d...), :math:`\langle v_k, v_k^\top J\rangle`
+    per sample, (K, B), where J is the (block-diagonal) Jacobian of ``fn`` at x. One forward pass serves both; the
+    K VJPs are vectorised with ``torch.func.vmap`` in chunks of ``chunk_size``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        _, vjp_fn = cast(_VjpResult, torch.func.vjp(fn, x))
+        out, vjp_fn = cast(_VjpResult, torch.func.vjp(fn, x))
         try:
             rows = torch.func.vmap(lambda v: vjp_fn(v)[0], chunk_size=chunk_size)(vectors)
         except (RuntimeError, NotImplementedError):  # an op without a batching rule: loop instead
             rows = torch.stack([vjp_fn(v)[0] for v in vectors])
-    return (rows.flatten(2) * vectors.flatten(2)).sum(-1)
+    return out.detach(), (rows.flatten(2) * vectors.flatten(2)).sum(-1)
+
+
+def jacobian_quadratic_forms(
+    fn: Callable[[Tensor], Tensor], x: Tensor, vectors: Tensor, chunk_size: int | None
+) -> Tensor:
+    r"""The (K, B) quadratic forms of :func:`output_and_jacobian_quadratic_forms` alone."""
+    return output_and_jacobian_quadratic_forms(fn, x, vectors, chunk_size)[1]

@@ -1,67 +1,56 @@
-r"""Fisher-trace estimators: a registry of functions with one signature, ``fisher_trace(method, x, t, ...)`` -> (B,).
+r"""Fisher-trace estimators: objects that hold their own dependencies, called as ``est(x, t)`` -> (B,) float64.
 
 With :math:`\partial\varepsilon/\partial x = \sigma F_t` (since :math:`\varepsilon = -\sigma\nabla\log q_t`):
 
-* ``analytic`` — the exact :math:`\operatorname{tr}F_t` of a mixture (for a Dirac mixture over the
-  training set, Prop. 5: :math:`d/\sigma^2 - (\alpha^2/\sigma^4)(\sum_i w_i\|y_i\|^2 - \|\bar y\|^2)`).
-* ``dftm`` — DF-TM (Wang et al., 2025, Eq. 17):
+* :class:`AnalyticTrace` (``analytic``) — the exact :math:`\operatorname{tr}F_t` of a mixture (for a Dirac
+  mixture over the training set, Prop. 5: :math:`d/\sigma^2 - (\alpha^2/\sigma^4)(\sum_i w_i\|y_i\|^2 - \|\bar y\|^2)`).
+* :class:`DFTMTrace` (``dftm``) — DF-TM (Wang et al., 2025, Eq. 17):
   :math:`\operatorname{tr}F_t \approx d/\sigma^2 - (\alpha^2/\sigma^4)(d\,t_\theta - \|\bar y_\theta\|^2)`,
   one denoiser and one trace-network evaluation.
-* ``vjp`` — exact trace of the network's Jacobian, :math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma`,
-  from d vector-Jacobian products with the basis vectors :math:`e_j` (all samples at once, since
-  samples do not interact), vectorised with ``torch.func.vmap`` in chunks of ``chunk_size``.
-* ``hutchinson`` — Skilling–Hutchinson: :math:`\frac1k\sum_{j=1}^k z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma`
-  with Rademacher :math:`z_j` (unbiased; pass ``probes`` to fix them, e.g. along an ODE solve).
+* :class:`VJPTrace` (``vjp``) — exact trace of the network's Jacobian,
+  :math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma`, from d vector-Jacobian products with the
+  basis vectors :math:`e_j` (all samples at once, since samples do not interact), vectorised with
+  ``torch.func.vmap`` in chunks of ``chunk_size``.
+* :class:`HutchinsonTrace` (``hutchinson``) — Skilling–Hutchinson:
+  :math:`\frac1k\sum_{j=1}^k z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma` with Rademacher
+  :math:`z_j` (unbiased; :meth:`~HutchinsonTrace.frozen` fixes the probes, e.g. along an ODE solve).
 
 ``x`` is (B, d) or (B, C, H, W); ``t`` is a scalar or (B,). The result is float64 (a scalar per sample,
-accumulated in double precision whatever the network's dtype). Each method is a function of
-:data:`TRACE_METHODS` with the signature of :class:`TraceFn`; :func:`fisher_trace` looks it up by name.
+accumulated in double precision whatever the network's dtype). :meth:`TraceEstimator.eps_and_trace` also returns
+the ε-prediction the PF-ODE drift needs, from the same forward pass where the estimator makes one.
+:data:`TRACE_ESTIMATORS` maps each name to its class; :func:`trace_estimator` builds one by name and
+:func:`fisher_trace` evaluates it once.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from dfcore.checks import check_same_schedule, widen_half
-from dfcore.fisher.common import jacobian_quadratic_forms, resolve_schedule
+from dfcore.fisher.common import build_estimator, output_and_jacobian_quadratic_forms, resolve_schedule
 from dfcore.mixtures import Mixture, require_finite
-from dfcore.models.base import Denoiser, TraceModel
+from dfcore.models.base import Denoiser, ExactDenoiser, TraceModel
 from dfcore.schedules import Schedule
 from dfcore.sde import batch_time
 
 __all__ = [
-    "TRACE_METHODS",
-    "TraceFn",
+    "TRACE_ESTIMATORS",
+    "TraceEstimator",
+    "AnalyticTrace",
+    "DFTMTrace",
+    "VJPTrace",
+    "HutchinsonTrace",
+    "trace_estimator",
+    "trace_estimator_from",
     "fisher_trace",
-    "trace_analytic",
-    "trace_dftm",
-    "trace_vjp",
-    "trace_hutchinson",
     "rademacher",
 ]
-
-
-class TraceFn(Protocol):
-    """The signature every trace method shares; each reads only the keywords it needs."""
-
-    def __call__(
-        self,
-        x: Tensor,
-        t: Tensor,
-        *,
-        schedule: Schedule,
-        mixture: Mixture | None = None,
-        denoiser: Denoiser | None = None,
-        trace_model: TraceModel | None = None,
-        num_probes: int = 1,
-        probes: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        chunk_size: int | None = 256,
-    ) -> Tensor: ...
 
 
 def rademacher(
@@ -74,128 +63,174 @@ def rademacher(
     return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(dtype=dtype, device=device)
 
 
-def _need(value: object, what: str, method: str) -> None:
-    if value is None:
-        raise ValueError(f"trace method {method!r} needs {what}")
+class TraceEstimator(ABC):
+    r"""An estimate of :math:`\operatorname{tr}F_t(x)`, shape (B,), float64, for ``x`` (B, ...) and ``t`` a scalar
+    or (B,). Subclasses implement :meth:`trace` on a (B,) float64 ``t``; ``denoiser`` gives the ε-prediction of
+    the PF-ODE drift (Eq. 2) that :meth:`eps_and_trace` returns with the trace."""
+
+    schedule: Schedule
+    denoiser: Denoiser
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
+        require_finite("x", x)
+        (x,) = widen_half(x)
+        return self.trace(x, batch_time(t, x, torch.float64))
+
+    @abstractmethod
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\operatorname{tr}F_t(x)` for a (B,) float64 ``t``."""
+
+    def eps_and_trace(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        r""":math:`\varepsilon_\theta(x, t)` (detached, shape of x) and :math:`\operatorname{tr}F_t(x)` (B,)."""
+        require_finite("x", x)
+        (x,) = widen_half(x)
+        tt = batch_time(t, x, torch.float64)
+        with torch.no_grad():
+            eps = self.denoiser.eps(x, tt)
+        return eps, self.trace(x, tt)
+
+    def frozen(self, x: Tensor) -> TraceEstimator:
+        """The estimator to use at every step of one ODE solve of ``x``: itself, unless it draws random numbers."""
+        return self
 
 
-def trace_analytic(x: Tensor, t: Tensor, *, schedule: Schedule, mixture: Mixture | None = None, **_: object) -> Tensor:
-    r"""Exact :math:`\operatorname{tr}F_t` of a mixture (Dirac: Prop. 5; Gaussian: closed form)."""
-    _need(mixture, "the exact mixture (mixture=)", "analytic")
-    assert mixture is not None
-    return mixture.fisher_trace(x.flatten(1).to(torch.float64), t, schedule)
+class AnalyticTrace(TraceEstimator):
+    r"""Exact :math:`\operatorname{tr}F_t` of a mixture (Dirac: Prop. 5; Gaussian: closed form); its drift comes
+    from the mixture's exact score (:class:`~dfcore.models.base.ExactDenoiser`)."""
+
+    def __init__(self, mixture: Mixture, schedule: Schedule) -> None:
+        self.mixture = mixture
+        self.schedule = schedule
+        self.denoiser = ExactDenoiser(mixture, schedule)
+
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.mixture.fisher_trace(x.flatten(1).to(torch.float64), t, self.schedule)
 
 
-def trace_dftm(
-    x: Tensor,
-    t: Tensor,
-    *,
-    schedule: Schedule,
-    denoiser: Denoiser | None = None,
-    trace_model: TraceModel | None = None,
-    **_: object,
-) -> Tensor:
+class DFTMTrace(TraceEstimator):
     r"""DF-TM, Eq. 17: :math:`d/\sigma^2 - (\alpha^2/\sigma^4)\,V`, with the bracket
-    :math:`V = d\,t_\theta - \|\bar y_\theta\|^2` from :meth:`TraceModel.posterior_variance`."""
-    _need(denoiser, "a denoiser (denoiser=)", "dftm")
-    _need(trace_model, "a trace model (trace_model=)", "dftm")
-    assert denoiser is not None and trace_model is not None
-    alpha, sigma = schedule(t)
-    with torch.no_grad():
-        bracket = trace_model.posterior_variance(x, t, denoiser).to(torch.float64)
-    return math.prod(x.shape[1:]) / sigma**2 - alpha**2 / sigma**4 * bracket
+    :math:`V = d\,t_\theta - \|\bar y_\theta\|^2` from :meth:`TraceModel.posterior_variance`.
+    ``schedule`` defaults to the denoiser's."""
+
+    def __init__(self, denoiser: Denoiser, trace_model: TraceModel, schedule: Schedule | None = None) -> None:
+        self.denoiser = denoiser
+        self.trace_model = trace_model
+        self.schedule = resolve_schedule(schedule, denoiser, "DFTMTrace")
+        check_same_schedule(self.schedule, trace_model)
+
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = self.schedule(t)
+        with torch.no_grad():
+            bracket = self.trace_model.posterior_variance(x, t, self.denoiser).to(torch.float64)
+        return math.prod(x.shape[1:]) / sigma**2 - alpha**2 / sigma**4 * bracket
 
 
-def trace_vjp(
-    x: Tensor,
-    t: Tensor,
-    *,
-    schedule: Schedule,
-    denoiser: Denoiser | None = None,
-    chunk_size: int | None = 256,
-    **_: object,
-) -> Tensor:
-    r""":math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma` from d VJPs with the basis vectors."""
-    _need(denoiser, "a denoiser (denoiser=)", "vjp")
-    assert denoiser is not None
-    dim = math.prod(x.shape[1:])
-    basis = torch.eye(dim, dtype=x.dtype, device=x.device)  # cotangent e_j for every sample at once
-    vectors = basis[:, None, :].expand(dim, x.shape[0], dim).reshape(dim, *x.shape)
-    diag = jacobian_quadratic_forms(lambda z: denoiser.eps(z, t), x, vectors, chunk_size)  # (d, B): J_jj
-    return diag.sum(0).detach().to(torch.float64) / schedule.sigma(t)
+class _JacobianTrace(TraceEstimator):
+    r"""The mean of the quadratic forms :math:`z^\top(\partial\varepsilon_\theta/\partial x)z/\sigma` over the
+    cotangents of :meth:`vectors` (k, B, ...), whose forward pass also gives :math:`\varepsilon_\theta`."""
+
+    chunk_size: int | None
+
+    @abstractmethod
+    def vectors(self, x: Tensor) -> Tensor:
+        """The cotangents (k, *x.shape)."""
+
+    @abstractmethod
+    def reduce(self, forms: Tensor) -> Tensor:
+        """The (B,) trace of the Jacobian from the (k, B) quadratic forms."""
+
+    def _eps_and_trace(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        eps, forms = output_and_jacobian_quadratic_forms(
+            lambda z: self.denoiser.eps(z, t), x, self.vectors(x).to(x.dtype), self.chunk_size
+        )
+        return eps, self.reduce(forms).detach().to(torch.float64) / self.schedule.sigma(t)
+
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._eps_and_trace(x, t)[1]
+
+    def eps_and_trace(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        require_finite("x", x)
+        (x,) = widen_half(x)
+        return self._eps_and_trace(x, batch_time(t, x, torch.float64))
 
 
-def trace_hutchinson(
-    x: Tensor,
-    t: Tensor,
-    *,
-    schedule: Schedule,
-    denoiser: Denoiser | None = None,
-    num_probes: int = 1,
-    probes: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    chunk_size: int | None = 256,
-    **_: object,
-) -> Tensor:
-    r"""Skilling–Hutchinson: :math:`\frac1k\sum_j z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma`."""
-    _need(denoiser, "a denoiser (denoiser=)", "hutchinson")
-    assert denoiser is not None
-    if probes is None:
-        if num_probes < 1:
+class VJPTrace(_JacobianTrace):
+    r""":math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma` from d VJPs with the basis vectors,
+    ``chunk_size`` of them per vectorised batch (memory: chunk x B x d). ``schedule`` defaults to the denoiser's."""
+
+    def __init__(self, denoiser: Denoiser, chunk_size: int | None = 256, schedule: Schedule | None = None) -> None:
+        self.denoiser = denoiser
+        self.chunk_size = chunk_size
+        self.schedule = resolve_schedule(schedule, denoiser, "VJPTrace")
+
+    def vectors(self, x: Tensor) -> Tensor:
+        dim = math.prod(x.shape[1:])
+        basis = torch.eye(dim, dtype=x.dtype, device=x.device)  # cotangent e_j for every sample at once
+        return basis[:, None, :].expand(dim, x.shape[0], dim).reshape(dim, *x.shape)
+
+    def reduce(self, forms: Tensor) -> Tensor:
+        return forms.sum(0)  # (d, B): the diagonal J_jj
+
+
+class HutchinsonTrace(_JacobianTrace):
+    r"""Skilling–Hutchinson: :math:`\frac1k\sum_j z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma` with
+    ``num_probes`` Rademacher probes drawn from ``generator`` at every call, or the fixed ``probes`` (k, *x.shape).
+    ``schedule`` defaults to the denoiser's."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        num_probes: int = 1,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = 256,
+        probes: Tensor | None = None,
+        schedule: Schedule | None = None,
+    ) -> None:
+        if probes is None and num_probes < 1:
             raise ValueError(f"num_probes must be positive; got {num_probes}")
-        probes = rademacher((num_probes, *x.shape), generator, x.dtype, x.device)
-    forms = jacobian_quadratic_forms(lambda z: denoiser.eps(z, t), x, probes.to(x.dtype), chunk_size)
-    return forms.mean(0).detach().to(torch.float64) / schedule.sigma(t)
+        self.denoiser = denoiser
+        self.num_probes = num_probes if probes is None else probes.shape[0]
+        self.generator = generator
+        self.chunk_size = chunk_size
+        self.probes = probes
+        self.schedule = resolve_schedule(schedule, denoiser, "HutchinsonTrace")
+
+    def vectors(self, x: Tensor) -> Tensor:
+        if self.probes is not None:
+            return self.probes
+        return rademacher((self.num_probes, *x.shape), self.generator, x.dtype, x.device)
+
+    def reduce(self, forms: Tensor) -> Tensor:
+        return forms.mean(0)
+
+    def frozen(self, x: Tensor) -> HutchinsonTrace:
+        """The same estimator with its probes drawn once for ``x`` (the same probes at every step of a solve)."""
+        return HutchinsonTrace(
+            self.denoiser, chunk_size=self.chunk_size, probes=self.vectors(x), schedule=self.schedule
+        )
 
 
-TRACE_METHODS: dict[str, TraceFn] = {
-    "analytic": trace_analytic,
-    "dftm": trace_dftm,
-    "vjp": trace_vjp,
-    "hutchinson": trace_hutchinson,
+TRACE_ESTIMATORS: dict[str, type[TraceEstimator]] = {
+    "analytic": AnalyticTrace,
+    "dftm": DFTMTrace,
+    "vjp": VJPTrace,
+    "hutchinson": HutchinsonTrace,
 }
 
 
-def fisher_trace(
-    method: str,
-    x: Tensor,
-    t: Tensor | float,
-    *,
-    schedule: Schedule | None = None,
-    mixture: Mixture | None = None,
-    denoiser: Denoiser | None = None,
-    trace_model: TraceModel | None = None,
-    num_probes: int = 1,
-    probes: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    chunk_size: int | None = 256,
-) -> Tensor:
-    r"""Estimate :math:`\operatorname{tr}F_t(x)` with ``method`` (a key of :data:`TRACE_METHODS`), shape (B,), float64.
+def trace_estimator(method: str, **deps: Any) -> TraceEstimator:
+    """The estimator :data:`TRACE_ESTIMATORS` ``[method]`` built from the keywords it takes (``schedule``,
+    ``mixture``, ``denoiser``, ``trace_model``, ``num_probes``, ``generator``, ``chunk_size``, ``probes``); a keyword
+    given as None counts as not given, and one the estimator does not take is a TypeError."""
+    return build_estimator(TRACE_ESTIMATORS, "trace", method, deps)
 
-    Args:
-        method: ``analytic`` (needs ``mixture``), ``dftm`` (``denoiser`` and ``trace_model``), ``vjp`` or
-            ``hutchinson`` (``denoiser``).
-        schedule: defaults to ``denoiser.schedule``.
-        num_probes: Rademacher probes for ``hutchinson`` (ignored when ``probes`` (k, *x.shape) is given).
-        chunk_size: basis vectors / probes per vectorised batch (bounds memory at chunk x B x d).
-    """
-    try:
-        fn = TRACE_METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown trace method {method!r}; choose one of {list(TRACE_METHODS)}") from None
-    schedule = resolve_schedule(schedule, denoiser, method)
-    check_same_schedule(schedule, trace_model)
-    require_finite("x", x)
-    x, probes = widen_half(x, probes)
-    return fn(
-        x,
-        batch_time(t, x, torch.float64),
-        schedule=schedule,
-        mixture=mixture,
-        denoiser=denoiser,
-        trace_model=trace_model,
-        num_probes=num_probes,
-        probes=probes,
-        generator=generator,
-        chunk_size=chunk_size,
-    )
+
+def trace_estimator_from(method: str, pool: Mapping[str, Any]) -> TraceEstimator:
+    """The estimator :data:`TRACE_ESTIMATORS` ``[method]`` built from those of the dependencies in ``pool`` that it
+    takes (for a driver that holds the dependencies of every method and lets a config word pick one)."""
+    return build_estimator(TRACE_ESTIMATORS, "trace", method, pool, strict=False)
+
+
+def fisher_trace(method: str, x: Tensor, t: Tensor | float, **deps: Any) -> Tensor:
+    r""":math:`\operatorname{tr}F_t(x)` by ``trace_estimator(method, **deps)``, shape (B,), float64."""
+    return trace_estimator(method, **deps)(x, t)

@@ -2,13 +2,14 @@ r"""Fisher-vector products :math:`F_t(x)^\top v` behind one interface (Wang et a
 
 The adjoint of the probability-flow ODE needs :math:`(\partial h/\partial x)^\top \lambda` with
 :math:`\partial h/\partial x = f I + \tfrac12 g^2 F_t` (Eq. 19), and a discrete sampler needs
-:math:`(\partial\varepsilon/\partial x)^\top \lambda = \sigma_t F_t^\top \lambda`. Three interchangeable
-methods, selected by a config word, give :math:`F_t^\top v`:
+:math:`(\partial\varepsilon/\partial x)^\top \lambda = \sigma_t F_t^\top \lambda`. Interchangeable
+estimators, each an object holding its own dependencies and called as ``est(x, t, v)``, give
+:math:`F_t^\top v` (:class:`FisherVectorProduct`); :data:`FVP_ESTIMATORS` maps the config word to the class:
 
-``analytic``
+``analytic`` (:class:`AnalyticFVP`)
     exact for a :class:`~dfcore.mixtures.Mixture` (Dirac or Gaussian), through its closed-form
     ``fisher_vp`` (Prop. 5 / Prop. 3).
-``dfea``
+``dfea`` (:class:`DFEA`)
     the endpoint approximation of Eq. 20: the posterior second moment
     :math:`\sum_i w_i y_i y_i^\top` is replaced by :math:`x_0 x_0^\top`, with :math:`x_0` the endpoint
     of the stored sampling trajectory, and :math:`\bar y_\theta` is the network's posterior mean cached
@@ -18,7 +19,7 @@ methods, selected by a config word, give :math:`F_t^\top v`:
               + \frac{\alpha^2}{\sigma^4}\langle \bar y_\theta, v\rangle \bar y_\theta .
 
     No network call and no autograd: two inner products per sample.
-``dfea_centered``
+``dfea_centered`` (:class:`DFEACentered`)
     the same one-sample idea applied to the posterior covariance itself,
     :math:`\mathrm{Cov}[x_0 \mid x_t] \approx (x_0 - \bar y_\theta)(x_0 - \bar y_\theta)^\top`:
 
@@ -30,7 +31,7 @@ methods, selected by a config word, give :math:`F_t^\top v`:
     :math:`x_0 x_0^\top - \bar y\bar y^\top` is indefinite with eigenvalues of order :math:`\|x_0\|\,\|x_0 - \bar y\|`,
     which the factor :math:`\alpha^2/\sigma^4` turns into growth of the adjoint at small :math:`\sigma`.
     Not in the paper; offered as a comparison.
-``vjp``
+``vjp`` (:class:`VJPFVP`)
     :math:`v^\top \partial\varepsilon_\theta/\partial x \,/\, \sigma` through the network (one forward and
     one backward pass).
 
@@ -40,43 +41,30 @@ Shapes: ``x``, ``v``, ``x0``, ``ybar`` are ``(B, ...)`` (flat ``(B, d)`` or imag
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 
 from dfcore.checks import check_endpoints, widen_half
-from dfcore.fisher.common import resolve_schedule, vjp
+from dfcore.fisher.common import build_estimator, resolve_schedule, vjp
 from dfcore.mixtures import Mixture, require_finite
 from dfcore.models.base import Denoiser
 from dfcore.schedules import Schedule
 from dfcore.sde import batch_time, expand_like
 
 __all__ = [
-    "FVP_METHODS",
-    "FisherVpFn",
+    "FVP_ESTIMATORS",
+    "FisherVectorProduct",
+    "AnalyticFVP",
+    "DFEA",
+    "DFEACentered",
+    "VJPFVP",
+    "fvp_estimator",
+    "fvp_estimator_from",
     "fisher_vp",
-    "fisher_vp_analytic",
-    "fisher_vp_dfea",
-    "fisher_vp_dfea_centered",
-    "fisher_vp_vjp",
 ]
-
-
-class FisherVpFn(Protocol):
-    """The signature every Fisher-vector-product method shares; each reads only the keywords it needs."""
-
-    def __call__(
-        self,
-        x: Tensor,
-        t: Tensor,
-        v: Tensor,
-        *,
-        schedule: Schedule,
-        mixture: Mixture | None = None,
-        denoiser: Denoiser | None = None,
-        x0: Tensor | None = None,
-        ybar: Tensor | None = None,
-    ) -> Tensor: ...
 
 
 def _inner(a: Tensor, b: Tensor) -> Tensor:
@@ -84,112 +72,118 @@ def _inner(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
-def fisher_vp_analytic(
-    x: Tensor, t: Tensor, v: Tensor, *, schedule: Schedule, mixture: Mixture | None = None, **_: object
-) -> Tensor:
+class FisherVectorProduct(ABC):
+    r""":math:`F_t(x)^\top v` in the shape and dtype of ``v`` (which has the shape of ``x``), for ``t`` a scalar or
+    (B,). ``ybar`` is the posterior mean :math:`\bar y_\theta(x, t)` when the caller already has it (a sampler caches
+    it); an estimator that needs it and is not given it computes it. Subclasses implement :meth:`product` on a (B,)
+    ``t`` in the dtype of ``x``."""
+
+    schedule: Schedule
+
+    def __call__(self, x: Tensor, t: Tensor | float, v: Tensor, *, ybar: Tensor | None = None) -> Tensor:
+        if v.shape != x.shape:
+            raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {tuple(v.shape)}")
+        require_finite("x", x)
+        require_finite("v", v)
+        dtype, (x, v, ybar) = v.dtype, widen_half(x, v, ybar)
+        return self.product(x, batch_time(t, x), v, ybar).to(dtype)
+
+    @abstractmethod
+    def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
+        r""":math:`F_t(x)^\top v` for a (B,) ``t``."""
+
+
+class AnalyticFVP(FisherVectorProduct):
     r"""Exact :math:`F_t(x) v` of a mixture (F is symmetric). Prop. 5 (Dirac) / Prop. 3 (Gaussian)."""
-    if mixture is None:
-        raise ValueError("fisher_vp method 'analytic' needs mixture=")
-    flat = mixture.fisher_vp(x.flatten(1), t, v.flatten(1), schedule)
-    return flat.reshape(x.shape)
+
+    def __init__(self, mixture: Mixture, schedule: Schedule) -> None:
+        self.mixture = mixture
+        self.schedule = schedule
+
+    def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
+        return self.mixture.fisher_vp(x.flatten(1), t, v.flatten(1), self.schedule).reshape(x.shape)
 
 
-def _endpoint_terms(
-    method: str, t: Tensor, v: Tensor, schedule: Schedule, x0: Tensor | None, ybar: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""The inputs of the endpoint methods, checked: ``x0``, ``ybar``, and :math:`\sigma^2` and
-    :math:`\alpha^2/\sigma^4` broadcast against ``v``."""
-    if x0 is None or ybar is None:
-        raise ValueError(
-            f"fisher_vp method {method!r} needs x0= (trajectory endpoint) and ybar= (cached posterior mean)"
-        )
-    check_endpoints(v, x0=x0, ybar=ybar)
-    alpha, sigma = schedule(t)
-    return x0, ybar, expand_like(sigma.pow(2), v), expand_like(alpha.pow(2) / sigma.pow(4), v)
+class _Endpoint(FisherVectorProduct):
+    r"""The one-sample estimators: the trajectory endpoint ``x0`` (B, ...) stands in for a posterior draw; the
+    posterior mean is the cached ``ybar`` or, without it, the ``denoiser``'s. ``schedule`` defaults to the
+    denoiser's."""
+
+    def __init__(self, x0: Tensor, schedule: Schedule | None = None, denoiser: Denoiser | None = None) -> None:
+        self.x0 = x0
+        self.denoiser = denoiser
+        self.schedule = resolve_schedule(schedule, denoiser, type(self).__name__)
+
+    def _terms(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``ybar``, and :math:`\sigma^2` and :math:`\alpha^2/\sigma^4` broadcast against ``v``."""
+        if ybar is None:
+            if self.denoiser is None:
+                raise ValueError(f"{type(self).__name__} needs the cached posterior mean (ybar=) or a denoiser")
+            ybar = self.denoiser.posterior_mean(x, t).detach()
+        check_endpoints(v, x0=self.x0, ybar=ybar)
+        alpha, sigma = self.schedule(t)
+        return ybar, expand_like(sigma.pow(2), v), expand_like(alpha.pow(2) / sigma.pow(4), v)
 
 
-def fisher_vp_dfea(
-    x: Tensor,
-    t: Tensor,
-    v: Tensor,
-    *,
-    schedule: Schedule,
-    x0: Tensor | None = None,
-    ybar: Tensor | None = None,
-    **_: object,
-) -> Tensor:
-    r"""DF-EA, Eq. 20: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)(\langle x_0, v\rangle x_0 - \langle\bar y, v\rangle\bar y)`.
+class DFEA(_Endpoint):
+    r"""DF-EA, Eq. 20: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)(\langle x_0, v\rangle x_0 - \langle\bar y, v\rangle\bar y)`,
+    with ``x0`` the endpoint of the sampling trajectory through ``x`` and :math:`\bar y` the posterior mean
+    :math:`\bar y_\theta(x_t, t)` cached in the forward pass (``ybar=``); no network call when it is given."""
 
-    Args:
-        x: the point :math:`x_t` (only its shape and dtype are used).
-        x0: endpoint of the sampling trajectory that passes through ``x``.
-        ybar: cached posterior mean :math:`\bar y_\theta(x_t, t)` of the forward pass.
-    """
-    x0, ybar, var, scale = _endpoint_terms("dfea", t, v, schedule, x0, ybar)
-    proj_x0 = expand_like(_inner(x0, v), v)
-    proj_y = expand_like(_inner(ybar, v), v)
-    return v / var - scale * (proj_x0 * x0 - proj_y * ybar)
+    def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
+        ybar, var, scale = self._terms(x, t, v, ybar)
+        proj_x0 = expand_like(_inner(self.x0, v), v)
+        proj_y = expand_like(_inner(ybar, v), v)
+        return v / var - scale * (proj_x0 * self.x0 - proj_y * ybar)
 
 
-def fisher_vp_dfea_centered(
-    x: Tensor,
-    t: Tensor,
-    v: Tensor,
-    *,
-    schedule: Schedule,
-    x0: Tensor | None = None,
-    ybar: Tensor | None = None,
-    **_: object,
-) -> Tensor:
-    r"""One-sample covariance form: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)\langle x_0 - \bar y, v\rangle (x_0 - \bar y)`."""
-    x0, ybar, var, scale = _endpoint_terms("dfea_centered", t, v, schedule, x0, ybar)
-    dev = x0 - ybar
-    return v / var - scale * expand_like(_inner(dev, v), v) * dev
+class DFEACentered(_Endpoint):
+    r"""One-sample covariance form: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)\langle x_0 - \bar y, v\rangle (x_0 - \bar y)`
+    (positive semi-definite; not in the paper)."""
+
+    def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
+        ybar, var, scale = self._terms(x, t, v, ybar)
+        dev = self.x0 - ybar
+        return v / var - scale * expand_like(_inner(dev, v), v) * dev
 
 
-def fisher_vp_vjp(
-    x: Tensor, t: Tensor, v: Tensor, *, schedule: Schedule, denoiser: Denoiser | None = None, **_: object
-) -> Tensor:
-    r""":math:`v^\top (\partial\varepsilon_\theta/\partial x) / \sigma` by one reverse-mode pass through the network."""
-    if denoiser is None:
-        raise ValueError("fisher_vp method 'vjp' needs denoiser=")
-    jtv = vjp(lambda z: denoiser.eps(z, t), x, v)
-    return jtv / expand_like(schedule.sigma(t), jtv)
+class VJPFVP(FisherVectorProduct):
+    r""":math:`v^\top (\partial\varepsilon_\theta/\partial x) / \sigma` by one reverse-mode pass through the network.
+    ``schedule`` defaults to the denoiser's."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule | None = None) -> None:
+        self.denoiser = denoiser
+        self.schedule = resolve_schedule(schedule, denoiser, "VJPFVP")
+
+    def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
+        jtv = vjp(lambda z: self.denoiser.eps(z, t), x, v)
+        return jtv / expand_like(self.schedule.sigma(t), jtv)
 
 
-FVP_METHODS: dict[str, FisherVpFn] = {
-    "analytic": fisher_vp_analytic,
-    "dfea": fisher_vp_dfea,
-    "dfea_centered": fisher_vp_dfea_centered,
-    "vjp": fisher_vp_vjp,
+FVP_ESTIMATORS: dict[str, type[FisherVectorProduct]] = {
+    "analytic": AnalyticFVP,
+    "dfea": DFEA,
+    "dfea_centered": DFEACentered,
+    "vjp": VJPFVP,
 }
 
 
-def fisher_vp(
-    method: str,
-    x: Tensor,
-    t: Tensor | float,
-    v: Tensor,
-    *,
-    schedule: Schedule | None = None,
-    mixture: Mixture | None = None,
-    denoiser: Denoiser | None = None,
-    x0: Tensor | None = None,
-    ybar: Tensor | None = None,
-) -> Tensor:
-    r""":math:`F_t(x)^\top v` by ``method`` (a key of :data:`FVP_METHODS`), in the shape and dtype of ``v``.
+def fvp_estimator(method: str, **deps: Any) -> FisherVectorProduct:
+    """The estimator :data:`FVP_ESTIMATORS` ``[method]`` built from the keywords it takes (``schedule``,
+    ``mixture``, ``denoiser``, ``x0``); a keyword given as None counts as not given, and one the estimator does
+    not take is a TypeError."""
+    return build_estimator(FVP_ESTIMATORS, "fisher_vp", method, deps)
 
-    Each method reads only the keyword arguments it needs: ``mixture`` (analytic), ``x0`` and
-    ``ybar`` (dfea, dfea_centered), ``denoiser`` (vjp). ``schedule`` defaults to ``denoiser.schedule``.
-    """
-    try:
-        fn = FVP_METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown fisher_vp method {method!r}; choose one of {sorted(FVP_METHODS)}") from None
-    if v.shape != x.shape:
-        raise ValueError(f"v must have the shape of x {tuple(x.shape)}; got {tuple(v.shape)}")
-    require_finite("x", x)
-    require_finite("v", v)
-    schedule = resolve_schedule(schedule, denoiser, method)
-    dtype, (x, v, x0, ybar) = v.dtype, widen_half(x, v, x0, ybar)
-    return fn(x, batch_time(t, x), v, schedule=schedule, mixture=mixture, denoiser=denoiser, x0=x0, ybar=ybar).to(dtype)
+
+def fvp_estimator_from(method: str, pool: Mapping[str, Any]) -> FisherVectorProduct:
+    """The estimator :data:`FVP_ESTIMATORS` ``[method]`` built from those of the dependencies in ``pool`` that it
+    takes (for a driver that holds the dependencies of every method and lets a config word pick one)."""
+    return build_estimator(FVP_ESTIMATORS, "fisher_vp", method, pool, strict=False)
+
+
+def fisher_vp(
+    method: str, x: Tensor, t: Tensor | float, v: Tensor, *, ybar: Tensor | None = None, **deps: Any
+) -> Tensor:
+    r""":math:`F_t(x)^\top v` by ``fvp_estimator(method, **deps)``, in the shape and dtype of ``v``; ``ybar`` is
+    the cached posterior mean at (x, t), read by the endpoint estimators only."""
+    return fvp_estimator(method, **deps)(x, t, v, ybar=ybar)

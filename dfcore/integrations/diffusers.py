@@ -17,7 +17,7 @@ with :math:`t_\theta(z_t, t)` regressed onto :math:`\|z_0\|^2/d` over latents :m
 **NLL** (Eq. 14): :math:`\log q_{t_{min}}(z) = \log p_T(z_T) + \int_{t_{min}}^1 (f d + \tfrac12 g^2 \operatorname{tr}F_t)\,dt`
 along the PF-ODE (torchdiffeq). The prior is the diagonal Gaussian :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)`
 with v the latents' variance per coordinate (SD latents are scaled to v ≈ 1, and then
-:math:`\alpha_T^2 + \sigma_T^2 = 1`), passed to :func:`dfcore.likelihood.log_likelihood` as ``data_var`` so that no d×d
+:math:`\alpha_T^2 + \sigma_T^2 = 1`), passed to :func:`dfcore.likelihood.gaussian_log_prior` as ``var`` so that no d×d
 covariance is formed (at d = 4·64·64 it would not fit in memory).
 
 **Weights are never downloaded**: :func:`load_pipeline` reads a local folder only
@@ -30,7 +30,7 @@ import importlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,9 @@ from dfcore.sde import batch_time, expand_like
 # implementation (`CLIPImageProcessorPil`); harmless here: that is the processor transformers used before its
 # torchvision backend, and the pipelines are loaded with feature_extractor=None, so no image processor runs.
 drop_log_messages("transformers.utils.import_utils", "requires torchvision (not installed); falling back to")
+
+if TYPE_CHECKING:
+    from dfcore.likelihood import LikelihoodResult
 
 __all__ = [
     "SDWeightsError",
@@ -332,7 +335,7 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
     from dfcore.sde import time_grid
 
     t_min = 1.0 / cast(DiscreteSchedule, denoiser.schedule).num_steps if t_min is None else t_min
-    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, t_min, t_max=1.0), "ddim").x0
+    return sample_trajectory(denoiser, z_T.to(torch.float64), time_grid(num_steps, t_min, t_max=1.0), "ddim").x_final
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,31 +353,28 @@ def latent_log_likelihood(
     solver: str = "rk4",
     num_steps: int = 50,
     data_var: float = 1.0,
-) -> dict[str, Tensor]:
+) -> LikelihoodResult:
     r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14 (:func:`dfcore.likelihood.log_likelihood`), with
-    :math:`\operatorname{tr}F_t` from :func:`dfcore.fisher.trace.fisher_trace` (``dftm`` by default) and the
-    prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with v = ``data_var``. Fixed-step torchdiffeq
-    ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has kinks every 1/T, which make
-    adaptive steppers crawl). Returns ``log_q``, ``bpd``, ``prior``, ``delta``, ``nfe``."""
-    from dfcore.likelihood import log_likelihood
+    :math:`\operatorname{tr}F_t` from the trace estimator ``method`` (``dftm`` by default; it takes what it needs of
+    ``denoiser`` and ``trace_model``) and the prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with
+    v = ``data_var``. Fixed-step torchdiffeq ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has
+    kinks every 1/T, which make adaptive steppers crawl)."""
+    from dfcore.fisher.trace import trace_estimator_from
+    from dfcore.likelihood import gaussian_log_prior, log_likelihood
 
     schedule = denoiser.schedule
     t_min = 1.0 / cast(DiscreteSchedule, schedule).num_steps if t_min is None else t_min
     if solver not in ("euler", "rk4"):
         raise ValueError(f"latent NLL uses a fixed-step solver, 'euler' or 'rk4'; got {solver!r}")
-    res = log_likelihood(
+    return log_likelihood(
         z,
-        method=method,
-        schedule=schedule,
-        denoiser=denoiser,
-        trace_model=trace_model,
+        trace_estimator_from(method, {"schedule": schedule, "denoiser": denoiser, "trace_model": trace_model}),
+        log_prior=gaussian_log_prior(schedule, t_max, var=data_var),
         t_min=t_min,
         t_max=t_max,
         solver=solver,
         num_steps=num_steps,
-        data_var=data_var,
     )
-    return {key: res[key] for key in ("log_q", "bpd", "prior", "delta")} | {"nfe": torch.tensor(res["nfe"])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ and :func:`load_trace_model` rebuild the model from the file alone (``weights_on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -50,8 +52,11 @@ __all__ = [
     "UNetBackbone",
     "TraceHead",
     "build_backbone",
+    "Preconditioning",
+    "precondition",
     "LearnedDenoiser",
     "LearnedTraceModel",
+    "TraceTarget",
     "TRACE_TARGETS",
     "schedule_from_spec",
     "denoiser_from_state",
@@ -211,21 +216,30 @@ def schedule_from_spec(spec: dict[str, Any]) -> Schedule:
     return get_schedule(spec["name"], **spec.get("params", {}))
 
 
-def _scaled(schedule: Schedule, t: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """alpha, sigma, sigma~ = sigma/alpha and c_in, all (B,) float64."""
-    t64 = t.to(torch.float64)
-    alpha, sigma = schedule(t64)
+@dataclass(frozen=True)
+class Preconditioning:
+    r"""EDM's preconditioning (Karras et al., 2022, Table 1) at times t for any schedule, every field (B,) float64.
+
+    With :math:`\tilde\sigma = \sigma_t/\alpha_t` (the noise level of :math:`\tilde x = x/\alpha_t`):
+    :math:`c_{in} = 1/\sqrt{\tilde\sigma^2+\sigma_d^2}`, :math:`c_{skip} = \sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`,
+    :math:`c_{out} = \tilde\sigma\sigma_d/\sqrt{\tilde\sigma^2+\sigma_d^2}`; the network sees
+    :math:`c_{in}\tilde x` and t (t is its own noise label: c_noise is the identity)."""
+
+    alpha: Tensor
+    sigma: Tensor
+    noise: Tensor  # sigma~ = sigma / alpha
+    c_in: Tensor
+    c_skip: Tensor
+    c_out: Tensor
+
+
+def precondition(schedule: Schedule, t: Tensor, sigma_data: float) -> Preconditioning:
+    """:class:`Preconditioning` at ``t`` (B,): one evaluation of the schedule."""
+    alpha, sigma = schedule(t.to(torch.float64))
     s = sigma / alpha
-    c_in = 1.0 / torch.sqrt(s**2 + sigma_data**2)
-    return alpha, sigma, s, c_in
-
-
-def skip_scalings(s: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:
-    r"""EDM preconditioning (Karras et al., 2022, Table 1) in the scaled variable :math:`\tilde x = x/\alpha`,
-    noise level :math:`\tilde\sigma` = ``s``: :math:`c_{skip} = \sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`,
-    :math:`c_{out} = \tilde\sigma\sigma_d/\sqrt{\tilde\sigma^2+\sigma_d^2}`."""
     sd2 = sigma_data**2
-    return sd2 / (s**2 + sd2), s * sigma_data / torch.sqrt(s**2 + sd2)
+    root = torch.sqrt(s**2 + sd2)
+    return Preconditioning(alpha, sigma, s, 1.0 / root, sd2 / (s**2 + sd2), s * sigma_data / root)
 
 
 class LearnedDenoiser(Denoiser):
@@ -260,50 +274,55 @@ class LearnedDenoiser(Denoiser):
     def _param(self) -> Tensor:
         return next(self.module.parameters())
 
-    def _inputs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def precondition(self, t: Tensor) -> Preconditioning:
+        """The preconditioning of this model at ``t`` (B,)."""
+        return precondition(self.schedule, t, self.sigma_data)
+
+    def network_input(self, x: Tensor, t: Tensor, pre: Preconditioning) -> tuple[Tensor, Tensor]:
+        r"""The backbone's inputs :math:`c_{in} x/\alpha` and t, in the model's dtype."""
+        x_in = (x.to(torch.float64) * expand_like(pre.c_in / pre.alpha, x)).to(self._param.dtype)
+        return x_in, t.to(self._param.dtype)
+
+    def raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Preconditioning]:
+        """The backbone output F (model dtype) and the preconditioning at ``t``."""
         t = batch_time(t, x, t.dtype)
-        alpha, sigma, s, c_in = _scaled(self.schedule, t, self.sigma_data)
-        x_in = (x.to(torch.float64) * expand_like(c_in / alpha, x)).to(self._param.dtype)
-        return x_in, t.to(self._param.dtype), alpha, sigma
+        pre = self.precondition(t)
+        return self.module(*self.network_input(x, t, pre)), pre
 
-    def raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The backbone output F (model dtype), and alpha, sigma (B,)."""
-        x_in, tm, alpha, sigma = self._inputs(x, t)
-        return self.module(x_in, tm), alpha, sigma
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        out, alpha, sigma = self.raw(x, t)
-        if self.prediction == "eps":
-            return out.to(x.dtype)
-        return (x - expand_like(alpha, x).to(x.dtype) * self._x0(x, out, alpha, sigma)) / expand_like(sigma, x).to(
+    def _x0(self, x: Tensor, out: Tensor, pre: Preconditioning) -> Tensor:
+        r""":math:`\bar y_\theta = c_{skip}\tilde x + c_{out} F` (x0 prediction)."""
+        x_tilde = x / expand_like(pre.alpha, x).to(x.dtype)
+        return expand_like(pre.c_skip, x).to(x.dtype) * x_tilde + expand_like(pre.c_out, x).to(x.dtype) * out.to(
             x.dtype
         )
 
-    def _x0(self, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        c_skip, c_out = skip_scalings(sigma / alpha, self.sigma_data)
-        x_tilde = x / expand_like(alpha, x).to(x.dtype)
-        return expand_like(c_skip, x).to(x.dtype) * x_tilde + expand_like(c_out, x).to(x.dtype) * out.to(x.dtype)
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        out, pre = self.raw(x, t)
+        if self.prediction == "eps":
+            return out.to(x.dtype)
+        alpha, sigma = expand_like(pre.alpha, x).to(x.dtype), expand_like(pre.sigma, x).to(x.dtype)
+        return (x - alpha * self._x0(x, out, pre)) / sigma
 
     def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
-        out, alpha, sigma = self.raw(x, t)
+        out, pre = self.raw(x, t)
         if self.prediction == "x0":
-            return self._x0(x, out, alpha, sigma)
-        a, s = expand_like(alpha, x).to(x.dtype), expand_like(sigma, x).to(x.dtype)
+            return self._x0(x, out, pre)
+        a, s = expand_like(pre.alpha, x).to(x.dtype), expand_like(pre.sigma, x).to(x.dtype)
         return (x - s * out.to(x.dtype)) / a
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         r"""Denoising score matching with the EDM weighting: for ``x0`` prediction
         :math:`\|F - (x_0 - c_{skip}\tilde x)/c_{out}\|^2`, for ``eps`` :math:`\|\varepsilon_\theta - \varepsilon\|^2`
-        (mean over batch and dimensions)."""
-        alpha, sigma = self.schedule(t.to(torch.float64))
-        x = add_noise(x0, noise, alpha, sigma)
-        out, alpha, sigma = self.raw(x, t)
+        (mean over batch and dimensions). The schedule is evaluated once."""
+        pre = self.precondition(t)
+        x = add_noise(x0, noise, pre.alpha, pre.sigma)
+        out = self.module(*self.network_input(x, t, pre))
         if self.prediction == "eps":
             target = noise
         else:
-            c_skip, c_out = skip_scalings(sigma / alpha, self.sigma_data)
-            x_tilde = x / expand_like(alpha, x).to(x.dtype)
-            target = (x0 - expand_like(c_skip, x0).to(x0.dtype) * x_tilde) / expand_like(c_out, x0).to(x0.dtype)
+            x_tilde = x / expand_like(pre.alpha, x).to(x.dtype)
+            c_skip, c_out = expand_like(pre.c_skip, x0).to(x0.dtype), expand_like(pre.c_out, x0).to(x0.dtype)
+            target = (x0 - c_skip * x_tilde) / c_out
         return (out - target.to(out.dtype)).pow(2).mean()
 
     def state(self) -> dict[str, Any]:
@@ -337,7 +356,49 @@ class TraceHead(nn.Module):
         return self.net(torch.cat([features, timestep_embedding(t, self.emb_dim)], 1))[:, 0]
 
 
-TRACE_TARGETS = ("dataset_posterior", "batch_posterior", "residual", "sq_norm")
+TargetFn = Callable[["LearnedTraceModel", Tensor, Tensor, Tensor], Tensor]
+
+
+def _sq_norm_target(model: LearnedTraceModel, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r"""Alg. 1's literal target: :math:`\|x_0\|^2 - \|\bar y_\theta\|^2`."""
+    return x0.pow(2).sum(1) - model.denoised(x, t).pow(2).sum(1)
+
+
+def _residual_target(model: LearnedTraceModel, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r""":math:`\|x_0 - \bar y_\theta\|^2`."""
+    return (x0 - model.denoised(x, t)).pow(2).sum(1)
+
+
+def _batch_posterior_target(model: LearnedTraceModel, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]` under the minibatch's clean samples."""
+    return DiracMixture(x0).posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), model.schedule)
+
+
+def _reference_posterior_target(model: LearnedTraceModel, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r""":math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]` under the model's ``reference`` distribution."""
+    if model.reference is None:
+        raise ValueError(f"trace target {model.target!r} needs its reference distribution (reference=)")
+    return model.reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), model.schedule)
+
+
+@dataclass(frozen=True)
+class TraceTarget:
+    """A regression target of Alg. 1: its value (model, x0 (B, d) float64, x_t, t) -> (B,) float64, and the
+    distribution whose posterior it reads: ``""`` (none), ``training_set`` (the Dirac mixture of the training
+    data) or ``exact_mixture`` (the data set's exact Gaussian mixture, which real data never offers)."""
+
+    value: TargetFn
+    reference: str = ""
+
+
+# Every trace-net target by name (LearnedTraceModel.loss documents each).
+TRACE_TARGETS: dict[str, TraceTarget] = {
+    "dataset_posterior": TraceTarget(_reference_posterior_target, reference="training_set"),
+    "batch_posterior": TraceTarget(_batch_posterior_target),
+    "residual": TraceTarget(_residual_target),
+    "sq_norm": TraceTarget(_sq_norm_target),
+    "mixture_posterior": TraceTarget(_reference_posterior_target, reference="exact_mixture"),
+}
 
 
 class LearnedTraceModel(TraceModel):
@@ -357,9 +418,9 @@ class LearnedTraceModel(TraceModel):
         reference: Mixture | None = None,
     ) -> None:
         if target not in TRACE_TARGETS:
-            raise ValueError(f"unknown trace_net target {target!r}; choose one of {list(TRACE_TARGETS)}")
+            raise ValueError(f"unknown trace target {target!r}; choose one of {list(TRACE_TARGETS)}")
         self.denoiser = denoiser
-        self.reference = reference  # the data distribution whose posterior variance dataset_posterior regresses onto
+        self.reference = reference  # the distribution whose posterior variance a reference target regresses onto
         self.schedule = denoiser.schedule
         self.module = module
         self.share_trunk = bool(share_trunk)
@@ -368,14 +429,14 @@ class LearnedTraceModel(TraceModel):
 
     def variance_scale(self, t: Tensor, dim: int) -> Tensor:
         r""":math:`d\,\tilde\sigma^2\sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`, (B,) float64."""
-        _, _, s, _ = _scaled(self.schedule, t, self.denoiser.sigma_data)
+        s = self.denoiser.precondition(t).noise
         sd2 = self.denoiser.sigma_data**2
         return dim * s**2 * sd2 / (s**2 + sd2)
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw head output G (B,)."""
         t = batch_time(t, x, t.dtype)
-        x_in, tm, _, _ = self.denoiser._inputs(x, t)
+        x_in, tm = self.denoiser.network_input(x, t, self.denoiser.precondition(t))
         if self.share_trunk:
             with torch.no_grad():
                 feats = cast(_Trunk, self.denoiser.module).features(x_in, tm)
@@ -389,6 +450,11 @@ class LearnedTraceModel(TraceModel):
         t = batch_time(t, x, t.dtype)
         dim = x[0].numel()
         return self.variance_scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
+
+    def denoised(self, x: Tensor, t: Tensor) -> Tensor:
+        r"""The frozen denoiser's :math:`\bar y_\theta(x, t)`, (B, d) float64, without gradients."""
+        with torch.no_grad():
+            return self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
 
     def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
         t = batch_time(t, x, t.dtype)
@@ -408,24 +474,13 @@ class LearnedTraceModel(TraceModel):
         to it as the batch grows; Alg. 1's single-sample target is the batch-of-one case), and
         ``target: dataset_posterior`` the same over the whole training set (``self.reference``): the
         conditional expectation of Alg. 1's target itself (Prop. 6), so the same optimum with no variance at all.
-        Both come from :meth:`DiracMixture.posterior_variance` and need no denoiser call."""
+        Both come from :meth:`DiracMixture.posterior_variance` and need no denoiser call. ``target:
+        mixture_posterior`` is the posterior variance under the exact Gaussian mixture of the data
+        (``self.reference``), an ablation. Each target is an entry of :data:`TRACE_TARGETS`."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = add_noise(x0, noise, alpha, sigma)
         flat = x0.flatten(1).to(torch.float64)
-        if self.target in ("dataset_posterior", "batch_posterior"):
-            reference = self.reference if self.target == "dataset_posterior" else DiracMixture(flat)
-            if reference is None:
-                raise ValueError(
-                    "trace_net target 'dataset_posterior' needs the training set (reference=DiracMixture(data))"
-                )
-            target = reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
-        else:
-            with torch.no_grad():
-                ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
-            if self.target == "sq_norm":
-                target = flat.pow(2).sum(1) - ybar.pow(2).sum(1)
-            else:
-                target = (flat - ybar).pow(2).sum(1)
+        target = TRACE_TARGETS[self.target].value(self, flat, x, t)
         scale = self.variance_scale(t, flat.shape[1])
         pred = nn.functional.softplus(self.head(x, t))
         return (pred - (target / scale).to(pred.dtype)).pow(2).mean()

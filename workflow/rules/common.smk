@@ -5,13 +5,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from dfcore.config import (
-    SCHEMA_PATH,
     ConfigError,
     canonical_params,
     dataset_section,
     load_yaml,
     validate_config,
 )
+from dfcore.experiments.likelihood_methods import OWN_METHODS
+from dfcore.fisher import TRACE_ESTIMATORS
+from dfcore.models.networks import TRACE_TARGETS
+from dfcore.registries import required_dependencies, wildcard_pattern
 
 try:
     # Snakemake's own loader keeps the last of two equal keys; load_yaml refuses them.
@@ -170,10 +173,14 @@ def sd_tiny_params():
     )
 
 
-# The regression targets of Alg. 1 (trace_net.target), from the schema.
-TRACE_TARGETS = load_yaml(SCHEMA_PATH)["properties"]["trace_net"]["properties"][
-    "target"
-]["enum"]
+# Wildcard constraints, from the registries: the trace-net targets trained on the data alone (rule
+# train_trace_target), those that read the data set's exact mixture (rule likelihood_trace), and the trace
+# estimators of rule nll.
+TRAINED_TARGETS = wildcard_pattern("trace_targets")
+EXACT_MIXTURE_TARGETS = "|".join(
+    name for name, spec in TRACE_TARGETS.items() if spec.reference == "exact_mixture"
+)
+TRACE_ESTIMATOR_NAMES = wildcard_pattern("trace_estimators")
 
 
 def likelihood_trace_section(wildcards):
@@ -182,23 +189,14 @@ def likelihood_trace_section(wildcards):
     return without(dataset_section(config["trace_net"], wildcards.dataset), "target")
 
 
-# trace-net target of each dftm method of the likelihood stage (sq_norm and residual nets come from
-# rule train_trace_target, the exact-mixture ablation from rule likelihood_trace)
-LIKELIHOOD_TRACE_TARGETS = {
-    "dftm": "sq_norm",
-    "dftm_residual": "residual",
-    "dftm_mixture_posterior": "mixture_posterior",
-}
-
-
 # Input functions of the rules files.
 def _likelihood_traces(dataset, methods):
     """The trace nets (input name trace_{target}) of the dftm methods among ``methods`` on ``dataset``."""
     stem = f"{RESULTS}/models/{dataset}_{config['likelihood']['schedule']}_trace"
     return {
-        f"trace_{target}": f"{stem}_{target}.pt"
-        for method, target in LIKELIHOOD_TRACE_TARGETS.items()
-        if method in methods
+        f"trace_{OWN_METHODS[method].trace_target}": f"{stem}_{OWN_METHODS[method].trace_target}.pt"
+        for method in methods
+        if method in OWN_METHODS and OWN_METHODS[method].trace_target
     }
 
 
@@ -214,11 +212,13 @@ def heldout_trace_inputs(wildcards):
 
 
 def nll_models(wildcards):
+    """The networks the job's trace estimator is built from: its trace net (which holds its denoiser), else its
+    denoiser, else none (the exact mixture, read from the data set)."""
     stem = f"{RESULTS}/models/{wildcards.dataset}_{wildcards.schedule}"
-    return {
-        "analytic": {},
-        "dftm": {"trace": f"{stem}_trace.pt"},
-    }.get(wildcards.method, {"denoiser": f"{stem}_denoiser.pt"})
+    needs = required_dependencies(TRACE_ESTIMATORS[wildcards.method])
+    if "trace_model" in needs:
+        return {"trace": f"{stem}_trace.pt"}
+    return {"denoiser": f"{stem}_denoiser.pt"} if "denoiser" in needs else {}
 
 
 def trace_error_targets(wildcards):
@@ -227,7 +227,10 @@ def trace_error_targets(wildcards):
     trace_net.target as the Table 2 dataset sees it, which is the `dftm` row), each {stem}_trace_{target}.pt.
     """
     te = config["trace_error"]
-    if "dftm" not in te["methods"]:
+    if not any(
+        "trace_model" in required_dependencies(TRACE_ESTIMATORS[m])
+        for m in te["methods"]
+    ):
         return []
     main = dataset_section(config["trace_net"], te["dataset"])["target"]
     stem = f"{RESULTS}/models/{te['dataset']}_{te['schedule']}"

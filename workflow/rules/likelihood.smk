@@ -20,7 +20,7 @@ rule likelihood_trace:
     log:
         f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace_{{target}}.log",
     wildcard_constraints:
-        target="mixture_posterior",
+        target=EXACT_MIXTURE_TARGETS,
     conda:
         "../envs/dfcore.yaml"
     threads: trace_threads

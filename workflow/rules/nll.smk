@@ -15,7 +15,7 @@ rule nll:
     log:
         f"{RESULTS}/logs/nll/{{dataset}}_{{schedule}}_{{method}}.log",
     wildcard_constraints:
-        method="analytic|dftm|vjp|hutchinson",
+        method=TRACE_ESTIMATOR_NAMES,
     conda:
         "../envs/dfcore.yaml"
     threads: 1

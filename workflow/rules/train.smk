@@ -60,7 +60,7 @@ use rule train_trace as train_trace_target with:
     log:
         f"{RESULTS}/logs/train/{{dataset}}_{{schedule}}_trace_{{target}}.log",
     wildcard_constraints:
-        target="|".join(TRACE_TARGETS),
+        target=TRAINED_TARGETS,
     params:
         trace_net=trace_target_section,
         seed=config["seed"],

@@ -1,8 +1,8 @@
-"""Rule `likelihood_dataset`: dfcore.experiments.likelihood_benchmark.run_likelihood_dataset."""
+"""Rule `likelihood_dataset`: dfcore.experiments.likelihood.run_likelihood_dataset."""
 
 import torch
 
-from dfcore.experiments.likelihood_benchmark import run_likelihood_dataset
+from dfcore.experiments.likelihood import run_likelihood_dataset
 from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log

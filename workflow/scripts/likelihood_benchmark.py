@@ -1,8 +1,8 @@
-"""Rule `likelihood_benchmark`: dfcore.experiments.likelihood_benchmark.run_likelihood_benchmark."""
+"""Rule `likelihood_benchmark`: dfcore.experiments.likelihood.run_likelihood_benchmark."""
 
 import logging
 
-from dfcore.experiments.likelihood_benchmark import run_likelihood_benchmark
+from dfcore.experiments.likelihood import run_likelihood_benchmark
 from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0]):  # output, warnings and tracebacks go to the rule's log

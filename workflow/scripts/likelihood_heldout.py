@@ -1,8 +1,8 @@
-"""Rule `likelihood_heldout`: dfcore.experiments.likelihood_benchmark.run_heldout_likelihood."""
+"""Rule `likelihood_heldout`: dfcore.experiments.likelihood.run_heldout_likelihood."""
 
 import torch
 
-from dfcore.experiments.likelihood_benchmark import run_heldout_likelihood
+from dfcore.experiments.likelihood import run_heldout_likelihood
 from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log

@@ -1,10 +1,10 @@
-"""Rule `likelihood_table2` (Table 2 on a Gaussian mixture): dfcore.experiments.likelihood_benchmark.run_table2_mixture."""
+"""Rule `likelihood_table2` (Table 2 on a Gaussian mixture): dfcore.experiments.likelihood.run_table2_mixture."""
 
 import logging
 
 import torch
 
-from dfcore.experiments.likelihood_benchmark import run_table2_mixture
+from dfcore.experiments.likelihood import run_table2_mixture
 from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebacks go to the rule's log

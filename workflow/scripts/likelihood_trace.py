@@ -1,8 +1,8 @@
-"""Rule `likelihood_trace`: dfcore.experiments.likelihood_benchmark.train_target_trace."""
+"""Rule `likelihood_trace`: dfcore.experiments.likelihood.train_target_trace."""
 
 import torch
 
-from dfcore.experiments.likelihood_benchmark import train_target_trace
+from dfcore.experiments.likelihood import train_target_trace
 from dfcore.logs import rule_log
 
 with rule_log(snakemake.log[0], mode="a"):  # appends: a resumed run keeps the interrupted run's log

@@ -1,10 +1,10 @@
-"""Rule `nll`: dfcore.experiments.likelihood.run_nll."""
+"""Rule `nll`: dfcore.experiments.nll.run_nll."""
 
 import logging
 
 import torch
 
-from dfcore.experiments.likelihood import run_nll
+from dfcore.experiments.nll import run_nll
 from dfcore.logs import rule_log
 from dfcore.schedules import get_schedule
 

@@ -1,7 +1,4 @@
-"""Rules `sd_*`: dfcore.experiments.sd (the tiny test pipeline: tests/fixtures/tiny_sd.py)."""
-
-import sys
-from pathlib import Path
+"""Rules `sd_*`: dfcore.experiments.sd (the tiny test pipeline: dfcore.integrations.tiny_sd)."""
 
 import torch
 
@@ -20,11 +17,7 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
         return str(value) if isinstance(value, str) else str(value[0])
 
     if snakemake.rule == "sd_tiny_pipeline":
-        # Test inputs: the tiny pipeline is not part of dfcore but a fixture of the test suite.
-        sys.path.insert(0, str(Path.cwd() / "tests"))  # jobs run in the workflow directory
-        from fixtures.tiny_sd import run_tiny
-
-        run_tiny(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
+        sd.run_tiny_pipeline(p.sd, out.pipeline, out.clip, out.images, seed=p.seed)
     elif snakemake.rule == "sd_trace_net":
         sd.run_trace_net(
             p.sd,
@@ -37,7 +30,7 @@ with rule_log(snakemake.log[0]):  # output, progress bars, warnings and tracebac
             resume=p.resume,
         )
     elif snakemake.rule == "sd_nll":
-        sd.run_nll(
+        sd.run_sd_nll(
             p.sd,
             folder("pipeline"),
             snakemake.input.trace,

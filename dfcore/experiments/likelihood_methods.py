@@ -1,0 +1,62 @@
+r"""The methods of the likelihood stage by name: each of ours is a trace estimator of
+:data:`~dfcore.fisher.trace.TRACE_ESTIMATORS` with its settings (probes, the target of its trace net) and its role
+in the tables; each peer is an adapter of :data:`~dfcore.integrations.peers.PEERS`. The settings are looked up
+here by name, never parsed from it, and the config schema and the workflow read the names from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfcore.integrations.peers import PEERS
+
+__all__ = [
+    "OwnMethod",
+    "OWN_METHODS",
+    "PEER_METHODS",
+    "PEER_REFERENCE",
+    "LIKELIHOOD_METHODS",
+    "method_role",
+    "trace_target",
+]
+
+
+@dataclass(frozen=True)
+class OwnMethod:
+    """A method of ours: the trace estimator (a key of ``TRACE_ESTIMATORS``), its Rademacher probes, the target of
+    its trace net (a key of :data:`~dfcore.models.networks.TRACE_TARGETS`; dftm only) and its role: ``sanity``
+    (the exact mixture's own trace), ``ours`` or ``ablation`` (a trace net that saw the exact mixture)."""
+
+    estimator: str
+    num_probes: int = 1
+    trace_target: str = ""
+    role: str = "ours"
+
+
+OWN_METHODS: dict[str, OwnMethod] = {
+    "analytic": OwnMethod("analytic", role="sanity"),
+    "vjp": OwnMethod("vjp"),
+    "hutchinson1": OwnMethod("hutchinson", num_probes=1),
+    "hutchinson4": OwnMethod("hutchinson", num_probes=4),
+    "dftm": OwnMethod("dftm", trace_target="sq_norm"),  # the headline: Alg. 1's target
+    "dftm_residual": OwnMethod("dftm", trace_target="residual"),
+    "dftm_mixture_posterior": OwnMethod("dftm", trace_target="mixture_posterior", role="ablation"),
+}
+PEER_METHODS = tuple(PEERS)
+LIKELIHOOD_METHODS = (*OWN_METHODS, *PEER_METHODS)
+# the method of ours that computes the same quantity as each peer (their agreement is reported against it)
+PEER_REFERENCE = {
+    "kdiffusion_hutchinson": "hutchinson1",
+    "flow_matching_exact": "vjp",
+    "flow_matching_hutchinson": "hutchinson1",
+}
+
+
+def method_role(method: str) -> str:
+    """``sanity``, ``ours``, ``ablation`` (see :class:`OwnMethod`) or ``peer``."""
+    return "peer" if method in PEER_METHODS else OWN_METHODS[method].role
+
+
+def trace_target(method: str) -> str:
+    """The target of the trace net ``method`` evaluates, or "" when it uses none."""
+    return OWN_METHODS[method].trace_target if method in OWN_METHODS else ""
