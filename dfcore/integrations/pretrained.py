@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser
-from dfcore.schedules import DiscreteSchedule
+from dfcore.schedules import DiscreteSchedule, Schedule
 from dfcore.sde import batch_time, expand_like
 
 __all__ = [
@@ -51,6 +51,8 @@ __all__ = [
     "output_from_eps",
     "PretrainedDenoiser",
     "PretrainedModel",
+    "WarpedSchedule",
+    "LogTimeWarp",
     "check_model_dir",
     "load_model",
 ]
@@ -176,6 +178,63 @@ class PretrainedDenoiser(Denoiser):
         t = batch_time(t, x, torch.float64)
         alpha, sigma = self.schedule(t)
         return eps_from_output(self.output(x, t), x, alpha, sigma, self.prediction_type)
+
+
+class WarpedSchedule(Schedule):
+    r"""``base`` in log time: :math:`t = \varphi(s) = e^{-L(1 - s)}`, so :math:`\alpha(s) = \alpha_{base}(\varphi(s))`,
+    :math:`\sigma(s) = \sigma_{base}(\varphi(s))` and, since :math:`d/ds = \varphi'(s)\,d/dt` with
+    :math:`\varphi' = L\varphi`, :math:`f(s) = L\varphi f_{base}` and :math:`g^2(s) = L\varphi\, g^2_{base}`: the
+    same probability-flow ODE (Song et al., 2021, Eq. 13) and Eq. 14 integrand, reparametrised in s."""
+
+    name = "log-time"
+
+    def __init__(self, base: Schedule, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError(f"log-time rate L must be positive; got {rate}")
+        self.base = base
+        self.rate = float(rate)
+
+    def time(self, s: Tensor) -> Tensor:
+        r""":math:`t = \varphi(s)`."""
+        return torch.exp(-self.rate * (1.0 - s))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self.base.alpha(self.time(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.base.sigma(self.time(t))
+
+    def f(self, t: Tensor) -> Tensor:
+        tt = self.time(t)
+        return self.rate * tt * self.base.f(tt)
+
+    def g2(self, t: Tensor) -> Tensor:
+        tt = self.time(t)
+        return self.rate * tt * self.base.g2(tt)
+
+    def params(self) -> dict[str, Any]:
+        return {"base": repr(self.base), "rate": self.rate}
+
+
+class LogTimeWarp(Denoiser):
+    r"""A denoiser on :class:`WarpedSchedule`: :math:`\varepsilon(x, s) = \varepsilon_{base}(x, \varphi(s))`, with
+    L chosen so that :math:`\varphi(s_{min}) = t_{min}`. Uniform solver steps in :math:`s \in [s_{min}, 1]`
+    are uniform in :math:`\log t`, which follows the :math:`1/t` growth of the likelihood integrand at small t
+    (:math:`\operatorname{tr}F_t \approx d/\sigma_t^2`, :math:`\sigma_t^2 \propto t`)."""
+
+    schedule: WarpedSchedule
+
+    def __init__(self, base: Denoiser, t_min: float, s_min: float = 0.5) -> None:
+        if not 0 < t_min < 1 or not 0 < s_min < 1:
+            raise ValueError(f"LogTimeWarp needs 0 < t_min < 1 and 0 < s_min < 1; got {t_min}, {s_min}")
+        self.base = base
+        self.t_min = float(t_min)
+        self.s_min = float(s_min)
+        self.schedule = WarpedSchedule(base.schedule, math.log(1.0 / t_min) / (1.0 - s_min))
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        s = batch_time(t, x, torch.float64)
+        return self.base.eps(x, self.schedule.time(s))
 
 
 def _offline() -> None:

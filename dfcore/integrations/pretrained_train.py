@@ -96,7 +96,8 @@ def build_unet(
     norm_num_groups: int = 8,
     seed: int = 0,
 ) -> Any:
-    """A small ``UNet2DModel`` for (C, H, W) images (plain conv blocks, one downsampling per extra level)."""
+    """A small ``UNet2DModel`` for (C, H, W) images (plain conv blocks, one downsampling per extra level, no
+    attention)."""
     channels, height, _ = (int(v) for v in image_shape)
     torch.manual_seed(seed)
     return UNet2DModel(
@@ -108,6 +109,7 @@ def build_unet(
         down_block_types=("DownBlock2D",) * len(block_out_channels),
         up_block_types=("UpBlock2D",) * len(block_out_channels),
         norm_num_groups=norm_num_groups,
+        add_attention=False,  # no attention: vmapped VJPs (the vjp trace) have no batching rule for its backward
     )
 
 
@@ -151,6 +153,6 @@ def train_ddpm(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     unet.eval().requires_grad_(False)
     return losses
