@@ -299,3 +299,57 @@ def test_experiment_train_convert_measure(tmp_path):
     assert solvers["max_abs_err_bpd"].iloc[0] == 0 and solvers["max_abs_err_bpd"].iloc[1] > 0
     types = pd.read_csv(tmp_path / "out" / "prediction_types.csv")
     assert set(types["prediction_type"]) == {"v_prediction", "sample"} and (types["max_abs_eps_diff"] < 1e-6).all()
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in trace head whose per-sample output is a constant h."""
+
+    def __init__(self, h: float) -> None:
+        super().__init__()
+        self.h = torch.nn.Parameter(torch.tensor(h, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return self.h.expand(x.shape[0], 1)
+
+
+def test_positive_trace_model_on_gaussian_data():
+    """For data N(0, s_d^2 I) the posterior variance is exactly c(t), i.e. softplus(h) = 1: DF-TM with that head
+    equals the analytic Fisher trace of the Gaussian; any head keeps tr F <= d/sigma^2; the loss is Alg. 1's."""
+    from dfcore.fisher import fisher_trace
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.mixtures import GaussianMixture
+    from dfcore.models.base import ExactDenoiser
+    from dfcore.schedules import VPSchedule
+
+    d, sd = 3, 0.7
+    gauss = GaussianMixture(
+        torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64), sd**2 * torch.eye(d)[None].double()
+    )
+    schedule = VPSchedule()
+    den = ExactDenoiser(gauss, schedule)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.1, 0.5, 0.9], dtype=torch.float64)
+    exact = PositiveTraceModel(_Constant(math.log(math.e - 1)), den, sd, box_width=0.1)
+    dftm = fisher_trace("dftm", x, t, denoiser=den, trace_model=exact)
+    analytic = fisher_trace("analytic", x, t, mixture=gauss, schedule=schedule)
+    torch.testing.assert_close(dftm, analytic, rtol=1e-10, atol=1e-10)
+    # a head far off in either direction stays within the physical bound tr F <= d / sigma^2
+    sigma = schedule.sigma(t)
+    for h in (-50.0, 50.0):
+        tm = PositiveTraceModel(_Constant(h), den, sd, box_width=0.1)
+        assert (fisher_trace("dftm", x, t, denoiser=den, trace_model=tm) <= d / sigma**2 + 1e-12).all()
+    assert tm.counts["lower"] == 0 and tm.counts["evaluations"] == 4 and tm.counts["upper"] == 4  # V > d w^2/4
+    # the loss, recomputed: (softplus(h) - (|x0|^2 - |ybar|^2)/c)^2 with c the Gaussian posterior variance
+    x0 = sd * torch.randn(4, d, generator=gen, dtype=torch.float64)
+    noise = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    alpha, sigma = schedule(t)
+    xt = alpha[:, None] * x0 + sigma[:, None] * noise
+    ybar = den.posterior_mean(xt, t)
+    s2 = (sigma / alpha) ** 2
+    c = d * s2 * sd**2 / (s2 + sd**2)
+    target = (x0.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
+    h = 0.3
+    loss = PositiveTraceModel(_Constant(h), den, sd).loss(x0, t, noise)
+    expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - target).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -31,12 +32,28 @@ from torch import Tensor
 
 from dfcore.data.datasets import labelled_digits, split_digits
 from dfcore.dequantize import dequantize_images, image_bits_per_dim
-from dfcore.integrations.pretrained import LogTimeWarp, PretrainedModel, load_model
+from dfcore.integrations.pretrained import (
+    LogTimeWarp,
+    PositiveTraceModel,
+    PretrainedModel,
+    WarpedTraceModel,
+    load_model,
+)
 from dfcore.io import write_csv, write_text
-from dfcore.models.base import Denoiser
+from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import Schedule
 
-__all__ = ["DEFAULTS", "digits_uint8", "train_model", "convert_model", "model_log_likelihood", "measure", "main"]
+__all__ = [
+    "DEFAULTS",
+    "digits_uint8",
+    "train_model",
+    "convert_model",
+    "train_trace",
+    "load_trace",
+    "model_log_likelihood",
+    "measure",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +70,17 @@ DEFAULTS: dict[str, Any] = {
         "holdout": 0.1,
         "seed": 0,
     },
+    "trace": {
+        "block_out_channels": [16, 32],
+        "norm_num_groups": 8,
+        "steps": 1000,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "warmup_steps": 50,
+        "seed": 0,
+    },
     "measure": {
+        "trace_dir": None,
         "num_images": 16,
         "num_draws": 1,
         "methods": ["vjp", "hutchinson"],
@@ -165,6 +192,76 @@ def convert_model(src: str | Path, out: str | Path, prediction_type: str) -> Pat
     return Path(out)
 
 
+def _data_stats(images: Tensor) -> tuple[Tensor, float]:
+    """Mean image and mean per-coordinate variance of uint8 ``images`` on the [-1, 1] model scale, dequantised
+    (the uniform noise adds 1/(12 * 127.5^2) to each variance)."""
+    x = images.to(torch.float64) / 127.5 - 1.0 + 0.5 / 127.5
+    return x.mean(0), float(x.var(0).mean()) + 1.0 / (12 * 127.5**2)
+
+
+BOX_WIDTH = 256.0 / 127.5  # dequantised data fill [-1, 1 + 1/127.5) on the model scale
+
+
+def train_trace(model_dir: str | Path, out: str | Path, section: dict[str, Any] | None = None) -> Path:
+    """Train a :class:`PositiveTraceModel` on the model of ``model_dir`` (its training digits) by Alg. 1 and
+    write its network with ``save_pretrained`` to ``out/unet``, with ``out/trace.json`` (settings, sigma_data,
+    the box width, t_min, time) and ``out/loss.csv``."""
+    from dfcore.integrations.pretrained_train import build_trace_unet, train_trace_model
+
+    cfg = _merged(section, DEFAULTS["trace"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(model_dir)
+    holdout, split_seed = _split_of(Path(model_dir))
+    images = digits_uint8("train", holdout, split_seed)
+    sigma_data = math.sqrt(_data_stats(images)[1])
+    unet = build_trace_unet(
+        model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
+    )
+    trace = PositiveTraceModel(unet, model.denoiser, sigma_data, BOX_WIDTH)
+    t_min = 1.0 / model.schedule.num_steps
+    start = time.perf_counter()
+    losses = train_trace_model(
+        trace,
+        images,
+        steps=int(cfg["steps"]),
+        t_min=t_min,
+        batch_size=int(cfg["batch_size"]),
+        lr=float(cfg["lr"]),
+        warmup_steps=int(cfg["warmup_steps"]),
+        seed=int(cfg["seed"]),
+    )
+    seconds = time.perf_counter() - start
+    tmp = out / f".unet.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(str(tmp))
+    shutil.rmtree(out / "unet", ignore_errors=True)
+    os.replace(tmp, out / "unet")
+    meta = {"trace": cfg, "sigma_data": sigma_data, "box_width": BOX_WIDTH, "t_min": t_min, "seconds": seconds}
+    write_text(json.dumps(meta | {"model_dir": str(model_dir)}, indent=2), out / "trace.json")
+    write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), out / "loss.csv")
+    log.info("trained the trace net %s in %.0f s (final loss %.4f)", out, seconds, losses[-1])
+    return out
+
+
+def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceModel:
+    """The :class:`PositiveTraceModel` saved by :func:`train_trace`, on ``model``'s denoiser and dtype."""
+    from diffusers import UNet2DModel
+
+    trace_dir = Path(trace_dir)
+    meta = json.loads((trace_dir / "trace.json").read_text())
+    dtype = next(model.unet.parameters()).dtype
+    unet = UNet2DModel.from_pretrained(str(trace_dir / "unet"), local_files_only=True, dtype=dtype)
+    unet.eval().requires_grad_(False)
+    return PositiveTraceModel(unet, model.denoiser, float(meta["sigma_data"]), float(meta["box_width"]))
+
+
+def _split_of(model_dir: Path) -> tuple[float, int]:
+    info = json.loads((model_dir / "dfcore.json").read_text()) if (model_dir / "dfcore.json").is_file() else {}
+    train = info.get("train", {})
+    return float(train.get("holdout", DEFAULTS["train"]["holdout"])), int(train.get("seed", 0))
+
+
 def model_log_likelihood(
     model: PretrainedModel,
     x: Tensor,
@@ -179,6 +276,7 @@ def model_log_likelihood(
     data_mean: Tensor | None = None,
     data_var: float | None = None,
     generator: torch.Generator | None = None,
+    trace_model: TraceModel | None = None,
 ) -> dict[str, Any]:
     """:func:`dfcore.likelihood.log_likelihood` of model-scale ``x`` from ``t_min`` to 1 with the adapter as the
     denoiser, in the original time (``time_warp: none``) or log time (:class:`LogTimeWarp`: uniform solver steps
@@ -192,6 +290,7 @@ def model_log_likelihood(
     elif time_warp == "log":
         warp = LogTimeWarp(model.denoiser, t_min)
         schedule, denoiser, s_min = warp.schedule, warp, warp.s_min
+        trace_model = None if trace_model is None else WarpedTraceModel(trace_model, warp)
     else:
         raise ValueError(f"unknown time_warp {time_warp!r}; choose 'none' or 'log'")
     return log_likelihood(
@@ -206,6 +305,7 @@ def model_log_likelihood(
         rtol=rtol,
         atol=atol,
         generator=generator,
+        trace_model=trace_model,
         data_mean=data_mean,
         data_var=data_var,
     )
@@ -220,14 +320,10 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     out_dir.mkdir(parents=True, exist_ok=True)
     dtype = {"float64": torch.float64, "float32": torch.float32}[cfg["dtype"]]
     model = load_model(model_dir, dtype=dtype)
-    info = (
-        json.loads((Path(model_dir) / "dfcore.json").read_text()) if (Path(model_dir) / "dfcore.json").is_file() else {}
-    )
-    holdout = float(info.get("train", {}).get("holdout", 0.1))
-    split_seed = int(info.get("train", {}).get("seed", 0))
+    holdout, split_seed = _split_of(Path(model_dir))
     test = digits_uint8("test", holdout, split_seed)[: int(cfg["num_images"])]
-    train = digits_uint8("train", holdout, split_seed).to(torch.float64) / 127.5 - 1.0
-    data_mean, data_var = train.mean(0), float(train.var(0).mean())
+    data_mean, data_var = _data_stats(digits_uint8("train", holdout, split_seed))
+    trace = load_trace(cfg["trace_dir"], model) if cfg["trace_dir"] else None
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
     deq = dequantize_images(test, gen, int(cfg["num_draws"]))
     t_min = 1.0 / model.schedule.num_steps
@@ -235,6 +331,8 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"protocol": {}, "methods": {}, "solvers": [], "model_dir": str(model_dir)}
     for method in cfg["methods"]:
+        if method == "dftm" and trace is None:
+            raise ValueError("method 'dftm' needs the measure key trace_dir (a folder written by train_trace)")
         start = time.perf_counter()
         res = model_log_likelihood(
             model,
@@ -244,6 +342,7 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
             num_steps=int(cfg["num_steps"]),
             time_warp=cfg["time_warp"],
             generator=torch.Generator().manual_seed(int(cfg["seed"]) + 1),
+            trace_model=trace if method == "dftm" else None,
             **common,
         )
         seconds = time.perf_counter() - start
@@ -259,6 +358,17 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
         for i, value in enumerate(bpd.bpd.tolist()):
             rows.append({"image": i, "method": method, "bpd": value, "seconds_per_image": per_image, "nfe": res["nfe"]})
         log.info("%s: %.4f bits/dim, %.2f s/image", method, float(bpd.bpd.mean()), per_image)
+    if trace is not None:
+        summary["dftm_bounds"] = dict(trace.counts) | {"upper_bound": "d w^2/4", "box_width": trace.box_width}
+        by = pd.DataFrame(rows).pivot(index="image", columns="method", values="bpd")
+        if {"dftm", "vjp"} <= set(by.columns):
+            gap = (by["dftm"] - by["vjp"]).abs()
+            summary["dftm_vs_vjp"] = {
+                "mean_abs_diff_bpd": float(gap.mean()),
+                "max_abs_diff_bpd": float(gap.max()),
+                "time_ratio": summary["methods"]["dftm"]["seconds_per_image"]
+                / summary["methods"]["vjp"]["seconds_per_image"],
+            }
     if rows:
         write_csv(pd.DataFrame(rows), out_dir / "bpd.csv")
     if cfg["solver_study"]:
@@ -341,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     p_conv.add_argument("--model", required=True)
     p_conv.add_argument("--out", required=True)
     p_conv.add_argument("--prediction-type", required=True, choices=["v_prediction", "sample"])
+    p_trace = sub.add_parser("train-trace", help="train the positive trace network (Alg. 1) on the model")
+    p_trace.add_argument("--model", required=True)
+    p_trace.add_argument("--out", required=True)
+    p_trace.add_argument("--config", help="JSON file with the 'trace' settings")
     p_meas = sub.add_parser("measure", help="bits/dim table and solver study on held-out digits")
     p_meas.add_argument("--model", required=True)
     p_meas.add_argument("--out", required=True)
@@ -350,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     section = json.loads(Path(args.config).read_text()) if getattr(args, "config", None) else None
     if args.command == "train":
         train_model(section, args.out, Path(args.out).parent / f"{Path(args.out).name}_loss.csv")
+    elif args.command == "train-trace":
+        train_trace(args.model, args.out, section)
     elif args.command == "convert":
         convert_model(args.model, args.out, args.prediction_type)
     else:

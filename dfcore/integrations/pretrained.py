@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dfcore.models.base import Denoiser
+from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule, Schedule
 from dfcore.sde import batch_time, expand_like
 
@@ -53,6 +53,8 @@ __all__ = [
     "PretrainedModel",
     "WarpedSchedule",
     "LogTimeWarp",
+    "PositiveTraceModel",
+    "WarpedTraceModel",
     "check_model_dir",
     "load_model",
 ]
@@ -235,6 +237,96 @@ class LogTimeWarp(Denoiser):
     def eps(self, x: Tensor, t: Tensor) -> Tensor:
         s = batch_time(t, x, torch.float64)
         return self.base.eps(x, self.schedule.time(s))
+
+
+class PositiveTraceModel(TraceModel):
+    r"""A trace model for any denoiser with the posterior variance parameterised positive (Alg. 1, Eq. 17):
+
+    .. math:: V_\theta(x, t) = c(t)\,\mathrm{softplus}(h_\theta(x, t)) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t = x],
+              \qquad c(t) = d\,\frac{\tilde\sigma^2\sigma_d^2}{\tilde\sigma^2 + \sigma_d^2},\ \tilde\sigma = \sigma_t/\alpha_t,
+
+    (c is the posterior variance of Gaussian data of variance :math:`\sigma_d^2` per coordinate), so
+    :math:`V_\theta \ge 0` and DF-TM's :math:`\operatorname{tr}F_t = d/\sigma^2 - (\alpha^2/\sigma^4) V_\theta \le d/\sigma^2`
+    always; :math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d`. ``module`` maps
+    (:math:`x/\sqrt{\alpha^2\sigma_d^2 + \sigma^2}`, 1000 t) to a tensor whose per-sample mean is h (a
+    one-channel diffusers ``UNet2DModel``, say). Alg. 1's loss with the target
+    :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/c)^2`: the minimiser of
+    :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`.
+
+    With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
+    :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
+    """
+
+    def __init__(
+        self, module: nn.Module, denoiser: Denoiser, sigma_data: float, box_width: float | None = None
+    ) -> None:
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive; got {sigma_data}")
+        self.module = module
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.sigma_data = float(sigma_data)
+        self.box_width = box_width
+        self.counts = {"evaluations": 0, "lower": 0, "upper": 0}
+
+    def scale(self, t: Tensor, dim: int) -> Tensor:
+        """c(t), (B,) float64."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        s2, sd2 = (sigma / alpha) ** 2, self.sigma_data**2
+        return dim * s2 * sd2 / (s2 + sd2)
+
+    def head(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw output h (B,)."""
+        t = batch_time(t, x, torch.float64)
+        alpha, sigma = self.schedule(t)
+        c_in = 1.0 / torch.sqrt(alpha**2 * self.sigma_data**2 + sigma**2)
+        param = next(iter(self.module.parameters()))
+        out = self.module((expand_like(c_in, x) * x).to(param.dtype), (1000.0 * t).to(param.dtype))
+        out = out if isinstance(out, Tensor) else out.sample
+        return out.flatten(1).mean(1)
+
+    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+        t = batch_time(t, x, torch.float64)
+        dim = math.prod(x.shape[1:])
+        var = self.scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
+        self.counts["evaluations"] += int(var.numel())
+        self.counts["lower"] += int((var < 0).sum())
+        if self.box_width is not None:
+            self.counts["upper"] += int((var > dim * self.box_width**2 / 4).sum())
+        return var
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        t = batch_time(t, x, torch.float64)
+        with torch.no_grad():
+            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / ybar.shape[1]).to(x.dtype)
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Alg. 1's loss in the preconditioned form above, averaged over the batch."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        flat = x0.flatten(1).to(torch.float64)
+        with torch.no_grad():
+            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        c = self.scale(t, flat.shape[1])
+        target = (flat.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
+        pred = nn.functional.softplus(self.head(x, t))
+        return (pred - target.to(pred.dtype)).pow(2).mean()
+
+
+class WarpedTraceModel(TraceModel):
+    """A trace model on :class:`LogTimeWarp`'s time s: every call at s is the base model's at t = φ(s)."""
+
+    def __init__(self, base: TraceModel, warp: LogTimeWarp) -> None:
+        self.base = base
+        self.warp = warp
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.base.mean_sq_norm(x, self.warp.schedule.time(batch_time(t, x, torch.float64)))
+
+    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+        tt = self.warp.schedule.time(batch_time(t, x, torch.float64))
+        return self.base.posterior_variance(x, tt, self.warp.base)
 
 
 def _offline() -> None:

@@ -30,7 +30,15 @@ from dfcore.dequantize import dequantize
 from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
 from dfcore.schedules import DiscreteSchedule
 
-__all__ = ["ConvertedUNet2DModel", "convert_prediction_type", "build_unet", "ddpm_scheduler", "train_ddpm"]
+__all__ = [
+    "ConvertedUNet2DModel",
+    "convert_prediction_type",
+    "build_unet",
+    "ddpm_scheduler",
+    "train_ddpm",
+    "build_trace_unet",
+    "train_trace_model",
+]
 
 
 class ConvertedUNet2DModel(ModelMixin, ConfigMixin):
@@ -155,4 +163,68 @@ def train_ddpm(
         opt.step()
         losses.append(loss.item())
     unet.eval().requires_grad_(False)
+    return losses
+
+
+def build_trace_unet(
+    image_shape: Sequence[int], block_out_channels: Sequence[int] = (16, 32), norm_num_groups: int = 8, seed: int = 0
+) -> Any:
+    """A one-channel-output ``UNet2DModel`` for :class:`~dfcore.integrations.pretrained.PositiveTraceModel`."""
+    channels, height, _ = (int(v) for v in image_shape)
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=height,
+        in_channels=channels,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=tuple(int(c) for c in block_out_channels),
+        down_block_types=("DownBlock2D",) * len(block_out_channels),
+        up_block_types=("UpBlock2D",) * len(block_out_channels),
+        norm_num_groups=norm_num_groups,
+        add_attention=False,
+    )
+
+
+def train_trace_model(
+    trace_model: Any,
+    images: Tensor,
+    *,
+    steps: int,
+    t_min: float,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    warmup_steps: int = 50,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+) -> list[float]:
+    r"""Train ``trace_model.module`` (a :class:`~dfcore.integrations.pretrained.PositiveTraceModel`) in place by
+    Alg. 1 on uint8 ``images`` with fresh uniform dequantisation, at times log-uniform in [``t_min``, 1]
+    (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1); got {t_min}")
+    module = trace_model.module
+    gen = torch.Generator().manual_seed(int(seed))
+    dtype = next(module.parameters()).dtype
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    losses: list[float] = []
+    module.train()
+    for step in range(steps):
+        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x0 = dequantize(images[idx], generator=gen).to(dtype)
+        noise = torch.randn(x0.shape, generator=gen, dtype=dtype)
+        t = t_min ** torch.rand(batch_size, generator=gen, dtype=torch.float64)
+        loss = trace_model.loss(x0, t, noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_trace_model: non-finite loss at step {step + 1} of {steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    module.eval().requires_grad_(False)
     return losses
