@@ -85,20 +85,17 @@ DEFAULTS: dict[str, Any] = {
         "num_draws": 1,
         "methods": ["vjp", "hutchinson"],
         "solver": "rk4",
-        "num_steps": 40,
+        "num_steps": 20,
         "time_warp": "log",
         "solver_study": {
             "method": "hutchinson",
-            "reference": {"solver": "dopri5", "rtol": 1e-8, "atol": 1e-8, "time_warp": "log"},
-            "settings": [
-                {"solver": "dopri5", "rtol": 1e-5, "atol": 1e-5, "time_warp": "none"},
-                {"solver": "dopri5", "rtol": 1e-5, "atol": 1e-5, "time_warp": "log"},
-                {"solver": "dopri5", "rtol": 1e-3, "atol": 1e-3, "time_warp": "log"},
+            "reference": {"solver": "rk4", "num_steps": 320, "time_warp": "log"},
+            "settings": [{"solver": "rk4", "num_steps": n, "time_warp": "log"} for n in (10, 20, 40, 80, 160)]
+            + [
                 {"solver": "rk4", "num_steps": 100, "time_warp": "none"},
-                {"solver": "rk4", "num_steps": 10, "time_warp": "log"},
-                {"solver": "rk4", "num_steps": 20, "time_warp": "log"},
-                {"solver": "rk4", "num_steps": 40, "time_warp": "log"},
-                {"solver": "euler", "num_steps": 100, "time_warp": "log"},
+                {"solver": "dopri5", "rtol": 1e-3, "atol": 1e-3, "time_warp": "log"},
+                {"solver": "dopri5", "rtol": 1e-5, "atol": 1e-5, "time_warp": "log"},
+                {"solver": "dopri5", "rtol": 1e-5, "atol": 1e-5, "time_warp": "none"},
             ],
         },
         "dtype": "float64",
