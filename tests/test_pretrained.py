@@ -353,3 +353,9 @@ def test_positive_trace_model_on_gaussian_data():
     loss = PositiveTraceModel(_Constant(h), den, sd).loss(x0, t, noise)
     expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - target).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    residual = (x0 - ybar).pow(2).sum(1) / c
+    loss = PositiveTraceModel(_Constant(h), den, sd, target="residual").loss(x0, t, noise)
+    expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - residual).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="'l1'"):
+        PositiveTraceModel(_Constant(h), den, sd, target="l1")

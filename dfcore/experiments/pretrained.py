@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "lr": 2e-3,
         "warmup_steps": 50,
+        "target": "sq_norm",
         "seed": 0,
     },
     "measure": {
@@ -215,7 +216,7 @@ def train_trace(model_dir: str | Path, out: str | Path, section: dict[str, Any] 
     unet = build_trace_unet(
         model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
     )
-    trace = PositiveTraceModel(unet, model.denoiser, sigma_data, BOX_WIDTH)
+    trace = PositiveTraceModel(unet, model.denoiser, sigma_data, BOX_WIDTH, str(cfg["target"]))
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()
     losses = train_trace_model(

@@ -251,17 +251,27 @@ class PositiveTraceModel(TraceModel):
     (:math:`x/\sqrt{\alpha^2\sigma_d^2 + \sigma^2}`, 1000 t) to a tensor whose per-sample mean is h (a
     one-channel diffusers ``UNet2DModel``, say). Alg. 1's loss with the target
     :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/c)^2`: the minimiser of
-    :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`.
+    :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`. ``target="residual"`` regresses
+    onto :math:`\|x_0 - \bar y_\theta\|^2` instead: the same optimum when :math:`\bar y_\theta = E[x_0 | x_t]`, without
+    the cross term :math:`2\bar y_\theta\cdot(x_0 - \bar y_\theta)` whose spread dwarfs c at small t.
 
     With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
     :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
     """
 
     def __init__(
-        self, module: nn.Module, denoiser: Denoiser, sigma_data: float, box_width: float | None = None
+        self,
+        module: nn.Module,
+        denoiser: Denoiser,
+        sigma_data: float,
+        box_width: float | None = None,
+        target: str = "sq_norm",
     ) -> None:
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
+        if target not in ("sq_norm", "residual"):
+            raise ValueError(f"unknown trace target {target!r}; choose 'sq_norm' or 'residual'")
+        self.target = target
         self.module = module
         self.denoiser = denoiser
         self.schedule = denoiser.schedule
@@ -309,7 +319,10 @@ class PositiveTraceModel(TraceModel):
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         c = self.scale(t, flat.shape[1])
-        target = (flat.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
+        if self.target == "sq_norm":
+            target = (flat.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
+        else:
+            target = (flat - ybar).pow(2).sum(1) / c
         pred = nn.functional.softplus(self.head(x, t))
         return (pred - target.to(pred.dtype)).pow(2).mean()
 
