@@ -1,0 +1,473 @@
+r"""Any diffusers UNet and its scheduler as a dfcore :class:`~dfcore.models.base.Denoiser`.
+
+**Schedule.** The scheduler's table :math:`\bar\alpha_i` (``alphas_cumprod``) becomes the continuous
+:class:`~dfcore.schedules.DiscreteSchedule`: :math:`\alpha_t = \sqrt{\bar\alpha}`, :math:`\sigma_t = \sqrt{1-\bar\alpha}`,
+step i at :math:`t = (i + 1)/T`; the UNet is called at the fractional timestep ``schedule.timestep(t)`` = tT - 1
+(clamped to [0, T - 1]).
+
+**Prediction type.** With :math:`x = \alpha x_0 + \sigma\varepsilon` (Ho et al., 2020, Eq. 4) the scheduler's
+``config.prediction_type`` fixes what the network output o stands for, and the ε the estimators need is
+
+* ``epsilon``: :math:`\varepsilon = o`;
+* ``v_prediction`` (Salimans & Ho, 2022, :math:`v = \alpha\varepsilon - \sigma x_0`):
+  :math:`\varepsilon = \alpha v + \sigma x` (since :math:`\alpha^2 + \sigma^2 = 1`);
+* ``sample`` (:math:`o = x_0`): :math:`\varepsilon = (x - \alpha o)/\sigma`.
+
+Any other value is refused.
+
+**Conditioning and classifier-free guidance** (Ho & Salimans, 2022). A ``UNet2DConditionModel`` gets
+``encoder_hidden_states`` from ``cond`` (a tensor (1 or B, L, D), or a callable ``cond(x, t)`` returning one);
+with guidance scale w and the unconditional ``uncond``,
+:math:`o = o_\varnothing + w\,(o_c - o_\varnothing)`, converted to ε as above (the conversions are affine in o
+with weights summing to one, so guiding o or ε is the same). w = 1 is the conditional model alone, w = 0 the
+unconditional one.
+
+**Folders.** :func:`load_model` reads a local pipeline folder saved with ``save_pretrained`` (``unet/`` and
+``scheduler/``, and ``vae/`` for a latent pipeline), offline only, and names what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dfcore.models.base import Denoiser, TraceModel
+from dfcore.schedules import DiscreteSchedule, Schedule
+from dfcore.sde import batch_time, expand_like
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "UNET_CLASSES",
+    "Conditioning",
+    "eps_from_output",
+    "output_from_eps",
+    "PretrainedDenoiser",
+    "PretrainedModel",
+    "WarpedSchedule",
+    "LogTimeWarp",
+    "PositiveTraceModel",
+    "WarpedTraceModel",
+    "check_model_dir",
+    "load_model",
+]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "ConvertedUNet2DModel")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+# encoder hidden states (1 or B, L, D), or a function of (x, t) returning them
+Conditioning = Tensor | Callable[[Tensor, Tensor], Tensor]
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    """Return ``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else raise a ValueError naming it."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler config prediction_type {prediction_type!r} is not supported; choose one of {list(PREDICTION_TYPES)}"
+        )
+    return prediction_type
+
+
+def eps_from_output(out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> Tensor:
+    r"""ε from the network output ``out`` at ``x`` (module docstring); ``alpha``, ``sigma`` are (B,)."""
+    check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return out
+    a, s = expand_like(alpha, x).to(x.dtype), expand_like(sigma, x).to(x.dtype)
+    if prediction_type == "v_prediction":
+        return a * out + s * x
+    return (x - a * out) / s
+
+
+def output_from_eps(eps: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> Tensor:
+    r"""The inverse of :func:`eps_from_output`: the output a ``prediction_type`` network gives for ε at x,
+    :math:`v = \alpha\varepsilon - \sigma x_0` or :math:`x_0 = (x - \sigma\varepsilon)/\alpha`."""
+    check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return eps
+    a, s = expand_like(alpha, x).to(x.dtype), expand_like(sigma, x).to(x.dtype)
+    x0 = (x - s * eps) / a
+    return a * eps - s * x0 if prediction_type == "v_prediction" else x0
+
+
+def _accepts_context(unet: nn.Module) -> bool:
+    """True for a UNet that takes ``encoder_hidden_states`` (a ``UNet2DConditionModel``)."""
+    config = getattr(unet, "config", None)
+    return config is not None and getattr(config, "cross_attention_dim", None) is not None
+
+
+class PretrainedDenoiser(Denoiser):
+    r"""A diffusers UNet as :math:`\varepsilon_\theta(x, t)` on its :class:`DiscreteSchedule` (module docstring).
+
+    Inputs of any float dtype are cast to the UNet's dtype and the output back to the input's, so float64
+    solvers and autograd pass through. ``unet`` is any module called as ``unet(x, timestep, **kw)`` that returns
+    a tensor or an object with ``.sample``.
+    """
+
+    schedule: DiscreteSchedule
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        schedule: DiscreteSchedule,
+        prediction_type: str = "epsilon",
+        *,
+        cond: Conditioning | None = None,
+        uncond: Conditioning | None = None,
+        guidance_scale: float = 1.0,
+    ) -> None:
+        self.prediction_type = check_prediction_type(prediction_type)
+        conditional = _accepts_context(unet)
+        if conditional and cond is None:
+            raise ValueError(f"{type(unet).__name__} takes encoder_hidden_states: pass cond= (a tensor or a callable)")
+        if not conditional and (cond is not None or uncond is not None):
+            raise ValueError(f"{type(unet).__name__} takes no encoder_hidden_states; got cond/uncond")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite; got {guidance_scale}")
+        if guidance_scale != 1.0 and uncond is None:
+            raise ValueError(f"classifier-free guidance with guidance_scale {guidance_scale} needs uncond=")
+        self.unet = unet
+        self.schedule = schedule
+        self.cond = cond
+        self.uncond = uncond
+        self.guidance_scale = float(guidance_scale)
+
+    def _dtype(self, x: Tensor) -> torch.dtype:
+        param = next(iter(self.unet.parameters()), None)
+        return x.dtype if param is None else param.dtype
+
+    @staticmethod
+    def _context(hook: Conditioning, x: Tensor, t: Tensor, dtype: torch.dtype) -> Tensor:
+        emb = hook(x, t) if callable(hook) and not isinstance(hook, Tensor) else hook
+        emb = emb.expand(x.shape[0], *emb.shape[1:]) if emb.shape[0] == 1 else emb
+        if emb.shape[0] != x.shape[0]:
+            raise ValueError(f"conditioning has batch {emb.shape[0]}; x has batch {x.shape[0]}")
+        return emb.to(device=x.device, dtype=dtype)
+
+    def _call(self, z: Tensor, step: Tensor, context: Tensor | None) -> Tensor:
+        out = self.unet(z, step) if context is None else self.unet(z, step, encoder_hidden_states=context)
+        return out if isinstance(out, Tensor) else out.sample
+
+    def output(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw (guided) network output o at x and continuous t, in x's dtype."""
+        dtype = self._dtype(x)
+        t = batch_time(t, x, torch.float64)
+        # float64 timesteps: diffusers embeds them in float32 itself, and wrappers can read them exactly
+        step = self.schedule.timestep(t).clamp(0.0, self.schedule.num_steps - 1)
+        z = x.to(dtype)
+        if self.cond is None:
+            return self._call(z, step, None).to(x.dtype)
+        cond = self._context(self.cond, x, t, dtype)
+        if self.guidance_scale == 1.0:
+            return self._call(z, step, cond).to(x.dtype)
+        assert self.uncond is not None  # __init__ requires it when guidance_scale != 1
+        uncond = self._context(self.uncond, x, t, dtype)
+        both = self._call(torch.cat([z, z]), torch.cat([step, step]), torch.cat([uncond, cond]))
+        out_u, out_c = both.chunk(2)
+        if self.guidance_scale == 0.0:
+            return out_u.to(x.dtype)
+        return (out_u + self.guidance_scale * (out_c - out_u)).to(x.dtype)
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        t = batch_time(t, x, torch.float64)
+        alpha, sigma = self.schedule(t)
+        return eps_from_output(self.output(x, t), x, alpha, sigma, self.prediction_type)
+
+
+class WarpedSchedule(Schedule):
+    r"""``base`` in log time: :math:`t = \varphi(s) = e^{-L(1 - s)}`, so :math:`\alpha(s) = \alpha_{base}(\varphi(s))`,
+    :math:`\sigma(s) = \sigma_{base}(\varphi(s))` and, since :math:`d/ds = \varphi'(s)\,d/dt` with
+    :math:`\varphi' = L\varphi`, :math:`f(s) = L\varphi f_{base}` and :math:`g^2(s) = L\varphi\, g^2_{base}`: the
+    same probability-flow ODE (Song et al., 2021, Eq. 13) and Eq. 14 integrand, reparametrised in s."""
+
+    name = "log-time"
+
+    def __init__(self, base: Schedule, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError(f"log-time rate L must be positive; got {rate}")
+        self.base = base
+        self.rate = float(rate)
+
+    def time(self, s: Tensor) -> Tensor:
+        r""":math:`t = \varphi(s)`."""
+        return torch.exp(-self.rate * (1.0 - s))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self.base.alpha(self.time(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.base.sigma(self.time(t))
+
+    def f(self, t: Tensor) -> Tensor:
+        tt = self.time(t)
+        return self.rate * tt * self.base.f(tt)
+
+    def g2(self, t: Tensor) -> Tensor:
+        tt = self.time(t)
+        return self.rate * tt * self.base.g2(tt)
+
+    def params(self) -> dict[str, Any]:
+        return {"base": repr(self.base), "rate": self.rate}
+
+
+class LogTimeWarp(Denoiser):
+    r"""A denoiser on :class:`WarpedSchedule`: :math:`\varepsilon(x, s) = \varepsilon_{base}(x, \varphi(s))`, with
+    L chosen so that :math:`\varphi(s_{min}) = t_{min}`. Uniform solver steps in :math:`s \in [s_{min}, 1]`
+    are uniform in :math:`\log t`, which follows the :math:`1/t` growth of the likelihood integrand at small t
+    (:math:`\operatorname{tr}F_t \approx d/\sigma_t^2`, :math:`\sigma_t^2 \propto t`)."""
+
+    schedule: WarpedSchedule
+
+    def __init__(self, base: Denoiser, t_min: float, s_min: float = 0.5) -> None:
+        if not 0 < t_min < 1 or not 0 < s_min < 1:
+            raise ValueError(f"LogTimeWarp needs 0 < t_min < 1 and 0 < s_min < 1; got {t_min}, {s_min}")
+        self.base = base
+        self.t_min = float(t_min)
+        self.s_min = float(s_min)
+        self.schedule = WarpedSchedule(base.schedule, math.log(1.0 / t_min) / (1.0 - s_min))
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        s = batch_time(t, x, torch.float64)
+        return self.base.eps(x, self.schedule.time(s))
+
+
+class PositiveTraceModel(TraceModel):
+    r"""A trace model for any denoiser with the posterior variance parameterised positive (Alg. 1, Eq. 17):
+
+    .. math:: V_\theta(x, t) = c(t)\,\mathrm{softplus}(h_\theta(x, t)) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t = x],
+              \qquad c(t) = d\,\frac{\tilde\sigma^2\sigma_d^2}{\tilde\sigma^2 + \sigma_d^2},\ \tilde\sigma = \sigma_t/\alpha_t,
+
+    (c is the posterior variance of Gaussian data of variance :math:`\sigma_d^2` per coordinate), so
+    :math:`V_\theta \ge 0` and DF-TM's :math:`\operatorname{tr}F_t = d/\sigma^2 - (\alpha^2/\sigma^4) V_\theta \le d/\sigma^2`
+    always; :math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d`. ``module`` maps
+    (:math:`x/\sqrt{\alpha^2\sigma_d^2 + \sigma^2}`, 1000 t) to a tensor whose per-sample mean is h (a
+    one-channel diffusers ``UNet2DModel``, say). Alg. 1's loss with the target
+    :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/c)^2`: the minimiser of
+    :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`. ``target="residual"`` regresses
+    onto :math:`\|x_0 - \bar y_\theta\|^2` instead: the same optimum when :math:`\bar y_\theta = E[x_0 | x_t]`, without
+    the cross term :math:`2\bar y_\theta\cdot(x_0 - \bar y_\theta)` whose spread dwarfs c at small t.
+
+    With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
+    :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        denoiser: Denoiser,
+        sigma_data: float,
+        box_width: float | None = None,
+        target: str = "sq_norm",
+    ) -> None:
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive; got {sigma_data}")
+        if target not in ("sq_norm", "residual"):
+            raise ValueError(f"unknown trace target {target!r}; choose 'sq_norm' or 'residual'")
+        self.target = target
+        self.module = module
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.sigma_data = float(sigma_data)
+        self.box_width = box_width
+        self.counts = {"evaluations": 0, "lower": 0, "upper": 0}
+
+    def scale(self, t: Tensor, dim: int) -> Tensor:
+        """c(t), (B,) float64."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        s2, sd2 = (sigma / alpha) ** 2, self.sigma_data**2
+        return dim * s2 * sd2 / (s2 + sd2)
+
+    def head(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw output h (B,)."""
+        t = batch_time(t, x, torch.float64)
+        alpha, sigma = self.schedule(t)
+        c_in = 1.0 / torch.sqrt(alpha**2 * self.sigma_data**2 + sigma**2)
+        param = next(iter(self.module.parameters()))
+        out = self.module((expand_like(c_in, x) * x).to(param.dtype), (1000.0 * t).to(param.dtype))
+        out = out if isinstance(out, Tensor) else out.sample
+        return out.flatten(1).mean(1)
+
+    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+        t = batch_time(t, x, torch.float64)
+        dim = math.prod(x.shape[1:])
+        var = self.scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
+        self.counts["evaluations"] += int(var.numel())
+        self.counts["lower"] += int((var < 0).sum())
+        if self.box_width is not None:
+            self.counts["upper"] += int((var > dim * self.box_width**2 / 4).sum())
+        return var
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        t = batch_time(t, x, torch.float64)
+        with torch.no_grad():
+            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / ybar.shape[1]).to(x.dtype)
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Alg. 1's loss in the preconditioned form above, averaged over the batch."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
+        flat = x0.flatten(1).to(torch.float64)
+        with torch.no_grad():
+            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
+        c = self.scale(t, flat.shape[1])
+        if self.target == "sq_norm":
+            target = (flat.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
+        else:
+            target = (flat - ybar).pow(2).sum(1) / c
+        pred = nn.functional.softplus(self.head(x, t))
+        return (pred - target.to(pred.dtype)).pow(2).mean()
+
+
+class WarpedTraceModel(TraceModel):
+    """A trace model on :class:`LogTimeWarp`'s time s: every call at s is the base model's at t = φ(s)."""
+
+    def __init__(self, base: TraceModel, warp: LogTimeWarp) -> None:
+        self.base = base
+        self.warp = warp
+
+    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.base.mean_sq_norm(x, self.warp.schedule.time(batch_time(t, x, torch.float64)))
+
+    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+        tt = self.warp.schedule.time(batch_time(t, x, torch.float64))
+        return self.base.posterior_variance(x, tt, self.warp.base)
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _component_class(folder: Path, sub: str, config_name: str) -> str:
+    path = folder / sub / config_name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} has no {sub}/{config_name} (save it with save_pretrained)"
+        )
+    try:
+        return str(json.loads(path.read_text())["_class_name"])
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path}: not a diffusers config with a _class_name ({err})") from err
+
+
+def check_model_dir(folder: str | Path) -> dict[str, str]:
+    """Check a local pipeline folder and return the class names of its parts (``unet``, ``scheduler``, ``vae``
+    when present); a FileNotFoundError names what is missing."""
+    folder = Path(folder)
+    if not str(folder).strip() or not folder.is_dir():
+        raise FileNotFoundError(f"model folder {str(folder)!r} does not exist (a pipeline saved with save_pretrained)")
+    parts = {
+        "unet": _component_class(folder, "unet", "config.json"),
+        "scheduler": _component_class(folder, "scheduler", "scheduler_config.json"),
+    }
+    if (folder / "vae").is_dir():
+        parts["vae"] = _component_class(folder, "vae", "config.json")
+    for sub in ("unet", "vae"):
+        if sub in parts and not any((folder / sub / name).is_file() for name in WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"model folder {str(folder)!r} has no weights in {sub}/ (one of {list(WEIGHT_FILES)})"
+            )
+    if parts["unet"] not in UNET_CLASSES:
+        raise ValueError(f"{folder}/unet: class {parts['unet']!r} is not supported; choose one of {list(UNET_CLASSES)}")
+    return parts
+
+
+@dataclass
+class PretrainedModel:
+    r"""A loaded pipeline folder: the adapter (:attr:`denoiser`), its :attr:`schedule`, the shape (C, H, W) the
+    UNet works on (:attr:`sample_shape`, latents for a latent pipeline) and the VAE (or None).
+
+    :meth:`encode` maps images in [-1, 1] (B, 3, H, W) to the UNet's space: the VAE posterior mean times
+    ``scaling_factor`` for a latent pipeline, the images themselves otherwise; :meth:`decode` is its inverse."""
+
+    folder: Path
+    unet: nn.Module
+    scheduler: Any
+    denoiser: PretrainedDenoiser
+    schedule: DiscreteSchedule
+    sample_shape: tuple[int, int, int]
+    prediction_type: str
+    vae: nn.Module | None = None
+    parts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        """d, the number of coordinates of one sample."""
+        return math.prod(self.sample_shape)
+
+    def encode(self, images: Tensor) -> Tensor:
+        if self.vae is None:
+            return images
+        vae: Any = self.vae
+        dist = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        return (dist.mean * vae.config.scaling_factor).to(images.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        if self.vae is None:
+            return latents
+        vae: Any = self.vae
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.to(latents.dtype)
+
+
+def _sample_shape(unet: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) from the UNet's config (a wrapper's inner UNet for :class:`ConvertedUNet2DModel`)."""
+    config: Any = getattr(unet, "inner", unet).config
+    size = config.sample_size
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return int(config.in_channels), int(height), int(width)
+
+
+def _unet_class(name: str) -> Any:
+    if name == "ConvertedUNet2DModel":
+        from dfcore.integrations.pretrained_train import ConvertedUNet2DModel
+
+        return ConvertedUNet2DModel
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def load_model(
+    folder: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cond: Conditioning | None = None,
+    uncond: Conditioning | None = None,
+    guidance_scale: float = 1.0,
+) -> PretrainedModel:
+    """Load a local pipeline folder (``unet/``, ``scheduler/``, optional ``vae/``) offline, frozen in eval mode,
+    with the prediction type of its scheduler's config; ``cond``/``uncond``/``guidance_scale`` as in
+    :class:`PretrainedDenoiser` (a conditional UNet needs ``cond``)."""
+    _offline()
+    folder = Path(folder)
+    parts = check_model_dir(folder)
+    import diffusers
+
+    scheduler_cls = getattr(diffusers, parts["scheduler"], None)
+    if scheduler_cls is None:
+        raise ValueError(f"{folder}/scheduler: unknown diffusers scheduler class {parts['scheduler']!r}")
+    scheduler = scheduler_cls.from_pretrained(str(folder), subfolder="scheduler", local_files_only=True)
+    prediction_type = check_prediction_type(str(scheduler.config.get("prediction_type", "epsilon")))
+    schedule = DiscreteSchedule.from_scheduler(scheduler)
+    load = {"local_files_only": True, "dtype": dtype}
+    unet = _unet_class(parts["unet"]).from_pretrained(str(folder), subfolder="unet", **load)
+    unet = unet.to(device=device).eval().requires_grad_(False)
+    vae = None
+    if "vae" in parts:
+        vae = getattr(diffusers, parts["vae"]).from_pretrained(str(folder), subfolder="vae", **load)
+        vae = vae.to(device=device).eval().requires_grad_(False)
+    sample_shape = _sample_shape(unet)
+    denoiser = PretrainedDenoiser(
+        unet, schedule, prediction_type, cond=cond, uncond=uncond, guidance_scale=guidance_scale
+    )
+    return PretrainedModel(folder, unet, scheduler, denoiser, schedule, sample_shape, prediction_type, vae, parts)

@@ -1,0 +1,230 @@
+r"""A small diffusers DDPM made in the project, and exact conversions between prediction types.
+
+**Training** (Ho et al., 2020, Alg. 1): a ``UNet2DModel`` with a ``DDPMScheduler`` (linear
+:math:`\beta \in [10^{-4}, 0.02]`, T = 1000, ``epsilon`` prediction) minimises
+:math:`\|\varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_i}x_0 + \sqrt{1-\bar\alpha_i}\varepsilon, i)\|^2` over
+integer steps i uniform in {0..T-1}. The data are 8-bit images dequantised afresh at every step,
+:math:`x_0 = (k + u)/127.5 - 1`, :math:`u \sim U[0, 1)^d` (:func:`dfcore.dequantize.dequantize`), so the model
+learns a continuous density whose bits/dim on the [0, 256) scale is the standard one.
+
+**Conversions.** :class:`ConvertedUNet2DModel` wraps an ε-network and returns what a ``v_prediction`` or
+``sample`` network would for the same ε (:func:`~dfcore.integrations.pretrained.output_from_eps` with
+:math:`\alpha, \sigma` of the :class:`~dfcore.schedules.DiscreteSchedule` at the timestep it is called with):
+read through a scheduler of that prediction type it is the same model exactly, for every timestep in
+[0, T - 1] (continuous t >= 1/T). It saves and loads with ``save_pretrained`` / ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers import ConfigMixin, DDPMScheduler, ModelMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import Tensor
+
+from dfcore.dequantize import dequantize
+from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
+from dfcore.schedules import DiscreteSchedule
+
+__all__ = [
+    "ConvertedUNet2DModel",
+    "convert_prediction_type",
+    "build_unet",
+    "ddpm_scheduler",
+    "train_ddpm",
+    "build_trace_unet",
+    "train_trace_model",
+]
+
+
+class ConvertedUNet2DModel(ModelMixin, ConfigMixin):
+    r"""An ε ``UNet2DModel`` (``inner``) whose output is converted to ``output_type`` (module docstring), with
+    :math:`\alpha, \sigma` at timestep s from the table ``alphas_cumprod`` at :math:`t = (s + 1)/T`."""
+
+    config_name = "config.json"  # type: ignore[assignment]
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict[str, Any] | None = None,
+        output_type: str = "epsilon",
+        alphas_cumprod: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if unet_config is None or alphas_cumprod is None:
+            raise ValueError("ConvertedUNet2DModel needs unet_config and alphas_cumprod")
+        check_prediction_type(output_type)
+        self.inner = UNet2DModel.from_config(unet_config)
+        self.output_type = output_type
+        self.table = DiscreteSchedule(list(alphas_cumprod))
+
+    def forward(self, sample: Tensor, timestep: Tensor | float, **kwargs: Any) -> UNet2DOutput:
+        eps = self.inner(sample, timestep, **kwargs).sample
+        steps = torch.as_tensor(timestep, dtype=torch.float64, device=sample.device)
+        t = ((steps + 1.0) / self.table.num_steps).expand(sample.shape[0])
+        alpha, sigma = self.table(t)
+        return UNet2DOutput(sample=output_from_eps(eps, sample, alpha, sigma, self.output_type))
+
+
+def convert_prediction_type(unet: Any, scheduler: Any, prediction_type: str) -> tuple[Any, Any]:
+    """An ε ``unet`` and its scheduler as the equivalent ``prediction_type`` pair (a :class:`ConvertedUNet2DModel`
+    holding a copy of the weights, and a scheduler copy whose ``prediction_type`` says so)."""
+    check_prediction_type(prediction_type)
+    source = str(scheduler.config.get("prediction_type", "epsilon"))
+    if source != "epsilon":
+        raise ValueError(f"convert_prediction_type needs an epsilon model; the scheduler says {source!r}")
+    table = [float(v) for v in scheduler.alphas_cumprod.to(torch.float64).tolist()]
+    model = ConvertedUNet2DModel(dict(unet.config), prediction_type, table)
+    model.inner.load_state_dict(unet.state_dict())
+    param = next(unet.parameters())
+    model = model.to(device=param.device, dtype=param.dtype).eval().requires_grad_(False)
+    new_scheduler = type(scheduler).from_config({**dict(scheduler.config), "prediction_type": prediction_type})
+    return model, new_scheduler
+
+
+def ddpm_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """DDPM's linear schedule, :math:`\\beta \\in [10^{-4}, 0.02]`, ε prediction."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+    )
+
+
+def build_unet(
+    image_shape: Sequence[int],
+    block_out_channels: Sequence[int] = (32, 64),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    seed: int = 0,
+) -> Any:
+    """A small ``UNet2DModel`` for (C, H, W) images (plain conv blocks, one downsampling per extra level, no
+    attention)."""
+    channels, height, _ = (int(v) for v in image_shape)
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=height,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=layers_per_block,
+        block_out_channels=tuple(int(c) for c in block_out_channels),
+        down_block_types=("DownBlock2D",) * len(block_out_channels),
+        up_block_types=("UpBlock2D",) * len(block_out_channels),
+        norm_num_groups=norm_num_groups,
+        add_attention=False,  # no attention: vmapped VJPs (the vjp trace) have no batching rule for its backward
+    )
+
+
+def train_ddpm(
+    unet: Any,
+    scheduler: Any,
+    images: Tensor,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    warmup_steps: int = 100,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+) -> list[float]:
+    """Train ``unet`` in place on uint8 ``images`` (N, C, H, W) by DDPM's ε loss with fresh uniform dequantisation
+    (module docstring); Adam with linear warm-up and cosine decay. Returns the loss of every step; a non-finite
+    loss raises FloatingPointError naming the step."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    gen = torch.Generator().manual_seed(int(seed))
+    abar = scheduler.alphas_cumprod.to(torch.float32)
+    num_t = abar.numel()
+    opt = torch.optim.Adam(unet.parameters(), lr=lr)
+    losses: list[float] = []
+    unet.train()
+    for step in range(steps):
+        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x0 = dequantize(images[idx], generator=gen).to(torch.float32)
+        noise = torch.randn(x0.shape, generator=gen)
+        i = torch.randint(num_t, (batch_size,), generator=gen)
+        a = abar[i].sqrt().view(-1, 1, 1, 1)
+        s = (1 - abar[i]).sqrt().view(-1, 1, 1, 1)
+        loss = (unet(a * x0 + s * noise, i).sample - noise).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_ddpm: non-finite loss at step {step + 1} of {steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    unet.eval().requires_grad_(False)
+    return losses
+
+
+def build_trace_unet(
+    image_shape: Sequence[int], block_out_channels: Sequence[int] = (16, 32), norm_num_groups: int = 8, seed: int = 0
+) -> Any:
+    """A one-channel-output ``UNet2DModel`` for :class:`~dfcore.integrations.pretrained.PositiveTraceModel`."""
+    channels, height, _ = (int(v) for v in image_shape)
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=height,
+        in_channels=channels,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=tuple(int(c) for c in block_out_channels),
+        down_block_types=("DownBlock2D",) * len(block_out_channels),
+        up_block_types=("UpBlock2D",) * len(block_out_channels),
+        norm_num_groups=norm_num_groups,
+        add_attention=False,
+    )
+
+
+def train_trace_model(
+    trace_model: Any,
+    images: Tensor,
+    *,
+    steps: int,
+    t_min: float,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    warmup_steps: int = 50,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+) -> list[float]:
+    r"""Train ``trace_model.module`` (a :class:`~dfcore.integrations.pretrained.PositiveTraceModel`) in place by
+    Alg. 1 on uint8 ``images`` with fresh uniform dequantisation, at times log-uniform in [``t_min``, 1]
+    (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1); got {t_min}")
+    module = trace_model.module
+    gen = torch.Generator().manual_seed(int(seed))
+    dtype = next(module.parameters()).dtype
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    losses: list[float] = []
+    module.train()
+    for step in range(steps):
+        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x0 = dequantize(images[idx], generator=gen).to(dtype)
+        noise = torch.randn(x0.shape, generator=gen, dtype=dtype)
+        t = t_min ** torch.rand(batch_size, generator=gen, dtype=torch.float64)
+        loss = trace_model.loss(x0, t, noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_trace_model: non-finite loss at step {step + 1} of {steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    module.eval().requires_grad_(False)
+    return losses

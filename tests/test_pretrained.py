@@ -1,0 +1,361 @@
+"""The diffusers adapter (dfcore.integrations.pretrained) on tiny random UNets saved with save_pretrained."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dfcore.integrations.pretrained import PretrainedDenoiser, load_model
+from dfcore.schedules import DiscreteSchedule
+
+T = 100  # training steps of the tiny schedulers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _unet(seed: int = 0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+
+
+def _scheduler(prediction_type: str = "epsilon"):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.1, prediction_type=prediction_type)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from diffusers import DDPMPipeline
+
+    path = tmp_path_factory.mktemp("ddpm")
+    DDPMPipeline(unet=_unet(), scheduler=_scheduler()).save_pretrained(str(path))
+    return path
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in network whose output is a prescribed tensor, whatever it is called with."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, step, **_):
+        return self.out
+
+
+def test_load_model_reads_the_folder(folder):
+    model = load_model(folder, dtype=torch.float64)
+    assert model.sample_shape == (1, 8, 8) and model.dim == 64 and model.vae is None
+    assert model.prediction_type == "epsilon"
+    ac = torch.cumprod(1 - torch.linspace(1e-3, 0.1, T, dtype=torch.float32), 0).double()
+    knots = torch.arange(1, T + 1, dtype=torch.float64) / T
+    torch.testing.assert_close(model.schedule.alpha(knots) ** 2, ac, rtol=1e-6, atol=0)
+    # the adapter calls the UNet at the timestep tT - 1 and returns its output as eps
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64)
+    direct = model.unet(x, t * T - 1).sample
+    torch.testing.assert_close(model.denoiser.eps(x, t), direct, rtol=0, atol=1e-12)
+    assert torch.equal(model.encode(x), x) and torch.equal(model.decode(x), x)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_each_prediction_type_against_diffusers(prediction_type):
+    """A network that outputs exactly eps, v or x0 (computed by diffusers' own add_noise/get_velocity at integer
+    steps) must give back the eps that made x."""
+    scheduler = _scheduler(prediction_type)
+    gen = torch.Generator().manual_seed(1)
+    steps = torch.tensor([0, 17, 60, 99])
+    x0 = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    eps = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    x = scheduler.add_noise(x0, eps, steps)
+    out = {"epsilon": eps, "v_prediction": scheduler.get_velocity(x0, eps, steps), "sample": x0}[prediction_type]
+    den = PretrainedDenoiser(_Fixed(out), DiscreteSchedule.from_scheduler(scheduler), prediction_type)
+    got = den.eps(x, (steps + 1).double() / T)
+    torch.testing.assert_close(got, eps, rtol=0, atol=1e-9)
+    # and the posterior mean is the x0 that made x
+    torch.testing.assert_close(den.posterior_mean(x, (steps + 1).double() / T), x0, rtol=0, atol=1e-9)
+
+
+def test_converted_networks_agree(folder, tmp_path):
+    """The same eps network reinterpreted as a v- and a sample-model (exact wrappers) gives the same eps,
+    also after a save_pretrained round trip of the converted folder."""
+    from diffusers import DDPMPipeline
+
+    from dfcore.integrations.pretrained_train import convert_prediction_type
+
+    base = load_model(folder, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    t = torch.tensor([1.0 / T, 0.137, 0.6, 1.0], dtype=torch.float64)
+    ref = base.denoiser.eps(x, t)
+    for kind in ("v_prediction", "sample"):
+        unet, scheduler = convert_prediction_type(base.unet, base.scheduler, kind)
+        assert scheduler.config.prediction_type == kind
+        den = PretrainedDenoiser(unet, DiscreteSchedule.from_scheduler(scheduler), kind)
+        raw = den.output(x, t)
+        assert (raw - ref).abs().max() > 1e-2  # the wrapper really outputs something else
+        torch.testing.assert_close(den.eps(x, t), ref, rtol=0, atol=1e-6)
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(tmp_path / kind))
+        loaded = load_model(tmp_path / kind, dtype=torch.float64)
+        assert loaded.prediction_type == kind and loaded.parts["unet"] == "ConvertedUNet2DModel"
+        torch.testing.assert_close(loaded.denoiser.eps(x, t), ref, rtol=0, atol=1e-6)
+
+
+def test_unknown_prediction_type_is_refused(folder, tmp_path):
+    import shutil
+
+    with pytest.raises(ValueError, match="'flow'"):
+        PretrainedDenoiser(_unet(), DiscreteSchedule([0.9, 0.5]), "flow")
+    copy = tmp_path / "bad"
+    shutil.copytree(folder, copy)
+    cfg_path = copy / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "prediction_type": "flow_matching"}))
+    with pytest.raises(ValueError, match="flow_matching"):
+        load_model(copy)
+
+
+def test_missing_parts_are_named(folder, tmp_path):
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    copy = tmp_path / "noscheduler"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "scheduler")
+    with pytest.raises(FileNotFoundError, match="scheduler/scheduler_config.json"):
+        load_model(copy)
+    copy = tmp_path / "noweights"
+    shutil.copytree(folder, copy)
+    for file in (copy / "unet").glob("diffusion_pytorch_model.*"):
+        file.unlink()
+    with pytest.raises(FileNotFoundError, match="no weights in unet/"):
+        load_model(copy)
+
+
+def _cond_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(3)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    ).double()
+
+
+def test_classifier_free_guidance():
+    unet = _cond_unet()
+    schedule = DiscreteSchedule.from_scheduler(_scheduler())
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    cond = torch.randn(1, 5, 8, generator=gen, dtype=torch.float64)
+    uncond = torch.randn(1, 5, 8, generator=gen, dtype=torch.float64)
+    step = t * T - 1
+    eps_c = unet(x, step, encoder_hidden_states=cond.expand(2, 5, 8)).sample
+    eps_u = unet(x, step, encoder_hidden_states=uncond.expand(2, 5, 8)).sample
+    assert (eps_c - eps_u).abs().max() > 1e-4
+
+    def guided(w: float, **kw):
+        return PretrainedDenoiser(unet, schedule, cond=cond, uncond=uncond, guidance_scale=w, **kw).eps(x, t)
+
+    torch.testing.assert_close(guided(1.0), eps_c, rtol=0, atol=1e-10)
+    torch.testing.assert_close(guided(0.0), eps_u, rtol=0, atol=1e-10)
+    torch.testing.assert_close(guided(3.0), eps_u + 3.0 * (eps_c - eps_u), rtol=0, atol=1e-10)
+    # a callable hook receives (x, t) and may return per-sample states
+    hook = PretrainedDenoiser(unet, schedule, cond=lambda z, s: cond.expand(z.shape[0], 5, 8))
+    torch.testing.assert_close(hook.eps(x, t), eps_c, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="cond="):
+        PretrainedDenoiser(unet, schedule)
+    with pytest.raises(ValueError, match="uncond="):
+        PretrainedDenoiser(unet, schedule, cond=cond, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="no encoder_hidden_states"):
+        PretrainedDenoiser(_unet(), schedule, cond=cond)
+
+
+def test_latent_pipeline_folder(tmp_path):
+    """A folder with unet/ (conditional), scheduler/ and vae/: loaded with a conditioning tensor; encode is the
+    VAE posterior mean times scaling_factor and decode its inverse map."""
+    from diffusers import AutoencoderKL
+
+    unet = _cond_unet().float()
+    unet.save_pretrained(str(tmp_path / "unet"))
+    _scheduler().save_pretrained(str(tmp_path / "scheduler"))
+    torch.manual_seed(5)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=1,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    vae.save_pretrained(str(tmp_path / "vae"))
+    cond = torch.randn(1, 5, 8, dtype=torch.float64)
+    model = load_model(tmp_path, dtype=torch.float64, cond=cond)
+    assert model.vae is not None and model.parts["vae"] == "AutoencoderKL"
+    images = torch.rand(2, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    z = model.encode(images)
+    vae = vae.double()
+    expected = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+    torch.testing.assert_close(z, expected, rtol=0, atol=1e-10)
+    assert z.shape == (2, *model.sample_shape)
+    torch.testing.assert_close(model.decode(z), vae.decode(z / vae.config.scaling_factor).sample, rtol=0, atol=1e-10)
+    eps = model.denoiser.eps(z, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert eps.shape == z.shape and torch.isfinite(eps).all() and not math.isnan(float(eps.sum()))
+
+
+def test_log_time_warp_is_the_same_ode():
+    """The warped schedule's f and g2 are the autograd derivatives of its alpha and sigma in s, and the
+    likelihood integrated in log time equals the closed-form density of a Gaussian mixture at t_min."""
+    from dfcore.integrations.pretrained import LogTimeWarp
+    from dfcore.likelihood import log_likelihood
+    from dfcore.mixtures import GaussianMixture
+    from dfcore.models.base import ExactDenoiser
+    from dfcore.schedules import VPSchedule
+
+    base = VPSchedule()
+    mixture = GaussianMixture(
+        torch.tensor([0.3, 0.7], dtype=torch.float64),
+        torch.tensor([[1.0, -0.5], [-1.0, 0.5]], dtype=torch.float64),
+        torch.stack([0.2 * torch.eye(2, dtype=torch.float64), 0.5 * torch.eye(2, dtype=torch.float64)]),
+    )
+    t_min = 1e-3
+    warp = LogTimeWarp(ExactDenoiser(mixture, base), t_min)
+    sched = warp.schedule
+    s = torch.tensor([warp.s_min, 0.6, 0.9, 1.0], dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(sched.time(s.detach()[[0, 3]]), torch.tensor([t_min, 1.0], dtype=torch.float64))
+    (dlog_alpha,) = torch.autograd.grad(torch.log(sched.alpha(s)).sum(), s)
+    (dvar,) = torch.autograd.grad(sched.sigma(s).pow(2).sum(), s)
+    s = s.detach()
+    torch.testing.assert_close(sched.f(s), dlog_alpha, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sched.g2(s), dvar - 2 * sched.f(s) * sched.sigma(s) ** 2, rtol=1e-10, atol=1e-12)
+    x = torch.tensor([[0.9, -0.4], [-1.2, 0.3], [0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(warp.eps(x, torch.tensor(0.7)), warp.base.eps(x, sched.time(torch.tensor(0.7))))
+    pi, means = mixture.weights, mixture.means
+    mean = pi @ means
+    second = (pi[:, None, None] * (mixture.covs + means[:, :, None] * means[:, None, :])).sum(0)
+    kw = {"method": "analytic", "schedule": sched, "mixture": mixture, "denoiser": warp, "t_min": warp.s_min}
+    res = log_likelihood(x, **kw, solver="rk4", num_steps=40, data_mean=mean, data_cov=second - torch.outer(mean, mean))
+    exact = mixture.log_prob(x, t_min, base)
+    torch.testing.assert_close(res["log_q"], exact, rtol=0, atol=2e-5)
+
+
+def test_experiment_train_convert_measure(tmp_path):
+    """The experiment end to end on a tiny model: folders written with save_pretrained, the converted folders agree
+    with the ε folder, and the tables hold finite bits/dim with the protocol stated."""
+    import pandas as pd
+
+    from dfcore.experiments import pretrained as exp
+
+    train = {"block_out_channels": [8, 16], "norm_num_groups": 4, "steps": 3, "batch_size": 8, "warmup_steps": 1}
+    model_dir = exp.train_model({**train, "num_train_timesteps": 50}, tmp_path / "ddpm", tmp_path / "loss.csv")
+    assert (model_dir / "model_index.json").is_file() and len(pd.read_csv(tmp_path / "loss.csv")) == 3
+    for kind in ("v_prediction", "sample"):
+        exp.convert_model(model_dir, tmp_path / f"ddpm_{kind}", kind)
+    study = {
+        "method": "hutchinson",
+        "reference": {"solver": "rk4", "num_steps": 4, "time_warp": "log"},
+        "settings": [{"solver": "rk4", "num_steps": 1, "time_warp": "log"}],
+    }
+    measure = {"num_images": 2, "num_steps": 1, "solver_study": study, "methods": ["vjp", "hutchinson"]}
+    summary = exp.measure(model_dir, tmp_path / "out", measure)
+    bpd = pd.read_csv(tmp_path / "out" / "bpd.csv")
+    assert len(bpd) == 4 and bpd["bpd"].notna().all() and set(bpd["method"]) == {"vjp", "hutchinson"}
+    assert summary["protocol"]["dequantization"] == "uniform" and summary["protocol"]["t_min"] == 1 / 50
+    solvers = pd.read_csv(tmp_path / "out" / "solvers.csv")
+    assert solvers["max_abs_err_bpd"].iloc[0] == 0 and solvers["max_abs_err_bpd"].iloc[1] > 0
+    types = pd.read_csv(tmp_path / "out" / "prediction_types.csv")
+    assert set(types["prediction_type"]) == {"v_prediction", "sample"} and (types["max_abs_eps_diff"] < 1e-6).all()
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in trace head whose per-sample output is a constant h."""
+
+    def __init__(self, h: float) -> None:
+        super().__init__()
+        self.h = torch.nn.Parameter(torch.tensor(h, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return self.h.expand(x.shape[0], 1)
+
+
+def test_positive_trace_model_on_gaussian_data():
+    """For data N(0, s_d^2 I) the posterior variance is exactly c(t), i.e. softplus(h) = 1: DF-TM with that head
+    equals the analytic Fisher trace of the Gaussian; any head keeps tr F <= d/sigma^2; the loss is Alg. 1's."""
+    from dfcore.fisher import fisher_trace
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.mixtures import GaussianMixture
+    from dfcore.models.base import ExactDenoiser
+    from dfcore.schedules import VPSchedule
+
+    d, sd = 3, 0.7
+    gauss = GaussianMixture(
+        torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64), sd**2 * torch.eye(d)[None].double()
+    )
+    schedule = VPSchedule()
+    den = ExactDenoiser(gauss, schedule)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.1, 0.5, 0.9], dtype=torch.float64)
+    exact = PositiveTraceModel(_Constant(math.log(math.e - 1)), den, sd, box_width=0.1)
+    dftm = fisher_trace("dftm", x, t, denoiser=den, trace_model=exact)
+    analytic = fisher_trace("analytic", x, t, mixture=gauss, schedule=schedule)
+    torch.testing.assert_close(dftm, analytic, rtol=1e-10, atol=1e-10)
+    # a head far off in either direction stays within the physical bound tr F <= d / sigma^2
+    sigma = schedule.sigma(t)
+    for h in (-50.0, 50.0):
+        tm = PositiveTraceModel(_Constant(h), den, sd, box_width=0.1)
+        assert (fisher_trace("dftm", x, t, denoiser=den, trace_model=tm) <= d / sigma**2 + 1e-12).all()
+    assert tm.counts["lower"] == 0 and tm.counts["evaluations"] == 4 and tm.counts["upper"] == 4  # V > d w^2/4
+    # the loss, recomputed: (softplus(h) - (|x0|^2 - |ybar|^2)/c)^2 with c the Gaussian posterior variance
+    x0 = sd * torch.randn(4, d, generator=gen, dtype=torch.float64)
+    noise = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    alpha, sigma = schedule(t)
+    xt = alpha[:, None] * x0 + sigma[:, None] * noise
+    ybar = den.posterior_mean(xt, t)
+    s2 = (sigma / alpha) ** 2
+    c = d * s2 * sd**2 / (s2 + sd**2)
+    target = (x0.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
+    h = 0.3
+    loss = PositiveTraceModel(_Constant(h), den, sd).loss(x0, t, noise)
+    expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - target).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    residual = (x0 - ybar).pow(2).sum(1) / c
+    loss = PositiveTraceModel(_Constant(h), den, sd, target="residual").loss(x0, t, noise)
+    expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - residual).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="'l1'"):
+        PositiveTraceModel(_Constant(h), den, sd, target="l1")
