@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -42,6 +42,9 @@ from dfcore.integrations.pretrained import (
 from dfcore.io import write_csv, write_text
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import Schedule
+
+if TYPE_CHECKING:
+    from dfcore.likelihood import LikelihoodResult
 
 __all__ = [
     "DEFAULTS",
@@ -275,11 +278,12 @@ def model_log_likelihood(
     data_var: float | None = None,
     generator: torch.Generator | None = None,
     trace_model: TraceModel | None = None,
-) -> dict[str, Any]:
+) -> LikelihoodResult:
     """:func:`dfcore.likelihood.log_likelihood` of model-scale ``x`` from ``t_min`` to 1 with the adapter as the
     denoiser, in the original time (``time_warp: none``) or log time (:class:`LogTimeWarp`: uniform solver steps
     in :math:`\\log t`)."""
-    from dfcore.likelihood import log_likelihood
+    from dfcore.fisher.trace import trace_estimator_from
+    from dfcore.likelihood import gaussian_log_prior, log_likelihood
 
     schedule: Schedule
     denoiser: Denoiser
@@ -291,21 +295,21 @@ def model_log_likelihood(
         trace_model = None if trace_model is None else WarpedTraceModel(trace_model, warp)
     else:
         raise ValueError(f"unknown time_warp {time_warp!r}; choose 'none' or 'log'")
+    trace = trace_estimator_from(
+        method,
+        {"schedule": schedule, "denoiser": denoiser, "trace_model": trace_model, "generator": generator},
+    )
+    log_prior = gaussian_log_prior(schedule, 1.0, mean=data_mean, var=data_var)
     return log_likelihood(
         x,
-        method=method,
-        schedule=schedule,
-        denoiser=denoiser,
+        trace,
+        log_prior=log_prior,
         t_min=s_min,
         t_max=1.0,
         solver=solver,
         num_steps=num_steps,
         rtol=rtol,
         atol=atol,
-        generator=generator,
-        trace_model=trace_model,
-        data_mean=data_mean,
-        data_var=data_var,
     )
 
 
@@ -344,17 +348,17 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
             **common,
         )
         seconds = time.perf_counter() - start
-        bpd = image_bits_per_dim(res["log_q"], deq, t_min)
+        bpd = image_bits_per_dim(res.log_q, deq, t_min)
         summary["protocol"] = bpd.protocol() | {"solver": cfg["solver"], "num_steps": int(cfg["num_steps"])}
         summary["protocol"]["time_warp"] = cfg["time_warp"]
         per_image = seconds / len(test)
         summary["methods"][method] = {
             "bpd_mean": float(bpd.bpd.mean()),
             "seconds_per_image": per_image,
-            "nfe": int(res["nfe"]),
+            "nfe": int(res.nfe),
         }
         for i, value in enumerate(bpd.bpd.tolist()):
-            rows.append({"image": i, "method": method, "bpd": value, "seconds_per_image": per_image, "nfe": res["nfe"]})
+            rows.append({"image": i, "method": method, "bpd": value, "seconds_per_image": per_image, "nfe": res.nfe})
         log.info("%s: %.4f bits/dim, %.2f s/image", method, float(bpd.bpd.mean()), per_image)
     if trace is not None:
         summary["dftm_bounds"] = dict(trace.counts) | {"upper_bound": "d w^2/4", "box_width": trace.box_width}
@@ -396,7 +400,7 @@ def solver_study(
             **{k: v for k, v in setting.items()},
             **common,
         )
-        return image_bits_per_dim(res["log_q"], deq, common["t_min"]).bpd, int(res["nfe"]), time.perf_counter() - start
+        return image_bits_per_dim(res.log_q, deq, common["t_min"]).bpd, int(res.nfe), time.perf_counter() - start
 
     ref, ref_nfe, ref_s = run(study["reference"])
     rows = [{**study["reference"], "role": "reference", "nfe": ref_nfe, "seconds": ref_s, "max_abs_err_bpd": 0.0}]
