@@ -288,7 +288,9 @@ def run_workflow(device: str, results: Path, out: Path, label: str, limit: float
     config = derived_config(device, results, out / "workflow" / f"config-{label}.yaml")
     marker = results.parent / f"{results.name}.complete"
     marker.unlink(missing_ok=True)
-    cmd = [SNAKEMAKE, "--cores", cores, "--configfile", str(config), "--rerun-incomplete"]
+    # --nolock: the runs write only under their own results folder, one at a time; a lock left by a killed run
+    # (a step past its limit) would otherwise refuse every later run in this checkout
+    cmd = [SNAKEMAKE, "--cores", cores, "--configfile", str(config), "--rerun-incomplete", "--nolock"]
     status, seconds = run_logged(cmd, out / "logs" / f"workflow-{label}.log", limit, child_env())
     if status == "ok":
         marker.write_text(f"{label} run of {TEST_CONFIG.name} finished in {seconds:.0f} s\n")
