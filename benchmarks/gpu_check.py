@@ -35,6 +35,7 @@ import argparse
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -135,13 +136,21 @@ def run_logged(cmd: Sequence[str], log: Path, limit: float, env: dict[str, str] 
     with log.open("w") as handle:
         handle.write("$ " + " ".join(cmd) + "\n")
         handle.flush()
+        # a session of its own, so that a timeout ends the command's children too (Snakemake's jobs)
+        proc = subprocess.Popen(
+            list(cmd), cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
-            proc = subprocess.run(
-                list(cmd), cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, timeout=limit, env=env, check=False
-            )
+            returncode = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             return "timeout", time.monotonic() - start
-    return ("ok" if proc.returncode == 0 else "failed"), time.monotonic() - start
+    return ("ok" if returncode == 0 else "failed"), time.monotonic() - start
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -279,7 +288,9 @@ def run_workflow(device: str, results: Path, out: Path, label: str, limit: float
     config = derived_config(device, results, out / "workflow" / f"config-{label}.yaml")
     marker = results.parent / f"{results.name}.complete"
     marker.unlink(missing_ok=True)
-    cmd = [SNAKEMAKE, "--cores", cores, "--configfile", str(config), "--rerun-incomplete"]
+    # --nolock: the runs write only under their own results folder, one at a time; a lock left by a killed run
+    # (a step past its limit) would otherwise refuse every later run in this checkout
+    cmd = [SNAKEMAKE, "--cores", cores, "--configfile", str(config), "--rerun-incomplete", "--nolock"]
     status, seconds = run_logged(cmd, out / "logs" / f"workflow-{label}.log", limit, child_env())
     if status == "ok":
         marker.write_text(f"{label} run of {TEST_CONFIG.name} finished in {seconds:.0f} s\n")
@@ -382,7 +393,12 @@ def environment(device: str, cuda: bool) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/gpu-check", help="the one folder everything goes to")
-    parser.add_argument("--budget", type=float, default=470.0, help="seconds for all steps together")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for all steps together (470; no limit with --cpu-reference-only)",
+    )
     parser.add_argument("--cpu-workflow", default=None, help="results folder of a CPU run of config/test.yaml")
     parser.add_argument("--cpu-reference-only", action="store_true", help="only the CPU run of the workflow")
     parser.add_argument("--skip-tests", action="store_true")
@@ -399,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     write_csv(environment(device, cuda), out / "environment.csv")
-    budget = Budget(args.budget)
+    budget = Budget(args.budget if args.budget is not None else (math.inf if args.cpu_reference_only else 470.0))
     steps: list[Step] = []
 
     def say(step: Step) -> None:

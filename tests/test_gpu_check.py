@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -165,3 +166,32 @@ def test_derived_workflow_config_is_the_test_config_with_device_and_results(tmp_
     assert {k: v for k, v in derived.items() if k not in ("device", "results")} == {
         k: v for k, v in original.items() if k not in ("device", "results")
     }
+
+
+def test_a_step_past_its_limit_is_ended_with_its_children(tmp_path):
+    """A timed-out step (e.g. Snakemake) takes its own children (the jobs) with it."""
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time; "
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    status, seconds = gpu_check.run_logged([sys.executable, "-c", script], tmp_path / "step.log", limit=3.0)
+    assert status == "timeout" and seconds < 20
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child)
+    assert gpu_check.run_logged([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "b.log", 30)[0] == "failed"
+    assert gpu_check.run_logged([sys.executable, "-c", "print('x')"], tmp_path / "c.log", 30)[0] == "ok"
+    assert (tmp_path / "c.log").read_text().splitlines()[-1] == "x"
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped by its new parent, counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
