@@ -324,7 +324,7 @@ def compare_tables(reference: pd.DataFrame, other: pd.DataFrame) -> list[dict]:
         numeric = pd.api.types.is_numeric_dtype(ref) and pd.api.types.is_numeric_dtype(out)
         numeric = numeric and not pd.api.types.is_bool_dtype(ref)
         if not numeric:
-            same = bool((ref.astype(str) == out.astype(str)).all())
+            same = bool(((ref.astype(object) == out.astype(object)) | (ref.isna() & out.isna())).all())
             rows.append(
                 {"column": column, "kind": "exact", "max_abs_diff": math.nan, "max_rel_diff": math.nan, "ok": same}
             )

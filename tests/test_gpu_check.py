@@ -73,7 +73,13 @@ def runs(tmp_path):
     """A CPU and a 'GPU' results folder with the same tables, the GPU's numbers off by 1e-5 relative."""
     cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
     nll = pd.DataFrame(
-        {"method": ["vjp", "dftm"], "nll_nats": [2.5, -1.25], "exact": [float("nan"), 3.0], "seconds": [1.0, 2.0]}
+        {
+            "method": ["vjp", "dftm"],
+            "target": [None, "residual"],  # a text column with an empty cell in both runs
+            "nll_nats": [2.5, -1.25],
+            "exact": [float("nan"), 3.0],
+            "seconds": [1.0, 2.0],
+        }
     )
     _write(cpu, "nll/gmm.csv", nll)
     _write(gpu, "nll/gmm.csv", nll.assign(nll_nats=nll["nll_nats"] * (1 + 1e-5), seconds=[9.0, 9.0]))
@@ -90,6 +96,7 @@ def test_compare_results_passes_within_tolerance_and_ignores_timings_and_digests
     assert table["ok"].all()
     assert set(zip(table["file"], table["column"])) == {
         ("nll/gmm.csv", "method"),
+        ("nll/gmm.csv", "target"),
         ("nll/gmm.csv", "nll_nats"),
         ("nll/gmm.csv", "exact"),
         ("report/outputs.csv", "seed"),
@@ -105,6 +112,7 @@ def test_compare_results_passes_within_tolerance_and_ignores_timings_and_digests
         (lambda f: f.assign(nll_nats=f["nll_nats"] * (1 + 2e-3)), "nll_nats"),  # 2e-3 > RTOL
         (lambda f: f.assign(exact=[0.5, 3.0]), "exact"),  # a number where the CPU has NaN
         (lambda f: f.assign(method=["vjp", "hutchinson"]), "method"),
+        (lambda f: f.assign(target=["sq_norm", "residual"]), "target"),  # text where the CPU has none
         (lambda f: f.iloc[:1], "*"),  # a row lost
     ],
 )
