@@ -84,10 +84,10 @@ def prior_log_prob(
     if data_cov is None:  # isotropic: closed form, no d x d factorisation
         var = sigma**2 + (alpha**2 * data_var if data_var is not None else 0.0)
         return -0.5 * resid.pow(2).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
-    cov = sigma**2 * torch.eye(d, dtype=torch.float64) + alpha**2 * data_cov.to(torch.float64)
-    return torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), covariance_matrix=cov).log_prob(
-        resid.cpu()
-    )
+    # the d x d factorisation runs on the CPU; the result goes back to the device of x
+    cov = sigma**2 * torch.eye(d, dtype=torch.float64) + alpha**2 * data_cov.to(dtype=torch.float64, device="cpu")
+    gaussian = torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), covariance_matrix=cov)
+    return gaussian.log_prob(resid.cpu()).to(flat.device)
 
 
 def bits_per_dim(log_q: Tensor, dim: int) -> Tensor:

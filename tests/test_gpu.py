@@ -43,8 +43,8 @@ import torch
 from torch import Tensor
 
 from dfcore.adjoint import autograd_adjoint, discrete_adjoint, guided_sample
-from dfcore.fisher import fisher_trace, fisher_vp
-from dfcore.likelihood import log_likelihood
+from dfcore.fisher import fisher_trace, fisher_vp, trace_estimator_from
+from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.mixtures import DiracMixture, GaussianMixture
 from dfcore.models.base import Denoiser, ExactDenoiser, ExactTraceModel, TraceModel
 from dfcore.models.networks import trace_model_from_state
@@ -281,47 +281,54 @@ def case_adjoint(device: torch.device, dtype: torch.dtype) -> Outputs:
     out: Outputs = {}
     for solver in ("ddim", "heun"):
         traj = sample_trajectory(den, x_T, times, solver)
-        out[f"{solver}_x0"] = traj.x0
+        out[f"{solver}_x_final"] = traj.x_final
         for method in ("dfea", "vjp"):
             out[f"{solver}_lambda_{method}"] = discrete_adjoint(
-                traj, traj.x0 - target, method, schedule=den.schedule, denoiser=den
+                traj, traj.x_final - target, method, schedule=den.schedule, denoiser=den
             )[0]
     out["autograd_lambda"] = autograd_adjoint(den, x_T, times, loss)[0][0]
     gmm = _gaussian(device, dtype)
     exact = ExactDenoiser(gmm, den.schedule)
     x4 = on(inputs(16, 4, 4), device, dtype)
     traj = sample_trajectory(exact, x4, times)
-    out["analytic_lambda"] = discrete_adjoint(traj, traj.x0, "analytic", schedule=den.schedule, mixture=gmm)[0]
+    out["analytic_lambda"] = discrete_adjoint(traj, traj.x_final, "analytic", schedule=den.schedule, mixture=gmm)[0]
     for method in ("dfea", "vjp"):
-        guided = guided_sample(den, x_T, times, loss, method=method, update_steps=(4, 2), step_size=0.1)
-        out[f"guided_{method}"] = guided.x0
+        guided = guided_sample(
+            den, x_T, times, loss, method=method, update_steps=(4, 2), step_size=0.1, normalize="none"
+        )
+        out[f"guided_{method}"] = guided.x_final
     return out
 
 
 def _nll(method: str, device: torch.device, dtype: torch.dtype, **extra) -> Outputs:
     den, trace = _networks(device, dtype, dim=4)
     x = on(inputs(17, 4, 4), device, dtype)
+    estimator = trace_estimator_from(
+        method,
+        {
+            "schedule": den.schedule,
+            "denoiser": None if method == "analytic" else den,
+            "trace_model": trace,
+            "mixture": _gaussian(device, dtype) if method == "analytic" else None,
+            "num_probes": 2,
+            "generator": torch.Generator().manual_seed(18),
+        },
+    )
     res = log_likelihood(
         x,
-        method=method,
-        schedule=den.schedule,
-        denoiser=None if method == "analytic" else den,
-        trace_model=trace,
-        mixture=_gaussian(device, dtype) if method == "analytic" else None,
+        estimator,
+        log_prior=gaussian_log_prior(den.schedule, **extra),
         t_min=0.1,  # sigma 0.32: the exact Dirac denoiser of the float64 case stays smooth for 8 RK4 steps
         solver="rk4",
         num_steps=4,
-        num_probes=2,
-        generator=torch.Generator().manual_seed(18),
-        **extra,
     )
-    return {f"{method}_{key}": res[key] for key in ("log_q", "prior", "delta", "x_T")}
+    return {f"{method}_{key}": getattr(res, key) for key in ("log_q", "prior", "delta", "x_T")}
 
 
 def case_nll(device: torch.device, dtype: torch.dtype) -> Outputs:
     out: Outputs = {}
     for method in ("analytic", "dftm", "vjp", "hutchinson"):
-        out |= _nll(method, device, dtype, data_var=0.5)
+        out |= _nll(method, device, dtype, var=0.5)
     return out
 
 
@@ -329,7 +336,7 @@ def case_nll_moment_prior(device: torch.device, dtype: torch.dtype) -> Outputs:
     """The NLL with the moment-matched prior (data mean and covariance), as the nll stage of the workflow
     calls it: the data's moments stay on the CPU, where the stage computes them."""
     data = inputs(19, 64, 4)
-    return _nll("dftm", device, dtype, data_mean=data.mean(0), data_cov=torch.cov(data.T))
+    return _nll("dftm", device, dtype, mean=data.mean(0), cov=torch.cov(data.T))
 
 
 def case_tiny_sd(device: torch.device, dtype: torch.dtype, pipeline: Path) -> Outputs:
@@ -362,9 +369,9 @@ def case_tiny_sd(device: torch.device, dtype: torch.dtype, pipeline: Path) -> Ou
             "hutchinson", z, t, denoiser=den, num_probes=2, generator=torch.Generator().manual_seed(23)
         ),
         "ddim_latents": z0,
-        "nll": sd.latent_log_likelihood(z0, den, trace_net, num_steps=4)["log_q"],
+        "nll": sd.latent_log_likelihood(z0, den, trace_net, num_steps=4).log_q,
         "images": images,
-        "guided_vjp": guided.x0,
+        "guided_vjp": guided.x_final,
     }
 
 
@@ -603,8 +610,8 @@ def test_compare_outputs_fails_on_nan_device_shape_dtype_and_keys():
 
 def test_every_public_estimator_is_covered():
     """The cases cover every trace method and every Fisher-vector product of dfcore.fisher."""
-    from dfcore.fisher.trace import TRACE_METHODS
-    from dfcore.fisher.vp import FVP_METHODS
+    from dfcore.fisher.trace import TRACE_ESTIMATORS
+    from dfcore.fisher.vp import FVP_ESTIMATORS
 
-    assert set(case_trace_estimators(CPU, torch.float64)) == set(TRACE_METHODS)
-    assert set(case_fisher_vp(CPU, torch.float64)) == set(FVP_METHODS)
+    assert set(case_trace_estimators(CPU, torch.float64)) == set(TRACE_ESTIMATORS)
+    assert set(case_fisher_vp(CPU, torch.float64)) == set(FVP_ESTIMATORS)

@@ -132,7 +132,11 @@ class Blocker(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Blocker())
 import pkgutil, importlib, dfcore
-skip = ("dfcore.integrations.diffusers", "dfcore.experiments.sd")  # the Stable Diffusion stage needs diffusers
+skip = (  # the Stable Diffusion stage and the diffusers-model adapter need diffusers
+    "dfcore.integrations.diffusers",
+    "dfcore.experiments.sd",
+    "dfcore.integrations.pretrained_train",
+)
 names = [m.name for m in pkgutil.walk_packages(dfcore.__path__, "dfcore.") if not m.name.startswith(skip)]
 for name in names:
     if name != "dfcore.__main__":

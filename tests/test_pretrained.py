@@ -240,8 +240,9 @@ def test_latent_pipeline_folder(tmp_path):
 def test_log_time_warp_is_the_same_ode():
     """The warped schedule's f and g2 are the autograd derivatives of its alpha and sigma in s, and the
     likelihood integrated in log time equals the closed-form density of a Gaussian mixture at t_min."""
+    from dfcore.fisher.trace import VJPTrace
     from dfcore.integrations.pretrained import LogTimeWarp
-    from dfcore.likelihood import log_likelihood
+    from dfcore.likelihood import gaussian_log_prior, log_likelihood
     from dfcore.mixtures import GaussianMixture
     from dfcore.models.base import ExactDenoiser
     from dfcore.schedules import VPSchedule
@@ -267,10 +268,11 @@ def test_log_time_warp_is_the_same_ode():
     pi, means = mixture.weights, mixture.means
     mean = pi @ means
     second = (pi[:, None, None] * (mixture.covs + means[:, :, None] * means[:, None, :])).sum(0)
-    kw = {"method": "analytic", "schedule": sched, "mixture": mixture, "denoiser": warp, "t_min": warp.s_min}
-    res = log_likelihood(x, **kw, solver="rk4", num_steps=40, data_mean=mean, data_cov=second - torch.outer(mean, mean))
+    prior = gaussian_log_prior(sched, mean=mean, cov=second - torch.outer(mean, mean))
+    # the exact trace of the warped denoiser's Jacobian, so the drift and the trace both go through the warp
+    res = log_likelihood(x, VJPTrace(warp), log_prior=prior, t_min=warp.s_min, solver="rk4", num_steps=40)
     exact = mixture.log_prob(x, t_min, base)
-    torch.testing.assert_close(res["log_q"], exact, rtol=0, atol=2e-5)
+    torch.testing.assert_close(res.log_q, exact, rtol=0, atol=2e-5)
 
 
 def test_experiment_train_convert_measure(tmp_path):
