@@ -285,3 +285,36 @@ def test_parameters_that_turn_non_finite_without_clipping_are_never_saved(tmp_pa
             desc="probe",
         )
     assert load_checkpoint(resume)["step"] == 10
+
+
+def test_checkpoints_name_their_data_set_and_another_data_set_is_refused(tmp_path):
+    """run_training records the store's data set in the checkpoint; a trace net trained on it, or its denoiser,
+    is refused by the nll stage of another data set (naming the file and both names)."""
+    from dfcore.experiments.data import prepare_dataset
+    from dfcore.experiments.nll import run_nll
+    from dfcore.experiments.train import run_training
+
+    spec = {"kind": "checkerboard", "num_samples": 64, "seed": 1}
+    prepare_dataset("board", spec, tmp_path / "board.zarr")
+    prepare_dataset("other", {**spec, "seed": 2}, tmp_path / "other.zarr")
+    den_path, trace_path = tmp_path / "den.pt", tmp_path / "trace.pt"
+    cfg = {**CFG, "steps": 4, "checkpoint_every": 2, "seed": 0}
+    run_training("denoiser", cfg, tmp_path / "board.zarr", den_path, schedule=get_schedule("VE"), progress=False)
+    run_training("trace", cfg, tmp_path / "board.zarr", trace_path, denoiser_path=den_path, progress=False)
+    assert load_checkpoint(den_path)["record"]["dataset"] == "board"
+    assert load_checkpoint(trace_path)["record"]["dataset"] == "board"
+    with pytest.raises(ValueError, match=r"den\.pt: dataset is 'board', but 'other' is expected"):
+        run_training("trace", cfg, tmp_path / "other.zarr", tmp_path / "t2.pt", denoiser_path=den_path, progress=False)
+    section = {"num_points": 2, "num_probes": 1, "t_min": 1e-3, "solver": "rk4", "num_steps": 2, "seed": 0}
+    with pytest.raises(ValueError, match=r"trace\.pt: dataset is 'board', but 'other' is expected"):
+        run_nll(
+            section,
+            tmp_path / "other.zarr",
+            tmp_path / "nll.csv",
+            dataset="other",
+            schedule_name="VE",
+            schedule=get_schedule("VE"),
+            method="dftm",
+            device="cpu",
+            trace_path=trace_path,
+        )

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from dfcore.data.store import image_shape, load_dataset
+from dfcore.data.store import dataset_attrs, image_shape, load_dataset
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
-from dfcore.io import expect_model, save_checkpoint, write_csv
+from dfcore.io import expect_model, load_checkpoint, save_checkpoint, write_csv
 from dfcore.mixtures import Mixture
 from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
 from dfcore.schedules import Schedule
@@ -28,7 +28,12 @@ __all__ = ["train_denoiser", "train_trace", "run_training"]
 
 
 def _finish(
-    model: Any, losses: list[float], out_path: str | Path, loss_csv: str | Path | None, meta: dict[str, Any]
+    model: Any,
+    losses: list[float],
+    out_path: str | Path,
+    loss_csv: str | Path | None,
+    meta: dict[str, Any],
+    dataset: str | None = None,
 ) -> None:
     save_checkpoint(
         {
@@ -38,6 +43,7 @@ def _finish(
             "meta": meta,
         },
         out_path,
+        dataset=dataset,
     )
     if loss_csv is not None:
         write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
@@ -56,8 +62,10 @@ def train_denoiser(
     device: str = "auto",
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    dataset: str | None = None,
 ) -> LearnedDenoiser:
-    """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged)."""
+    """Train a denoiser on ``data`` (N, d) with the ``denoiser`` config section (overrides merged); ``dataset``
+    names the data set in the checkpoint's record."""
     arch = cfg["arch"]
     if arch == "auto":
         arch = "unet" if image_shape is not None else "mlp"
@@ -88,7 +96,7 @@ def train_denoiser(
         desc=f"denoiser[{arch}]",
         on_step=on_step,
     )
-    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
+    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg}, dataset)
     return model
 
 
@@ -104,6 +112,7 @@ def train_trace(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     reference: Mixture | None = None,
+    dataset: str | None = None,
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
     (``reference``: see :func:`dfcore.train.build_trace_model`)."""
@@ -133,7 +142,7 @@ def train_trace(
         desc="trace_net",
         on_step=on_step,
     )
-    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg})
+    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg}, dataset)
     return model
 
 
@@ -155,6 +164,7 @@ def run_training(
     schedule comes with the denoiser). ``section`` is the ``denoiser`` or ``trace_net`` config section as the
     data set sees it (its ``overrides`` entry merged in, :func:`dfcore.config.dataset_section`)."""
     data = load_dataset(data_path)
+    dataset = dataset_attrs(data_path).get("dataset")
     seed = section_seed(seed, section)
     if kind == "denoiser":
         if schedule is None:
@@ -170,12 +180,22 @@ def run_training(
             seed=seed,
             device=device,
             progress=progress,
+            dataset=dataset,
         )
     if kind == "trace":
         if denoiser_path is None:
             raise ValueError("training a trace network needs the trained denoiser (denoiser_path)")
+        load_checkpoint(denoiser_path, dataset=dataset)
         den = expect_model(load_denoiser(denoiser_path, resolve_device(device)), denoiser_path, dim=data.shape[1])
         return train_trace(
-            data, den, section, out, resume_path=resume_path, loss_csv=loss_csv, seed=seed, progress=progress
+            data,
+            den,
+            section,
+            out,
+            resume_path=resume_path,
+            loss_csv=loss_csv,
+            seed=seed,
+            progress=progress,
+            dataset=dataset,
         )
     raise ValueError(f"unknown training kind {kind!r}; choose 'denoiser' or 'trace'")
