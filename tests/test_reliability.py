@@ -155,8 +155,19 @@ def test_float32_results_are_unchanged_by_a_float64_call_in_between():
 # ------------------------------------------------------------------------------------------------------------- #
 # artefacts used with the wrong partner
 
-TRAIN = {"steps": 2, "batch_size": 16, "lr": 1e-3, "mlp": {"hidden": 16, "layers": 1}, "checkpoint_every": 100}
-TRACE = {**TRAIN, "share_trunk": False, "head_hidden": 8, "target": "residual"}
+TRAIN = {
+    "arch": "mlp",
+    "prediction": "x0",
+    "seed": 0,
+    "steps": 2,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "warmup_steps": 0,
+    "t_min": 1e-3,
+    "mlp": {"hidden": 16, "layers": 1},
+    "checkpoint_every": 100,
+}
+TRACE = {**TRAIN, "share_trunk": False, "head_hidden": 8, "backbone": {}, "target": "residual", "time_power": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +206,10 @@ def test_a_denoiser_under_another_schedule_is_refused(trained):
 
 
 def test_nll_of_a_trace_net_under_another_schedule_is_refused_naming_the_file(trained, tmp_path):
-    from dfcore.experiments.likelihood import run_nll
+    from dfcore.experiments.nll import run_nll
 
     section = {"num_points": 4, "t_min": 1e-3, "solver": "rk4", "rtol": 1e-5, "atol": 1e-5, "num_steps": 4}
-    section["num_probes"] = 1
+    section.update(num_probes=1, seed=0)
     kwargs = {"dataset": "checkerboard", "schedule_name": "VE", "method": "dftm", "device": "cpu"}
     with pytest.raises(ValueError, match=r"vp_trace.pt: schedule is .*'VP'.*but .*'VE'.* is expected"):
         run_nll(
@@ -213,9 +224,10 @@ def test_nll_of_a_trace_net_under_another_schedule_is_refused_naming_the_file(tr
 
 
 def test_a_store_of_another_data_set_is_refused_by_the_analytic_nll(trained, tmp_path):
-    from dfcore.experiments.likelihood import run_nll
+    from dfcore.experiments.nll import run_nll
 
     section = {"num_points": 4, "t_min": 1e-3, "solver": "rk4", "rtol": 1e-5, "atol": 1e-5, "num_steps": 4}
+    section["seed"] = 0
     with pytest.raises(ValueError, match=r"gmm3.zarr: dataset is 'gmm3', but 'checkerboard' is expected"):
         run_nll(
             {**section, "num_probes": 1},
@@ -330,13 +342,14 @@ def test_a_config_digest_ignores_key_order():
 
 
 def _ll(**kwargs):
-    from dfcore.likelihood import log_likelihood
+    from dfcore.fisher.trace import AnalyticTrace
+    from dfcore.likelihood import gaussian_log_prior, log_likelihood
 
+    schedule = get_schedule("VP")
     args = {
         "x": _x(),
-        "method": "analytic",
-        "schedule": get_schedule("VP"),
-        "mixture": _gaussian(),
+        "trace": AnalyticTrace(_gaussian(), schedule),
+        "log_prior": gaussian_log_prior(schedule),
         "solver": "rk4",
         "num_steps": 4,
         "t_min": 1e-3,
@@ -370,7 +383,7 @@ def test_log_likelihood_accepts_good_arguments():
     schedule, mixture = get_schedule("VP"), _gaussian()
     out = _ll(solver="dopri5", rtol=1e-7, atol=1e-7)
     exact = exact_log_densities(mixture, _x(), 1e-3, schedule)["log_q_tmin"]
-    estimate = out["delta"] + mixture.log_prob(out["x_T"], 1.0, schedule)
+    estimate = out.delta + mixture.log_prob(out.x_T, 1.0, schedule)
     torch.testing.assert_close(estimate, exact, rtol=0, atol=1e-4)
 
 
