@@ -347,12 +347,24 @@ def expect_model(model: Any, path: str | os.PathLike[str], **expected: Any) -> A
     return model
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a plain ``dict`` (a dict subclass such as the workflow's canonical params
+    would otherwise be pickled by its class, which ``weights_only`` loading refuses)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(item) for item in value)
+    return value
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], **record: Any) -> None:
     """``torch.save`` atomically, with ``state["record"]`` = :func:`checkpoint_record` (``record``: further
     entries, e.g. ``dataset``). Keep ``state`` to tensors, numbers, strings, lists and dicts so that
     :func:`load_checkpoint` can read it with ``weights_only=True``."""
     path = Path(path)
-    state = {**state, "record": checkpoint_record(state, **record)}
+    state = _plain({**state, "record": checkpoint_record(state, **record)})
     tmp = _tmp_sibling(path)
     try:
         torch.save(state, tmp)

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from dfcore.io import save_figure  # noqa: E402
+from dfcore.io import load_checkpoint, save_checkpoint, save_figure  # noqa: E402
 
 
 def test_save_figure_writes_the_format_of_the_suffix_and_closes(tmp_path):
@@ -35,3 +35,16 @@ def test_a_failed_save_keeps_the_previous_figure(tmp_path):
         save_figure(fig, target)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+def test_a_checkpoint_with_canonical_params_loads_weights_only(tmp_path):
+    """The workflow hands its scripts canonical params (a dict subclass); a checkpoint whose meta holds them is saved
+    with plain dicts, so that ``weights_only`` loading reads it back with the same items."""
+    from dfcore.config import ParamDict, canonical_params
+
+    cfg = canonical_params({"steps": 3, "mlp": {"hidden": 8, "layers": [1, 2]}, "shape": (1, 8, 8)})
+    assert isinstance(cfg["mlp"], ParamDict)
+    save_checkpoint({"model": {"kind": "denoiser"}, "meta": {"config": cfg}}, tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt")["meta"]["config"]
+    assert loaded == {"steps": 3, "mlp": {"hidden": 8, "layers": [1, 2]}, "shape": (1, 8, 8)}
+    assert type(loaded) is dict and type(loaded["mlp"]) is dict
