@@ -135,7 +135,7 @@ def _without_keys(rule: str) -> set[str]:
 
 
 def test_likelihood_stage_passes_what_the_rules_pass(tmp_path, monkeypatch):
-    from dfcore.experiments import likelihood_benchmark as bench
+    from dfcore.experiments import likelihood as bench
 
     calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
