@@ -263,11 +263,10 @@ def _reversed_keys(value):
 
 
 def test_reordering_the_keys_of_config_mappings_reruns_nothing(finished, tmp_path):
-    """Params are compared by their repr, made canonical: the whole validated config (defaults included) with the
-    keys of every mapping reversed plans nothing; a changed value in it still reruns its rules."""
-    from dfcore.config import load_config
-
-    config = _reversed_keys(load_config(finished / CONFIG))
+    """Params are compared by their repr, made canonical: the run's effective config (config/config.yaml and the
+    --configfile merged, defaults included, as the run recorded it) with the keys of every mapping reversed plans
+    nothing; a changed value in it still reruns its rules."""
+    config = _reversed_keys(yaml.safe_load((finished / "results" / "report" / "config.yaml").read_text()))
     reordered = tmp_path / "reordered.yaml"
     reordered.write_text(yaml.safe_dump(config, sort_keys=False))
     assert planned_jobs(finished, "--configfile", str(reordered)) == {}

@@ -30,7 +30,7 @@ rule summary:
     params:
         root=lambda wildcards, output: str(Path(output[0]).parent.parent),
         # the whole validated config, defaults filled in: any changed key rewrites config.yaml
-        config=config,
+        config=canonical_params(config),
     script:
         "../scripts/summary.py"
 
