@@ -361,3 +361,42 @@ def test_positive_trace_model_on_gaussian_data():
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="'l1'"):
         PositiveTraceModel(_Constant(h), den, sd, target="l1")
+
+
+def test_the_shared_optimiser_follows_the_project_schedule_and_stops_on_a_non_finite_loss():
+    """Both in-project trainers run through one loop: its learning rate at every step is dfcore.train's warm-up and
+    cosine schedule, and a non-finite loss stops it with the trainer's name and the step."""
+    from dfcore.integrations.pretrained_train import _optimise
+    from dfcore.train import learning_rate
+
+    module = torch.nn.Linear(2, 1)
+    opt_lrs: list[float] = []
+
+    def batch_loss() -> torch.Tensor:
+        return module(torch.ones(1, 2)).pow(2).sum()
+
+    original = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        opt_lrs.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = spy
+    try:
+        losses = _optimise(module, batch_loss, steps=7, lr=0.1, warmup_steps=2, grad_clip=1.0, name="toy")
+    finally:
+        torch.optim.Adam.step = original
+    assert len(losses) == 7 and not module.training
+    assert opt_lrs == [learning_rate(step, 7, 0.1, 2) for step in range(7)]
+
+    calls = iter([1.0, 2.0, float("nan")])
+    with pytest.raises(FloatingPointError, match="toy: non-finite loss at step 3 of 5"):
+        _optimise(
+            torch.nn.Linear(2, 1),
+            lambda: torch.tensor(next(calls), requires_grad=True),
+            steps=5,
+            lr=0.1,
+            warmup_steps=1,
+            grad_clip=1.0,
+            name="toy",
+        )

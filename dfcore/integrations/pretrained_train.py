@@ -16,8 +16,7 @@ read through a scheduler of that prediction type it is the same model exactly, f
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 from dfcore.dequantize import dequantize
 from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
 from dfcore.schedules import DiscreteSchedule
+from dfcore.train import learning_rate
 
 __all__ = [
     "ConvertedUNet2DModel",
@@ -103,15 +103,16 @@ def build_unet(
     layers_per_block: int = 1,
     norm_num_groups: int = 8,
     seed: int = 0,
+    out_channels: int | None = None,
 ) -> Any:
     """A small ``UNet2DModel`` for (C, H, W) images (plain conv blocks, one downsampling per extra level, no
-    attention)."""
+    attention), with ``out_channels`` outputs (default C)."""
     channels, height, _ = (int(v) for v in image_shape)
     torch.manual_seed(seed)
     return UNet2DModel(
         sample_size=height,
         in_channels=channels,
-        out_channels=channels,
+        out_channels=channels if out_channels is None else int(out_channels),
         layers_per_block=layers_per_block,
         block_out_channels=tuple(int(c) for c in block_out_channels),
         down_block_types=("DownBlock2D",) * len(block_out_channels),
@@ -119,6 +120,37 @@ def build_unet(
         norm_num_groups=norm_num_groups,
         add_attention=False,  # no attention: vmapped VJPs (the vjp trace) have no batching rule for its backward
     )
+
+
+def _optimise(
+    module: torch.nn.Module,
+    batch_loss: Callable[[], Tensor],
+    *,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    grad_clip: float,
+    name: str,
+) -> list[float]:
+    """Adam on ``module`` for ``steps`` steps of ``batch_loss()`` (a fresh minibatch each call), with the learning
+    rate of :func:`dfcore.train.learning_rate` and gradient clipping; returns the loss of every step and leaves
+    the module frozen in eval mode. A non-finite loss raises FloatingPointError naming ``name`` and the step."""
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    losses: list[float] = []
+    module.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, warmup_steps)
+        loss = batch_loss()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: non-finite loss at step {step + 1} of {steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    module.eval().requires_grad_(False)
+    return losses
 
 
 def train_ddpm(
@@ -141,48 +173,26 @@ def train_ddpm(
     gen = torch.Generator().manual_seed(int(seed))
     abar = scheduler.alphas_cumprod.to(torch.float32)
     num_t = abar.numel()
-    opt = torch.optim.Adam(unet.parameters(), lr=lr)
-    losses: list[float] = []
-    unet.train()
-    for step in range(steps):
-        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
+
+    def batch_loss() -> Tensor:
         idx = torch.randint(len(images), (batch_size,), generator=gen)
         x0 = dequantize(images[idx], generator=gen).to(torch.float32)
         noise = torch.randn(x0.shape, generator=gen)
         i = torch.randint(num_t, (batch_size,), generator=gen)
         a = abar[i].sqrt().view(-1, 1, 1, 1)
         s = (1 - abar[i]).sqrt().view(-1, 1, 1, 1)
-        loss = (unet(a * x0 + s * noise, i).sample - noise).pow(2).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train_ddpm: non-finite loss at step {step + 1} of {steps}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
-        opt.step()
-        losses.append(loss.item())
-    unet.eval().requires_grad_(False)
-    return losses
+        return (unet(a * x0 + s * noise, i).sample - noise).pow(2).mean()
+
+    return _optimise(
+        unet, batch_loss, steps=steps, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, name="train_ddpm"
+    )
 
 
 def build_trace_unet(
     image_shape: Sequence[int], block_out_channels: Sequence[int] = (16, 32), norm_num_groups: int = 8, seed: int = 0
 ) -> Any:
-    """A one-channel-output ``UNet2DModel`` for :class:`~dfcore.integrations.pretrained.PositiveTraceModel`."""
-    channels, height, _ = (int(v) for v in image_shape)
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=height,
-        in_channels=channels,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=tuple(int(c) for c in block_out_channels),
-        down_block_types=("DownBlock2D",) * len(block_out_channels),
-        up_block_types=("UpBlock2D",) * len(block_out_channels),
-        norm_num_groups=norm_num_groups,
-        add_attention=False,
-    )
+    """A one-channel-output :func:`build_unet` for :class:`~dfcore.integrations.pretrained.PositiveTraceModel`."""
+    return build_unet(image_shape, block_out_channels, 1, norm_num_groups, seed, out_channels=1)
 
 
 def train_trace_model(
@@ -207,24 +217,20 @@ def train_trace_model(
     module = trace_model.module
     gen = torch.Generator().manual_seed(int(seed))
     dtype = next(module.parameters()).dtype
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    losses: list[float] = []
-    module.train()
-    for step in range(steps):
-        scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
+
+    def batch_loss() -> Tensor:
         idx = torch.randint(len(images), (batch_size,), generator=gen)
         x0 = dequantize(images[idx], generator=gen).to(dtype)
         noise = torch.randn(x0.shape, generator=gen, dtype=dtype)
         t = t_min ** torch.rand(batch_size, generator=gen, dtype=torch.float64)
-        loss = trace_model.loss(x0, t, noise)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train_trace_model: non-finite loss at step {step + 1} of {steps}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-        opt.step()
-        losses.append(loss.item())
-    module.eval().requires_grad_(False)
-    return losses
+        return trace_model.loss(x0, t, noise)
+
+    return _optimise(
+        module,
+        batch_loss,
+        steps=steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        grad_clip=grad_clip,
+        name="train_trace_model",
+    )
