@@ -16,7 +16,7 @@ from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
 from dfcore.fisher.trace import trace_estimator_from
-from dfcore.io import expect_model, load_checkpoint, write_csv
+from dfcore.io import expect_model, write_csv
 from dfcore.likelihood import exact_log_densities, log_likelihood, moment_matched_prior
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import load_denoiser, load_trace_model
@@ -55,15 +55,16 @@ def run_nll(
     x = data[: int(cfg["num_points"])]
     device = resolve_device(device)
     dim = data.shape[1]
-    for path in (trace_path, denoiser_path):
-        if path is not None:
-            load_checkpoint(path, dataset=dataset)  # a network trained on another data set is refused
     trace_model = None
     if trace_path is not None:
-        trace_model = expect_model(load_trace_model(trace_path, device), trace_path, schedule=schedule, dim=dim)
+        trace_model = expect_model(
+            load_trace_model(trace_path, device, dataset=dataset), trace_path, schedule=schedule, dim=dim
+        )
     denoiser = trace_model.denoiser if trace_model is not None else None
     if denoiser is None and denoiser_path is not None:
-        denoiser = expect_model(load_denoiser(denoiser_path, device), denoiser_path, schedule=schedule, dim=dim)
+        denoiser = expect_model(
+            load_denoiser(denoiser_path, device, dataset=dataset), denoiser_path, schedule=schedule, dim=dim
+        )
     pool = {
         "mixture": mixture,
         "schedule": schedule,

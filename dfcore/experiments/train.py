@@ -18,7 +18,7 @@ from torch import Tensor
 from dfcore.data.store import dataset_attrs, image_shape, load_dataset
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
-from dfcore.io import expect_model, load_checkpoint, save_checkpoint, write_csv
+from dfcore.io import expect_model, save_checkpoint, write_csv
 from dfcore.mixtures import Mixture
 from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
 from dfcore.schedules import Schedule
@@ -185,8 +185,9 @@ def run_training(
     if kind == "trace":
         if denoiser_path is None:
             raise ValueError("training a trace network needs the trained denoiser (denoiser_path)")
-        load_checkpoint(denoiser_path, dataset=dataset)
-        den = expect_model(load_denoiser(denoiser_path, resolve_device(device)), denoiser_path, dim=data.shape[1])
+        den = expect_model(
+            load_denoiser(denoiser_path, resolve_device(device), dataset=dataset), denoiser_path, dim=data.shape[1]
+        )
         return train_trace(
             data,
             den,

@@ -538,21 +538,27 @@ def trace_model_from_state(
     return LearnedTraceModel(den, module, state["share_trunk"], state["hparams"], state.get("target", "residual"))
 
 
-def _model_state(path: str | Path, kind: str) -> dict[str, Any]:
-    ckpt = load_checkpoint(path)
+def _model_state(path: str | Path, kind: str, dataset: str | None = None) -> dict[str, Any]:
+    ckpt = load_checkpoint(path, dataset=dataset)
     state = ckpt.get("model", ckpt)
     if state.get("kind") != kind:
         raise ValueError(f"{path}: not a {kind} checkpoint (kind={state.get('kind')!r})")
     return state
 
 
-def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> LearnedDenoiser:
-    """Load a denoiser checkpoint (``weights_only=True``) and rebuild the model on ``device``."""
+def load_denoiser(
+    path: str | Path, device: torch.device | str = "cpu", *, dataset: str | None = None
+) -> LearnedDenoiser:
+    """Load a denoiser checkpoint (``weights_only=True``) and rebuild the model on ``device``; with ``dataset``, a
+    checkpoint recorded as trained on another data set is refused."""
     with checkpoint_errors(path):
-        return denoiser_from_state(_model_state(path, "denoiser"), device)
+        return denoiser_from_state(_model_state(path, "denoiser", dataset), device)
 
 
-def load_trace_model(path: str | Path, device: torch.device | str = "cpu") -> LearnedTraceModel:
-    """Load a trace-network checkpoint (it embeds its denoiser) and rebuild the model on ``device``."""
+def load_trace_model(
+    path: str | Path, device: torch.device | str = "cpu", *, dataset: str | None = None
+) -> LearnedTraceModel:
+    """Load a trace-network checkpoint (it embeds its denoiser) and rebuild the model on ``device``; with
+    ``dataset``, a checkpoint recorded as trained on another data set is refused."""
     with checkpoint_errors(path):
-        return trace_model_from_state(_model_state(path, "trace"), device)
+        return trace_model_from_state(_model_state(path, "trace", dataset), device)
