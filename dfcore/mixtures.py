@@ -259,6 +259,103 @@ class _DiracStats:
         return self.second - self.mean[:, :, None] * self.mean[:, None, :]
 
 
+def _chunk_weights(logits: Tensor, new_max: Tensor, arg: Tensor, new_best: Tensor, differentiable: bool) -> Tensor:
+    """The chunk's weights ``exp(logit - running max)``, (B, n), with the reference point's entry zeroed.
+
+    The shifted logits are floored at log(tiny)/2 (-43.7 in float32, -354 in float64): exp and the products
+    after it then never meet subnormal numbers, which are ~30x slower on CPUs, and a relative weight of 1e-19
+    (1e-154) is below the dtype's resolution. The reference point has delta = 0 and weight 1; masking it out
+    makes it add exact zeros. Out of place when differentiating, so autograd and torch.func can go through.
+    """
+    floor = 0.5 * math.log(torch.finfo(logits.dtype).tiny)
+    if differentiable:
+        p = torch.exp((logits - new_max[:, None]).clamp_min(floor))
+    else:
+        p = logits.sub_(new_max[:, None]).clamp_min_(floor).exp_()
+    at_ref = arg[:, None]
+    masked = torch.where(new_best[:, None], 0.0, p.gather(1, at_ref))
+    return p.scatter(1, at_ref, masked) if differentiable else p.scatter_(1, at_ref, masked)
+
+
+@dataclass
+class _RunningMoments:
+    """Unnormalised weighted moments of ``delta = y - c - ref`` over the chunks seen so far, the weights being
+    ``exp(logit - running max)``: ``s0 = sum w``, ``m1 = sum w delta`` and, when asked for, ``m2 = sum w ||delta||^2``,
+    ``mv = sum w <delta, v> delta`` and ``mm = sum w delta delta^T``."""
+
+    s0: Tensor
+    m1: Tensor
+    m2: Tensor | None
+    mv: Tensor | None
+    mm: Tensor | None
+
+    @classmethod
+    def empty(cls, x: Tensor, *, sq_norm: bool, proj: bool, second: bool) -> _RunningMoments:
+        batch, d = x.shape
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(batch, *shape, dtype=x.dtype, device=x.device)
+
+        return cls(
+            zeros(), zeros(d), zeros() if sq_norm else None, zeros(d) if proj else None, zeros(d, d) if second else None
+        )
+
+    def recentre(self, shift: Tensor, v: Tensor | None) -> None:
+        """Move the reference point by ``-shift`` (delta' = delta + shift), exactly, in O(B d) work."""
+        s0, m1 = self.s0, self.m1
+        if self.m2 is not None:
+            self.m2 = self.m2 + 2.0 * (shift * m1).sum(1) + s0 * shift.pow(2).sum(1)
+        if self.mv is not None:
+            assert v is not None  # mv is accumulated only when v is given
+            shift_v = (shift * v).sum(1, keepdim=True)
+            self.mv = self.mv + shift_v * m1 + (m1 * v).sum(1, keepdim=True) * shift + s0[:, None] * shift_v * shift
+        if self.mm is not None:
+            outer = m1[:, :, None] * shift[:, None, :]
+            self.mm = (
+                self.mm + outer + outer.transpose(1, 2) + s0[:, None, None] * shift[:, :, None] * shift[:, None, :]
+            )
+        self.m1 = m1 + s0[:, None] * shift
+
+    def add_chunk(
+        self, p: Tensor, rows: Tensor, ref: Tensor, rescale: Tensor, new_best: Tensor, v: Tensor | None
+    ) -> None:
+        """Rescale the moments to the new running max and add a chunk's weights ``p`` (B, n) over ``rows``."""
+        d = ref.shape[1]
+        y = rows[:, :d]
+        sums = p @ rows  # [sum p y, sum p ||y||^2, sum p] over the chunk, reference excluded
+        p_y, p_ysq, p_sum = sums[:, :d], sums[:, d], sums[:, d + 1 :]
+        self.s0 = self.s0 * rescale + p_sum[:, 0] + new_best.to(p.dtype)
+        self.m1 = self.m1 * rescale[:, None] + p_y - p_sum * ref
+        if self.m2 is not None:
+            ref_sq = ref.pow(2).sum(1)
+            self.m2 = self.m2 * rescale + p_ysq - 2.0 * (ref * p_y).sum(1) + p_sum[:, 0] * ref_sq
+        if self.mv is not None:
+            assert v is not None
+            pv_sums = (p * (v @ y.T)) @ rows
+            pv_y, pv_sum = pv_sums[:, :d], pv_sums[:, d + 1 :]
+            ref_v = (ref * v).sum(1, keepdim=True)
+            self.mv = self.mv * rescale[:, None] + pv_y - pv_sum * ref - ref_v * p_y + ref_v * p_sum * ref
+        if self.mm is not None:
+            outer = p_y[:, :, None] * ref[:, None, :]
+            chunk_mm = torch.einsum("bn,nd,ne->bde", p, y, y) - outer - outer.transpose(1, 2)
+            self.mm = (
+                self.mm * rescale[:, None, None] + chunk_mm + p_sum[:, :, None] * ref[:, :, None] * ref[:, None, :]
+            )
+
+    def stats(self, log_max: Tensor, ref: Tensor) -> _DiracStats:
+        """The normalised moments, with ``log Z = log_max + log s0``."""
+        inv = 1.0 / self.s0
+        return _DiracStats(
+            log_z=log_max + torch.log(self.s0),
+            ref=ref,
+            mean=self.m1 * inv[:, None],
+            sq_norm=None if self.m2 is None else self.m2 * inv,
+            proj=None if self.mv is None else self.mv * inv[:, None],
+            second=None if self.mm is None else self.mm * inv[:, None, None],
+            weight_sum=self.s0,
+        )
+
+
 class DiracMixture(Mixture):
     r"""Uniform mixture of Diracs :math:`q_0 = \frac1N \sum_i \delta(y_i)` (Prop. 1, Prop. 5).
 
@@ -332,7 +429,7 @@ class DiracMixture(Mixture):
         The logits, up to the per-row constant ``-||x - a c||^2 / 2s^2`` (added back to log Z),
         are one product ``[a x_c / s^2, -a^2 / 2s^2, 0] @ table^T``. Moments are kept relative to
         the running best point; when a chunk holds a better one, the accumulated moments are
-        re-centred on it (exact shift identities, O(B d) work).
+        re-centred on it (:meth:`_RunningMoments.recentre`).
         """
         table, center = self._data_like(x)
         batch, d = x.shape
@@ -341,87 +438,24 @@ class DiracMixture(Mixture):
         query = torch.cat([xc * (alpha[:, None] / var), -0.5 * alpha[:, None].pow(2) / var, torch.zeros_like(var)], 1)
         per_row = batch * (d if second else 1)
         chunk = max(1, min(self.num_points, self.chunk_elements // max(per_row, 1)))
-        floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
         differentiable = torch.is_grad_enabled() and (query.requires_grad or (v is not None and v.requires_grad))
-
-        def zeros(*shape: int) -> Tensor:
-            return torch.zeros(batch, *shape, dtype=x.dtype, device=x.device)
-
+        moments = _RunningMoments.empty(x, sq_norm=sq_norm, proj=v is not None, second=second)
         run_max = torch.full((batch,), -math.inf, dtype=x.dtype, device=x.device)
-        ref, s0, m1 = zeros(d), zeros(), zeros(d)
-        m2 = zeros() if sq_norm else None
-        mv = zeros(d) if v is not None else None
-        mm = zeros(d, d) if second else None
-
+        ref = torch.zeros_like(x)
         for start in range(0, self.num_points, chunk):
             rows = table[start : start + chunk]
-            y = rows[:, :d]
             logits = query @ rows.T
             chunk_max, chunk_arg = logits.max(1)
             new_best = chunk_max > run_max
             new_max = torch.where(new_best, chunk_max, run_max)
-            new_ref = torch.where(new_best[:, None], y[chunk_arg], ref)
-
-            # Re-centre the accumulated moments on the new reference: delta' = delta + shift.
-            shift = ref - new_ref
-            if m2 is not None:
-                m2 = m2 + 2.0 * (shift * m1).sum(1) + s0 * shift.pow(2).sum(1)
-            if mv is not None:
-                assert v is not None  # mv is accumulated only when v is given
-                shift_v = (shift * v).sum(1, keepdim=True)
-                mv = mv + shift_v * m1 + (m1 * v).sum(1, keepdim=True) * shift + s0[:, None] * shift_v * shift
-            if mm is not None:
-                outer = m1[:, :, None] * shift[:, None, :]
-                mm = mm + outer + outer.transpose(1, 2) + s0[:, None, None] * shift[:, :, None] * shift[:, None, :]
-            m1 = m1 + s0[:, None] * shift
+            new_ref = torch.where(new_best[:, None], rows[chunk_arg, :d], ref)
+            moments.recentre(ref - new_ref, v)
             ref = new_ref
-
-            rescale = torch.exp(run_max - new_max)  # exp(-inf) = 0 on the first chunk
-            # Floor the shifted logits at log(tiny)/2 (-43.7 in float32, -354 in float64): exp and
-            # the products after it then never meet subnormal numbers, which are ~30x slower on
-            # CPUs, and a relative weight of 1e-19 (1e-154) is below the dtype's resolution.
-            if differentiable:
-                p = torch.exp((logits - new_max[:, None]).clamp_min(floor))
-            else:
-                p = logits.sub_(new_max[:, None]).clamp_min_(floor).exp_()
-            # The reference point has delta = 0 and p = 1: mask it out so it adds exact zeros
-            # (out of place when differentiating, so autograd and torch.func can go through).
-            at_ref = chunk_arg[:, None]
-            masked = torch.where(new_best[:, None], 0.0, p.gather(1, at_ref))
-            p = p.scatter(1, at_ref, masked) if differentiable else p.scatter_(1, at_ref, masked)
-            sums = p @ rows  # [sum p y, sum p ||y||^2, sum p] over the chunk, reference excluded
-            p_y, p_ysq, p_sum = sums[:, :d], sums[:, d], sums[:, d + 1 :]
-            s0 = s0 * rescale + p_sum[:, 0] + new_best.to(x.dtype)
-            ref_sq = ref.pow(2).sum(1)
-            m1 = m1 * rescale[:, None] + p_y - p_sum * ref
-            if m2 is not None:
-                m2 = m2 * rescale + p_ysq - 2.0 * (ref * p_y).sum(1) + p_sum[:, 0] * ref_sq
-            if mv is not None:
-                assert v is not None
-                pv = p * (v @ y.T)
-                pv_sums = pv @ rows
-                pv_y, pv_sum = pv_sums[:, :d], pv_sums[:, d + 1 :]
-                ref_v = (ref * v).sum(1, keepdim=True)
-                chunk_mv = pv_y - pv_sum * ref - ref_v * p_y + ref_v * p_sum * ref
-                mv = mv * rescale[:, None] + chunk_mv
-            if mm is not None:
-                outer = p_y[:, :, None] * ref[:, None, :]
-                chunk_mm = torch.einsum("bn,nd,ne->bde", p, y, y) - outer - outer.transpose(1, 2)
-                mm = mm * rescale[:, None, None] + chunk_mm + p_sum[:, :, None] * ref[:, :, None] * ref[:, None, :]
+            p = _chunk_weights(logits, new_max, chunk_arg, new_best, differentiable)
+            moments.add_chunk(p, rows, ref, torch.exp(run_max - new_max), new_best, v)  # exp(-inf) = 0 at first
             run_max = new_max
-
         # Add back the constant dropped from the logits: -||xc||^2 / 2s^2.
-        run_max = run_max - 0.5 * xc.pow(2).sum(1) / var[:, 0]
-        inv = 1.0 / s0
-        return _DiracStats(
-            log_z=run_max + torch.log(s0),
-            ref=ref,
-            mean=m1 * inv[:, None],
-            sq_norm=None if m2 is None else m2 * inv,
-            proj=None if mv is None else mv * inv[:, None],
-            second=None if mm is None else mm * inv[:, None, None],
-            weight_sum=s0,
-        )
+        return moments.stats(run_max - 0.5 * xc.pow(2).sum(1) / var[:, 0], ref)
 
     @_widened
     def log_prob(self, x: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
