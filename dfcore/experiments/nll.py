@@ -11,15 +11,16 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from dfcore.data.store import load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
 from dfcore.fisher.trace import trace_estimator_from
 from dfcore.io import expect_model, write_csv
-from dfcore.likelihood import exact_log_densities, log_likelihood, moment_matched_prior
-from dfcore.mixtures import GaussianMixture
-from dfcore.models.networks import load_denoiser, load_trace_model
+from dfcore.likelihood import LikelihoodResult, exact_log_densities, log_likelihood, moment_matched_prior
+from dfcore.mixtures import GaussianMixture, Mixture
+from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser, load_trace_model
 from dfcore.schedules import Schedule
 
 __all__ = ["run_nll"]
@@ -54,17 +55,7 @@ def run_nll(
     mixture = load_mixture(data_path, dataset=dataset)
     x = data[: int(cfg["num_points"])]
     device = resolve_device(device)
-    dim = data.shape[1]
-    trace_model = None
-    if trace_path is not None:
-        trace_model = expect_model(
-            load_trace_model(trace_path, device, dataset=dataset), trace_path, schedule=schedule, dim=dim
-        )
-    denoiser = trace_model.denoiser if trace_model is not None else None
-    if denoiser is None and denoiser_path is not None:
-        denoiser = expect_model(
-            load_denoiser(denoiser_path, device, dataset=dataset), denoiser_path, schedule=schedule, dim=dim
-        )
+    denoiser, trace_model = _networks(denoiser_path, trace_path, device, dataset, schedule, data.shape[1])
     pool = {
         "mixture": mixture,
         "schedule": schedule,
@@ -84,17 +75,49 @@ def run_nll(
         atol=float(cfg["atol"]),
         num_steps=int(cfg["num_steps"]),
     )
-    dim = data.shape[1]
+    frame = _nll_frame(result, mixture, x, t_min, schedule)
+    frame.insert(0, "method", method)
+    frame.insert(0, "schedule", schedule_name)
+    frame.insert(0, "dataset", dataset)
+    frame["solver"] = cfg["solver"]
+    frame["t_min"] = t_min
+    write_csv(frame, out_csv)
+    return frame
+
+
+def _networks(
+    denoiser_path: str | Path | None,
+    trace_path: str | Path | None,
+    device: torch.device,
+    dataset: str,
+    schedule: Schedule,
+    dim: int,
+) -> tuple[LearnedDenoiser | None, LearnedTraceModel | None]:
+    """The denoiser and trace net a method uses, each checked against the data set, schedule and dimension:
+    the trace net's own denoiser when ``trace_path`` is given, else the one at ``denoiser_path`` (or none)."""
+    if trace_path is not None:
+        trace_model = expect_model(
+            load_trace_model(trace_path, device, dataset=dataset), trace_path, schedule=schedule, dim=dim
+        )
+        return trace_model.denoiser, trace_model
+    if denoiser_path is None:
+        return None, None
+    denoiser = expect_model(
+        load_denoiser(denoiser_path, device, dataset=dataset), denoiser_path, schedule=schedule, dim=dim
+    )
+    return denoiser, None
+
+
+def _nll_frame(result: LikelihoodResult, mixture: Mixture, x: Tensor, t_min: float, schedule: Schedule) -> pd.DataFrame:
+    """One row per point: the estimate, the exact densities of :func:`exact_log_densities` and the errors."""
+    dim = x.shape[1]
     exact = exact_log_densities(mixture, x, t_min, schedule)
     # The headline comparison: log q_0 where it exists (Gaussian mixtures), else log q_{t_min} (NaN: none).
     label = "log_q0" if isinstance(mixture, GaussianMixture) else ("log_q_tmin" if dim <= 16 else "none")
     reference = exact["log_q0"] if label == "log_q0" else exact["log_q_tmin"]
     log_q = result.log_q.cpu()
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "dataset": dataset,
-            "schedule": schedule_name,
-            "method": method,
             "point": range(len(x)),
             "nll_nats": (-log_q).numpy(),
             "bpd": result.bpd.cpu().numpy(),
@@ -107,9 +130,5 @@ def run_nll(
             "abs_error_tmin_nats_per_dim": ((log_q - exact["log_q_tmin"]).abs() / dim).numpy(),
             "nfe": result.nfe,
             "seconds": result.seconds,
-            "solver": cfg["solver"],
-            "t_min": t_min,
         }
     )
-    write_csv(frame, out_csv)
-    return frame

@@ -115,6 +115,21 @@ def trace_errors(
                 "generator": gen,
             }
             estimates[i, j] = trace_estimator_from(kinds[label], pool)(x, t).numpy()
+    targets = [str(getattr(models[label], "target", "")) if kinds[label] == "dftm" else "" for label in labels]
+    return _error_dataset(estimates, truth, labels, targets, times, t_zero, schedule, truth_label)
+
+
+def _error_dataset(
+    estimates: np.ndarray,
+    truth: np.ndarray,
+    labels: Sequence[str],
+    targets: Sequence[str],
+    times: Sequence[float],
+    t_zero: float,
+    schedule: Schedule,
+    truth_label: str,
+) -> xr.Dataset:
+    """The estimates (estimator, t, point) and the exact traces (t, point) with their relative errors in %."""
     diff = estimates - truth[None]
     rel_l2 = 100 * np.linalg.norm(diff, axis=-1) / np.linalg.norm(truth, axis=-1)[None]
     ratio = 100 * np.abs(diff) / np.abs(truth)[None]
@@ -134,13 +149,10 @@ def trace_errors(
             "t_eval": (("t",), t_eval),
         },
         coords={
-            "estimator": labels,
-            "trace_target": (
-                "estimator",
-                [str(getattr(models[label], "target", "")) if kinds[label] == "dftm" else "" for label in labels],
-            ),
+            "estimator": list(labels),
+            "trace_target": ("estimator", list(targets)),
             "t": np.asarray(times, dtype=float),
-            "point": np.arange(num_points),
+            "point": np.arange(estimates.shape[-1]),
         },
     )
     ds["trace_target"].attrs["description"] = "trace_net.target the DF-TM row's trace network was trained on"
