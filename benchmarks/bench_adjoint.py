@@ -95,7 +95,7 @@ def bench(kind: str, device: torch.device, batch: int, repeats: int, sd_dtype: t
 
     traj = sample_trajectory(denoiser, x_T, times)
     lam0 = traj.x_final - target
-    step_traj = type(traj)(times[-2:], traj.xs[-2:], traj.caches[-1:], traj.solver)  # one step: the last one
+    step_traj = type(traj)(times[-2:], traj.xs[-2:], traj.caches[-1:], traj.sampler)  # one step: the last one
     # float16 UNet: DF-EA's adjoint of a random network grows by many orders of magnitude toward t_min (its
     # a^2/s^4 term; 1e27 with a small random UNet of this layout), and a state moved by 1e-4 of it no longer fits
     # in float16 (65504): the update is rescaled to unit RMS per coordinate (a few O(d) operations, the same for

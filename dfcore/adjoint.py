@@ -99,7 +99,7 @@ def discrete_adjoint(
         t, s = traj.times[k], traj.times[k + 1]
         tb, a_t, s_t = schedule_at(schedule, t, x)
         sb, a_s, s_s = schedule_at(schedule, s, x)
-        if traj.solver == "ddim":
+        if traj.sampler == "ddim":
             lam = a_s / a_t * lam + (s_s - a_s * s_t / a_t) * s_t * fvp(x, tb, lam, cache.ybar)
         else:
             assert cache.x_pred is not None and cache.ybar_pred is not None  # every Heun step records them
@@ -116,7 +116,7 @@ def autograd_adjoint(
     x: Tensor,
     times: Tensor,
     loss_fn: LossFn,
-    solver: str = "ddim",
+    sampler: str = "ddim",
     use_checkpoint: bool = True,
 ) -> tuple[list[Tensor], Tensor]:
     """Ground truth: :math:`\\partial L/\\partial x_k` at every state by autograd through the sampler.
@@ -129,9 +129,9 @@ def autograd_adjoint(
         for k in range(len(times) - 1):
             t, s = times[k], times[k + 1]
             if use_checkpoint:
-                nxt = checkpoint(ode_step, denoiser, xs[-1], t, s, solver, use_reentrant=False)
+                nxt = checkpoint(ode_step, denoiser, xs[-1], t, s, sampler, use_reentrant=False)
             else:
-                nxt = ode_step(denoiser, xs[-1], t, s, solver)
+                nxt = ode_step(denoiser, xs[-1], t, s, sampler)
             nxt.retain_grad()
             xs.append(nxt)
         loss = loss_fn(xs[-1])
@@ -172,7 +172,7 @@ def guided_sample(
     update_steps: Sequence[int] = (10, 5),
     step_size: float = 0.1,
     iterations: int = 1,
-    solver: str = "ddim",
+    sampler: str = "ddim",
     mixture: Mixture | None = None,
     dfea_endpoint: str = "denoised",
     normalize: str,
@@ -201,7 +201,7 @@ def guided_sample(
     for k in range(num):
         if k in update_at:
             for _ in range(iterations):
-                traj = sample_trajectory(denoiser, x, times[k:], solver)
+                traj = sample_trajectory(denoiser, x, times[k:], sampler)
                 with torch.enable_grad():
                     x0 = traj.x_final.detach().requires_grad_(True)
                     loss = loss_fn(x0)
@@ -216,7 +216,7 @@ def guided_sample(
                     mixture=mixture,
                     dfea_endpoint=dfea_endpoint,
                 )
-                fvp_calls += (len(times) - 1 - k) * (2 if solver == "heun" else 1)
+                fvp_calls += (len(times) - 1 - k) * (2 if sampler == "heun" else 1)
                 lam = lams[0]
                 bad = ~torch.isfinite(lam).flatten(1).all(1)
                 if bad.any():
@@ -235,7 +235,7 @@ def guided_sample(
                 used.append(lams[0])
             xs[-1] = x
         with torch.no_grad():
-            x = ode_step(denoiser, x, times[k], times[k + 1], solver)
+            x = ode_step(denoiser, x, times[k], times[k + 1], sampler)
         xs.append(x)
     with torch.no_grad():
         final = loss_fn(x)

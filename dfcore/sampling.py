@@ -73,27 +73,27 @@ def schedule_at(schedule: Schedule, t: Tensor, x: Tensor) -> tuple[Tensor, Tenso
     return tb, expand_like(alpha, x), expand_like(sigma, x)
 
 
-def _step(denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, solver: str) -> tuple[Tensor, _StepCache]:
+def _step(denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, sampler: str) -> tuple[Tensor, _StepCache]:
     schedule = denoiser.schedule
     tb, a_t, s_t = schedule_at(schedule, t, x)
     sb, a_s, s_s = schedule_at(schedule, s, x)
     eps = denoiser.eps(x, tb)
     ybar = (x - s_t * eps) / a_t
     x_next = a_s * ybar + s_s * eps  # DDIM / Euler in (sigma-bar, x-bar)
-    if solver == "ddim":
+    if sampler == "ddim":
         return x_next, _StepCache(eps, ybar)
-    if solver == "heun":
+    if sampler == "heun":
         eps_pred = denoiser.eps(x_next, sb)
         ybar_pred = (x_next - s_s * eps_pred) / a_s
         h = s_s / a_s - s_t / a_t
         x_corr = a_s * (x / a_t + 0.5 * h * (eps + eps_pred))
         return x_corr, _StepCache(eps, ybar, x_next, eps_pred, ybar_pred)
-    raise ValueError(f"unknown solver {solver!r}; choose one of {list(SAMPLERS)}")
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
 
 
-def ode_step(denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, solver: str = "ddim") -> Tensor:
+def ode_step(denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, sampler: str = "ddim") -> Tensor:
     """One PF-ODE step from time t to s < t (``ddim`` or ``heun``); differentiable through the network."""
-    return _step(denoiser, x, t, s, solver)[0]
+    return _step(denoiser, x, t, s, sampler)[0]
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Trajectory:
     times: Tensor
     xs: list[Tensor]
     caches: list[_StepCache]
-    solver: str
+    sampler: str
 
     @property
     def x_final(self) -> Tensor:
@@ -124,16 +124,16 @@ class Trajectory:
 
 
 @torch.no_grad()
-def sample_trajectory(denoiser: Denoiser, x: Tensor, times: Tensor, solver: str = "ddim") -> Trajectory:
+def sample_trajectory(denoiser: Denoiser, x: Tensor, times: Tensor, sampler: str = "ddim") -> Trajectory:
     """Integrate the PF-ODE from ``times[0]`` to ``times[-1]``, keeping states and network outputs."""
-    if solver not in SAMPLERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SAMPLERS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     xs, caches = [x], []
     for k in range(len(times) - 1):
-        x, cache = _step(denoiser, x, times[k], times[k + 1], solver)
+        x, cache = _step(denoiser, x, times[k], times[k + 1], sampler)
         xs.append(x)
         caches.append(cache)
-    return Trajectory(times, xs, caches, solver)
+    return Trajectory(times, xs, caches, sampler)
 
 
 def with_posterior_mean(traj: Trajectory, mixture: Mixture, schedule: Schedule) -> Trajectory:
@@ -153,4 +153,4 @@ def with_posterior_mean(traj: Trajectory, mixture: Mixture, schedule: Schedule) 
         if cache.x_pred is not None:
             exact.ybar_pred = mean(cache.x_pred, traj.times[k + 1])
         caches.append(exact)
-    return Trajectory(traj.times, list(traj.xs), caches, traj.solver)
+    return Trajectory(traj.times, list(traj.xs), caches, traj.sampler)

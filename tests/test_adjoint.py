@@ -162,7 +162,7 @@ def _gaussian_flow(schedule, mu, s2, z, t):
     return a * mu + torch.sqrt(a**2 * s2 + sg**2) * z
 
 
-def test_ddim_step_formula_and_solver_orders():
+def test_ddim_step_formula_and_sampler_orders():
     schedule = get_schedule("VP")
     mu, s2 = torch.tensor([1.0, -0.5]), 0.3
     mix = GaussianMixture(torch.ones(1), mu[None], s2 * torch.eye(2)[None])
@@ -182,9 +182,9 @@ def test_ddim_step_formula_and_solver_orders():
     )
 
     errs = {}
-    for solver in ("ddim", "heun"):
-        errs[solver] = [
-            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), solver).x_final - exact).norm().item()
+    for sampler in ("ddim", "heun"):
+        errs[sampler] = [
+            (sample_trajectory(den, xT, time_grid(n, t_min, t_max=t_max), sampler).x_final - exact).norm().item()
             for n in (10, 20)
         ]
     assert 1.6 < errs["ddim"][0] / errs["ddim"][1] < 2.5  # first order
@@ -199,15 +199,15 @@ def _target_loss(x0):
     return 0.5 * (x0 - torch.tensor([1.0, 0.5, -0.5])).pow(2).sum(1)
 
 
-@pytest.mark.parametrize("solver", ["ddim", "heun"])
+@pytest.mark.parametrize("sampler", ["ddim", "heun"])
 @pytest.mark.parametrize("sched", ["VE", "VP"])
-def test_discrete_adjoint_analytic_matches_autograd(solver, sched):
+def test_discrete_adjoint_analytic_matches_autograd(sampler, sched):
     mix, schedule = _dirac(n=8, d=3), get_schedule(sched)
     den = ExactDenoiser(mix, schedule)
     times = time_grid(12, 0.05, t_max=1.0)
     xT = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)) * schedule.sigma(torch.tensor(1.0))
-    truth, loss = autograd_adjoint(den, xT, times, _target_loss, solver)
-    traj = sample_trajectory(den, xT, times, solver)
+    truth, loss = autograd_adjoint(den, xT, times, _target_loss, sampler)
+    traj = sample_trajectory(den, xT, times, sampler)
     lam_final = traj.x_final - torch.tensor([1.0, 0.5, -0.5])
     for method, kwargs in (("analytic", {"mixture": mix}), ("vjp", {"denoiser": den})):
         lams = discrete_adjoint(traj, lam_final, method, schedule=schedule, **kwargs)
@@ -361,8 +361,8 @@ def test_classifier_learns_and_round_trips(tmp_path):
 def test_adjoint_config_errors_name_the_key():
     from dfcore.config import ConfigError, validate_config
 
-    with pytest.raises(ConfigError, match="adjoint.solver"):
-        validate_config({"adjoint": {"solver": "euler"}})
+    with pytest.raises(ConfigError, match="adjoint.sampler"):
+        validate_config({"adjoint": {"sampler": "euler"}})
     with pytest.raises(ConfigError, match="adjoint.mixture.methods"):
         validate_config({"adjoint": {"mixture": {"methods": ["exact"]}}})
     cfg = validate_config({})
@@ -517,8 +517,8 @@ def test_with_posterior_mean_replaces_ybar_only():
     den = ExactDenoiser(mixture, schedule)
     times = time_grid(4, 0.05, t_max=1.0)
     x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
-    for solver in ("ddim", "heun"):
-        traj = sample_trajectory(den, x_T, times, solver)
+    for sampler in ("ddim", "heun"):
+        traj = sample_trajectory(den, x_T, times, sampler)
         exact = with_posterior_mean(traj, mixture, schedule)
         assert all(torch.equal(a, b) for a, b in zip(exact.xs, traj.xs))
         for k, cache in enumerate(exact.caches):
@@ -527,7 +527,7 @@ def test_with_posterior_mean_replaces_ybar_only():
             assert torch.equal(cache.eps, traj.caches[k].eps)
             # Tweedie through the exact denoiser's eps agrees with the posterior mean to round-off
             torch.testing.assert_close(cache.ybar, traj.caches[k].ybar, rtol=1e-9, atol=1e-9)
-            if solver == "heun":
+            if sampler == "heun":
                 torch.testing.assert_close(
                     cache.ybar_pred, mixture.posterior_mean(traj.caches[k].x_pred, times[k + 1].expand(5), schedule)
                 )

@@ -279,11 +279,11 @@ def case_adjoint(device: torch.device, dtype: torch.dtype) -> Outputs:
         return 0.5 * (x0 - target).pow(2).sum(1)
 
     out: Outputs = {}
-    for solver in ("ddim", "heun"):
-        traj = sample_trajectory(den, x_T, times, solver)
-        out[f"{solver}_x_final"] = traj.x_final
+    for sampler in ("ddim", "heun"):
+        traj = sample_trajectory(den, x_T, times, sampler)
+        out[f"{sampler}_x_final"] = traj.x_final
         for method in ("dfea", "vjp"):
-            out[f"{solver}_lambda_{method}"] = discrete_adjoint(
+            out[f"{sampler}_lambda_{method}"] = discrete_adjoint(
                 traj, traj.x_final - target, method, schedule=den.schedule, denoiser=den
             )[0]
     out["autograd_lambda"] = autograd_adjoint(den, x_T, times, loss)[0][0]

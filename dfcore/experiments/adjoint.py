@@ -200,7 +200,7 @@ def _guided_run(
             update_steps=cfg["update_steps"],
             step_size=task_cfg["step_size"],
             iterations=cfg["iterations"],
-            solver=cfg["solver"],
+            sampler=cfg["sampler"],
             mixture=mixture,
             dfea_endpoint=cfg["dfea_endpoint"],
             normalize=cfg["normalize"],
@@ -233,16 +233,16 @@ def compare_methods(
     device = x_T.device
     counter = CountingDenoiser(denoiser)
     times = time_grid(cfg["num_steps"], cfg["t_min"], t_max=1.0, dtype=x_T.dtype).to(device)
-    solver, methods, num = cfg["solver"], list(task_cfg["methods"]), len(times) - 1
+    sampler, methods, num = cfg["sampler"], list(task_cfg["methods"]), len(times) - 1
     with Stopwatch(device) as unguided:
-        base = sample_trajectory(counter, x_T, times, solver)
+        base = sample_trajectory(counter, x_T, times, sampler)
     with torch.no_grad():
         loss_before = loss_fn(base.x_final).double()
 
     # Ground truth on a subset: autograd through the whole discrete sampler (checkpointed per step).
     xl = x_T[: min(int(cfg["lambda_samples"]), x_T.shape[0])]
-    truth, _ = autograd_adjoint(denoiser, xl, times, loss_fn, solver, use_checkpoint=True)
-    traj_l = sample_trajectory(denoiser, xl, times, solver)
+    truth, _ = autograd_adjoint(denoiser, xl, times, loss_fn, sampler, use_checkpoint=True)
+    traj_l = sample_trajectory(denoiser, xl, times, sampler)
     with torch.enable_grad():
         x_final = traj_l.x_final.detach().requires_grad_(True)
         (lam_final,) = torch.autograd.grad(loss_fn(x_final).sum(), x_final)
@@ -304,7 +304,7 @@ def exact_mean_lambda_agreement(
     loss_fn: LossFn,
     times: Tensor,
     *,
-    solver: str = "ddim",
+    sampler: str = "ddim",
     dfea_endpoint: str = "denoised",
     methods: Sequence[str] = EXACT_MEAN_METHODS,
 ) -> pd.DataFrame:
@@ -316,8 +316,8 @@ def exact_mean_lambda_agreement(
     the samples of ``x_T`` whose cosine is finite, and ``finite_fraction``. ``analytic`` (the exact Fisher) is
     the control: its cosine is 1 up to round-off."""
     denoiser = ExactDenoiser(mixture, schedule)
-    truth, _ = autograd_adjoint(denoiser, x_T, times, loss_fn, solver, use_checkpoint=False)
-    traj = with_posterior_mean(sample_trajectory(denoiser, x_T, times, solver), mixture, schedule)
+    truth, _ = autograd_adjoint(denoiser, x_T, times, loss_fn, sampler, use_checkpoint=False)
+    traj = with_posterior_mean(sample_trajectory(denoiser, x_T, times, sampler), mixture, schedule)
     with torch.enable_grad():
         x0 = traj.x_final.detach().requires_grad_(True)
         (lam_final,) = torch.autograd.grad(loss_fn(x0).sum(), x0)
@@ -417,7 +417,7 @@ def run_mixture_task(
         seed,
         task="mixture",
         schedule=schedule_name,
-        solver=cfg["solver"],
+        sampler=cfg["sampler"],
         target=list(task["target"]),
         num_points=int(points.shape[0]),
     )
@@ -430,7 +430,7 @@ def run_mixture_task(
         n_lam = min(int(cfg["lambda_samples"]), x_T.shape[0])
         times = time_grid(cfg["num_steps"], cfg["t_min"], t_max=1.0, dtype=x_T.dtype).to(dev)
         exact = exact_mean_lambda_agreement(
-            mixture, schedule, x_T[:n_lam], loss_fn, times, solver=cfg["solver"], dfea_endpoint=cfg["dfea_endpoint"]
+            mixture, schedule, x_T[:n_lam], loss_fn, times, sampler=cfg["sampler"], dfea_endpoint=cfg["dfea_endpoint"]
         )
         exact.insert(0, "schedule", schedule_name)
         write_csv(exact, out["lambda_exact"])
@@ -484,7 +484,7 @@ def run_digits_task(
         config,
         seed,
         task="digits",
-        solver=cfg["solver"],
+        sampler=cfg["sampler"],
         target_class=target,
         image_shape=[1, 8, 8],
         denoiser=str(denoiser_path),
