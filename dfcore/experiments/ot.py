@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.device import resolve_device
-from dfcore.experiments.common import Stopwatch
+from dfcore.experiments.common import Stopwatch, section_seed
 from dfcore.io import provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, GaussianMixture, Mixture
 from dfcore.ot import (
@@ -78,7 +78,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _asymmetry_floor(ot_cfg: Mapping[str, Any]) -> float:
     """The config's ot.asymmetry_floor (see dfcore.ot.asymmetry_index)."""
-    return float(ot_cfg.get("asymmetry_floor", ASYMMETRY_FLOOR))
+    return float(ot_cfg["asymmetry_floor"])
 
 
 def _autograd_check(
@@ -159,7 +159,7 @@ def _table3_pair(
 ) -> tuple[OfficialResult | FundamentalResult, dict[str, Any]]:
     """Alg. 2 on one (schedule, data set) pair (``ot_cfg["protocol"]``: ``ours`` or ``official``), then its checks:
     the asymmetry and smallest symmetric eigenvalue of A, the POT pairing gap and the autograd check, each timed."""
-    official = ot_cfg.get("protocol", "ours") == "official"
+    official = ot_cfg["protocol"] == "official"
     dim, n_starts, n_steps = int(ot_cfg["dim"]), int(ot_cfg["num_starts"]), int(ot_cfg["num_steps"])
     keep, floor = int(ot_cfg["keep_paths"]), _asymmetry_floor(ot_cfg)
     res: OfficialResult | FundamentalResult
@@ -228,9 +228,7 @@ def run_table3(
     """
     dev, schedules = _setup(ot_cfg, schedules_cfg, device)
     dim, keep, floor = int(ot_cfg["dim"]), int(ot_cfg["keep_paths"]), _asymmetry_floor(ot_cfg)
-    datasets = {
-        name: make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0))) for name, spec in ot_cfg["datasets"].items()
-    }
+    datasets = {name: make_ot_mixture(spec, dim, section_seed(seed, spec)) for name, spec in ot_cfg["datasets"].items()}
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[xr.Dataset]] = {}
     alg2_wall = alg2_cpu = 0.0
@@ -319,7 +317,7 @@ def _write_stores(
     ds["min_sym_eig"].attrs.update(long_name="smallest eigenvalue of (A + A^T)/2 divided by ||A||_2")
     ds["x_start"].attrs.update(long_name="start points x_1 ~ q_1")
     ds["x_end"].attrs.update(long_name="pushed points x_tmin (Euler PF-ODE)")
-    official = ot_cfg.get("protocol", "ours") == "official"
+    official = ot_cfg["protocol"] == "official"
     store_attrs = {
         **attrs,
         "protocol": "official" if official else "ours",
@@ -401,7 +399,7 @@ def run_convergence(
             raise ValueError(f"ot.convergence.datasets names {d_name!r}, which is not in ot.datasets")
         spec = ot_cfg["datasets"][d_name]
         schedule = schedules[s_name]
-        mixture = make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0)))
+        mixture = make_ot_mixture(spec, dim, section_seed(seed, spec))
         times = time_grid(
             int(n_steps),
             float(ot_cfg["t_min"][s_name]),

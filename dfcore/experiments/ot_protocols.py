@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from dfcore.data.ot_mixtures import make_ot_mixture, sample_prior
 from dfcore.device import resolve_device
+from dfcore.experiments.common import section_seed
 from dfcore.experiments.ot import PAPER_TABLE3
 from dfcore.io import write_csv
 from dfcore.ot import FundamentalResult, asymmetry_index, fundamental_matrix
@@ -70,7 +71,7 @@ def protocol_asymmetry(
     Both draw their starts with the seed ``seed + 1``, as Table 3 does.
     """
     dim = int(ot_cfg["dim"])
-    mixture = make_ot_mixture(spec, dim, seed + int(spec.get("seed", 0)))
+    mixture = make_ot_mixture(spec, dim, section_seed(seed, spec))
     if protocol == "official":
         x_start = official_start(num_starts, dim, seed=seed + 1, device=device)
         mixture.to(device=device, dtype=torch.float32)
