@@ -340,7 +340,7 @@ def plot_ot_convergence(table: pd.DataFrame, path: str | Path) -> None:
 def plot_loss_vs_time(history: pd.DataFrame, path: str | Path, title: str) -> None:
     """Mean loss of the current look-ahead x_0 against wall time, one line per method."""
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
-    sns.lineplot(data=history, x="wall_s", y="loss", hue="method", marker="o", ax=ax)
+    sns.lineplot(data=history, x="seconds", y="loss", hue="method", marker="o", ax=ax)
     ax.set(xlabel="wall time (s)", ylabel="mean loss $L(x_0)$", title=title)
     legend_outside(fig, [ax])
     _finish(fig, path, dpi=120)

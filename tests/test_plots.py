@@ -304,7 +304,7 @@ _METHODS = ["analytic", "dfea", "dfea_centered", "vjp"]
 
 def _loss_vs_time(path: Path) -> None:
     rows = [
-        {"method": m, "wall_s": 0.1 * (i + 1) * (k + 1), "loss": 2.0 - 0.3 * i - 0.1 * k, "update": i}
+        {"method": m, "seconds": 0.1 * (i + 1) * (k + 1), "loss": 2.0 - 0.3 * i - 0.1 * k, "update": i}
         for k, m in enumerate(_METHODS)
         for i in range(4)
     ]

@@ -283,5 +283,5 @@ def test_cli_end_to_end(tmp_path):
         device="cpu",
     )
     assert list(metrics.method) == ["dfea", "vjp"] and (metrics.seconds > 0).all()
-    assert np.isfinite(metrics[["score_before", "score_after", "peak_memory_mb"]].to_numpy()).all()
+    assert np.isfinite(metrics[["score_before", "score_after", "peak_mem_mb"]].to_numpy()).all()
     assert (metrics.score_after != metrics.score_before).all()  # the guidance moved the sample

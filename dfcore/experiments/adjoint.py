@@ -207,8 +207,8 @@ def _guided_run(
         )
     nfe_vjp = out.fvp_calls if "denoiser" in required_dependencies(FVP_ESTIMATORS[method]) else 0
     cost = {
-        "wall_s": guided.seconds,
-        "unguided_wall_s": unguided_seconds,
+        "seconds": guided.seconds,
+        "unguided_seconds": unguided_seconds,
         "nfe_forward": counter.calls - nfe_vjp,
         "nfe_vjp": nfe_vjp,
         "fvp_calls": out.fvp_calls,
@@ -280,7 +280,7 @@ def compare_methods(
             }
         )
         hist_rows += [
-            {"method": method, "wall_s": s, "loss": v, "update": i} for i, (s, v) in enumerate(out.loss_history)
+            {"method": method, "seconds": s, "loss": v, "update": i} for i, (s, v) in enumerate(out.loss_history)
         ]
         guided_paths.append(torch.stack(out.xs))
         log.info("%s: %s", method, rows[-1])

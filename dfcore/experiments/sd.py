@@ -243,7 +243,7 @@ def run_adjoint(
                 "score_before": before,
                 "score_after": -out.final_loss.item(),
                 "seconds": seconds,
-                "peak_memory_mb": mem.peak_bytes / 2**20,
+                "peak_mem_mb": mem.peak_bytes / 2**20,
                 "fvp_calls": out.fvp_calls,
                 "device": str(dev),
             }
