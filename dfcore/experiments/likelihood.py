@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -41,14 +41,13 @@ from dfcore.data.store import dataset_attrs, load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.common import Stopwatch, section_seed
 from dfcore.experiments.likelihood_methods import OWN_METHODS, PEER_METHODS, PEER_REFERENCE, method_role, trace_target
-from dfcore.experiments.train import train_trace
+from dfcore.experiments.train import run_training
 from dfcore.fisher.trace import trace_estimator_from
 from dfcore.integrations.peers import PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
 from dfcore.io import load_checkpoint, write_csv, write_text
 from dfcore.likelihood import LogPrior, bits_per_dim, gaussian_mixture_log_q0, log_likelihood, moment_matched_prior
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.networks import (
-    TRACE_TARGETS,
     LearnedDenoiser,
     LearnedTraceModel,
     load_denoiser,
@@ -88,24 +87,20 @@ def train_target_trace(
     denoiser; a target whose reference is the exact mixture (``mixture_posterior``, an ablation) regresses onto
     the data set's Gaussian mixture. ``section`` is the ``trace_net`` section as the data set sees it; its own
     ``target`` is replaced by ``target``."""
-    data = load_dataset(data_path)
-    seed = section_seed(seed, section)
-    den = load_denoiser(denoiser_path, resolve_device(device))
-    reference = None
-    if TRACE_TARGETS[target].reference == "exact_mixture":
-        reference = load_mixture(data_path)
-        if not isinstance(reference, GaussianMixture):
-            raise ValueError(f"{data_path}: trace target {target!r} needs a Gaussian-mixture data set")
-    return train_trace(
-        data,
-        den,
-        {**section, "target": target},
-        out,
-        resume_path=resume_path,
-        loss_csv=loss_csv,
-        seed=seed,
-        progress=False,
-        reference=reference,
+    return cast(
+        LearnedTraceModel,
+        run_training(
+            "trace",
+            {**section, "target": target},
+            data_path,
+            out,
+            denoiser_path=denoiser_path,
+            loss_csv=loss_csv,
+            resume_path=resume_path,
+            seed=seed,
+            device=device,
+            progress=False,
+        ),
     )
 
 

@@ -8,6 +8,7 @@ with) and the loss curve.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from dfcore.data.store import dataset_attrs, image_shape, load_dataset
+from dfcore.data.store import dataset_attrs, image_shape, load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
 from dfcore.io import expect_model, save_checkpoint, write_csv
-from dfcore.mixtures import Mixture
-from dfcore.models.networks import LearnedDenoiser, LearnedTraceModel, load_denoiser
+from dfcore.mixtures import GaussianMixture, Mixture
+from dfcore.models.networks import TRACE_TARGETS, LearnedDenoiser, LearnedTraceModel, load_denoiser
 from dfcore.schedules import Schedule
 from dfcore.train import build_denoiser, build_trace_model, sigma_data, train_loop
 
@@ -47,6 +48,48 @@ def _finish(
     )
     if loss_csv is not None:
         write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Where a training run starts from and reports to."""
+
+    seed: int
+    resume_path: str | Path | None
+    loss_csv: str | Path | None
+    progress: bool
+    on_step: Callable[[int], None] | None
+    dataset: str | None
+
+
+def _fit(
+    model: LearnedDenoiser | LearnedTraceModel,
+    data: Tensor,
+    cfg: dict[str, Any],
+    out_path: str | Path,
+    run: _Run,
+    desc: str,
+    time_power: float = 1.0,
+) -> None:
+    """Train ``model`` on ``data`` with the section's optimiser keys (``time_power``: see
+    :func:`~dfcore.train.train_loop`), then save it with its losses."""
+    losses = train_loop(
+        model,
+        data.float(),
+        steps=int(cfg["steps"]),
+        batch_size=int(cfg["batch_size"]),
+        lr=float(cfg["lr"]),
+        warmup_steps=int(cfg["warmup_steps"]),
+        t_min=float(cfg["t_min"]),
+        checkpoint_every=int(cfg["checkpoint_every"]),
+        seed=run.seed,
+        resume_path=run.resume_path,
+        progress=run.progress,
+        desc=desc,
+        on_step=run.on_step,
+        time_power=time_power,
+    )
+    _finish(model, losses, out_path, run.loss_csv, {"seed": run.seed, "config": cfg}, run.dataset)
 
 
 def train_denoiser(
@@ -81,22 +124,7 @@ def train_denoiser(
         seed=seed,
         device=dev,
     )
-    losses = train_loop(
-        model,
-        data.float(),
-        steps=int(cfg["steps"]),
-        batch_size=int(cfg["batch_size"]),
-        lr=float(cfg["lr"]),
-        warmup_steps=int(cfg["warmup_steps"]),
-        t_min=float(cfg["t_min"]),
-        checkpoint_every=int(cfg["checkpoint_every"]),
-        seed=seed,
-        resume_path=resume_path,
-        progress=progress,
-        desc=f"denoiser[{arch}]",
-        on_step=on_step,
-    )
-    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg}, dataset)
+    _fit(model, data, cfg, out_path, _Run(seed, resume_path, loss_csv, progress, on_step, dataset), f"denoiser[{arch}]")
     return model
 
 
@@ -126,23 +154,8 @@ def train_trace(
         data=data,
         reference=reference,
     )
-    losses = train_loop(
-        model,
-        data.float(),
-        steps=int(cfg["steps"]),
-        batch_size=int(cfg["batch_size"]),
-        lr=float(cfg["lr"]),
-        warmup_steps=int(cfg["warmup_steps"]),
-        t_min=float(cfg["t_min"]),
-        time_power=float(cfg["time_power"]),
-        checkpoint_every=int(cfg["checkpoint_every"]),
-        seed=seed,
-        resume_path=resume_path,
-        progress=progress,
-        desc="trace_net",
-        on_step=on_step,
-    )
-    _finish(model, losses, out_path, loss_csv, {"seed": seed, "config": cfg}, dataset)
+    run = _Run(seed, resume_path, loss_csv, progress, on_step, dataset)
+    _fit(model, data, cfg, out_path, run, "trace_net", time_power=float(cfg["time_power"]))
     return model
 
 
@@ -197,6 +210,18 @@ def run_training(
             loss_csv=loss_csv,
             seed=seed,
             progress=progress,
+            reference=_exact_reference(str(section["target"]), data_path),
             dataset=dataset,
         )
     raise ValueError(f"unknown training kind {kind!r}; choose 'denoiser' or 'trace'")
+
+
+def _exact_reference(target: str, data_path: str | Path) -> GaussianMixture | None:
+    """The data set's exact Gaussian mixture when ``target`` regresses onto it (``mixture_posterior``, an
+    ablation: real data never offers it), else None."""
+    if TRACE_TARGETS[target].reference != "exact_mixture":
+        return None
+    reference = load_mixture(data_path)
+    if not isinstance(reference, GaussianMixture):
+        raise ValueError(f"{data_path}: trace target {target!r} needs a Gaussian-mixture data set")
+    return reference
