@@ -476,14 +476,15 @@ def _check_likelihood(config: dict[str, Any]) -> None:
 
 
 def _check_schedules(config: dict[str, Any]) -> None:
-    for name, (low, high) in {
-        "VE": ("sigma_min", "sigma_max"),
-        "EDM": ("sigma_min", "sigma_max"),
-        "VP": ("beta_min", "beta_max"),
-        "subVP": ("beta_min", "beta_max"),
-    }.items():
+    """Each schedule's ordered pair of parameters (:attr:`dfcore.schedules.Schedule.ordered_params`) is in order."""
+    from dfcore.schedules import SCHEDULES
+
+    for name, cls in SCHEDULES.items():
+        if cls.ordered_params is None:
+            continue
+        low, high, strict = cls.ordered_params
         params = config["schedules"][name]
-        if params[low] > params[high] or (low == "sigma_min" and params[low] == params[high]):
+        if params[low] > params[high] or (strict and params[low] == params[high]):
             _fail(f"schedules.{name}.{low}", f"{params[low]} must be below {high} = {params[high]}")
 
 

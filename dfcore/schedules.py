@@ -66,6 +66,8 @@ class Schedule(ABC):
     r"""A forward-process schedule :math:`t \mapsto (\alpha_t, \sigma_t)`."""
 
     name: str = "schedule"
+    # (low, high, strict): two constructor parameters that must satisfy low < high (strict) or low <= high
+    ordered_params: tuple[str, str, bool] | None = None
 
     @abstractmethod
     def alpha(self, t: Tensor) -> Tensor:
@@ -120,9 +122,10 @@ class VESchedule(Schedule):
     so :math:`f = 0` and :math:`g^2 = 2 \sigma_t^2 \log(\sigma_{max}/\sigma_{min})`."""
 
     name = "VE"
+    ordered_params = ("sigma_min", "sigma_max", True)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
-        _finite_params("VE", sigma_min=sigma_min, sigma_max=sigma_max)
+        _finite_params(type(self).name, sigma_min=sigma_min, sigma_max=sigma_max)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"VE needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
         self.sigma_min = float(sigma_min)
@@ -152,6 +155,7 @@ class VPSchedule(Schedule):
     :math:`f = -\beta/2`, :math:`g^2 = \beta`."""
 
     name = "VP"
+    ordered_params = ("beta_min", "beta_max", False)
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         _finite_params(type(self).name, beta_min=beta_min, beta_max=beta_max)
@@ -203,9 +207,10 @@ class EDMSchedule(Schedule):
     :math:`\sigma \in [\sigma_{min}, \sigma_{max}]` is :math:`t \ge t_{min} = \sigma_{min}/\sigma_{max}`."""
 
     name = "EDM"
+    ordered_params = ("sigma_min", "sigma_max", True)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
-        _finite_params("EDM", sigma_min=sigma_min, sigma_max=sigma_max)
+        _finite_params(type(self).name, sigma_min=sigma_min, sigma_max=sigma_max)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"EDM needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
         self.sigma_min = float(sigma_min)
