@@ -33,7 +33,7 @@ from dfcore.adjoint import GuidedSample, autograd_adjoint, cosine_and_relative_e
 from dfcore.data.datasets import labelled_digits
 from dfcore.device import resolve_device
 from dfcore.experiments.common import Stopwatch
-from dfcore.fisher.vp import FVP_ESTIMATORS
+from dfcore.fisher.vp import FVP_ESTIMATORS, VJPFVP
 from dfcore.io import provenance, save_checkpoint, write_csv, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, ExactDenoiser
@@ -287,8 +287,10 @@ def compare_methods(
 
     metrics = pd.DataFrame(rows)
     metrics["improvement_vs_best"] = metrics["improvement"] / metrics["improvement"].max()
-    if "vjp" in methods:  # each method's improvement as a share of the exact VJP's
-        metrics["improvement_vs_vjp"] = metrics["improvement"] / metrics.set_index("method").loc["vjp", "improvement"]
+    if VJPFVP.name in methods:  # each method's improvement as a share of the exact VJP's
+        metrics["improvement_vs_vjp"] = (
+            metrics["improvement"] / metrics.set_index("method").loc[VJPFVP.name, "improvement"]
+        )
     ds = _trajectories(guided_paths, loss_before, lam_T, truth[0], times, x_T)
     return metrics, pd.DataFrame(hist_rows), pd.DataFrame(agree_rows), ds
 

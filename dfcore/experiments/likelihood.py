@@ -42,7 +42,7 @@ from dfcore.device import resolve_device
 from dfcore.experiments.common import Stopwatch, section_seed
 from dfcore.experiments.likelihood_methods import OWN_METHODS, PEER_METHODS, PEER_REFERENCE, method_role, trace_target
 from dfcore.experiments.train import run_training
-from dfcore.fisher.trace import trace_estimator_from
+from dfcore.fisher.trace import VJPTrace, trace_estimator_from
 from dfcore.integrations.peers import PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
 from dfcore.io import load_checkpoint, write_csv, write_text
 from dfcore.likelihood import LogPrior, bits_per_dim, gaussian_mixture_log_q0, log_likelihood, moment_matched_prior
@@ -386,7 +386,7 @@ def run_heldout_likelihood(
 def summarize_heldout(points: pd.DataFrame) -> pd.DataFrame:
     """One row per method of :func:`run_heldout_likelihood`'s per-image rows; the columns relative to ``vjp`` are NaN
     when ``vjp`` did not run."""
-    vjp = points[points["method"] == "vjp"].set_index("image")
+    vjp = points[points["method"] == VJPTrace.name].set_index("image")
     rows = []
     for method, grp in points.groupby("method", sort=False):
         bpd = grp.set_index("image")["bpd"]

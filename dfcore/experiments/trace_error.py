@@ -31,7 +31,14 @@ import xarray as xr
 from dfcore.data.store import load_dataset, load_mixture, store_dim
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
-from dfcore.fisher.trace import AnalyticTrace, trace_estimator_from
+from dfcore.fisher.trace import (
+    TRACE_ESTIMATORS,
+    AnalyticTrace,
+    DFTMTrace,
+    HutchinsonTrace,
+    VJPTrace,
+    trace_estimator_from,
+)
 from dfcore.io import expect_model, provenance, write_csv, write_text, write_zarr
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
@@ -58,7 +65,7 @@ def dftm_label(target: str) -> str:
 def estimator_order(methods: Sequence[str], extra_dftm: Sequence[str]) -> list[str]:
     """``methods`` with the labels ``extra_dftm`` inserted right after ``dftm`` (appended when ``dftm`` is absent)."""
     order = list(methods)
-    at = order.index("dftm") + 1 if "dftm" in order else len(order)
+    at = order.index(DFTMTrace.name) + 1 if DFTMTrace.name in order else len(order)
     return order[:at] + list(extra_dftm) + order[at:]
 
 
@@ -70,7 +77,7 @@ def trace_errors(
     *,
     times: Sequence[float],
     t_zero: float = 1e-3,
-    methods: Sequence[str] = ("vjp", "dftm", "hutchinson"),
+    methods: Sequence[str] = (VJPTrace.name, DFTMTrace.name, HutchinsonTrace.name),
     num_points: int = 256,
     num_probes: int = 1,
     seed: int = 0,
@@ -92,7 +99,7 @@ def trace_errors(
         raise ValueError(f"extra DF-TM labels {clash} clash with the estimators in methods")
     labels = estimator_order(methods, list(extra))
     models = {label: extra.get(label, trace_model) for label in labels}
-    kinds = {label: "dftm" if label in extra else label for label in labels}
+    kinds = {label: DFTMTrace.name if label in extra else label for label in labels}
     mixture = DiracMixture(data.to(torch.float64)) if mixture is None else mixture
     truth_label = f"exact trace of the {type(mixture).__name__} of the data set"
     gen = torch.Generator().manual_seed(int(seed))
@@ -115,7 +122,7 @@ def trace_errors(
                 "generator": gen,
             }
             estimates[i, j] = trace_estimator_from(kinds[label], pool)(x, t).numpy()
-    targets = [str(getattr(models[label], "target", "")) if kinds[label] == "dftm" else "" for label in labels]
+    targets = [str(getattr(models[label], "target", "")) if kinds[label] == DFTMTrace.name else "" for label in labels]
     return _error_dataset(estimates, truth, labels, targets, times, t_zero, schedule, truth_label)
 
 
@@ -162,7 +169,7 @@ def _error_dataset(
 def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None = None) -> str:
     """The table laid out like the paper's: one row per method, one column per t (relative error, %)."""
     cols = [f"t = {t:.1f}" + ("+" if t == 0 else "") for t in ds["t"].values]
-    labels = {"vjp": "VJP", "dftm": "DF-TM", "hutchinson": "Hutchinson", "analytic": "analytic"}
+    labels = {name: cls.label for name, cls in TRACE_ESTIMATORS.items()}
     targets = (
         dict(zip(ds["estimator"].values.tolist(), ds["trace_target"].values.tolist()))
         if "trace_target" in ds.coords
@@ -172,8 +179,8 @@ def markdown_table(ds: xr.Dataset, paper: Mapping[str, Sequence[float]] | None =
 
     def label(m: str) -> str:
         # with several DF-TM rows each names its trace-net target
-        if targets.get(m) and (several or m != "dftm"):
-            return f"DF-TM [{targets[m]}]"
+        if targets.get(m) and (several or m != DFTMTrace.name):
+            return f"{DFTMTrace.label} [{targets[m]}]"
         return labels.get(m, m)
 
     rows = {

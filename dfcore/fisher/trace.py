@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -68,6 +68,8 @@ class TraceEstimator(ABC):
     or (B,). Subclasses implement :meth:`trace` on a (B,) float64 ``t``; ``denoiser`` gives the ε-prediction of
     the PF-ODE drift (Eq. 2) that :meth:`eps_and_trace` returns with the trace."""
 
+    name: ClassVar[str]  # the estimator's key in TRACE_ESTIMATORS and in configs
+    label: ClassVar[str]  # its name in tables and figures
     schedule: Schedule
     denoiser: Denoiser
 
@@ -98,6 +100,9 @@ class AnalyticTrace(TraceEstimator):
     r"""Exact :math:`\operatorname{tr}F_t` of a mixture (Dirac: Prop. 5; Gaussian: closed form); its drift comes
     from the mixture's exact score (:class:`~dfcore.models.base.ExactDenoiser`)."""
 
+    name = "analytic"
+    label = "analytic"
+
     def __init__(self, mixture: Mixture, schedule: Schedule) -> None:
         self.mixture = mixture
         self.schedule = schedule
@@ -111,6 +116,9 @@ class DFTMTrace(TraceEstimator):
     r"""DF-TM, Eq. 17: :math:`d/\sigma^2 - (\alpha^2/\sigma^4)\,V`, with the bracket
     :math:`V = d\,t_\theta - \|\bar y_\theta\|^2` from :meth:`TraceModel.posterior_variance`.
     ``schedule`` defaults to the denoiser's."""
+
+    name = "dftm"
+    label = "DF-TM"
 
     def __init__(self, denoiser: Denoiser, trace_model: TraceModel, schedule: Schedule | None = None) -> None:
         self.denoiser = denoiser
@@ -158,6 +166,9 @@ class VJPTrace(_JacobianTrace):
     r""":math:`\operatorname{tr}(\partial\varepsilon_\theta/\partial x)/\sigma` from d VJPs with the basis vectors,
     ``chunk_size`` of them per vectorised batch (memory: chunk x B x d). ``schedule`` defaults to the denoiser's."""
 
+    name = "vjp"
+    label = "VJP"
+
     def __init__(self, denoiser: Denoiser, chunk_size: int | None = 256, schedule: Schedule | None = None) -> None:
         self.denoiser = denoiser
         self.chunk_size = chunk_size
@@ -176,6 +187,9 @@ class HutchinsonTrace(_JacobianTrace):
     r"""Skilling–Hutchinson: :math:`\frac1k\sum_j z_j^\top(\partial\varepsilon_\theta/\partial x)z_j/\sigma` with
     ``num_probes`` Rademacher probes drawn from ``generator`` at every call, or the fixed ``probes`` (k, *x.shape).
     ``schedule`` defaults to the denoiser's."""
+
+    name = "hutchinson"
+    label = "Hutchinson"
 
     def __init__(
         self,
@@ -211,10 +225,7 @@ class HutchinsonTrace(_JacobianTrace):
 
 
 TRACE_ESTIMATORS: dict[str, type[TraceEstimator]] = {
-    "analytic": AnalyticTrace,
-    "dftm": DFTMTrace,
-    "vjp": VJPTrace,
-    "hutchinson": HutchinsonTrace,
+    cls.name: cls for cls in (AnalyticTrace, DFTMTrace, VJPTrace, HutchinsonTrace)
 }
 
 

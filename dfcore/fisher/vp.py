@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -78,6 +78,7 @@ class FisherVectorProduct(ABC):
     it); an estimator that needs it and is not given it computes it. Subclasses implement :meth:`product` on a (B,)
     ``t`` in the dtype of ``x``."""
 
+    name: ClassVar[str]  # the estimator's key in FVP_ESTIMATORS and in configs
     schedule: Schedule
 
     def __call__(self, x: Tensor, t: Tensor | float, v: Tensor, *, ybar: Tensor | None = None) -> Tensor:
@@ -95,6 +96,8 @@ class FisherVectorProduct(ABC):
 
 class AnalyticFVP(FisherVectorProduct):
     r"""Exact :math:`F_t(x) v` of a mixture (F is symmetric). Prop. 5 (Dirac) / Prop. 3 (Gaussian)."""
+
+    name = "analytic"
 
     def __init__(self, mixture: Mixture, schedule: Schedule) -> None:
         self.mixture = mixture
@@ -130,6 +133,8 @@ class DFEA(_Endpoint):
     with ``x0`` the endpoint of the sampling trajectory through ``x`` and :math:`\bar y` the posterior mean
     :math:`\bar y_\theta(x_t, t)` cached in the forward pass (``ybar=``); no network call when it is given."""
 
+    name = "dfea"
+
     def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
         ybar, var, scale = self._terms(x, t, v, ybar)
         proj_x0 = expand_like(_inner(self.x0, v), v)
@@ -141,6 +146,8 @@ class DFEACentered(_Endpoint):
     r"""One-sample covariance form: :math:`v/\sigma^2 - (\alpha^2/\sigma^4)\langle x_0 - \bar y, v\rangle (x_0 - \bar y)`
     (positive semi-definite; not in the paper)."""
 
+    name = "dfea_centered"
+
     def product(self, x: Tensor, t: Tensor, v: Tensor, ybar: Tensor | None) -> Tensor:
         ybar, var, scale = self._terms(x, t, v, ybar)
         dev = self.x0 - ybar
@@ -150,6 +157,8 @@ class DFEACentered(_Endpoint):
 class VJPFVP(FisherVectorProduct):
     r""":math:`v^\top (\partial\varepsilon_\theta/\partial x) / \sigma` by one reverse-mode pass through the network.
     ``schedule`` defaults to the denoiser's."""
+
+    name = "vjp"
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule | None = None) -> None:
         self.denoiser = denoiser
@@ -161,10 +170,7 @@ class VJPFVP(FisherVectorProduct):
 
 
 FVP_ESTIMATORS: dict[str, type[FisherVectorProduct]] = {
-    "analytic": AnalyticFVP,
-    "dfea": DFEA,
-    "dfea_centered": DFEACentered,
-    "vjp": VJPFVP,
+    cls.name: cls for cls in (AnalyticFVP, DFEA, DFEACentered, VJPFVP)
 }
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
+from dfcore.fisher.trace import DFTMTrace
 from dfcore.logs import drop_log_messages
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
@@ -347,7 +348,7 @@ def latent_log_likelihood(
     denoiser: Denoiser,
     trace_model: TraceModel | None,
     *,
-    method: str = "dftm",
+    method: str = DFTMTrace.name,
     t_min: float | None = None,
     t_max: float = 1.0,
     solver: str = "rk4",
