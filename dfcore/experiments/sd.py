@@ -62,7 +62,7 @@ def run_trace_net(
     resume: str | None = None,
 ) -> sd.LatentTraceModel:
     """Alg. 1 on VAE latents of ``image_dir``: regress t_θ(z_t, t) onto ‖z_0‖²/d (resumable)."""
-    from dfcore.io import save_checkpoint
+    from dfcore.experiments.train import save_trained
     from dfcore.train import train_loop
 
     tcfg = cfg["trace_net"]
@@ -91,16 +91,7 @@ def run_trace_net(
         resume_path=resume,
         desc="sd trace_net",
     )
-    save_checkpoint(
-        {
-            "model": model.state(),
-            "step": len(losses),
-            "losses": torch.tensor(losses, dtype=torch.float64),
-            "meta": {"seed": seed, "config": tcfg, "num_images": len(latents)},
-        },
-        out,
-    )
-    write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
+    save_trained(model, losses, out, loss_csv, {"seed": seed, "config": tcfg, "num_images": len(latents)})
     return model
 
 

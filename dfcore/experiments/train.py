@@ -25,10 +25,10 @@ from dfcore.models.networks import TRACE_TARGETS, LearnedDenoiser, LearnedTraceM
 from dfcore.schedules import Schedule
 from dfcore.train import build_denoiser, build_trace_model, sigma_data, train_loop
 
-__all__ = ["train_denoiser", "train_trace", "run_training"]
+__all__ = ["train_denoiser", "train_trace", "run_training", "save_trained"]
 
 
-def _finish(
+def save_trained(
     model: Any,
     losses: list[float],
     out_path: str | Path,
@@ -36,6 +36,8 @@ def _finish(
     meta: dict[str, Any],
     dataset: str | None = None,
 ) -> None:
+    """Save a trained ``model`` with its step count, losses and ``meta`` (the checkpoint records ``dataset``), and
+    its loss curve as a CSV of step and loss when ``loss_csv`` is given."""
     save_checkpoint(
         {
             "model": model.state(),
@@ -89,7 +91,7 @@ def _fit(
         on_step=run.on_step,
         time_power=time_power,
     )
-    _finish(model, losses, out_path, run.loss_csv, {"seed": run.seed, "config": cfg}, run.dataset)
+    save_trained(model, losses, out_path, run.loss_csv, {"seed": run.seed, "config": cfg}, run.dataset)
 
 
 def train_denoiser(
