@@ -28,7 +28,7 @@ def _pad(points: Any, dim: int, what: str) -> Tensor:
     if pts.ndim == 1:
         pts = pts[None, :]
     if pts.shape[-1] > dim:
-        raise ValueError(f"{what}: points have {pts.shape[-1]} coordinates but ot.dim is {dim}")
+        raise ValueError(f"{what}: points have {pts.shape[-1]} coordinates but the dimension is {dim}")
     return torch.nn.functional.pad(pts, (0, dim - pts.shape[-1]))
 
 

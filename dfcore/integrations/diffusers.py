@@ -462,11 +462,11 @@ def load_reward(
     in [-1, 1] to scores (B,). (An import path, not a pickled module: nothing unsafe is unpickled.)"""
     if kind == "clip":
         if not clip_path:
-            raise ValueError("reward 'clip' needs sd.adjoint.clip_path")
+            raise ValueError("reward 'clip' needs clip_path (a CLIP model folder)")
         return CLIPReward(clip_path, pipe)
     if kind == "module":
         if not module or ":" not in module:
-            raise ValueError(f"reward 'module' needs sd.adjoint.reward_module as 'package.module:Name'; got {module!r}")
+            raise ValueError(f"reward 'module' needs module as 'package.module:Name'; got {module!r}")
         mod_name, attr = module.split(":", 1)
         factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), attr)
         return _ModuleReward(factory(**(module_kwargs or {})).eval().requires_grad_(False), pipe)
