@@ -47,7 +47,7 @@ def latent_shape(pipe: Any) -> tuple[int, int, int]:
 
 def _load(pipeline: str, cfg: dict[str, Any], device: str) -> tuple[Any, torch.device]:
     dev = resolve_device(device)
-    return sd.load_pipeline(pipeline, dev, resolve_dtype(cfg.get("dtype", "float32"))), dev
+    return sd.load_pipeline(pipeline, dev, resolve_dtype(cfg["dtype"])), dev
 
 
 def run_trace_net(
