@@ -1,22 +1,49 @@
-"""Peak-memory measurement of a block of code, on CUDA or on the CPU."""
+"""Peak-memory measurement of a block of code, on CUDA or on the CPU, and a fresh process to measure it in."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import resource
+import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["PeakMemory"]
+__all__ = ["PeakMemory", "max_rss_bytes", "run_isolated"]
+
+_T = TypeVar("_T")
+
+
+def max_rss_bytes() -> int:
+    """The largest resident set size this process has had (``getrusage(RUSAGE_SELF).ru_maxrss``, in bytes; Linux
+    reports KiB, macOS bytes)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+def run_isolated(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a fresh interpreter (``multiprocessing``'s spawn context), its result or its exception sent
+    back. A CPU :class:`PeakMemory` inside ``fn`` then counts pages from zero: no buffer the caller freed, and no
+    earlier high-water mark, is there to hide the block's own allocations. ``fn`` and ``args`` must pickle
+    (``fn`` a module-level function)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 class PeakMemory:
-    """Peak memory of a block: CUDA ``max_memory_allocated``, or on CPU the peak resident set size
-    above the level at entry, sampled every few milliseconds by a background thread (bytes)."""
+    """Peak memory of a block (bytes): CUDA ``max_memory_allocated`` above the allocation at entry, or on CPU the
+    peak resident set size above the level at entry, the larger of the level sampled every few milliseconds by a
+    background thread and the process's ``ru_maxrss`` when the block raised it. On the CPU, pages that an earlier
+    block freed and the allocator kept are reused without raising the resident set; run the block in its own
+    process (:func:`run_isolated`) for a figure that counts them."""
 
     _base: int
     _max: int
+    _maxrss: int
 
     def __init__(self, device: torch.device | str = "cpu", interval: float = 0.002) -> None:
         self.device = torch.device(device)
@@ -30,9 +57,7 @@ class PeakMemory:
             with open("/proc/self/statm") as fh:
                 return int(fh.read().split()[1]) * self._page
         except OSError:  # not Linux: fall back to the lifetime maximum
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            return max_rss_bytes()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -46,6 +71,7 @@ class PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
         else:
             self._base = self._max = self._rss()
+            self._maxrss = max_rss_bytes()
             self._stop.clear()
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
@@ -59,4 +85,7 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self._max = max(self._max, self._rss())
+            maxrss = max_rss_bytes()
+            if maxrss > self._maxrss:  # the block set a new high-water mark: exact, where the sampling may miss it
+                self._max = max(self._max, maxrss)
             self.peak_bytes = self._max - self._base
