@@ -11,18 +11,23 @@ and differs only in the trace :math:`\operatorname{tr}F_t` (:func:`dfcore.fisher
 * ``analytic`` — the exact mixture's own drift and trace (sanity row: it checks the solver, prior and
   :math:`t_{min}` against the exact :math:`\log q_0`);
 * ``vjp`` — the exact trace of the learned model (d vector-Jacobian products per step);
-* ``hutchinson1`` / ``hutchinson4`` — 1 or 4 Rademacher probes, held fixed along the solve;
+* ``hutchinson1`` / ``hutchinson4`` / ``hutchinson16`` — 1, 4 or 16 Rademacher probes, held fixed along the solve;
 * ``dftm`` — Eq. 17 with the trace network trained by Alg. 1 on samples with the target ``sq_norm``
   (:math:`\|x_0\|^2`, the paper's); ``dftm_residual`` the same with ``residual``; ``dftm_mixture_posterior`` a
   labelled ablation whose regression target is the exact mixture's :math:`\operatorname{tr}\mathrm{Cov}[x_0|x_t]`
   (:meth:`dfcore.mixtures.GaussianMixture.posterior_variance`), which real data never offers;
 * the peers (:mod:`dfcore.integrations.peers`): ``kdiffusion_hutchinson``, ``flow_matching_exact`` and
   ``flow_matching_hutchinson``, skipped with a logged reason when the package is not installed.
+* ``floor`` — :math:`\operatorname{tr}F_t \equiv 0` (:class:`~dfcore.fisher.trace.ZeroTrace`), so its
+  :math:`\log q = \log p_T(x_T) + \int f d\,dt` is a full method's less
+  :math:`\int \tfrac12 g^2 \operatorname{tr}F_t\,dt`: the cost of the ODE solve alone, run on every data set,
+  and the unit of ``time_vs_floor`` :math:`= s_{method}/s_{floor}`.
 
 The error of a point is :math:`|\widehat{\mathrm{NLL}} - (-\log q_0(x))|/d` in nats per dimension, with
-:math:`\log q_0` from ``torch.distributions`` (:func:`dfcore.likelihood.gaussian_mixture_log_q0`). Time and peak
-memory (:class:`dfcore.profiling.PeakMemory`) are per method for the whole batch of points, divided by the
-number of points for the per-sample time.
+:math:`\log q_0` from ``torch.distributions`` (:func:`dfcore.likelihood.gaussian_mixture_log_q0`). Every method
+and peer is measured alike (:func:`measure_method`): in a process of its own, one untimed warm-up on the same
+points, then the median wall time of ``repeats`` solves of the whole batch (divided by the number of points for
+the per-sample time) and the peak memory above the level after loading (:class:`dfcore.profiling.PeakMemory`).
 """
 
 from __future__ import annotations
@@ -44,15 +49,13 @@ from dfcore.experiments.common import median_seconds, section_seed
 from dfcore.experiments.likelihood_methods import (
     FLOOR_METHOD,
     HUTCHINSON_PROBES,
-    OWN_METHODS,
     PEER_METHODS,
     PEER_REFERENCE,
     method_role,
+    own_estimator,
     trace_target,
 )
 from dfcore.experiments.train import train_trace
-from dfcore.fisher.common import build_estimator
-from dfcore.fisher.trace import TRACE_ESTIMATORS, TraceEstimator, ZeroTrace
 from dfcore.integrations.peers import PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
 from dfcore.io import load_checkpoint, write_csv, write_text
 from dfcore.likelihood import LogPrior, bits_per_dim, gaussian_mixture_log_q0, log_likelihood, moment_matched_prior
@@ -82,9 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# the estimators an OwnMethod names: the trace estimators, and the floor's zero trace
-_ESTIMATORS: dict[str, type[TraceEstimator]] = {**TRACE_ESTIMATORS, "zero": ZeroTrace}
 
 
 def train_target_trace(
@@ -176,16 +176,14 @@ def likelihood_points(
     if method in PEER_METHODS:
         out = _peer_log_q(x, method, denoiser=denoiser, cfg=cfg, log_prior=log_prior, seed=seed, common=common)
     else:
-        spec = OWN_METHODS[method]
         pool = {
             "mixture": mixture,
             "schedule": denoiser.schedule,  # every method, analytic included, runs on the denoiser's schedule
             "denoiser": denoiser,
             "trace_model": trace_model,
-            "num_probes": spec.num_probes,
             "generator": torch.Generator().manual_seed(int(seed)),
         }
-        estimator = build_estimator(_ESTIMATORS, "trace", spec.estimator, pool, strict=False)
+        estimator = own_estimator(method, pool)
         result = log_likelihood(
             x, estimator, log_prior=log_prior, solver=cfg["solver"], num_steps=int(cfg["num_steps"]), **common
         )

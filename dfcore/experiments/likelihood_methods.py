@@ -6,8 +6,12 @@ here by name, never parsed from it, and the config schema and the workflow read 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from dfcore.fisher.common import build_estimator
+from dfcore.fisher.trace import TRACE_ESTIMATORS, TraceEstimator, ZeroTrace
 from dfcore.integrations.peers import PEERS
 
 __all__ = [
@@ -18,6 +22,8 @@ __all__ = [
     "PEER_METHODS",
     "PEER_REFERENCE",
     "LIKELIHOOD_METHODS",
+    "OWN_ESTIMATORS",
+    "own_estimator",
     "method_role",
     "trace_target",
 ]
@@ -52,6 +58,8 @@ OWN_METHODS: dict[str, OwnMethod] = {
 FLOOR_METHOD = "floor"
 # the Hutchinson rows by probe count, drawn as one connected line in the Pareto figure
 HUTCHINSON_PROBES = {name: spec.num_probes for name, spec in OWN_METHODS.items() if spec.estimator == "hutchinson"}
+# the estimators an OwnMethod names: the trace estimators, and the floor's zero trace
+OWN_ESTIMATORS: dict[str, type[TraceEstimator]] = {**TRACE_ESTIMATORS, "zero": ZeroTrace}
 PEER_METHODS = tuple(PEERS)
 LIKELIHOOD_METHODS = (*OWN_METHODS, *PEER_METHODS)
 # the method of ours that computes the same quantity as each peer (their agreement is reported against it)
@@ -70,3 +78,13 @@ def method_role(method: str) -> str:
 def trace_target(method: str) -> str:
     """The target of the trace net ``method`` evaluates, or "" when it uses none."""
     return OWN_METHODS[method].trace_target if method in OWN_METHODS else ""
+
+
+def own_estimator(method: str, pool: Mapping[str, Any]) -> TraceEstimator:
+    """The estimator of our ``method`` (a key of :data:`OWN_METHODS`), built from those of the dependencies in
+    ``pool`` (``denoiser``, ``schedule``, ``mixture``, ``trace_model``, ``generator``) its constructor takes, with the
+    method's own ``num_probes``."""
+    spec = OWN_METHODS[method]
+    return build_estimator(
+        OWN_ESTIMATORS, "trace", spec.estimator, {**pool, "num_probes": spec.num_probes}, strict=False
+    )
