@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
 import resource
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -26,12 +30,39 @@ def max_rss_bytes() -> int:
 
 
 def run_isolated(fn: Callable[..., _T], *args: Any) -> _T:
-    """``fn(*args)`` in a fresh interpreter (``multiprocessing``'s spawn context), its result or its exception sent
-    back. A CPU :class:`PeakMemory` inside ``fn`` then counts pages from zero: no buffer the caller freed, and no
-    earlier high-water mark, is there to hide the block's own allocations. ``fn`` and ``args`` must pickle
-    (``fn`` a module-level function)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    """``fn(*args)`` in a fresh interpreter (``python -m dfcore.profiling``, with this process's ``sys.path``), its
+    result or its exception sent back. A CPU :class:`PeakMemory` inside ``fn`` then counts pages from zero: no
+    buffer the caller freed, and no earlier high-water mark, is there to hide the block's own allocations. ``fn``
+    (a module-level function) and ``args`` must pickle. Unlike ``multiprocessing``'s spawn, the child never
+    re-runs the caller's main script (a Snakemake ``script:`` has no ``__main__`` guard)."""
+    with tempfile.TemporaryDirectory(prefix="dfcore-isolated-") as tmp:
+        result_path = Path(tmp) / "result.pickle"
+        payload = pickle.dumps(list(sys.path)) + pickle.dumps((fn, args))
+        proc = subprocess.run([sys.executable, "-m", "dfcore.profiling", str(result_path)], input=payload, check=False)
+        if not result_path.exists():
+            raise RuntimeError(
+                f"run_isolated: the child process running {fn.__qualname__} died (exit {proc.returncode})"
+            )
+        ok, value = pickle.loads(result_path.read_bytes())
+    if not ok:
+        raise value
+    return cast(_T, value)
+
+
+def _child_main(result_path: str) -> None:
+    """The child of :func:`run_isolated`: the parent's ``sys.path``, then ``(fn, args)`` from stdin; ``(True,
+    result)`` or ``(False, exception)`` pickled to ``result_path``."""
+    sys.path[:] = pickle.load(sys.stdin.buffer)
+    try:
+        fn, args = pickle.load(sys.stdin.buffer)
+        out: tuple[bool, Any] = (True, fn(*args))
+    except Exception as err:  # sent back to the caller, which raises it
+        out = (False, err)
+    try:
+        data = pickle.dumps(out)
+    except Exception:  # an exception that does not pickle: its text
+        data = pickle.dumps((False, RuntimeError("".join(traceback.format_exception(out[1])))))
+    Path(result_path).write_bytes(data)
 
 
 class PeakMemory:
@@ -89,3 +120,7 @@ class PeakMemory:
             if maxrss > self._maxrss:  # the block set a new high-water mark: exact, where the sampling may miss it
                 self._max = max(self._max, maxrss)
             self.peak_bytes = self._max - self._base
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])
