@@ -1,39 +1,42 @@
 """Seconds per NLL (PF-ODE + Eq. 14) of DF-TM against the exact VJP trace, at d = 64 and d = 256, same solver.
 
-Both methods integrate the same ODE with the same fixed-step RK4 grid (``--steps`` steps, 4 evaluations each), so
-they make the same number of network evaluations and the ratio is the per-evaluation cost ratio of the trace:
+Every method integrates the same ODE with the same fixed-step RK4 grid (``--steps`` steps, 4 evaluations each), so
+they make the same number of network evaluations and the ratios are per-evaluation cost ratios of the trace:
 ``vjp`` needs the d VJPs of the denoiser (vectorised), ``dftm`` one pass of the trace network (its own backbone,
-``share_trunk: false``, as the likelihood stage trains it). The networks are the likelihood stage's MLP denoiser
-(width 256, 4 blocks) with random weights: the cost does not depend on training. Batches of 1 point (one NLL at a
-time), 16 and 128 (a test set evaluated in batches). On a CPU a batch of one is latency-bound: two small MLP passes
-cost nearly what the d VJPs cost when vmap stacks them into one batch of d rows, so the ratio grows with the batch
-until both sides are GEMM-bound. ``hutchinson1`` is timed for context. The bars of the likelihood benchmark are a
-ratio vjp/dftm of at least 10 at d = 64 and 30 at d = 256.
+``share_trunk: false``, as the likelihood stage trains it), ``hutchinson1/4/16`` one VJP per probe, and ``floor``
+no trace at all (:class:`~dfcore.fisher.trace.ZeroTrace`: the denoiser's forward passes of the ODE solve alone, the
+unit of ``time_vs_floor``). The networks are the likelihood stage's MLP denoiser (width 256, 4 blocks) with random
+weights: the cost does not depend on training. Batches of 1 point (one NLL at a time), 16 and 128 (a test set
+evaluated in batches). On a CPU a batch of one is latency-bound: two small MLP passes cost nearly what the d VJPs
+cost when vmap stacks them into one batch of d rows, so the ratio grows with the batch until both sides are
+GEMM-bound. The bars of the likelihood benchmark are a ratio vjp/dftm of at least 10 at d = 64 and 30 at d = 256.
+
+Each time is the median of ``--repeats`` solves after one untimed warm-up on the same batch
+(:func:`dfcore.experiments.common.median_seconds`), as in the likelihood stage.
 
 Writes results/benchmarks/likelihood.csv, with the device's name (or ``cpu``) in its ``device`` column. Run:
-``python benchmarks/bench_likelihood.py`` (about 5 minutes on 2 cores); ``--gpu`` (with ``--device auto``) measures
-batch 128 only, the GPU-sized case.
+``python benchmarks/bench_likelihood.py`` (about 10 minutes on 2 cores); ``--gpu`` (with ``--device auto``)
+measures batch 128 only, the GPU-sized case.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import pandas as pd
-import timing  # noqa: E402  (benchmarks/timing.py, next to this script)
 import torch
 from common import device_name  # noqa: E402  (benchmarks/common.py)
 
 from dfcore.device import resolve_device
-from dfcore.experiments.likelihood_methods import OWN_METHODS
-from dfcore.fisher import trace_estimator_from
+from dfcore.experiments.common import median_seconds
+from dfcore.experiments.likelihood_methods import FLOOR_METHOD, own_estimator
 from dfcore.io import write_csv
 from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.models.networks import trace_model_from_state
 
 BARS = {64: 10.0, 256: 30.0}
+METHODS = (FLOOR_METHOD, "dftm", "hutchinson1", "hutchinson4", "hutchinson16", "vjp")
 
 
 def _models(dim: int, device: torch.device):
@@ -58,23 +61,20 @@ def bench(dim: int, batch: int, steps: int, repeats: int, device: torch.device) 
     den, trace = _models(dim, device)
     x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
     rows = []
-    for method in ("dftm", "hutchinson1", "vjp"):
-        spec = OWN_METHODS[method]
-        pool = {"denoiser": den, "trace_model": trace, "num_probes": spec.num_probes}
-        nfe = []
+    for method in METHODS:
+        estimator = own_estimator(method, {"denoiser": den, "trace_model": trace})
 
         def run():
-            out = log_likelihood(
+            return log_likelihood(
                 x,
-                trace_estimator_from(spec.estimator, pool),
+                estimator,
                 log_prior=gaussian_log_prior(den.schedule),
                 t_min=1e-4,
                 solver="rk4",
                 num_steps=steps,
             )
-            nfe.append(out.nfe)
 
-        seconds = timing.best_time(run, device, repeats, reduce=statistics.median)
+        out, seconds, _ = median_seconds(run, device, repeats)
         rows.append(
             {
                 "dim": dim,
@@ -82,7 +82,8 @@ def bench(dim: int, batch: int, steps: int, repeats: int, device: torch.device) 
                 "method": method,
                 "solver": "rk4",
                 "steps": steps,
-                "nfe": nfe[-1],
+                "nfe": out.nfe,
+                "repeats": repeats,
                 "seconds_per_nll": seconds / batch,
                 "device": device_name(device),
             }
@@ -93,7 +94,7 @@ def bench(dim: int, batch: int, steps: int, repeats: int, device: torch.device) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed solves per method; the median is reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed on a shared machine)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
@@ -109,7 +110,9 @@ def main() -> None:
             rows += bench(dim, batch, args.steps, args.repeats, device)
     frame = pd.DataFrame(rows)
     base = frame[frame["method"] == "dftm"].set_index(["dim", "batch"])["seconds_per_nll"]
+    floor = frame[frame["method"] == FLOOR_METHOD].set_index(["dim", "batch"])["seconds_per_nll"]
     frame["ratio_to_dftm"] = [r.seconds_per_nll / base[(r.dim, r.batch)] for r in frame.itertuples()]
+    frame["time_vs_floor"] = [r.seconds_per_nll / floor[(r.dim, r.batch)] for r in frame.itertuples()]
     # the bar applies to the vjp rows (their ratio is vjp seconds over dftm seconds); blank elsewhere
     frame["bar"] = [BARS[r.dim] if r.method == "vjp" else float("nan") for r in frame.itertuples()]
     frame["meets_bar"] = [str(bool(r.ratio_to_dftm >= r.bar)) if r.method == "vjp" else "" for r in frame.itertuples()]

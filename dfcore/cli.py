@@ -398,7 +398,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "benchmark":
         points = [res / "likelihood" / f"points_{name}.csv" for name in lik["datasets"]]
         out = res / "likelihood"
-        table = bench.run_likelihood_benchmark(points, out / "benchmark.csv", out / "benchmark.png")
+        table = bench.run_likelihood_benchmark(points, out / "benchmark.csv", out / "benchmark.png", out / "pareto.png")
     elif args.command == "table2":
         stem = res / "likelihood" / f"table2_{args.dataset}"
         bench.run_table2_mixture(

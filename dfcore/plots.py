@@ -48,6 +48,7 @@ __all__ = [
     "plot_digit_grid",
     "plot_lambda_agreement",
     "plot_likelihood_benchmark",
+    "plot_likelihood_pareto",
     "plot_loss_vs_time",
     "plot_ot_convergence",
     "plot_ot_protocols",
@@ -478,4 +479,51 @@ def plot_likelihood_benchmark(bench: pd.DataFrame, path: str | Path) -> None:
         else None
     )
     legend_outside(fig, list(axes[0]), [dropped_note(dropped, "errors"), whisker])
+    _finish(fig, path, dpi=150)
+
+
+@styled
+def plot_likelihood_pareto(bench: pd.DataFrame, path: str | Path, probes: dict[str, int] | None = None) -> None:
+    r"""Pareto view of the likelihood benchmark, one panel per dimension d: the mean error
+    :math:`|\widehat{\mathrm{NLL}} - (-\log q_0)|/d` (nats/dim, log) against seconds per sample (log), one marker per
+    estimator and peer; the Hutchinson rows (``probes``: method -> probe count) joined in probe order; the floor
+    (role ``floor``, the ODE solve without a trace) a vertical line at its seconds, not a marker. Zero errors are
+    left out and the legend counts them."""
+    probes = probes if probes is not None else {}
+    dims = list(dict.fromkeys(bench["dim"]))
+    floor = bench[bench["role"] == "floor"]
+    markers = bench[bench["role"] != "floor"]
+    methods = list(dict.fromkeys(markers["method"]))
+    roles = list(dict.fromkeys(markers["role"]))
+    palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    frame, dropped = positive_rows(markers, "abs_error_mean")
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims) + 2.6, 3.6), squeeze=False)
+    for ax, dim in zip(axes[0], dims):
+        sub = frame[frame["dim"] == dim]
+        chain = sub[sub["method"].isin(list(probes))]
+        chain = chain.assign(probes=chain["method"].map(probes)).sort_values("probes")
+        ax.plot(chain["seconds_per_sample"], chain["abs_error_mean"], color="0.55", lw=1.0, zorder=1)
+        sns.scatterplot(
+            data=sub,
+            x="seconds_per_sample",
+            y="abs_error_mean",
+            hue="method",
+            style="role",
+            hue_order=methods,
+            style_order=roles,
+            palette=palette,
+            s=70,
+            zorder=2,
+            ax=ax,
+        )
+        for seconds in floor.loc[floor["dim"] == dim, "seconds_per_sample"]:
+            ax.axvline(seconds, color="0.3", ls="--", lw=1.0, zorder=0)
+        ax.set(xscale="log", yscale="log", title=f"$d = {dim}$")
+        ax.set(xlabel="seconds per sample", ylabel=r"mean $|\mathrm{NLL} - (-\log q_0)|$ (nats/dim)")
+        _log_x_ticks(ax)
+    counts = sorted({k for method, k in probes.items() if method in methods})
+    joined = Line2D([], [], color="0.55", lw=1.0, label=f"Hutchinson, {', '.join(map(str, counts))} probes")
+    floor_key = Line2D([], [], color="0.3", ls="--", lw=1.0, label="floor: the ODE solve without a trace")
+    extra = [joined if counts else None, floor_key if len(floor) else None, dropped_note(dropped, "errors")]
+    legend_outside(fig, list(axes[0]), extra)
     _finish(fig, path, dpi=150)

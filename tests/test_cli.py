@@ -183,6 +183,7 @@ def test_likelihood_stage_passes_what_the_rules_pass(tmp_path, monkeypatch):
         [res / "likelihood" / f"points_{name}.csv" for name in lik["datasets"]],
         res / "likelihood" / "benchmark.csv",
         res / "likelihood" / "benchmark.png",
+        res / "likelihood" / "pareto.png",
     )
 
 

@@ -250,3 +250,133 @@ def test_heldout_likelihood_refuses_images_that_are_not_held_out(tmp_path):
     with pytest.raises(ValueError, match="holdout differs"):
         run_heldout_likelihood(section, stores["train"], stores["other"], tmp_path / "none.pt", {}, **outs)
     assert not any(p.exists() for p in outs.values())
+
+
+# ------------------------------------------------------------------------------------------------------------- #
+# fair timing: the floor, the median of repeats, peak memory in a process of its own, Hutchinson's probe counts
+
+
+def test_the_floor_is_the_full_solve_less_the_integrated_trace():
+    """Euler on VE (f = 0): the floor's Eq. 14 term is exactly 0, so its log q is log p_T(x_T) of the same trajectory
+    as the full solve, and the full Δ is the Euler sum of ½ g² tr F along that trajectory, recomputed here."""
+    from dfcore.fisher.trace import AnalyticTrace, ZeroTrace
+    from dfcore.likelihood import log_likelihood
+    from dfcore.sde import pf_ode_velocity
+
+    _, mixture = make_gaussian_mixture_lowrank(10, 4, 2, 2, 0.3, seed=2)
+    schedule = get_schedule("VE")
+    x = mixture.sample(5, generator=torch.Generator().manual_seed(3))
+    full_trace = AnalyticTrace(mixture, schedule)
+    floor_trace = ZeroTrace(full_trace.denoiser)
+
+    def prior(z):
+        return -0.5 * (z**2).sum(1)
+
+    t_min, steps = 1e-3, 12
+    kw = dict(log_prior=prior, t_min=t_min, solver="euler", num_steps=steps)
+    full, floor = log_likelihood(x, full_trace, **kw), log_likelihood(x, floor_trace, **kw)
+    assert full.nfe == floor.nfe == steps
+    torch.testing.assert_close(floor.x_T, full.x_T, rtol=0, atol=0)
+    assert torch.equal(floor.delta, torch.zeros_like(floor.delta))
+    torch.testing.assert_close(floor.log_q, prior(floor.x_T), rtol=0, atol=0)
+    h = (1.0 - t_min) / steps
+    z, integrated = x.clone(), torch.zeros(len(x), dtype=torch.float64)
+    for i in range(steps):
+        t = torch.full((len(x),), t_min + i * h, dtype=torch.float64)
+        integrated += h * 0.5 * schedule.g2(t) * mixture.fisher_trace(z, t, schedule)
+        z = z + h * pf_ode_velocity(z, t, mixture.score(z, t, schedule), schedule)
+    assert integrated.abs().min() > 1.0  # the trace is no rounding error here
+    torch.testing.assert_close(full.log_q - floor.log_q, integrated, rtol=1e-9, atol=1e-9)
+
+
+def test_median_seconds_times_repeats_after_an_untimed_warm_up():
+    import time
+
+    from dfcore.experiments.common import median_seconds
+
+    pauses = iter([0.3, 0.01, 0.2, 0.02])  # the warm-up is the slowest call; the median ignores it
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(pauses))
+        return len(calls)
+
+    out, median, each = median_seconds(fn, "cpu", 3)
+    assert out == 4 and len(calls) == 4 and len(each) == 3
+    assert median == sorted(each)[1] and 0.015 < median < 0.15
+    assert median_seconds(lambda: 7, "cpu", 2, warmup=False)[0] == 7
+    with pytest.raises(ValueError, match="repeats"):
+        median_seconds(lambda: None, "cpu", 0)
+
+
+def _allocate_and_measure(megabytes: int) -> float:
+    """Peak MiB of a block that fills a buffer of ``megabytes`` MiB (runs in a child process)."""
+    from dfcore.profiling import PeakMemory
+
+    with PeakMemory("cpu") as mem:
+        buffer = torch.ones(megabytes * 2**20 // 8, dtype=torch.float64)
+        assert float(buffer[-1]) == 1.0
+        del buffer
+    return mem.peak_bytes / 2**20
+
+
+def test_peak_memory_in_a_child_counts_what_the_parent_freed_before():
+    from dfcore.profiling import run_isolated
+
+    bigger = torch.ones(400 * 2**20 // 8, dtype=torch.float64)  # a method before it: 400 MiB, touched, then freed
+    assert float(bigger.sum()) > 0
+    del bigger
+    peak = run_isolated(_allocate_and_measure, 200)
+    assert 150 < peak < 400, peak
+
+
+def test_hutchinson_rows_by_probe_count_and_more_probes_err_less():
+    from dfcore.experiments.likelihood import likelihood_points
+    from dfcore.experiments.likelihood_methods import HUTCHINSON_PROBES, OWN_METHODS
+
+    assert {"hutchinson1": 1, "hutchinson4": 4, "hutchinson16": 16}.items() <= HUTCHINSON_PROBES.items()
+    assert all(OWN_METHODS[m].estimator == "hutchinson" for m in ("hutchinson1", "hutchinson4", "hutchinson16"))
+    _, mixture = make_gaussian_mixture_lowrank(10, 8, 3, 2, 0.3, seed=5)
+    schedule = get_schedule("VP")
+    x = mixture.sample(6, generator=torch.Generator().manual_seed(6))
+    cfg = {"t_min": 1e-3, "rtol": 1e-5, "atol": 1e-5, "solver": "rk4", "num_steps": 8}
+    kw = dict(denoiser=ExactDenoiser(mixture, schedule), mixture=mixture, trace_model=None, cfg=cfg)
+    kw["log_prior"] = lambda z: -0.5 * (z**2).sum(1)
+    exact = likelihood_points(x, "analytic", seed=0, **kw)["log_q"]
+    errors = {
+        method: torch.stack([likelihood_points(x, method, seed=s, **kw)["log_q"] - exact for s in range(6)])
+        for method in ("hutchinson1", "hutchinson16")
+    }
+    mse = {method: float((err**2).mean()) for method, err in errors.items()}
+    assert mse["hutchinson16"] < mse["hutchinson1"] / 4, mse
+
+
+def test_the_dataset_run_measures_the_floor_and_every_method_in_its_own_process(tmp_path):
+    """End to end on a random-weight MLP denoiser: the floor row is there unasked, every time is a median of
+    ``repeats`` and every peak memory is positive."""
+    from dfcore.experiments.likelihood import run_likelihood_dataset
+    from dfcore.io import save_checkpoint
+    from dfcore.models.networks import denoiser_from_state
+
+    spec = {"kind": "gaussian_mixture_lowrank", "num_samples": 64, "seed": 4, "dim": 4, "components": 2}
+    spec |= {"rank": 2, "noise": 0.3}
+    x, mixture, attrs = make_dataset(spec)
+    write_dataset(tmp_path / "m.zarr", x, name="m", mixture=mixture, attrs=attrs, config=spec, seed=4)
+    hp = {"dim": 4, "hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 0}
+    state = {"kind": "denoiser", "arch": "mlp", "hparams": hp, "schedule": {"name": "VP", "params": {}}}
+    state |= {"prediction": "x0", "sigma_data": 0.5, "state_dict": None}
+    torch.manual_seed(0)
+    save_checkpoint({"model": denoiser_from_state(state).state()}, tmp_path / "den.pt")
+    section = {"methods": ["vjp", "hutchinson4"], "solver": "rk4", "rtol": 1e-5, "atol": 1e-5, "num_steps": 4}
+    section |= {"t_min": 1e-3, "num_points": 3, "seed": 0, "repeats": 3}
+    frame = run_likelihood_dataset(
+        section, tmp_path / "m.zarr", tmp_path / "den.pt", {}, tmp_path / "p.csv", dataset="m"
+    )
+    assert list(dict.fromkeys(frame["method"])) == ["floor", "vjp", "hutchinson4"]
+    assert (
+        (frame["repeats"] == 3).all() and (frame["peak_mem_mb"] > 0).all() and (frame["seconds_per_sample"] > 0).all()
+    )
+    bench = summarize_benchmark(frame).set_index("method")
+    assert bench.loc["floor", "time_vs_floor"] == 1.0 and bench.loc["floor", "role"] == "floor"
+    assert bench.loc["vjp", "time_vs_floor"] > 1.0

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import resource
+import statistics
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["section_seed", "Stopwatch"]
+__all__ = ["section_seed", "Stopwatch", "median_seconds"]
+
+_T = TypeVar("_T")
 
 
 def section_seed(seed: int, section: Mapping[str, Any]) -> int:
@@ -45,3 +48,21 @@ class Stopwatch:
         self._sync()
         self.seconds = time.perf_counter() - self._wall
         self.cpu_seconds = _cpu_seconds() - self._cpu
+
+
+def median_seconds(
+    fn: Callable[[], _T], device: torch.device | str = "cpu", repeats: int = 3, *, warmup: bool = True
+) -> tuple[_T, float, list[float]]:
+    r"""``fn()`` timed ``repeats`` times by :class:`Stopwatch` after one untimed warm-up call (when ``warmup``):
+    the result of the last call, the median :math:`\operatorname{med}(s_1, \dots, s_n)` of the wall seconds
+    (for even n the mean of the two middle ones) and the n seconds themselves."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1; got {repeats}")
+    if warmup:
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        with Stopwatch(device) as watch:
+            out = fn()
+        seconds.append(watch.seconds)
+    return out, statistics.median(seconds), seconds

@@ -11,18 +11,23 @@ and differs only in the trace :math:`\operatorname{tr}F_t` (:func:`dfcore.fisher
 * ``analytic`` — the exact mixture's own drift and trace (sanity row: it checks the solver, prior and
   :math:`t_{min}` against the exact :math:`\log q_0`);
 * ``vjp`` — the exact trace of the learned model (d vector-Jacobian products per step);
-* ``hutchinson1`` / ``hutchinson4`` — 1 or 4 Rademacher probes, held fixed along the solve;
+* ``hutchinson1`` / ``hutchinson4`` / ``hutchinson16`` — 1, 4 or 16 Rademacher probes, held fixed along the solve;
 * ``dftm`` — Eq. 17 with the trace network trained by Alg. 1 on samples with the target ``sq_norm``
   (:math:`\|x_0\|^2`, the paper's); ``dftm_residual`` the same with ``residual``; ``dftm_mixture_posterior`` a
   labelled ablation whose regression target is the exact mixture's :math:`\operatorname{tr}\mathrm{Cov}[x_0|x_t]`
   (:meth:`dfcore.mixtures.GaussianMixture.posterior_variance`), which real data never offers;
 * the peers (:mod:`dfcore.integrations.peers`): ``kdiffusion_hutchinson``, ``flow_matching_exact`` and
   ``flow_matching_hutchinson``, skipped with a logged reason when the package is not installed.
+* ``floor`` — :math:`\operatorname{tr}F_t \equiv 0` (:class:`~dfcore.fisher.trace.ZeroTrace`), so its
+  :math:`\log q = \log p_T(x_T) + \int f d\,dt` is a full method's less
+  :math:`\int \tfrac12 g^2 \operatorname{tr}F_t\,dt`: the cost of the ODE solve alone, run on every data set,
+  and the unit of ``time_vs_floor`` :math:`= s_{method}/s_{floor}`.
 
 The error of a point is :math:`|\widehat{\mathrm{NLL}} - (-\log q_0(x))|/d` in nats per dimension, with
-:math:`\log q_0` from ``torch.distributions`` (:func:`dfcore.likelihood.gaussian_mixture_log_q0`). Time and peak
-memory (:class:`dfcore.profiling.PeakMemory`) are per method for the whole batch of points, divided by the
-number of points for the per-sample time.
+:math:`\log q_0` from ``torch.distributions`` (:func:`dfcore.likelihood.gaussian_mixture_log_q0`). Every method
+and peer is measured alike (:func:`measure_method`): in a process of its own, one untimed warm-up on the same
+points, then the median wall time of ``repeats`` solves of the whole batch (divided by the number of points for
+the per-sample time) and the peak memory above the level after loading (:class:`dfcore.profiling.PeakMemory`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,10 +45,18 @@ import torch
 
 from dfcore.data.store import dataset_attrs, load_dataset, load_mixture
 from dfcore.device import resolve_device
-from dfcore.experiments.common import Stopwatch, section_seed
-from dfcore.experiments.likelihood_methods import OWN_METHODS, PEER_METHODS, PEER_REFERENCE, method_role, trace_target
+from dfcore.experiments.common import median_seconds, section_seed
+from dfcore.experiments.likelihood_methods import (
+    FLOOR_METHOD,
+    HUTCHINSON_PROBES,
+    PEER_METHODS,
+    PEER_REFERENCE,
+    method_role,
+    own_estimator,
+    trace_target,
+)
 from dfcore.experiments.train import run_training
-from dfcore.fisher.trace import VJPTrace, trace_estimator_from
+from dfcore.fisher.trace import VJPTrace
 from dfcore.integrations.peers import PeerUnavailable, flow_matching_log_likelihood, kdiffusion_log_likelihood
 from dfcore.io import load_checkpoint, write_csv, write_text
 from dfcore.likelihood import LogPrior, bits_per_dim, gaussian_mixture_log_q0, log_likelihood, moment_matched_prior
@@ -54,12 +68,14 @@ from dfcore.models.networks import (
     same_weights,
     trace_model_from_state,
 )
-from dfcore.plots import plot_likelihood_benchmark
-from dfcore.profiling import PeakMemory
+from dfcore.plots import plot_likelihood_benchmark, plot_likelihood_pareto
+from dfcore.profiling import PeakMemory, run_isolated
 
 __all__ = [
     "train_target_trace",
     "likelihood_points",
+    "MethodJob",
+    "measure_method",
     "run_likelihood_dataset",
     "run_heldout_likelihood",
     "summarize_heldout",
@@ -149,40 +165,73 @@ def likelihood_points(
     cfg: dict[str, Any],
     log_prior: LogPrior,
     seed: int,
-    device: torch.device,
 ) -> dict[str, Any]:
-    """One method on the points ``x`` (B, d): ``log_q`` (B,), ``nfe``, ``seconds`` (wall time of the solve, whole batch)
-    and ``peak_mem_mb``. Raises :class:`PeerUnavailable` for a peer that is not installed."""
+    """One method on the points ``x`` (B, d): ``log_q`` (B,) and ``nfe``, untimed. Raises :class:`PeerUnavailable`
+    for a peer that is not installed."""
     common = dict(t_min=float(cfg["t_min"]), rtol=float(cfg["rtol"]), atol=float(cfg["atol"]))
-    with PeakMemory(device) as mem, Stopwatch(device) as solve:
-        if method in PEER_METHODS:
-            out = _peer_log_q(x, method, denoiser=denoiser, cfg=cfg, log_prior=log_prior, seed=seed, common=common)
-        else:
-            spec = OWN_METHODS[method]
-            pool = {
-                "mixture": mixture,
-                "schedule": denoiser.schedule,  # every method, analytic included, runs on the denoiser's schedule
-                "denoiser": denoiser,
-                "trace_model": trace_model,
-                "num_probes": spec.num_probes,
-                "generator": torch.Generator().manual_seed(int(seed)),
-            }
-            result = log_likelihood(
-                x,
-                trace_estimator_from(spec.estimator, pool),
-                log_prior=log_prior,
-                solver=cfg["solver"],
-                num_steps=int(cfg["num_steps"]),
-                **common,
-            )
-            out = {"log_q": result.log_q, "nfe": result.nfe}
-    seconds = solve.seconds
-    return {
-        "log_q": out["log_q"].detach().cpu().to(torch.float64),
-        "nfe": int(out["nfe"]),
-        "seconds": seconds,
-        "peak_mem_mb": mem.peak_bytes / 2**20,
-    }
+    if method in PEER_METHODS:
+        out = _peer_log_q(x, method, denoiser=denoiser, cfg=cfg, log_prior=log_prior, seed=seed, common=common)
+    else:
+        pool = {
+            "mixture": mixture,
+            "schedule": denoiser.schedule,  # every method, analytic included, runs on the denoiser's schedule
+            "denoiser": denoiser,
+            "trace_model": trace_model,
+            "generator": torch.Generator().manual_seed(int(seed)),
+        }
+        estimator = own_estimator(method, pool)
+        result = log_likelihood(
+            x, estimator, log_prior=log_prior, solver=cfg["solver"], num_steps=int(cfg["num_steps"]), **common
+        )
+        out = {"log_q": result.log_q, "nfe": result.nfe}
+    return {"log_q": out["log_q"].detach().cpu().to(torch.float64), "nfe": int(out["nfe"])}
+
+
+@dataclass(frozen=True)
+class MethodJob:
+    """What one method's measurement needs, all of it picklable (it crosses into a fresh process): the points, the
+    checkpoints, the data set whose moments give the prior, and the config section (``repeats`` included)."""
+
+    method: str
+    x: torch.Tensor
+    cfg: dict[str, Any]
+    denoiser_path: str
+    trace_path: str | None
+    train_path: str
+    mixture: GaussianMixture | None
+    seed: int
+    device: str
+    threads: int
+
+
+def measure_method(job: MethodJob) -> dict[str, Any]:
+    r""":func:`likelihood_points` of ``job``, after loading its models and data, with one untimed warm-up call on
+    the same points and ``cfg['repeats']`` timed ones: ``log_q`` and ``nfe`` of the last call, ``seconds`` the
+    median wall time of the whole batch (:func:`~dfcore.experiments.common.median_seconds`), ``seconds_repeats``
+    each one, and ``peak_mem_mb`` (:class:`~dfcore.profiling.PeakMemory` above the level after loading, warm-up
+    included, MiB). Meant to run in its own process (:func:`~dfcore.profiling.run_isolated`)."""
+    torch.set_num_threads(job.threads)
+    device = torch.device(job.device)
+    denoiser = load_denoiser(job.denoiser_path, device)
+    trace_model = _trace_model_on(job.trace_path, denoiser, device) if job.trace_path else None
+    log_prior = moment_matched_prior(denoiser.schedule, load_dataset(job.train_path))
+    x = job.x.to(device)
+
+    def run() -> dict[str, Any]:
+        return likelihood_points(
+            x,
+            job.method,
+            denoiser=denoiser,
+            mixture=job.mixture,
+            trace_model=trace_model,
+            cfg=job.cfg,
+            log_prior=log_prior,
+            seed=job.seed,
+        )
+
+    with PeakMemory(device) as mem:
+        out, seconds, each = median_seconds(run, device, int(job.cfg["repeats"]))
+    return {**out, "seconds": seconds, "seconds_repeats": each, "peak_mem_mb": mem.peak_bytes / 2**20}
 
 
 def _method_results(
@@ -190,41 +239,38 @@ def _method_results(
     methods: Sequence[str],
     *,
     cfg: dict[str, Any],
-    denoiser: LearnedDenoiser,
+    denoiser_path: str | Path,
     trace_paths: dict[str, str | Path],
     mixture: GaussianMixture | None,
-    training_data: torch.Tensor,
+    train_path: str | Path,
     seed: int,
     device: torch.device,
     label: str,
+    isolate: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`likelihood_points` of each method on ``x``, after an untimed warm-up, with the prior moment-matched to
-    ``training_data``; skips (with a logged reason) a dftm method whose trace net is not in ``trace_paths`` and a
-    peer that is not installed."""
-    log_prior = moment_matched_prior(denoiser.schedule, training_data)
+    """:func:`measure_method` of each method on ``x``, each in a fresh process when ``isolate`` (so its peak memory
+    is its own), with the prior moment-matched to the data set of ``train_path``; skips (with a logged reason) a
+    dftm method whose trace net is not in ``trace_paths`` and a peer that is not installed."""
     results = {}
     for method in methods:
-        trace_model = None
         target = trace_target(method)
-        if target:
-            if target not in trace_paths:
-                log.warning("likelihood: skipping %s on %s: no trace net with target %s", method, label, target)
-                continue
-            trace_model = _trace_model_on(trace_paths[target], denoiser, device)
-        kwargs: dict[str, Any] = dict(
-            denoiser=denoiser,
+        if target and target not in trace_paths:
+            log.warning("likelihood: skipping %s on %s: no trace net with target %s", method, label, target)
+            continue
+        job = MethodJob(
+            method=method,
+            x=x,
+            cfg=dict(cfg),
+            denoiser_path=str(denoiser_path),
+            trace_path=str(trace_paths[target]) if target else None,
+            train_path=str(train_path),
             mixture=mixture,
-            trace_model=trace_model,
-            log_prior=log_prior,
             seed=seed,
-            device=device,
+            device=str(device),
+            threads=torch.get_num_threads(),
         )
         try:
-            # Warm-up on one point with two Euler steps, untimed: torch.func's first vmap and the first autograd
-            # graph of a method cost a one-off second or so that is no part of its per-sample cost.
-            if method != "kdiffusion_hutchinson":
-                likelihood_points(x[:1].to(device), method, cfg={**cfg, "solver": "euler", "num_steps": 2}, **kwargs)
-            results[method] = likelihood_points(x.to(device), method, cfg=cfg, **kwargs)
+            results[method] = run_isolated(measure_method, job) if isolate else measure_method(job)
         except PeerUnavailable as err:
             log.warning("likelihood: skipping the %s rows: %s", method, err)
             print(f"likelihood: skipping the {method} rows: {err}")
@@ -240,6 +286,7 @@ def _solver_columns(cfg: dict[str, Any]) -> dict[str, Any]:
         "rtol": float(cfg["rtol"]),
         "atol": float(cfg["atol"]),
         "t_min": float(cfg["t_min"]),
+        "repeats": int(cfg["repeats"]),
     }
 
 
@@ -270,14 +317,16 @@ def run_likelihood_dataset(
     # Points from a generator of their own, so they are fresh draws of q_0 (not training samples).
     x = mixture.sample(num_points, generator=torch.Generator().manual_seed(int(seed) + 7919)).to(torch.float64)
     exact = gaussian_mixture_log_q0(mixture, x)
+    # the floor runs first and always: every row's time_vs_floor divides by its seconds
+    methods = [FLOOR_METHOD, *(m for m in cfg["methods"] if m != FLOOR_METHOD)]
     results = _method_results(
         x,
-        cfg["methods"],
+        methods,
         cfg=cfg,
-        denoiser=load_denoiser(denoiser_path, dev),
+        denoiser_path=denoiser_path,
         trace_paths=trace_paths,
         mixture=mixture,
-        training_data=data,
+        train_path=data_path,
         seed=section_seed(seed, cfg),
         device=dev,
         label=f"{dataset} (d = {dim})",
@@ -349,10 +398,10 @@ def run_heldout_likelihood(
         x,
         heldout["methods"],
         cfg=cfg,
-        denoiser=load_denoiser(denoiser_path, dev),
+        denoiser_path=denoiser_path,
         trace_paths=trace_paths,
         mixture=None,
-        training_data=load_dataset(train_path),
+        train_path=train_path,
         seed=section_seed(seed, heldout),
         device=dev,
         label=f"held-out {Path(test_path).stem}",
@@ -410,10 +459,13 @@ def summarize_heldout(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize_benchmark(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dim, method): mean and std of the per-point |error| (nats/dim), seconds per sample, NFE, peak
-    memory; for a peer, the mean per-point |NLL difference| (nats/dim) to the method of ours computing the same
-    quantity (``agreement_with``, ``agreement_nats_per_dim``; for Hutchinson peers the probes differ, so this is the
-    spread of two independent estimates, and ``mean_nll_difference`` compares their means)."""
+    r"""One row per (dim, method): mean and std of the per-point |error| (nats/dim), seconds per sample, NFE, peak
+    memory; ``time_vs_floor`` :math:`s_{method}/s_{floor}`, the seconds per sample over those of the floor row of
+    the same data set (NaN without one); for a peer, the mean per-point |NLL difference| (nats/dim) to the method
+    of ours computing the same quantity (``agreement_with``, ``agreement_nats_per_dim``; for Hutchinson peers the
+    probes differ, so this is the spread of two independent estimates, and ``mean_nll_difference`` compares their
+    means)."""
+    floor = points[points["method"] == FLOOR_METHOD].groupby("dataset")["seconds_per_sample"].first()
     rows = []
     for (dataset, dim, method), grp in points.groupby(["dataset", "dim", "method"], sort=False):
         row = {
@@ -424,6 +476,7 @@ def summarize_benchmark(points: pd.DataFrame) -> pd.DataFrame:
             "abs_error_mean": grp["abs_error"].mean(),
             "abs_error_std": grp["abs_error"].std(ddof=1),
             "seconds_per_sample": grp["seconds_per_sample"].iloc[0],
+            "time_vs_floor": grp["seconds_per_sample"].iloc[0] / floor.get(dataset, math.nan),
             "nfe": int(grp["nfe"].iloc[0]),
             "peak_mem_mb": grp["peak_mem_mb"].iloc[0],
             "num_points": len(grp),
@@ -446,13 +499,17 @@ def summarize_benchmark(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_likelihood_benchmark(point_csvs: Sequence[str | Path], csv: str | Path, figure: str | Path) -> pd.DataFrame:
-    """Collect the per-point CSVs of every data set into ``benchmark.csv`` and its figure."""
+def run_likelihood_benchmark(
+    point_csvs: Sequence[str | Path], csv: str | Path, figure: str | Path, pareto: str | Path
+) -> pd.DataFrame:
+    """Collect the per-point CSVs of every data set into ``benchmark.csv``, its figure of error against time (the
+    floor, whose error is that of omitting the trace, left out) and the Pareto figure (the floor as a line)."""
     frames = [pd.read_csv(p) for p in point_csvs]
     points = pd.concat([f for f in frames if len(f)], ignore_index=True)
     bench = summarize_benchmark(points).sort_values(["dim", "role", "method"], kind="stable")
     write_csv(bench, csv)
-    plot_likelihood_benchmark(bench, figure)
+    plot_likelihood_benchmark(bench[bench["method"] != FLOOR_METHOD], figure)
+    plot_likelihood_pareto(bench, pareto, HUTCHINSON_PROBES)
     return bench
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "DFTMTrace",
     "VJPTrace",
     "HutchinsonTrace",
+    "ZeroTrace",
     "trace_estimator",
     "trace_estimator_from",
     "fisher_trace",
@@ -222,6 +223,19 @@ class HutchinsonTrace(_JacobianTrace):
         return HutchinsonTrace(
             self.denoiser, chunk_size=self.chunk_size, probes=self.vectors(x), schedule=self.schedule
         )
+
+
+class ZeroTrace(TraceEstimator):
+    r""":math:`\operatorname{tr}F_t \equiv 0`: with it Eq. 14 integrates :math:`f d` only, so a solve costs the
+    denoiser's forward passes of the PF-ODE and nothing else (the likelihood stage's ``floor`` row; not an
+    estimate of the trace, so not in :data:`TRACE_ESTIMATORS`). ``schedule`` defaults to the denoiser's."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule | None = None) -> None:
+        self.denoiser = denoiser
+        self.schedule = resolve_schedule(schedule, denoiser, "ZeroTrace")
+
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
 
 
 TRACE_ESTIMATORS: dict[str, type[TraceEstimator]] = {

@@ -76,6 +76,11 @@ rule likelihood_benchmark:
             caption="../report/likelihood_benchmark.rst",
             category="Likelihood benchmark",
         ),
+        pareto=report(
+            f"{RESULTS}/likelihood/pareto.png",
+            caption="../report/likelihood_pareto.rst",
+            category="Likelihood benchmark",
+        ),
     log:
         f"{RESULTS}/logs/likelihood/benchmark.log",
     conda:
