@@ -339,7 +339,7 @@ def _likelihood_trace_targets() -> dict[str, str]:
     return {name: method.trace_target for name, method in OWN_METHODS.items() if method.trace_target}
 
 
-def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+def _model_options(parser: argparse._ActionsContainer, required: bool) -> None:
     """``--model``, ``--images`` and ``--cond``: a diffusers pipeline folder and an image folder."""
     parser.add_argument(
         "--model",
@@ -362,29 +362,33 @@ def _model_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _pretrained_options(parser: argparse.ArgumentParser) -> None:
-    """The options of ``likelihood --model DIR --images DIR``."""
-    _model_options(parser, required=False)
-    parser.add_argument(
+    """The options of ``likelihood --model DIR --images DIR``, in their own group of the help."""
+    group = parser.add_argument_group(
+        "bits/dim of an image folder under your diffusers model",
+        "likelihood --model DIR --images DIR --method M [options]: no command, and --configfile is not read",
+    )
+    _model_options(group, required=False)
+    group.add_argument(
         "--method",
         choices=["vjp", "hutchinson", "dftm"],
         default=None,
         help="with --model: Fisher-trace estimator: vjp (exact, one VJP per coordinate), hutchinson (one "
         "Rademacher probe per image) or dftm (the trace net of --trace)",
     )
-    parser.add_argument("--trace", default=None, help="with --method dftm: trace net folder written by train-trace")
-    parser.add_argument("--out", default=None, help="with --model: CSV to write (default: bpd_<method>.csv)")
-    parser.add_argument("--t-min", type=float, default=None, help="with --model: lowest time (default: 1/T)")
-    parser.add_argument("--num-draws", type=int, default=1, help="dequantisation draws per image (default: 1)")
-    parser.add_argument("--solver", default="rk4", help="ODE solver: rk4, euler or dopri5 (default: rk4)")
-    parser.add_argument("--num-steps", type=int, default=20, help="fixed solver steps (default: 20)")
-    parser.add_argument(
+    group.add_argument("--trace", default=None, help="with --method dftm: trace net folder written by train-trace")
+    group.add_argument("--out", default=None, help="with --model: CSV to write (default: bpd_<method>.csv)")
+    group.add_argument("--t-min", type=float, default=None, help="with --model: lowest time (default: 1/T)")
+    group.add_argument("--num-draws", type=int, default=1, help="dequantisation draws per image (default: 1)")
+    group.add_argument("--solver", default="rk4", help="ODE solver: rk4, euler or dopri5 (default: rk4)")
+    group.add_argument("--num-steps", type=int, default=20, help="fixed solver steps (default: 20)")
+    group.add_argument(
         "--time-warp", choices=["log", "none"], default="log", help="steps uniform in log t or in t (default: log)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per solve (default: 8)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="UNet dtype")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise and probes")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--batch-size", type=int, default=8, help="images per solve (default: 8)")
+    group.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="UNet dtype")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise and probes")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -573,7 +577,7 @@ STAGES: dict[str, Stage] = {
     "trace-error": Stage(_trace_error_main, "Table 2: relative error of each Fisher-trace estimator"),
     "likelihood": Stage(
         _likelihood_main,
-        "likelihood benchmark on Gaussian mixtures, Table 2, held-out digits; --model: bits/dim of your images",
+        "mixture likelihood benchmark, Table 2, held-out digits; with --model: bits/dim of an image folder",
     ),
     "train-trace": Stage(
         _train_trace_main, "train the DF-TM trace net of a diffusers pipeline folder on an image folder"
