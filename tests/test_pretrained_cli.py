@@ -156,3 +156,30 @@ def test_errors_name_the_problem(pipeline, tmp_path, capsys):
         main(["likelihood", "benchmark", "--model", str(model_dir), "--images", str(images), "--method", "vjp"])
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "w.csv").exists() and not (tmp_path / "e.csv").exists()
+
+
+def test_the_tutorial_commands_parse(monkeypatch):
+    """Every ``python -m dfcore`` command of docs/your-model.md parses, and reaches the function it documents."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from markdown_blocks import code_blocks
+
+    from dfcore.experiments import pretrained_images
+
+    calls: list[str] = []
+    empty = pd.DataFrame(columns=["image", "method", "bits_per_dim", "wall_s"])
+    monkeypatch.setattr(pretrained_images, "image_likelihood", lambda *a, **k: calls.append(a[2]) or empty)
+    monkeypatch.setattr(pretrained_images, "train_image_trace", lambda *a, **k: calls.append("train-trace") or a[2])
+    page = Path(__file__).resolve().parent.parent / "docs" / "your-model.md"
+    commands = [
+        shlex.split(line)[3:]
+        for block in code_blocks(page, "bash")
+        for line in block.code.splitlines()
+        if line.startswith("python -m dfcore ") and "--help" not in line
+    ]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    assert calls == ["vjp", "hutchinson", "train-trace", "dftm"]
