@@ -142,7 +142,7 @@ def _solve(
                 model,
                 x[rows].to(device=param.device, dtype=param.dtype),
                 method=method,
-                generator=torch.Generator(device=param.device).manual_seed(int(seed) + 1 + start),
+                generator=torch.Generator().manual_seed(int(seed) + 1 + start),  # probes are drawn on the CPU
                 trace_model=trace,
                 **settings,
             )
