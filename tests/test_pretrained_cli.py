@@ -183,3 +183,20 @@ def test_the_tutorial_commands_parse(monkeypatch):
     for argv in commands:
         assert main(argv) == 0, argv
     assert calls == ["vjp", "hutchinson", "train-trace", "dftm"]
+
+
+def test_conditioning_file_is_checked(pipeline, tmp_path):
+    """--cond: a (1, L, D) or (L, D) tensor file for a conditional UNet, refused for an unconditional one."""
+    from dfcore.experiments.pretrained_images import _conditioning
+
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 8}))
+    torch.save(torch.ones(3, 8), tmp_path / "cond.pt")
+    assert _conditioning(folder, tmp_path / "cond.pt", torch.float64).shape == (1, 3, 8)
+    assert torch.equal(_conditioning(folder, None, torch.float32), torch.zeros(1, 1, 8))
+    torch.save(torch.ones(1, 3, 5), tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: conditioning must be a tensor \(1, L, 8\)"):
+        _conditioning(folder, tmp_path / "bad.pt", torch.float32)
+    with pytest.raises(ValueError, match="takes no conditioning"):
+        _conditioning(pipeline[0], tmp_path / "cond.pt", torch.float32)
