@@ -459,6 +459,8 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command is None:
         parser.error("give a command (trace, dataset, benchmark, table2, heldout) or --model with --images")
+    if args.images is not None or args.method is not None or args.trace is not None:
+        parser.error(f"--images, --method and --trace go with --model, not with the command {args.command!r}")
     cfg = load_config(args.configfile)
     lik, res = cfg["likelihood"], Path(args.results or cfg["results"])
     schedule = lik["schedule"]

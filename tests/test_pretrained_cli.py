@@ -155,6 +155,12 @@ def test_errors_name_the_problem(pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["likelihood", "benchmark", "--model", str(model_dir), "--images", str(images), "--method", "vjp"])
     assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["likelihood", "benchmark", "--images", str(images)])
+    assert "--images, --method and --trace go with --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["likelihood"])
+    assert "give a command" in capsys.readouterr().err
     assert not (tmp_path / "w.csv").exists() and not (tmp_path / "e.csv").exists()
 
 
