@@ -134,7 +134,7 @@ def _solve(
         raise ValueError(f"batch size must be positive; got {batch_size}")
     param = next(model.unet.parameters())
     log_q, seconds = torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64)
-    with tqdm(total=len(x), desc=f"{method} bits/dim", unit="image", disable=not progress) as bar:
+    with tqdm(total=len(x), desc=f"{method} bits/dim", unit="draw", disable=not progress) as bar:
         for start in range(0, len(x), batch_size):
             rows = slice(start, min(start + batch_size, len(x)))
             clock = time.perf_counter()
