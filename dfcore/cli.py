@@ -14,6 +14,8 @@ config's ``results`` folder, laid out as the workflow lays it out).
     python -m dfcore adjoint mixture --schedule VP
     python -m dfcore likelihood benchmark --configfile config/paper.yaml
     python -m dfcore sd trace --pipeline resources/sd-pipeline --images resources/images --out trace.pt
+    python -m dfcore likelihood --model my-model --images my-images --method vjp --out vjp.csv
+    python -m dfcore train-trace --model my-model --images my-images --out my-trace
 
 ``python -m dfcore --help`` lists the stages with one line each (:data:`STAGES`); ``--version`` prints the
 installed version. Help texts are plain text: each stage's parser gets its description from :data:`STAGES`.
@@ -35,10 +37,12 @@ __all__ = ["STAGES", "Stage", "main"]
 CONFIG_HELP = "YAML config, read on top of the schema defaults and validated (default: %(default)s)"
 
 
-def _parser(stage: str) -> argparse.ArgumentParser:
-    """The parser of ``stage`` with its plain-text description and the ``--configfile`` option."""
+def _parser(stage: str, config: bool = True) -> argparse.ArgumentParser:
+    """The parser of ``stage`` with its plain-text description and (unless ``config`` is False) the
+    ``--configfile`` option."""
     parser = argparse.ArgumentParser(prog=f"python -m dfcore {stage}", description=STAGES[stage].description)
-    parser.add_argument("--configfile", default="config/config.yaml", help=CONFIG_HELP)
+    if config:
+        parser.add_argument("--configfile", default="config/config.yaml", help=CONFIG_HELP)
     return parser
 
 
@@ -335,17 +339,105 @@ def _likelihood_trace_targets() -> dict[str, str]:
     return {name: method.trace_target for name, method in OWN_METHODS.items() if method.trace_target}
 
 
+def _model_options(parser: argparse._ActionsContainer, required: bool) -> None:
+    """``--model``, ``--images`` and ``--cond``: a diffusers pipeline folder and an image folder."""
+    parser.add_argument(
+        "--model",
+        required=required,
+        help="diffusers pipeline folder saved with save_pretrained (unet/ with a UNet2DModel or "
+        "UNet2DConditionModel, and scheduler/)",
+    )
+    parser.add_argument(
+        "--images",
+        required=required,
+        help="folder of 8-bit PNG or JPEG images of the model's sample size (grayscale or RGB, converted to the "
+        "model's channels; other sizes are refused)",
+    )
+    parser.add_argument(
+        "--cond",
+        default=None,
+        help="conditional UNet only: a torch file with the encoder hidden states (1, L, D) to condition on "
+        "(default: zeros of shape (1, 1, cross_attention_dim))",
+    )
+
+
+def _pretrained_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``likelihood --model DIR --images DIR``, in their own group of the help."""
+    group = parser.add_argument_group(
+        "bits/dim of an image folder under your diffusers model",
+        "likelihood --model DIR --images DIR --method M [options]: no command, and --configfile is not read",
+    )
+    _model_options(group, required=False)
+    group.add_argument(
+        "--method",
+        choices=["vjp", "hutchinson", "dftm"],
+        default=None,
+        help="with --model: Fisher-trace estimator: vjp (exact, one VJP per coordinate), hutchinson (one "
+        "Rademacher probe per image) or dftm (the trace net of --trace)",
+    )
+    group.add_argument("--trace", default=None, help="with --method dftm: trace net folder written by train-trace")
+    group.add_argument("--out", default=None, help="with --model: CSV to write (default: bpd_<method>.csv)")
+    group.add_argument("--t-min", type=float, default=None, help="with --model: lowest time (default: 1/T)")
+    group.add_argument("--num-draws", type=int, default=1, help="dequantisation draws per image (default: 1)")
+    group.add_argument("--solver", default="rk4", help="ODE solver: rk4, euler or dopri5 (default: rk4)")
+    group.add_argument("--num-steps", type=int, default=20, help="fixed solver steps (default: 20)")
+    group.add_argument(
+        "--time-warp", choices=["log", "none"], default="log", help="steps uniform in log t or in t (default: log)"
+    )
+    group.add_argument("--batch-size", type=int, default=8, help="images per solve (default: 8)")
+    group.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="UNet dtype")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise and probes")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``likelihood --model DIR --images DIR --method M``: bits/dim of an image folder (one CSV row per image)."""
+    from dfcore.experiments.pretrained_images import image_likelihood
+
+    if args.command is not None:
+        parser.error(f"give either the command {args.command!r} or --model, not both")
+    if args.images is None or args.method is None:
+        parser.error("likelihood --model needs --images and --method")
+    if args.method == "dftm" and args.trace is None:
+        parser.error("--method dftm needs --trace DIR (a trace net folder written by python -m dfcore train-trace)")
+    if args.method != "dftm" and args.trace is not None:
+        parser.error(f"--trace is used by --method dftm only; got --method {args.method}")
+    table = image_likelihood(
+        args.model,
+        args.images,
+        args.method,
+        args.out or f"bpd_{args.method}.csv",
+        trace_dir=args.trace,
+        cond=args.cond,
+        t_min=args.t_min,
+        num_draws=args.num_draws,
+        solver=args.solver,
+        num_steps=args.num_steps,
+        time_warp=args.time_warp,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(table[["image", "method", "bits_per_dim", "wall_s"]].to_string(index=False))
+
+
 def _likelihood_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore likelihood {trace,dataset,benchmark,table2,heldout}``: the likelihood stage."""
+    """``python -m dfcore likelihood {trace,dataset,benchmark,table2,heldout}``: the likelihood stage, or
+    ``python -m dfcore likelihood --model DIR --images DIR --method M``: bits/dim of an image folder."""
     from dfcore.experiments import likelihood as bench
 
     trace_targets = _likelihood_trace_targets()
     parser = _parser("likelihood")
     parser.add_argument(
         "command",
+        nargs="?",
         choices=["trace", "dataset", "benchmark", "table2", "heldout"],
-        help="trace: train a trace net of --target on --dataset; dataset: every method on --dataset (points CSV); "
-        "benchmark: the summary over likelihood.datasets; table2: Table 2 on --dataset; heldout: held-out bits/dim",
+        help="workflow command (not with --model): trace: train a trace net of --target on --dataset; dataset: "
+        "every method on --dataset (points CSV); benchmark: the summary over likelihood.datasets; table2: "
+        "Table 2 on --dataset; heldout: held-out bits/dim",
     )
     parser.add_argument("--dataset", help="a Gaussian-mixture data set (trace, dataset, table2)")
     parser.add_argument(
@@ -360,7 +452,15 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
         help="folder with the workflow's layout that inputs are read from and outputs written to "
         "(default: the config's results)",
     )
+    _pretrained_options(parser)
     args = parser.parse_args(argv)
+    if args.model is not None:
+        _likelihood_pretrained(parser, args)
+        return
+    if args.command is None:
+        parser.error("give a command (trace, dataset, benchmark, table2, heldout) or --model with --images")
+    if args.images is not None or args.method is not None or args.trace is not None:
+        parser.error(f"--images, --method and --trace go with --model, not with the command {args.command!r}")
     cfg = load_config(args.configfile)
     lik, res = cfg["likelihood"], Path(args.results or cfg["results"])
     schedule = lik["schedule"]
@@ -431,6 +531,39 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
     print(table.to_string(index=False))
 
 
+def _train_trace_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dfcore train-trace --model DIR --images DIR --out DIR``: the positive trace net (DF-TM)."""
+    from dfcore.experiments.pretrained import DEFAULTS
+    from dfcore.experiments.pretrained_images import train_image_trace
+
+    defaults = DEFAULTS["trace"]
+    parser = _parser("train-trace", config=False)
+    _model_options(parser, required=True)
+    parser.add_argument("--out", required=True, help="folder to write the trace net to (unet/, trace.json, loss.csv)")
+    parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps (default: %(default)s)")
+    parser.add_argument(
+        "--target",
+        choices=["sq_norm", "residual"],
+        default=defaults["target"],
+        help="regression target: sq_norm (Alg. 1, |x0|^2 - |E[x0|xt]|^2) or residual (|x0 - E[x0|xt]|^2, the "
+        "same optimum with less noise at small t) (default: %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
+    parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the net and the batches")
+    args = parser.parse_args(argv)
+    section = {
+        "steps": args.steps,
+        "target": args.target,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),
+        "seed": args.seed,
+    }
+    out = train_image_trace(args.model, args.images, args.out, section, cond=args.cond)
+    print(f"trace net written to {out}")
+
+
 class Stage(NamedTuple):
     """One stage of the command line: its entry point and the plain-text line that ``--help`` shows."""
 
@@ -445,7 +578,11 @@ STAGES: dict[str, Stage] = {
     "nll": Stage(_nll_main, "PF-ODE log-likelihoods (Eq. 14) of a data set with one trace estimator"),
     "trace-error": Stage(_trace_error_main, "Table 2: relative error of each Fisher-trace estimator"),
     "likelihood": Stage(
-        _likelihood_main, "likelihood benchmark on Gaussian mixtures, Table 2 on them, held-out digits bits/dim"
+        _likelihood_main,
+        "mixture likelihood benchmark, Table 2, held-out digits; with --model: bits/dim of an image folder",
+    ),
+    "train-trace": Stage(
+        _train_trace_main, "train the DF-TM trace net of a diffusers pipeline folder on an image folder"
     ),
     "adjoint": Stage(_adjoint_main, "adjoint guidance with DF-EA (Eq. 20): digit classifier, mixture and digits tasks"),
     "ot": Stage(_ot_main, "the optimal-transport test (Alg. 2): Table 3, convergence, the authors' protocol"),
@@ -465,7 +602,8 @@ def _usage() -> str:
         "usage: python -m dfcore [-h] [--version] STAGE [options]",
         "",
         "Run one stage of the diffusion-fisher workflow, with the same function as its Snakemake rule.",
-        "Every stage reads --configfile (default config/config.yaml), validated against the schema.",
+        "Every workflow stage reads --configfile (default config/config.yaml), validated against the schema;",
+        "likelihood --model and train-trace work on a diffusers pipeline folder and an image folder instead.",
         "",
         "stages:",
         *(f"  {name:<{width}}{stage.description}" for name, stage in STAGES.items()),

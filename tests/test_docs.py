@@ -38,6 +38,8 @@ SKIPPED = {
     r"^make ": "a Makefile target: CI runs make test, make test-wheel and make docs-check itself",
     r"^python -m dfcore (make-data|train|nll) ": "writes data or trains a network (minutes); tests/test_workflow.py "
     "runs the same experiment functions through the workflow",
+    r"^python -m dfcore (likelihood --model|train-trace) ": "reads a user's pipeline and image folders; "
+    "tests/test_pretrained_cli.py runs the same commands on a tiny pipeline",
     r"^(pip|\.venv/bin/pip) install ": "an installation (make does it; tests/test_packaging.py checks the wheel)",
 }
 

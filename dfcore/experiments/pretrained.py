@@ -203,18 +203,28 @@ def _data_stats(images: Tensor) -> tuple[Tensor, float]:
 BOX_WIDTH = 256.0 / 127.5  # dequantised data fill [-1, 1 + 1/127.5) on the model scale
 
 
-def train_trace(model_dir: str | Path, out: str | Path, section: dict[str, Any] | None = None) -> Path:
-    """Train a :class:`PositiveTraceModel` on the model of ``model_dir`` (its training digits) by Alg. 1 and
-    write its network with ``save_pretrained`` to ``out/unet``, with ``out/trace.json`` (settings, sigma_data,
-    the box width, t_min, time) and ``out/loss.csv``."""
+def train_trace(
+    model_dir: str | Path,
+    out: str | Path,
+    section: dict[str, Any] | None = None,
+    images: Tensor | None = None,
+    *,
+    model: PretrainedModel | None = None,
+    record: dict[str, Any] | None = None,
+) -> Path:
+    """Train a :class:`PositiveTraceModel` on the model of ``model_dir`` by Alg. 1 on uint8 ``images`` (N, C, H, W)
+    (default: the model's training digits) and write its network with ``save_pretrained`` to ``out/unet``, with
+    ``out/trace.json`` (settings, sigma_data, the box width, t_min, time, and ``record``) and ``out/loss.csv``.
+    ``model`` is the already loaded ``model_dir`` (a conditional UNet needs its conditioning)."""
     from dfcore.integrations.pretrained_train import build_trace_unet, train_trace_model
 
     cfg = _merged(section, DEFAULTS["trace"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_dir)
-    holdout, split_seed = _split_of(Path(model_dir))
-    images = digits_uint8("train", holdout, split_seed)
+    model = load_model(model_dir) if model is None else model
+    if images is None:
+        holdout, split_seed = _split_of(Path(model_dir))
+        images = digits_uint8("train", holdout, split_seed)
     sigma_data = math.sqrt(_data_stats(images)[1])
     unet = build_trace_unet(
         model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
@@ -239,7 +249,8 @@ def train_trace(model_dir: str | Path, out: str | Path, section: dict[str, Any] 
     shutil.rmtree(out / "unet", ignore_errors=True)
     os.replace(tmp, out / "unet")
     meta = {"trace": cfg, "sigma_data": sigma_data, "box_width": BOX_WIDTH, "t_min": t_min, "seconds": seconds}
-    write_text(json.dumps(meta | {"model_dir": str(model_dir)}, indent=2), out / "trace.json")
+    meta |= {"model_dir": str(model_dir), "num_images": len(images)} | (record or {})
+    write_text(json.dumps(meta, indent=2), out / "trace.json")
     write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), out / "loss.csv")
     log.info("trained the trace net %s in %.0f s (final loss %.4f)", out, seconds, losses[-1])
     return out
