@@ -93,7 +93,8 @@ def test_two_processes_equal_one(folder, tmp_path):
     """Two gloo ranks with shards of 4 of the same global batch of 8: the same per-step losses and final weights
     as one process with the batch of 8; a global batch of 7 is refused on both ranks."""
     one_losses, one_state = _train(folder)
-    mp.spawn(_worker, args=(2, _free_port(), folder, tmp_path), nprocs=2, join=True)
+    # fork: the ranks inherit the imported torch and diffusers instead of importing them again
+    mp.start_processes(_worker, args=(2, _free_port(), folder, tmp_path), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
     assert [r["shard"] for r in ranks] == [slice(0, 4), slice(4, 8)]
