@@ -3,6 +3,7 @@ steps and record the losses of one process at the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -66,12 +67,22 @@ def _worker(rank: int, world: int, port: int, folder, out) -> None:
         assert device == torch.device("cpu")
         losses, state = _train(folder)
         record = {"world_size": distributed.world_size(), "rank": distributed.rank(), "shard": distributed.shard(BATCH)}
+        _write_trace(folder, out / f"trace{rank}")
         try:
             _train(folder, batch_size=BATCH - 1)
             record["refused"] = ""
         except ValueError as err:
             record["refused"] = str(err)
         torch.save({"losses": losses, "state": state, **record}, out / f"rank{rank}.pt")
+
+
+def _write_trace(folder, out) -> None:
+    """The trace folder of dfcore.experiments.pretrained.train_trace after two steps."""
+    from dfcore.experiments.pretrained import train_trace
+    from dfcore.integrations.pretrained import load_model
+
+    section = {"steps": 2, "batch_size": 4, "warmup_steps": 0, "block_out_channels": [8, 16], "norm_num_groups": 4}
+    train_trace(folder, out, section, _images(), model=load_model(folder))
 
 
 def _free_port() -> int:
@@ -91,13 +102,18 @@ def test_single_process_is_the_identity():
 
 def test_two_processes_equal_one(folder, tmp_path):
     """Two gloo ranks with shards of 4 of the same global batch of 8: the same per-step losses and final weights
-    as one process with the batch of 8; a global batch of 7 is refused on both ranks."""
+    as one process with the batch of 8; the trace folder is written by rank 0 alone; a global batch of 7 is refused
+    on both ranks."""
     one_losses, one_state = _train(folder)
     # fork: the ranks inherit the imported torch and diffusers instead of importing them again
     mp.start_processes(_worker, args=(2, _free_port(), folder, tmp_path), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
     assert [r["shard"] for r in ranks] == [slice(0, 4), slice(4, 8)]
+    # rank 0 alone writes its trace folder
+    assert json.loads((tmp_path / "trace0" / "trace.json").read_text())["processes"] == 2
+    assert (tmp_path / "trace0" / "loss.csv").is_file() and (tmp_path / "trace0" / "unet").is_dir()
+    assert not (tmp_path / "trace1").exists()
     for r in ranks:
         assert "batch_size 7 is not divisible by the world size 2" in r["refused"]
     one = torch.tensor(one_losses, dtype=torch.float64)
