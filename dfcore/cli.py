@@ -533,6 +533,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
 
 def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     """``python -m dfcore train-trace --model DIR --images DIR --out DIR``: the positive trace net (DF-TM)."""
+    from dfcore import distributed
     from dfcore.experiments.pretrained import DEFAULTS
     from dfcore.experiments.pretrained_images import train_image_trace
 
@@ -551,6 +552,11 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the net and the batches")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda, cuda:N or auto; under torchrun, auto and cuda mean GPU LOCAL_RANK (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     section = {
         "steps": args.steps,
@@ -560,8 +566,10 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),
         "seed": args.seed,
     }
-    out = train_image_trace(args.model, args.images, args.out, section, cond=args.cond)
-    print(f"trace net written to {out}")
+    with distributed.process_group(args.device) as device:  # one process unless started by torchrun
+        out = train_image_trace(args.model, args.images, args.out, section, cond=args.cond, device=device)
+        if distributed.is_main():
+            print(f"trace net written to {out}")
 
 
 class Stage(NamedTuple):

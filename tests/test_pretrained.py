@@ -372,8 +372,9 @@ def test_the_shared_optimiser_follows_the_project_schedule_and_stops_on_a_non_fi
     module = torch.nn.Linear(2, 1)
     opt_lrs: list[float] = []
 
-    def batch_loss() -> torch.Tensor:
-        return module(torch.ones(1, 2)).pow(2).sum()
+    def batch_loss(net: torch.nn.Module) -> tuple[torch.Tensor, int]:
+        assert net is module  # one process: the module itself, no DistributedDataParallel
+        return net(torch.ones(1, 2)).pow(2).sum(), 1
 
     original = torch.optim.Adam.step
 
@@ -393,7 +394,7 @@ def test_the_shared_optimiser_follows_the_project_schedule_and_stops_on_a_non_fi
     with pytest.raises(FloatingPointError, match="toy: non-finite loss at step 3 of 5"):
         _optimise(
             torch.nn.Linear(2, 1),
-            lambda: torch.tensor(next(calls), requires_grad=True),
+            lambda net: (torch.tensor(next(calls), requires_grad=True), 1),
             steps=5,
             lr=0.1,
             warmup_steps=1,

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from dfcore import distributed
 from dfcore.data.datasets import labelled_digits, split_digits
 from dfcore.dequantize import dequantize_images, image_bits_per_dim
 from dfcore.integrations.pretrained import (
@@ -175,11 +176,14 @@ def train_model(section: dict[str, Any] | None, out: str | Path, loss_csv: str |
         seed=int(cfg["seed"]),
     )
     seconds = time.perf_counter() - start
-    _save_atomically(unet, scheduler, out)
-    write_text(json.dumps({"train": cfg, "seconds": seconds, "num_images": len(images)}, indent=2), out / "dfcore.json")
-    if loss_csv is not None:
-        write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
-    log.info("trained %s in %.0f s (final loss %.4f)", out, seconds, losses[-1])
+    if distributed.is_main():  # under a process group of world size > 1, rank 0 writes while the others wait
+        _save_atomically(unet, scheduler, out)
+        meta = {"train": cfg, "seconds": seconds, "num_images": len(images)}
+        write_text(json.dumps(meta, indent=2), out / "dfcore.json")
+        if loss_csv is not None:
+            write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), loss_csv)
+        log.info("trained %s in %.0f s (final loss %.4f)", out, seconds, losses[-1])
+    distributed.barrier()
     return out
 
 
@@ -214,13 +218,14 @@ def train_trace(
 ) -> Path:
     """Train a :class:`PositiveTraceModel` on the model of ``model_dir`` by Alg. 1 on uint8 ``images`` (N, C, H, W)
     (default: the model's training digits) and write its network with ``save_pretrained`` to ``out/unet``, with
-    ``out/trace.json`` (settings, sigma_data, the box width, t_min, time, and ``record``) and ``out/loss.csv``.
-    ``model`` is the already loaded ``model_dir`` (a conditional UNet needs its conditioning)."""
+    ``out/trace.json`` (settings, sigma_data, the box width, t_min, time, the number of processes, and ``record``)
+    and ``out/loss.csv``. ``model`` is the already loaded ``model_dir`` (a conditional UNet needs its conditioning);
+    the trace net trains on the device of its UNet. Under a process group of world size > 1
+    (:mod:`dfcore.distributed`) the ranks train together and rank 0 alone writes, the others waiting for it."""
     from dfcore.integrations.pretrained_train import build_trace_unet, train_trace_model
 
     cfg = _merged(section, DEFAULTS["trace"])
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir) if model is None else model
     if images is None:
         holdout, split_seed = _split_of(Path(model_dir))
@@ -229,6 +234,7 @@ def train_trace(
     unet = build_trace_unet(
         model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
     )
+    unet = unet.to(device=next(model.unet.parameters()).device)
     trace = PositiveTraceModel(unet, model.denoiser, sigma_data, BOX_WIDTH, str(cfg["target"]))
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()
@@ -243,17 +249,25 @@ def train_trace(
         seed=int(cfg["seed"]),
     )
     seconds = time.perf_counter() - start
+    if distributed.is_main():
+        meta = {"trace": cfg, "sigma_data": sigma_data, "box_width": BOX_WIDTH, "t_min": t_min, "seconds": seconds}
+        meta |= {"model_dir": str(model_dir), "num_images": len(images), "processes": distributed.world_size()}
+        _write_trace(unet, meta | (record or {}), losses, out)
+    distributed.barrier()
+    return out
+
+
+def _write_trace(unet: Any, meta: dict[str, Any], losses: list[float], out: Path) -> None:
+    """The trace folder of :func:`train_trace`: ``unet/`` (replaced atomically), ``trace.json``, ``loss.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".unet.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     unet.save_pretrained(str(tmp))
     shutil.rmtree(out / "unet", ignore_errors=True)
     os.replace(tmp, out / "unet")
-    meta = {"trace": cfg, "sigma_data": sigma_data, "box_width": BOX_WIDTH, "t_min": t_min, "seconds": seconds}
-    meta |= {"model_dir": str(model_dir), "num_images": len(images)} | (record or {})
     write_text(json.dumps(meta, indent=2), out / "trace.json")
     write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), out / "loss.csv")
-    log.info("trained the trace net %s in %.0f s (final loss %.4f)", out, seconds, losses[-1])
-    return out
+    log.info("trained the trace net %s in %.0f s (final loss %.4f)", out, meta["seconds"], losses[-1])
 
 
 def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceModel:

@@ -90,7 +90,7 @@ def _conditioning(folder: Path, cond: str | Path | None, dtype: torch.dtype) -> 
 
 
 def load_for_images(
-    model_dir: str | Path, *, cond: str | Path | None = None, device: str = "cpu", dtype: str = "float32"
+    model_dir: str | Path, *, cond: str | Path | None = None, device: str | torch.device = "cpu", dtype: str = "float32"
 ) -> PretrainedModel:
     """:func:`~dfcore.integrations.pretrained.load_model` of a pixel-space pipeline folder, conditional UNets on
     the conditioning of the module docstring; a latent pipeline (``vae/``) is refused."""
@@ -217,12 +217,14 @@ def train_image_trace(
     section: dict[str, Any] | None = None,
     *,
     cond: str | Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Train the positive trace net of ``model_dir`` on the images of ``images_dir`` (``section``: the ``trace``
     settings of :data:`dfcore.experiments.pretrained.DEFAULTS`) and write it to the folder ``out``
-    (:func:`~dfcore.experiments.pretrained.train_trace`); float32, on the CPU."""
+    (:func:`~dfcore.experiments.pretrained.train_trace`, which under ``torchrun`` trains on every rank and writes
+    on rank 0); float32, on ``device``."""
     from dfcore.experiments.pretrained import train_trace
 
-    model = load_for_images(model_dir, cond=cond)
+    model = load_for_images(model_dir, cond=cond, device=device)
     images = read_images(images_dir, model.sample_shape)[1]
     return train_trace(model_dir, out, section, images, model=model, record={"images": str(images_dir)})

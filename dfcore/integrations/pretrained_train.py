@@ -16,6 +16,7 @@ read through a scheduler of that prediction type it is the same model exactly, f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import Tensor
 
+from dfcore import distributed
 from dfcore.dequantize import dequantize
 from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
 from dfcore.schedules import DiscreteSchedule
@@ -124,7 +126,7 @@ def build_unet(
 
 def _optimise(
     module: torch.nn.Module,
-    batch_loss: Callable[[], Tensor],
+    batch_loss: Callable[[torch.nn.Module], tuple[Tensor, int]],
     *,
     steps: int,
     lr: float,
@@ -132,23 +134,31 @@ def _optimise(
     grad_clip: float,
     name: str,
 ) -> list[float]:
-    """Adam on ``module`` for ``steps`` steps of ``batch_loss()`` (a fresh minibatch each call), with the learning
-    rate of :func:`dfcore.train.learning_rate` and gradient clipping; returns the loss of every step and leaves
-    the module frozen in eval mode. A non-finite loss raises FloatingPointError naming ``name`` and the step."""
+    """Adam on ``module`` for ``steps`` steps of ``batch_loss(net)`` (the mean loss of this process's share of a
+    fresh minibatch, computed with ``net``, and the number of its samples), with the learning rate of
+    :func:`dfcore.train.learning_rate` and gradient clipping; returns the loss of every step and leaves the module
+    frozen in eval mode. A non-finite loss raises FloatingPointError naming ``name`` and the step.
+
+    Under a process group of world size > 1 (:mod:`dfcore.distributed`) ``net`` is ``module`` in
+    ``DistributedDataParallel``: the backward pass averages the gradients over the ranks, the norm is clipped on
+    that average, and the recorded loss is the mean over the global minibatch, so every rank takes the step and
+    records the curve of one process training on the whole minibatch."""
+    net = distributed.wrap(module)
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     losses: list[float] = []
     module.train()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
-        loss = batch_loss()
-        if not torch.isfinite(loss):
+        loss, count = batch_loss(net)
+        value = distributed.global_mean(loss, count).item()
+        if not math.isfinite(value):
             raise FloatingPointError(f"{name}: non-finite loss at step {step + 1} of {steps}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
         opt.step()
-        losses.append(loss.item())
+        losses.append(value)
     module.eval().requires_grad_(False)
     return losses
 
@@ -167,21 +177,25 @@ def train_ddpm(
 ) -> list[float]:
     """Train ``unet`` in place on uint8 ``images`` (N, C, H, W) by DDPM's ε loss with fresh uniform dequantisation
     (module docstring); Adam with linear warm-up and cosine decay. Returns the loss of every step; a non-finite
-    loss raises FloatingPointError naming the step."""
+    loss raises FloatingPointError naming the step. Under a process group of world size > 1 each rank computes
+    its shard of the same global minibatch, as in :func:`train_trace_model`."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    part = distributed.shard(batch_size)
     gen = torch.Generator().manual_seed(int(seed))
     abar = scheduler.alphas_cumprod.to(torch.float32)
     num_t = abar.numel()
+    device = next(unet.parameters()).device
 
-    def batch_loss() -> Tensor:
+    def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
         idx = torch.randint(len(images), (batch_size,), generator=gen)
         x0 = dequantize(images[idx], generator=gen).to(torch.float32)
         noise = torch.randn(x0.shape, generator=gen)
         i = torch.randint(num_t, (batch_size,), generator=gen)
         a = abar[i].sqrt().view(-1, 1, 1, 1)
         s = (1 - abar[i]).sqrt().view(-1, 1, 1, 1)
-        return (unet(a * x0 + s * noise, i).sample - noise).pow(2).mean()
+        x, noise, i = (v[part].to(device) for v in (a * x0 + s * noise, noise, i))
+        return (net(x, i).sample - noise).pow(2).mean(), len(x)
 
     return _optimise(
         unet, batch_loss, steps=steps, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, name="train_ddpm"
@@ -209,21 +223,33 @@ def train_trace_model(
 ) -> list[float]:
     r"""Train ``trace_model.module`` (a :class:`~dfcore.integrations.pretrained.PositiveTraceModel`) in place by
     Alg. 1 on uint8 ``images`` with fresh uniform dequantisation, at times log-uniform in [``t_min``, 1]
-    (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay."""
+    (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay.
+    Returns the loss of every step.
+
+    Under a process group of world size W > 1 every rank draws the same global minibatch of ``batch_size`` from
+    the generator seeded with ``seed`` and computes the loss of its contiguous shard of ``batch_size / W``
+    (:func:`dfcore.distributed.shard`; ValueError unless W divides ``batch_size``); the update and the returned
+    losses are those of one process at the same ``batch_size`` (:func:`_optimise`)."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1); got {t_min}")
+    part = distributed.shard(batch_size)
     module = trace_model.module
     gen = torch.Generator().manual_seed(int(seed))
-    dtype = next(module.parameters()).dtype
+    param = next(module.parameters())
 
-    def batch_loss() -> Tensor:
+    def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
         idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x0 = dequantize(images[idx], generator=gen).to(dtype)
-        noise = torch.randn(x0.shape, generator=gen, dtype=dtype)
+        x0 = dequantize(images[idx], generator=gen).to(param.dtype)
+        noise = torch.randn(x0.shape, generator=gen, dtype=param.dtype)
         t = t_min ** torch.rand(batch_size, generator=gen, dtype=torch.float64)
-        return trace_model.loss(x0, t, noise)
+        x0, noise, t = (v[part].to(param.device) for v in (x0, noise, t))
+        trace_model.module = net  # the forward pass through DistributedDataParallel when it wraps the module
+        try:
+            return trace_model.loss(x0, t, noise), len(x0)
+        finally:
+            trace_model.module = module
 
     return _optimise(
         module,
