@@ -27,6 +27,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -424,17 +425,12 @@ def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Names
     print(table[["image", "method", "bits_per_dim", "wall_s"]].to_string(index=False))
 
 
-def _likelihood_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore likelihood {trace,dataset,benchmark,table2,heldout}``: the likelihood stage, or
-    ``python -m dfcore likelihood --model DIR --images DIR --method M``: bits/dim of an image folder."""
-    from dfcore.experiments import likelihood as bench
-
-    trace_targets = _likelihood_trace_targets()
+def _likelihood_parser() -> argparse.ArgumentParser:
     parser = _parser("likelihood")
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["trace", "dataset", "benchmark", "table2", "heldout"],
+        choices=list(_LIKELIHOOD_COMMANDS),
         help="workflow command (not with --model): trace: train a trace net of --target on --dataset; dataset: "
         "every method on --dataset (points CSV); benchmark: the summary over likelihood.datasets; table2: "
         "Table 2 on --dataset; heldout: held-out bits/dim",
@@ -442,7 +438,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", help="a Gaussian-mixture data set (trace, dataset, table2)")
     parser.add_argument(
         "--target",
-        choices=sorted(trace_targets.values()),
+        choices=sorted(_likelihood_trace_targets().values()),
         default="sq_norm",
         help="trace-net target (trace)",
     )
@@ -453,6 +449,130 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
         "(default: the config's results)",
     )
     _pretrained_options(parser)
+    return parser
+
+
+@dataclass(frozen=True)
+class _LikelihoodRun:
+    """What every workflow command of ``likelihood`` reads: its arguments, the config and the results folder."""
+
+    args: argparse.Namespace
+    cfg: dict[str, Any]
+    res: Path
+
+    @property
+    def schedule(self) -> str:
+        return str(self.cfg["likelihood"]["schedule"])
+
+    @property
+    def common(self) -> dict[str, Any]:
+        return {"seed": self.cfg["seed"], "device": self.cfg["device"]}
+
+    def data(self, dataset: str) -> Path:
+        return self.res / "data" / f"{dataset}.zarr"
+
+    def model(self, dataset: str, kind: str) -> Path:
+        return self.res / "models" / f"{dataset}_{self.schedule}_{kind}.pt"
+
+    def traces(self, dataset: str, methods: Sequence[str]) -> dict[str, str | Path]:
+        return {t: self.model(dataset, f"trace_{t}") for m, t in _likelihood_trace_targets().items() if m in methods}
+
+
+def _likelihood_trace(run: _LikelihoodRun) -> None:
+    from dfcore.experiments import likelihood as bench
+
+    dataset, target = run.args.dataset, run.args.target
+    name = f"{dataset}_{run.schedule}_trace_{target}"
+    bench.train_target_trace(
+        _without(dataset_section(run.cfg["trace_net"], dataset), "target"),
+        run.data(dataset),
+        run.model(dataset, "denoiser"),
+        target,
+        run.res / "models" / f"{name}.pt",
+        loss_csv=run.res / "models" / f"{name}_loss.csv",
+        resume_path=run.res / "models" / "resume" / f"{name}.pt",
+        **run.common,
+    )
+
+
+def _likelihood_dataset(run: _LikelihoodRun) -> None:
+    from dfcore.experiments import likelihood as bench
+
+    lik, dataset = run.cfg["likelihood"], run.args.dataset
+    table = bench.run_likelihood_dataset(
+        _without(lik, "datasets", "table2", "schedule", "heldout"),
+        run.data(dataset),
+        run.model(dataset, "denoiser"),
+        run.traces(dataset, lik["methods"]),
+        run.res / "likelihood" / f"points_{dataset}.csv",
+        dataset=dataset,
+        **run.common,
+    )
+    print(table.to_string(index=False))
+
+
+def _likelihood_benchmark(run: _LikelihoodRun) -> None:
+    from dfcore.experiments import likelihood as bench
+
+    out = run.res / "likelihood"
+    points = [out / f"points_{name}.csv" for name in run.cfg["likelihood"]["datasets"]]
+    table = bench.run_likelihood_benchmark(points, out / "benchmark.csv", out / "benchmark.png", out / "pareto.png")
+    print(table.to_string(index=False))
+
+
+def _likelihood_table2(run: _LikelihoodRun) -> None:
+    from dfcore.experiments import likelihood as bench
+
+    dataset = run.args.dataset
+    stem = run.res / "likelihood" / f"table2_{dataset}"
+    bench.run_table2_mixture(
+        _without(run.cfg["likelihood"]["table2"], "datasets"),
+        run.data(dataset),
+        run.model(dataset, "trace_sq_norm"),
+        dataset=dataset,
+        csv=stem.with_suffix(".csv"),
+        markdown=stem.with_suffix(".md"),
+        figure=stem.with_suffix(".png"),
+        zarr=stem.with_suffix(".zarr"),
+        **run.common,
+    )
+    print(stem.with_suffix(".md").read_text())
+
+
+def _likelihood_heldout(run: _LikelihoodRun) -> None:
+    from dfcore.experiments import likelihood as bench
+
+    lik = run.cfg["likelihood"]
+    held, out = lik["heldout"], run.res / "likelihood"
+    table = bench.run_heldout_likelihood(
+        _without(lik, "datasets", "table2", "schedule", "methods", "num_points", "seed", "t_min"),
+        run.data(held["train"]),
+        run.data(held["test"]),
+        run.model(held["train"], "denoiser"),
+        run.traces(held["train"], held["methods"]),
+        points_csv=out / "heldout_points.csv",
+        summary_csv=out / "heldout.csv",
+        markdown=out / "heldout.md",
+        **run.common,
+    )
+    print(table.to_string(index=False))
+
+
+# The workflow commands of ``likelihood``; the ones that work on one data set need --dataset.
+_LIKELIHOOD_COMMANDS: dict[str, Callable[[_LikelihoodRun], None]] = {
+    "trace": _likelihood_trace,
+    "dataset": _likelihood_dataset,
+    "benchmark": _likelihood_benchmark,
+    "table2": _likelihood_table2,
+    "heldout": _likelihood_heldout,
+}
+_NEEDS_DATASET = ("trace", "dataset", "table2")
+
+
+def _likelihood_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dfcore likelihood {trace,dataset,benchmark,table2,heldout}``: the likelihood stage, or
+    ``python -m dfcore likelihood --model DIR --images DIR --method M``: bits/dim of an image folder."""
+    parser = _likelihood_parser()
     args = parser.parse_args(argv)
     if args.model is not None:
         _likelihood_pretrained(parser, args)
@@ -461,74 +581,10 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
         parser.error("give a command (trace, dataset, benchmark, table2, heldout) or --model with --images")
     if args.images is not None or args.method is not None or args.trace is not None:
         parser.error(f"--images, --method and --trace go with --model, not with the command {args.command!r}")
-    cfg = load_config(args.configfile)
-    lik, res = cfg["likelihood"], Path(args.results or cfg["results"])
-    schedule = lik["schedule"]
-    common = dict(seed=cfg["seed"], device=cfg["device"])
-    if args.command in ("trace", "dataset", "table2") and not args.dataset:
+    if args.command in _NEEDS_DATASET and not args.dataset:
         parser.error(f"likelihood {args.command} needs --dataset")
-
-    def traces(dataset: str, methods: Sequence[str]) -> dict[str, str | Path]:
-        stem = res / "models" / f"{dataset}_{schedule}_trace"
-        return {t: Path(f"{stem}_{t}.pt") for m, t in trace_targets.items() if m in methods}
-
-    if args.command == "trace":
-        name = f"{args.dataset}_{schedule}_trace_{args.target}"
-        bench.train_target_trace(
-            _without(dataset_section(cfg["trace_net"], args.dataset), "target"),
-            res / "data" / f"{args.dataset}.zarr",
-            res / "models" / f"{args.dataset}_{schedule}_denoiser.pt",
-            args.target,
-            res / "models" / f"{name}.pt",
-            loss_csv=res / "models" / f"{name}_loss.csv",
-            resume_path=res / "models" / "resume" / f"{name}.pt",
-            **common,
-        )
-        return
-    if args.command == "dataset":
-        table = bench.run_likelihood_dataset(
-            _without(lik, "datasets", "table2", "schedule", "heldout"),
-            res / "data" / f"{args.dataset}.zarr",
-            res / "models" / f"{args.dataset}_{schedule}_denoiser.pt",
-            traces(args.dataset, lik["methods"]),
-            res / "likelihood" / f"points_{args.dataset}.csv",
-            dataset=args.dataset,
-            **common,
-        )
-    elif args.command == "benchmark":
-        points = [res / "likelihood" / f"points_{name}.csv" for name in lik["datasets"]]
-        out = res / "likelihood"
-        table = bench.run_likelihood_benchmark(points, out / "benchmark.csv", out / "benchmark.png", out / "pareto.png")
-    elif args.command == "table2":
-        stem = res / "likelihood" / f"table2_{args.dataset}"
-        bench.run_table2_mixture(
-            _without(lik["table2"], "datasets"),
-            res / "data" / f"{args.dataset}.zarr",
-            res / "models" / f"{args.dataset}_{schedule}_trace_sq_norm.pt",
-            dataset=args.dataset,
-            csv=stem.with_suffix(".csv"),
-            markdown=stem.with_suffix(".md"),
-            figure=stem.with_suffix(".png"),
-            zarr=stem.with_suffix(".zarr"),
-            **common,
-        )
-        print(stem.with_suffix(".md").read_text())
-        return
-    else:
-        held = lik["heldout"]
-        out = res / "likelihood"
-        table = bench.run_heldout_likelihood(
-            _without(lik, "datasets", "table2", "schedule", "methods", "num_points", "seed", "t_min"),
-            res / "data" / f"{held['train']}.zarr",
-            res / "data" / f"{held['test']}.zarr",
-            res / "models" / f"{held['train']}_{schedule}_denoiser.pt",
-            traces(held["train"], held["methods"]),
-            points_csv=out / "heldout_points.csv",
-            summary_csv=out / "heldout.csv",
-            markdown=out / "heldout.md",
-            **common,
-        )
-    print(table.to_string(index=False))
+    cfg = load_config(args.configfile)
+    _LIKELIHOOD_COMMANDS[args.command](_LikelihoodRun(args, cfg, Path(args.results or cfg["results"])))
 
 
 def _train_trace_main(argv: Sequence[str] | None = None) -> None:
