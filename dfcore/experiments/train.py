@@ -115,7 +115,8 @@ def train_trace(
     dataset: str | None = None,
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
-    (``reference``: see :func:`dfcore.train.build_trace_model`)."""
+    (``reference``: see :func:`dfcore.train.build_trace_model`); with ``ema_decay`` > 0 the saved network is the
+    moving average of its weights."""
     model = build_trace_model(
         denoiser,
         target=cfg["target"],
@@ -125,6 +126,8 @@ def train_trace(
         seed=seed,
         data=data,
         reference=reference,
+        divergence_probes=int(cfg["divergence_probes"]),
+        divergence_exact_max_dim=int(cfg["divergence_exact_max_dim"]),
     )
     losses = train_loop(
         model,
@@ -138,6 +141,7 @@ def train_trace(
         checkpoint_every=int(cfg["checkpoint_every"]),
         seed=seed,
         resume_path=resume_path,
+        ema_decay=float(cfg["ema_decay"]),
         progress=progress,
         desc="trace_net",
         on_step=on_step,
