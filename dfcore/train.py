@@ -9,8 +9,10 @@ the model's ``loss(x0, t, noise)``:
   :math:`\|x_0\|^2/d` (Wang et al., 2025, Alg. 1; optimum in Prop. 6), with the denoiser frozen.
 
 The learning rate warms up linearly and then follows a cosine to zero; it is a pure function of the
-step, so nothing but the optimizer state needs saving for it. Every ``checkpoint_every`` steps the
-loop saves model, optimizer, generator state, step and loss history atomically to ``resume_path``;
+step, so nothing but the optimizer state needs saving for it. With ``ema_decay`` > 0 the loop keeps an
+exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``) and ends with the
+average in the model. Every ``checkpoint_every`` steps the loop saves model, optimizer, generator state, moving
+average, step and loss history atomically to ``resume_path``;
 a rerun with the same arguments resumes from there and ends bit-identical (on the CPU) to an
 uninterrupted run. Loading uses ``weights_only=True``.
 """
