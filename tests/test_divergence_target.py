@@ -118,13 +118,13 @@ def _own_trace_error(model, den, schedule, data):
 
 def test_a_trace_net_trained_on_probes_approaches_the_models_own_trace():
     """A single-probe target (the exact branch off) on an untrained 2-D denoiser: the trace net's error against
-    the denoiser's own exact (sigma^2/alpha) div ybar_theta falls from 0 to 150 to 600 steps."""
+    the denoiser's own exact (sigma^2/alpha) div ybar_theta falls from 0 to 100 to 400 steps."""
     schedule = get_schedule("VP")
     data = make_checkerboard(256, seed=0)
     backbone = {"hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 0}
     den = build_denoiser("mlp", 2, schedule, 1.0, backbone=backbone, seed=0)
     errors = []
-    for steps in (0, 150, 600):
+    for steps in (0, 100, 400):
         model = build_trace_model(
             den, target="divergence", share_trunk=False, head_hidden=16, seed=1, divergence_exact_max_dim=0
         )
