@@ -421,7 +421,7 @@ def divergence_target(
     xs = x.detach().repeat(count, *(1,) * len(shape))
     ts = t.detach().repeat(count)
     with torch.no_grad():
-        _, jv = torch.func.jvp(lambda y: posterior_mean(y, ts), (xs,), (v.reshape(xs.shape),))
+        jv = torch.func.jvp(lambda y: posterior_mean(y, ts), (xs,), (v.reshape(xs.shape),))[1]  # (value, J v)
     quad = (v.to(torch.float64) * jv.flatten(1).to(torch.float64)).sum(1).reshape(count, batch)
     div = quad.sum(0) if dim <= exact_max_dim else quad.mean(0)
     alpha, sigma = schedule(t.to(torch.float64))
