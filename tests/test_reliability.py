@@ -167,7 +167,17 @@ TRAIN = {
     "mlp": {"hidden": 16, "layers": 1},
     "checkpoint_every": 100,
 }
-TRACE = {**TRAIN, "share_trunk": False, "head_hidden": 8, "backbone": {}, "target": "residual", "time_power": 1.0}
+TRACE = {
+    **TRAIN,
+    "share_trunk": False,
+    "head_hidden": 8,
+    "backbone": {},
+    "target": "residual",
+    "time_power": 1.0,
+    "ema_decay": 0.0,
+    "divergence_probes": 1,
+    "divergence_exact_max_dim": 16,
+}
 
 
 @pytest.fixture(scope="module")

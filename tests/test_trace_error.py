@@ -184,6 +184,9 @@ def test_run_trace_error_labels_further_rows_by_the_checkpoints_target(tmp_path)
         "share_trunk": False,
         "head_hidden": 128,
         "backbone": {},
+        "ema_decay": 0.0,
+        "divergence_probes": 1,
+        "divergence_exact_max_dim": 16,
     }
     for name, target, denoiser in (
         ("main", "dataset_posterior", den),

@@ -20,6 +20,9 @@ CFG = {
     "head_hidden": 128,
     "backbone": {},
     "target": "residual",
+    "ema_decay": 0.0,
+    "divergence_probes": 1,
+    "divergence_exact_max_dim": 16,
     "t_min": 1e-3,
     "time_power": 1.0,
     "steps": 30,
@@ -318,3 +321,62 @@ def test_checkpoints_name_their_data_set_and_another_data_set_is_refused(tmp_pat
             device="cpu",
             trace_path=trace_path,
         )
+
+
+class Linear:
+    """A linear model on x0 + noise, for tests of the loop itself."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.module = torch.nn.Linear(2, 2)
+
+    def loss(self, x0, t, noise):
+        return (self.module(x0 + noise) - x0).pow(2).mean()
+
+    def state(self):
+        return {"state_dict": self.module.state_dict()}
+
+
+def test_ema_weights_are_the_moving_average_of_the_trajectory(data):
+    """ema_decay = 0.8: the final weights are e_n with e_1 = W_1 and e_k = 0.8 e_(k-1) + 0.2 W_k over the
+    iterates W_k, recomputed here in float64, and not the last iterate."""
+    from dfcore.train import train_loop
+
+    model, trajectory = Linear(), []
+
+    def record(step):
+        trajectory.append([p.detach().double().clone() for p in model.module.parameters()])
+
+    train_loop(model, data, steps=12, batch_size=8, lr=5e-2, ema_decay=0.8, on_step=record, progress=False)
+    ema = trajectory[0]
+    for weights in trajectory[1:]:
+        ema = [0.8 * e + 0.2 * w for e, w in zip(ema, weights)]
+    final = [p.detach().double() for p in model.module.parameters()]
+    for got, want, last in zip(final, ema, trajectory[-1]):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        assert (got - last).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_loop(Linear(), data, steps=1, batch_size=2, lr=1e-3, ema_decay=1.0, progress=False)
+
+
+def test_interrupted_trace_training_with_ema_resumes_to_the_same_average(tmp_path, data):
+    """The moving average is part of the resume checkpoint: an interrupted run with ema_decay ends with the saved
+    weights of an uninterrupted one, and those differ from the run without the average."""
+    sched = get_schedule("VE")
+    den = train_denoiser(data, sched, {**CFG, "steps": 10}, tmp_path / "den.pt", seed=0, device="cpu", progress=False)
+    cfg = {**CFG, "head_hidden": 8, "steps": 20, "ema_decay": 0.9}
+    train_trace(data, den, cfg, tmp_path / "full.pt", seed=4, progress=False)
+    train_trace(data, den, {**cfg, "ema_decay": 0.0}, tmp_path / "last.pt", seed=4, progress=False)
+
+    def crash(step):
+        if step == 13:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_trace(
+            data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt", on_step=crash
+        )
+    assert "ema" in load_checkpoint(tmp_path / "r.pt")
+    train_trace(data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt")
+    assert _equal(_weights(tmp_path / "full.pt", "trace"), _weights(tmp_path / "part.pt", "trace"))
+    assert not _equal(_weights(tmp_path / "full.pt", "trace"), _weights(tmp_path / "last.pt", "trace"))

@@ -72,8 +72,9 @@ def _fit(
     run: _Run,
     desc: str,
     time_power: float = 1.0,
+    ema_decay: float = 0.0,
 ) -> None:
-    """Train ``model`` on ``data`` with the section's optimiser keys (``time_power``: see
+    """Train ``model`` on ``data`` with the section's optimiser keys (``time_power``, ``ema_decay``: see
     :func:`~dfcore.train.train_loop`), then save it with its losses."""
     losses = train_loop(
         model,
@@ -90,6 +91,7 @@ def _fit(
         desc=desc,
         on_step=run.on_step,
         time_power=time_power,
+        ema_decay=ema_decay,
     )
     save_trained(model, losses, out_path, run.loss_csv, {"seed": run.seed, "config": cfg}, run.dataset)
 
@@ -145,7 +147,8 @@ def train_trace(
     dataset: str | None = None,
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
-    (``reference``: see :func:`dfcore.train.build_trace_model`)."""
+    (``reference``: see :func:`dfcore.train.build_trace_model`); with ``ema_decay`` > 0 the saved network is the
+    moving average of its weights."""
     model = build_trace_model(
         denoiser,
         target=cfg["target"],
@@ -155,9 +158,20 @@ def train_trace(
         seed=seed,
         data=data,
         reference=reference,
+        divergence_probes=int(cfg["divergence_probes"]),
+        divergence_exact_max_dim=int(cfg["divergence_exact_max_dim"]),
     )
     run = _Run(seed, resume_path, loss_csv, progress, on_step, dataset)
-    _fit(model, data, cfg, out_path, run, "trace_net", time_power=float(cfg["time_power"]))
+    _fit(
+        model,
+        data,
+        cfg,
+        out_path,
+        run,
+        "trace_net",
+        time_power=float(cfg["time_power"]),
+        ema_decay=float(cfg["ema_decay"]),
+    )
     return model
 
 

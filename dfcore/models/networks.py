@@ -58,6 +58,7 @@ __all__ = [
     "LearnedTraceModel",
     "TraceTarget",
     "TRACE_TARGETS",
+    "divergence_target",
     "schedule_from_spec",
     "denoiser_from_state",
     "trace_model_from_state",
@@ -381,6 +382,65 @@ def _reference_posterior_target(model: LearnedTraceModel, x0: Tensor, x: Tensor,
     return model.reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), model.schedule)
 
 
+def divergence_target(
+    posterior_mean: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t: Tensor,
+    schedule: Schedule,
+    probes: int,
+    exact_max_dim: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Second-order Tweedie estimate of :math:`\operatorname{tr}\mathrm{Cov}[x_0 | x_t]` from a posterior mean alone,
+    (B,) float64 and detached: this project's extension of Alg. 1, not the paper's.
+
+    Second-order Tweedie gives :math:`\mathrm{Cov}[x_0 | x_t] = (\sigma_t^2/\alpha_t)\, \partial\bar y/\partial x_t`,
+    so with ``posterior_mean(x, t)`` = :math:`\bar y_\theta` (B, ...) the value is
+
+    .. math:: T = \frac{\sigma_t^2}{\alpha_t}\, \frac1k \sum_{j=1}^k v_j^\top \frac{\partial\bar y_\theta}{\partial x} v_j,
+
+    with k = ``probes`` Rademacher vectors :math:`v_j` (Hutchinson; drawn on the CPU from ``generator``), whose
+    expectation is :math:`(\sigma_t^2/\alpha_t) \operatorname{div}_x \bar y_\theta`, the posterior variance the
+    model's own denoiser implies (the bracket of Eq. 17 that ``VJPTrace`` evaluates). When d <= ``exact_max_dim``
+    the trace is exact instead: d Jacobian-vector products with the basis vectors, in one batched call. One
+    probe can give T < 0; the squared loss on the softplus output still has the conditional mean as its optimum.
+    The Jacobian-vector products run in forward mode (``torch.func.jvp``), products and sums in float64.
+    """
+    if probes < 1:
+        raise ValueError(f"divergence_probes must be positive; got {probes}")
+    t = batch_time(t, x, t.dtype)
+    batch, shape = x.shape[0], x.shape[1:]
+    dim = x[0].numel()
+    if dim <= exact_max_dim:
+        count = dim
+        v = torch.eye(dim, dtype=x.dtype, device=x.device).repeat_interleave(batch, 0)
+    else:
+        count = probes
+        signs = torch.randint(0, 2, (probes * batch, dim), generator=generator, dtype=torch.int8)
+        v = (2 * signs - 1).to(device=x.device, dtype=x.dtype)
+    xs = x.detach().repeat(count, *(1,) * len(shape))
+    ts = t.detach().repeat(count)
+    with torch.no_grad():
+        jv = torch.func.jvp(lambda y: posterior_mean(y, ts), (xs,), (v.reshape(xs.shape),))[1]  # (value, J v)
+    quad = (v.to(torch.float64) * jv.flatten(1).to(torch.float64)).sum(1).reshape(count, batch)
+    div = quad.sum(0) if dim <= exact_max_dim else quad.mean(0)
+    alpha, sigma = schedule(t.to(torch.float64))
+    return sigma**2 / alpha * div
+
+
+def _divergence_target(model: LearnedTraceModel, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r""":math:`(\sigma^2/\alpha) \operatorname{div}_x \bar y_\theta` by :func:`divergence_target` (no :math:`x_0` needed)."""
+    return divergence_target(
+        model.denoiser.posterior_mean,
+        x,
+        t,
+        model.schedule,
+        model.divergence_probes,
+        model.divergence_exact_max_dim,
+        model.probe_generator,
+    )
+
+
 @dataclass(frozen=True)
 class TraceTarget:
     """A regression target of Alg. 1: its value (model, x0 (B, d) float64, x_t, t) -> (B,) float64, and the
@@ -398,6 +458,7 @@ TRACE_TARGETS: dict[str, TraceTarget] = {
     "residual": TraceTarget(_residual_target),
     "sq_norm": TraceTarget(_sq_norm_target),
     "mixture_posterior": TraceTarget(_reference_posterior_target, reference="exact_mixture"),
+    "divergence": TraceTarget(_divergence_target),
 }
 
 
@@ -416,9 +477,14 @@ class LearnedTraceModel(TraceModel):
         hparams: dict[str, Any] | None = None,
         target: str = "residual",
         reference: Mixture | None = None,
+        *,
+        divergence_probes: int = 1,
+        divergence_exact_max_dim: int = 16,
     ) -> None:
         if target not in TRACE_TARGETS:
             raise ValueError(f"unknown trace target {target!r}; choose one of {list(TRACE_TARGETS)}")
+        if divergence_probes < 1:
+            raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
         self.denoiser = denoiser
         self.reference = reference  # the distribution whose posterior variance a reference target regresses onto
         self.schedule = denoiser.schedule
@@ -426,6 +492,11 @@ class LearnedTraceModel(TraceModel):
         self.share_trunk = bool(share_trunk)
         self.hparams = dict(hparams or {})
         self.target = target
+        self.divergence_probes = int(divergence_probes)  # Rademacher probes of target divergence
+        self.divergence_exact_max_dim = int(divergence_exact_max_dim)  # up to this d that target is the exact trace
+        # the CPU generator of target divergence's probes; the training loop sets its own, so a resumed run
+        # draws the same probes
+        self.probe_generator: torch.Generator | None = None
 
     def variance_scale(self, t: Tensor, dim: int) -> Tensor:
         r""":math:`d\,\tilde\sigma^2\sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`, (B,) float64."""
@@ -476,7 +547,10 @@ class LearnedTraceModel(TraceModel):
         conditional expectation of Alg. 1's target itself (Prop. 6), so the same optimum with no variance at all.
         Both come from :meth:`DiracMixture.posterior_variance` and need no denoiser call. ``target:
         mixture_posterior`` is the posterior variance under the exact Gaussian mixture of the data
-        (``self.reference``), an ablation. Each target is an entry of :data:`TRACE_TARGETS`."""
+        (``self.reference``), an ablation. ``target: divergence`` (this project's extension, not the paper's) is
+        :math:`(\sigma^2/\alpha)\operatorname{div}_x\bar y_\theta` by second-order Tweedie
+        (:func:`divergence_target`): no :math:`x_0`, and unbiased for the posterior variance the denoiser itself
+        implies, so Eq. 17 tends to the model's exact trace. Each target is an entry of :data:`TRACE_TARGETS`."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = add_noise(x0, noise, alpha, sigma)
         flat = x0.flatten(1).to(torch.float64)
@@ -490,6 +564,8 @@ class LearnedTraceModel(TraceModel):
             "kind": "trace",
             "share_trunk": self.share_trunk,
             "target": self.target,
+            "divergence_probes": self.divergence_probes,
+            "divergence_exact_max_dim": self.divergence_exact_max_dim,
             "hparams": self.hparams,
             "denoiser": self.denoiser.state(),
             "state_dict": self.module.state_dict(),
@@ -535,7 +611,15 @@ def trace_model_from_state(
     if state.get("state_dict") is not None:
         module.load_state_dict(state["state_dict"])
     module.to(resolve_device(device)).eval()
-    return LearnedTraceModel(den, module, state["share_trunk"], state["hparams"], state.get("target", "residual"))
+    return LearnedTraceModel(
+        den,
+        module,
+        state["share_trunk"],
+        state["hparams"],
+        state.get("target", "residual"),
+        divergence_probes=int(state.get("divergence_probes", 1)),
+        divergence_exact_max_dim=int(state.get("divergence_exact_max_dim", 16)),
+    )
 
 
 def _model_state(path: str | Path, kind: str, dataset: str | None = None) -> dict[str, Any]:
