@@ -78,12 +78,12 @@ def train_loop(
 ) -> list[float]:
     """Train ``model.module`` on ``model.loss(x0, t, noise)``; return the loss of every step.
 
-    ``on_step(step)`` is called after each completed step (and its checkpoint, if any) — the tests
-    use it to interrupt a run. Training times are :math:`t = t_{min} + (1 - t_{min}) u^p`, u uniform and
-    p = ``time_power`` (1: uniform in t; p > 1 puts more of the steps at small t). A model with a
-    ``probe_generator`` attribute gets the loop's generator there, for randomness its loss draws. ``ema_decay`` > 0
-    keeps an exponential moving average of the weights (:func:`_ema`), saved in the resume checkpoint and copied
-    into ``model.module`` at the end, so the average is what the caller saves.
+    ``on_step(step)`` is called after each completed step (and its checkpoint, if any) — the tests use it to
+    interrupt a run. Training times are :math:`t = t_{min} + (1 - t_{min}) u^p`, u uniform and
+    p = ``time_power`` (1: uniform in t; p > 1 puts more of the steps at small t). A model with a ``probe_generator``
+    attribute gets the loop's generator there, for randomness its loss draws. ``ema_decay`` > 0 keeps an
+    exponential moving average of the weights (:func:`_ema`), saved in the resume checkpoint and copied into
+    ``model.module`` at the end, so the average is what the caller saves.
 
     A resume checkpoint is used only if its ``fingerprint`` (settings, seed, data) matches, and it is deleted once
     the run completes, so a rerun with other settings starts afresh.
