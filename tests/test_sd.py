@@ -322,7 +322,9 @@ def test_cli_end_to_end(tmp_path):
     assert len(pd.read_csv(tmp_path / "loss.csv")) == 4 and not (tmp_path / "resume.pt").exists()
     state = torch.load(tmp_path / "trace.pt", weights_only=True)["model"]
     assert state["hparams"]["latent_shape"] == [4, 8, 8] and state["target"] == "residual"
-    assert model.sigma_data == pytest.approx(float(sd.encode_image_folder(sd.load_pipeline(tmp_path / "pipe"), tmp_path / "images").double().std()))
+    assert model.sigma_data == pytest.approx(
+        float(sd.encode_image_folder(sd.load_pipeline(tmp_path / "pipe"), tmp_path / "images").double().std())
+    )
     out = tmp_path / "nll"
     out.mkdir()
     frame = sd_cli.run_sd_nll(

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.fisher.trace import DFTMTrace, TraceEstimator
-from dfcore.logs import drop_log_messages
 from dfcore.integrations.pretrained import PositiveTraceModel
+from dfcore.logs import drop_log_messages
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
 from dfcore.sde import batch_time
@@ -250,7 +250,7 @@ def latent_trace_state(model: PositiveTraceModel) -> dict[str, Any]:
     :meth:`~dfcore.integrations.pretrained.PositiveTraceModel.state` (weights, ``sigma_data``, ``target``), the
     settings of its ``UNet2DModel`` (``hparams``, the builder's arguments, read from the network's config) and the
     schedule's ``alphas_cumprod``."""
-    config: Any = model.module.config  # type: ignore[attr-defined]  # a diffusers UNet2DModel
+    config: Any = model.module.config  # a diffusers UNet2DModel
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     hparams = {
