@@ -354,3 +354,50 @@ def test_cli_end_to_end(tmp_path):
     assert list(metrics.method) == ["dfea", "vjp"] and (metrics.seconds > 0).all()
     assert np.isfinite(metrics[["score_before", "score_after", "peak_mem_mb"]].to_numpy()).all()
     assert (metrics.score_after != metrics.score_before).all()  # the guidance moved the sample
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """The test config's tiny pipeline, images and trace net (sd.trace_net of config/test.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dfcore.config import validate_config
+    from dfcore.experiments import sd as sd_cli
+
+    root = tmp_path_factory.mktemp("sd_trained")
+    test_yaml = Path(__file__).resolve().parents[1] / "config" / "test.yaml"
+    cfg = validate_config(yaml.safe_load(test_yaml.read_text()))["sd"]
+    run_tiny(cfg, str(root / "pipe"), str(root / "clip"), str(root / "images"))
+    model = sd_cli.run_trace_net(
+        cfg, str(root / "pipe"), str(root / "images"), str(root / "trace.pt"), str(root / "loss.csv"), device="cpu"
+    )
+    pipe = sd.load_pipeline(root / "pipe")
+    den = sd_cli.unconditional_denoiser(pipe, cfg)
+    z_T = torch.cat([sd_cli.initial_latent(s, (1, *sd_cli.latent_shape(pipe))) for s in (0, 1)])
+    return cfg, model, den, sd.sample_latents(den, z_T, int(cfg["num_steps"]))
+
+
+def test_trained_latent_trace_net_stays_below_d_over_sigma2(trained_tiny):
+    """After the test config's short training, DF-TM's trace never exceeds d/σ² on a grid of t from 1/T to 1,
+    along the solve no evaluation exceeds it, and the NLL is finite."""
+    cfg, model, den, z0 = trained_tiny
+    d = z0[0].numel()
+    for t in torch.cat([torch.logspace(-3, 0, 16, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)]):
+        trace = fisher_trace("dftm", z0, t, denoiser=den, trace_model=model)
+        assert torch.isfinite(trace).all() and (trace <= d / den.schedule.sigma(t) ** 2).all()
+    counter = sd.TraceBoundCounter(sd_trace.DFTMTrace(den, model))
+    res = sd.latent_log_likelihood(z0, den, model, method=counter, num_steps=int(cfg["nll"]["num_steps"]))
+    assert torch.isfinite(res.bpd).all() and counter.above.tolist() == [0, 0]
+
+
+def test_trained_dftm_bits_per_dim_within_factor_3_of_vjp(trained_tiny):
+    """DF-TM's bits/dim (mean over two latents) is within a factor 3 of the exact model trace's (vjp) on the same
+    latents, with the same solver."""
+    cfg, model, den, z0 = trained_tiny
+    steps = int(cfg["nll"]["num_steps"])
+    dftm = sd.latent_log_likelihood(z0, den, model, num_steps=steps).bpd.mean().item()
+    vjp = sd.latent_log_likelihood(z0, den, None, method="vjp", num_steps=steps, chunk_size=256).bpd.mean().item()
+    assert dftm > 0 and vjp > 0
+    assert 1 / 3 <= dftm / vjp <= 3, (dftm, vjp)
