@@ -72,7 +72,9 @@ def bench_model(
     a_s, s_s = (v.item() for v in schedule(s))
     with torch.no_grad():
         ybar = den.posterior_mean(z, t)
-    trace_net = sd.build_latent_trace_model((4, size, size), schedule, (32, 64, 64), 1, 8)
+    trace_net = sd.build_latent_trace_model(
+        (4, size, size), sd.CFGDenoiser(unet, schedule, uncond, None, 1.0), 1.0, (32, 64, 64), 1, 8
+    )
     trace_net.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     def step(method: str) -> Callable[[], torch.Tensor]:

@@ -351,7 +351,7 @@ def case_tiny_sd(device: torch.device, dtype: torch.dtype, pipeline: Path) -> Ou
     xdtype = torch.float64 if dtype == torch.float64 else torch.float32
     z, v, x0 = (on(inputs(seed, 2, 4, 8, 8), device, xdtype) for seed in (20, 21, 22))
     t = torch.tensor([0.5, 0.3], dtype=torch.float64, device=device)
-    trace_net = sd.build_latent_trace_model((4, 8, 8), schedule, (8, 16), 1, 4, seed=0)
+    trace_net = sd.build_latent_trace_model((4, 8, 8), sd.CFGDenoiser.from_pipeline(pipe, "", 1.0), 1.0, (8, 16), 1, 4)
     trace_net.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     with torch.no_grad():
         ybar = den.posterior_mean(z, t)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from fixtures.tiny_sd import build_tiny_clip, build_tiny_pipeline, run_tiny
 
+from dfcore.fisher import trace as sd_trace
 from dfcore.fisher.trace import fisher_trace
 from dfcore.fisher.vp import fisher_vp
 from dfcore.integrations import diffusers as sd
@@ -135,32 +136,95 @@ def test_vjp_through_unet_and_dfea_formula(pipe64):
     torch.testing.assert_close(tr, (torch.trace(jac) / sigma).reshape(1), rtol=1e-8, atol=1e-6)
 
 
+def _uncond(pipe):
+    return sd.CFGDenoiser.from_pipeline(pipe, "", 1.0)
+
+
 def test_trace_net_dftm_and_checkpoint_roundtrip(pipe64):
-    sched = DiscreteSchedule.from_scheduler(pipe64.scheduler)
-    model = sd.build_latent_trace_model((4, 8, 8), sched, (8, 16), 1, 4)
+    """The latent trace net's posterior variance is c(t) softplus(h), DF-TM (Eq. 17) is formed from it, and a
+    checkpoint (weights-only) rebuilds the same model."""
+    den = _uncond(pipe64)
+    model = sd.build_latent_trace_model((4, 8, 8), den, 0.5, (8, 16), 1, 4, seed=3)
     model.module.double()
     gen = torch.Generator().manual_seed(3)
-    z0, noise = (
-        torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen),
-        torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen),
-    )
-    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
-    alpha, sigma = sched(t)
-    zt = alpha.view(-1, 1, 1, 1) * z0 + sigma.view(-1, 1, 1, 1) * noise
-    want_loss = ((model.mean_sq_norm(zt, t) - z0.pow(2).flatten(1).mean(1)) ** 2).mean()
-    torch.testing.assert_close(model.loss(z0, t, noise), want_loss)
-    # DF-TM (Eq. 17) from the CFG denoiser and the trace net, against the formula written out
-    den = sd.CFGDenoiser.from_pipeline(pipe64, "a cat", 2.0)
-    with torch.no_grad():
-        eps = den.eps(zt, t)
-        ybar = (zt - sigma.view(-1, 1, 1, 1) * eps) / alpha.view(-1, 1, 1, 1)
-        t_theta = model.mean_sq_norm(zt, t)
+    zt = torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=gen)
+    t = torch.tensor([0.002, 0.5, 0.9], dtype=torch.float64)
+    alpha, sigma = den.schedule(t)
     d = 256
-    want = d / sigma**2 - alpha**2 / sigma**4 * (d * t_theta - ybar.pow(2).flatten(1).sum(1))
-    torch.testing.assert_close(fisher_trace("dftm", zt, t, denoiser=den, trace_model=model), want)
-    again = sd.latent_trace_model_from_state(model.state())
-    again.module.double()
-    torch.testing.assert_close(again.mean_sq_norm(zt, t), t_theta)
+    with torch.no_grad():
+        var = model.posterior_variance(zt, t)
+        h = model.head(zt, t)
+    s2 = (sigma / alpha) ** 2
+    torch.testing.assert_close(var, d * s2 * 0.25 / (s2 + 0.25) * torch.nn.functional.softplus(h))
+    cfg_den = sd.CFGDenoiser.from_pipeline(pipe64, "a cat", 2.0)
+    want = d / sigma**2 - alpha**2 / sigma**4 * var
+    torch.testing.assert_close(fisher_trace("dftm", zt, t, denoiser=cfg_den, trace_model=model), want)
+
+
+def test_latent_trace_checkpoint_roundtrip(pipe64, tmp_path):
+    """save_checkpoint / load_checkpoint (weights_only) of latent_trace_state rebuilds an identical model; a
+    pipeline on another schedule is refused."""
+    from dfcore.io import load_checkpoint, save_checkpoint
+
+    den = _uncond(pipe64)
+    model = sd.build_latent_trace_model((4, 8, 8), den, 0.3, (8, 16), 1, 4, target="sq_norm", seed=5)
+    with torch.no_grad():  # move the weights away from their seeded initialisation
+        for p in model.module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    save_checkpoint({"model": sd.latent_trace_state(model)}, tmp_path / "trace.pt")
+    again = sd.latent_trace_model_from_state(load_checkpoint(tmp_path / "trace.pt")["model"], den)
+    assert (again.sigma_data, again.target) == (0.3, "sq_norm")
+    zt = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    t = torch.tensor([0.01, 0.2, 0.6, 1.0], dtype=torch.float64)
+    model.module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.posterior_variance(zt, t), model.posterior_variance(zt, t), rtol=0, atol=0)
+    other = sd.CFGDenoiser(den.unet, DiscreteSchedule(den.schedule.alphas_cumprod * 0.99), den.cond, guidance_scale=1.0)
+    with pytest.raises(ValueError, match="another schedule"):
+        sd.latent_trace_model_from_state(sd.latent_trace_state(model), other)
+
+
+@pytest.mark.parametrize("raw", [-1e6, 1e6])
+def test_extreme_head_output_keeps_the_trace_below_d_over_sigma2(pipe64, raw):
+    """With the head's last layer set so that its raw output h is hugely negative or positive, the DF-TM trace
+    stays at or below d/σ² at every t (the posterior variance is c(t) softplus(h) >= 0)."""
+    den = _uncond(pipe64)
+    model = sd.build_latent_trace_model((4, 8, 8), den, 0.5, (8, 16), 1, 4)
+    model.module.double()
+    conv_out = model.module.conv_out
+    with torch.no_grad():
+        conv_out.weight.zero_()
+        conv_out.bias.fill_(raw)
+    z = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for t in torch.linspace(1e-3, 1.0, 12, dtype=torch.float64):
+        with torch.no_grad():
+            assert torch.all(model.head(z, t) == raw)
+        trace = fisher_trace("dftm", z, t, denoiser=den, trace_model=model)
+        assert torch.isfinite(trace).all() and (trace <= 256 / den.schedule.sigma(t) ** 2).all()
+    counter = sd.TraceBoundCounter(sd_trace.DFTMTrace(den, model))
+    res = sd.latent_log_likelihood(z, den, model, method=counter, num_steps=2)
+    assert torch.isfinite(res.log_q).all() and counter.evaluations == 8 and counter.above.tolist() == [0, 0]
+
+
+def test_bound_counter_counts_traces_above_d_over_sigma2(pipe64):
+    """The counter flags, from the values returned alone, traces above d/σ² (a trace model whose variance is
+    negative, which a PositiveTraceModel cannot be)."""
+
+    class NegativeVariance(TraceModel):
+        def __init__(self, schedule):
+            self.schedule = schedule
+
+        def mean_sq_norm(self, x, t):
+            raise NotImplementedError
+
+        def posterior_variance(self, x, t, denoiser=None):
+            return -torch.ones(x.shape[0], dtype=torch.float64)
+
+    den = _uncond(pipe64)
+    z = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    counter = sd.TraceBoundCounter(sd_trace.DFTMTrace(den, NegativeVariance(den.schedule)))
+    sd.latent_log_likelihood(z, den, None, method=counter, num_steps=2)
+    assert counter.evaluations == 8 and counter.above.tolist() == [8, 8]
 
 
 class _GaussianTrace(TraceModel):
@@ -256,7 +320,11 @@ def test_cli_end_to_end(tmp_path):
     )
     # every step is logged; a finished run removes its resume checkpoint (it only exists mid-run)
     assert len(pd.read_csv(tmp_path / "loss.csv")) == 4 and not (tmp_path / "resume.pt").exists()
-    assert model.hparams["latent_shape"] == [4, 8, 8]
+    state = torch.load(tmp_path / "trace.pt", weights_only=True)["model"]
+    assert state["hparams"]["latent_shape"] == [4, 8, 8] and state["target"] == "residual"
+    assert model.sigma_data == pytest.approx(
+        float(sd.encode_image_folder(sd.load_pipeline(tmp_path / "pipe"), tmp_path / "images").double().std())
+    )
     out = tmp_path / "nll"
     out.mkdir()
     frame = sd_cli.run_sd_nll(
@@ -270,7 +338,8 @@ def test_cli_end_to_end(tmp_path):
         device="cpu",
     )
     ds = read_zarr(out / "nll.zarr")
-    assert ds["nll"].dims == ("prompt", "guidance_scale", "seed") and ds["nll"].shape == (1, 2, 2)
+    assert ds["nll"].dims == ("method", "prompt", "guidance_scale", "seed") and ds["nll"].shape == (1, 1, 2, 2)
+    assert list(frame.method) == ["dftm"] * 4 and (frame.trace_above_bound == 0).all()
     assert ds["thumbnail"].shape == (1, 2, 2, 8, 8, 3) and ds.attrs["stage"] == "sd_nll"
     np.testing.assert_allclose(np.sort(ds["nll"].values.ravel()), np.sort(frame["nll_nats"].values))
     assert np.isfinite(frame["nll_nats"]).all() and (out / "g.png").stat().st_size and (out / "s.png").stat().st_size
@@ -285,3 +354,50 @@ def test_cli_end_to_end(tmp_path):
     assert list(metrics.method) == ["dfea", "vjp"] and (metrics.seconds > 0).all()
     assert np.isfinite(metrics[["score_before", "score_after", "peak_mem_mb"]].to_numpy()).all()
     assert (metrics.score_after != metrics.score_before).all()  # the guidance moved the sample
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """The test config's tiny pipeline, images and trace net (sd.trace_net of config/test.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dfcore.config import validate_config
+    from dfcore.experiments import sd as sd_cli
+
+    root = tmp_path_factory.mktemp("sd_trained")
+    test_yaml = Path(__file__).resolve().parents[1] / "config" / "test.yaml"
+    cfg = validate_config(yaml.safe_load(test_yaml.read_text()))["sd"]
+    run_tiny(cfg, str(root / "pipe"), str(root / "clip"), str(root / "images"))
+    model = sd_cli.run_trace_net(
+        cfg, str(root / "pipe"), str(root / "images"), str(root / "trace.pt"), str(root / "loss.csv"), device="cpu"
+    )
+    pipe = sd.load_pipeline(root / "pipe")
+    den = sd_cli.unconditional_denoiser(pipe, cfg)
+    z_T = torch.cat([sd_cli.initial_latent(s, (1, *sd_cli.latent_shape(pipe))) for s in (0, 1)])
+    return cfg, model, den, sd.sample_latents(den, z_T, int(cfg["num_steps"]))
+
+
+def test_trained_latent_trace_net_stays_below_d_over_sigma2(trained_tiny):
+    """After the test config's short training, DF-TM's trace never exceeds d/σ² on a grid of t from 1/T to 1,
+    along the solve no evaluation exceeds it, and the NLL is finite."""
+    cfg, model, den, z0 = trained_tiny
+    d = z0[0].numel()
+    for t in torch.cat([torch.logspace(-3, 0, 16, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)]):
+        trace = fisher_trace("dftm", z0, t, denoiser=den, trace_model=model)
+        assert torch.isfinite(trace).all() and (trace <= d / den.schedule.sigma(t) ** 2).all()
+    counter = sd.TraceBoundCounter(sd_trace.DFTMTrace(den, model))
+    res = sd.latent_log_likelihood(z0, den, model, method=counter, num_steps=int(cfg["nll"]["num_steps"]))
+    assert torch.isfinite(res.bpd).all() and counter.above.tolist() == [0, 0]
+
+
+def test_trained_dftm_bits_per_dim_within_factor_3_of_vjp(trained_tiny):
+    """DF-TM's bits/dim (mean over two latents) is within a factor 3 of the exact model trace's (vjp) on the same
+    latents, with the same solver."""
+    cfg, model, den, z0 = trained_tiny
+    steps = int(cfg["nll"]["num_steps"])
+    dftm = sd.latent_log_likelihood(z0, den, model, num_steps=steps).bpd.mean().item()
+    vjp = sd.latent_log_likelihood(z0, den, None, method="vjp", num_steps=steps, chunk_size=256).bpd.mean().item()
+    assert dftm > 0 and vjp > 0
+    assert 1 / 3 <= dftm / vjp <= 3, (dftm, vjp)

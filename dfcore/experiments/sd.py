@@ -1,9 +1,12 @@
 r"""The ``sd`` stage: Stable Diffusion experiments on a local pipeline (:mod:`dfcore.integrations.diffusers`).
 
-* :func:`run_trace_net` — the latent trace network of Alg. 1 trained on the VAE latents of an image folder.
+* :func:`run_trace_net` — the latent trace network of Alg. 1 (a positive-variance
+  :class:`~dfcore.integrations.pretrained.PositiveTraceModel` over the unconditional latent denoiser) trained on the
+  VAE latents of an image folder.
 * :func:`run_sd_nll` — per prompt, guidance scale w and seed: sample a latent with CFG, then its NLL by the
-  PF-ODE and DF-TM (Eq. 14, 17). Zarr store, CSV, plots "NLL vs guidance scale" (Fig. 1b) and
-  "NLL across seeds" with thumbnails (Fig. 2).
+  PF-ODE and DF-TM (Eq. 14, 17) and, next to it, by the exact trace of the network (``vjp``); each row counts
+  the trace evaluations above d/σ². Zarr store, CSV, plots "NLL vs guidance scale" (Fig. 1b) and
+  "NLL across seeds" with thumbnails (Fig. 2), both of DF-TM.
 * :func:`run_adjoint` — adjoint guidance of the CFG sampler with DF-EA (Eq. 20) or VJP Fisher-vector
   products and a differentiable reward (CLIP similarity or a user module); per image: reward before and
   after, wall time, peak memory (Fig. 4).
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 
 from dfcore.device import resolve_device, resolve_dtype
 from dfcore.integrations import diffusers as sd
+from dfcore.integrations.pretrained import PositiveTraceModel
 from dfcore.io import load_checkpoint, provenance, write_csv, write_zarr
 from dfcore.plots import plot_sd_adjoint, plot_sd_nll_seeds, plot_sd_nll_vs_guidance, thumbnail
 
@@ -50,6 +54,12 @@ def _load(pipeline: str, cfg: dict[str, Any], device: str) -> tuple[Any, torch.d
     return sd.load_pipeline(pipeline, dev, resolve_dtype(cfg["dtype"])), dev
 
 
+def unconditional_denoiser(pipe: Any, cfg: dict[str, Any]) -> sd.CFGDenoiser:
+    """The latent denoiser of the trace network: the UNet on the unconditional text ``cfg['negative_prompt']``
+    (classifier-free guidance's unconditional branch), whose posterior mean enters the trace net's target."""
+    return sd.CFGDenoiser.from_pipeline(pipe, cfg["negative_prompt"], 1.0)
+
+
 def run_trace_net(
     cfg: dict[str, Any],
     pipeline: str,
@@ -60,22 +70,34 @@ def run_trace_net(
     device: str = "auto",
     seed: int = 0,
     resume: str | None = None,
-) -> sd.LatentTraceModel:
-    """Alg. 1 on VAE latents of ``image_dir``: regress t_θ(z_t, t) onto ‖z_0‖²/d (resumable)."""
+) -> PositiveTraceModel:
+    """Alg. 1 on VAE latents of ``image_dir`` (resumable): a positive-variance trace network
+    (:func:`~dfcore.integrations.diffusers.build_latent_trace_model`) over the unconditional denoiser
+    (:func:`unconditional_denoiser`), regressed onto ``sd.trace_net.target``, with ``sigma_data`` the latents'
+    standard deviation."""
     from dfcore.experiments.train import save_trained
     from dfcore.train import train_loop
 
     tcfg = cfg["trace_net"]
     pipe, dev = _load(pipeline, cfg, device)
     latents = sd.encode_image_folder(pipe, image_dir, int(tcfg["max_images"]) or None)
-    log.info("trace net: %d latents of shape %s from %s", len(latents), tuple(latents.shape[1:]), image_dir)
-    schedule = sd.DiscreteSchedule.from_scheduler(pipe.scheduler)
+    sigma_data = float(latents.double().std())
+    log.info(
+        "trace net: %d latents of shape %s from %s, sigma_data %.4g",
+        len(latents),
+        tuple(latents.shape[1:]),
+        image_dir,
+        sigma_data,
+    )
+    den = unconditional_denoiser(pipe, cfg)
     model = sd.build_latent_trace_model(
         latents.shape[1:],
-        schedule,
+        den,
+        sigma_data,
         tcfg["block_out_channels"],
         tcfg["layers_per_block"],
         tcfg["norm_num_groups"],
+        target=tcfg["target"],
         seed=seed,
     )
     model.module.to(dev)
@@ -85,13 +107,16 @@ def run_trace_net(
         steps=int(tcfg["steps"]),
         batch_size=int(tcfg["batch_size"]),
         lr=float(tcfg["lr"]),
-        t_min=1.0 / schedule.num_steps,
+        t_min=1.0 / den.schedule.num_steps,
+        time_power=float(tcfg["time_power"]),
         checkpoint_every=int(tcfg["checkpoint_every"]),
         seed=seed,
         resume_path=resume,
         desc="sd trace_net",
     )
-    save_trained(model, losses, out, loss_csv, {"seed": seed, "config": tcfg, "num_images": len(latents)})
+    model.module.eval().requires_grad_(False)
+    meta = {"seed": seed, "config": tcfg, "num_images": len(latents), "sigma_data": sigma_data}
+    save_trained(model, losses, out, loss_csv, meta, state=sd.latent_trace_state(model))
     return model
 
 
@@ -107,19 +132,27 @@ def run_sd_nll(
     device: str = "auto",
     config: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """NLL of CFG-generated latents by DF-TM for every (prompt, guidance scale, seed)."""
+    """NLL of CFG-generated latents for every (prompt, guidance scale, seed) by ``sd.nll.method`` (DF-TM by default)
+    and, with ``sd.nll.vjp``, by the exact trace of the network (``vjp``) on the same latents. One CSV row per
+    method; ``trace_above_bound`` counts the trace evaluations of the solve above d/σ² (none for a valid estimate)."""
+    from dfcore.fisher.trace import VJPTrace, trace_estimator_from
+
     ncfg = cfg["nll"]
     pipe, dev = _load(pipeline, cfg, device)
-    trace_model = sd.latent_trace_model_from_state(load_checkpoint(trace, map_location=dev)["model"], dev)
+    trace_model = sd.latent_trace_model_from_state(
+        load_checkpoint(trace, map_location=dev)["model"], unconditional_denoiser(pipe, cfg), dev
+    )
     shape = latent_shape(pipe)
     prompts, scales, seeds = (
         list(cfg["prompts"]),
         [float(w) for w in ncfg["guidance_scales"]],
         [int(s) for s in ncfg["seeds"]],
     )
+    methods = [ncfg["method"]] + ([VJPTrace.name] if ncfg["vjp"] and ncfg["method"] != VJPTrace.name else [])
     thumb = int(ncfg["thumbnail_size"])
-    nll = np.zeros((len(prompts), len(scales), len(seeds)))
-    bpd, prior, seconds = np.zeros_like(nll), np.zeros_like(nll), np.zeros_like(nll)
+    grid = (len(methods), len(prompts), len(scales), len(seeds))
+    nll = np.zeros(grid)
+    bpd, prior, above = np.zeros_like(nll), np.zeros_like(nll), np.zeros(grid, dtype=np.int64)
     thumbs = np.zeros((len(prompts), len(scales), len(seeds), thumb, thumb, 3), dtype=np.uint8)
     rows = []
     bar = tqdm(total=nll.size, desc="sd nll")
@@ -128,51 +161,60 @@ def run_sd_nll(
             den = sd.CFGDenoiser.from_pipeline(pipe, prompt, w, cfg["negative_prompt"])
             z_T = torch.cat([initial_latent(s, (1, *shape)) for s in seeds]).to(dev)
             z0 = sd.sample_latents(den, z_T, int(cfg["num_steps"]))
-            start = time.perf_counter()
-            res = sd.latent_log_likelihood(
-                z0,
-                den,
-                trace_model,
-                method=ncfg["method"],
-                solver=ncfg["solver"],
-                num_steps=int(ncfg["num_steps"]),
-                data_var=float(ncfg["data_var"]),
-            )
-            elapsed = (time.perf_counter() - start) / len(seeds)
             with torch.no_grad():
                 imgs = sd.to_uint8(sd.decode_latents(pipe, z0)).numpy()
-            for k, s in enumerate(seeds):
-                nll[i, j, k], bpd[i, j, k] = -res.log_q[k].item(), res.bpd[k].item()
-                prior[i, j, k], seconds[i, j, k] = res.prior[k].item(), elapsed
+            for k in range(len(seeds)):
                 thumbs[i, j, k] = thumbnail(imgs[k], thumb)
-                rows.append(
-                    {
-                        "prompt": prompt,
-                        "guidance_scale": w,
-                        "seed": s,
-                        "nll_nats": nll[i, j, k],
-                        "bpd": bpd[i, j, k],
-                        "seconds": elapsed,
-                        "nfe": res.nfe,
-                    }
+            for m, method in enumerate(methods):
+                pool = {"denoiser": den, "trace_model": trace_model, "chunk_size": int(ncfg["chunk_size"])}
+                counter = sd.TraceBoundCounter(trace_estimator_from(method, pool))
+                start = time.perf_counter()
+                res = sd.latent_log_likelihood(
+                    z0,
+                    den,
+                    trace_model,
+                    method=counter,
+                    solver=ncfg["solver"],
+                    num_steps=int(ncfg["num_steps"]),
+                    data_var=float(ncfg["data_var"]),
                 )
-                bar.update(1)
+                elapsed = (time.perf_counter() - start) / len(seeds)
+                for k, s in enumerate(seeds):
+                    nll[m, i, j, k], bpd[m, i, j, k] = -res.log_q[k].item(), res.bpd[k].item()
+                    prior[m, i, j, k], above[m, i, j, k] = res.prior[k].item(), int(counter.above[k])
+                    rows.append(
+                        {
+                            "prompt": prompt,
+                            "guidance_scale": w,
+                            "seed": s,
+                            "method": method,
+                            "nll_nats": nll[m, i, j, k],
+                            "bpd": bpd[m, i, j, k],
+                            "trace_above_bound": above[m, i, j, k],
+                            "trace_evaluations": counter.evaluations,
+                            "seconds": elapsed,
+                            "nfe": res.nfe,
+                        }
+                    )
+                    bar.update(1)
     bar.close()
-    dims = ("prompt", "guidance_scale", "seed")
+    dims = ("method", "prompt", "guidance_scale", "seed")
     ds = xr.Dataset(
         {
-            "nll": (dims, nll, {"units": "nats", "long_name": "-log q(z_0) by DF-TM (Eq. 14, 17)"}),
+            "nll": (dims, nll, {"units": "nats", "long_name": "-log q(z_0) by the PF-ODE (Eq. 14)"}),
             "bpd": (dims, bpd, {"units": "bits/dim"}),
             "prior_log_prob": (dims, prior, {"units": "nats"}),
-            "thumbnail": (dims + ("y", "x", "rgb"), thumbs),
+            "trace_above_bound": (dims, above, {"long_name": "trace evaluations of the solve above d/sigma^2"}),
+            "thumbnail": (dims[1:] + ("y", "x", "rgb"), thumbs),
         },
-        coords={"prompt": prompts, "guidance_scale": scales, "seed": seeds},
+        coords={"method": methods, "prompt": prompts, "guidance_scale": scales, "seed": seeds},
     )
     write_zarr(ds, out_zarr, provenance(config, None, stage="sd_nll", method=ncfg["method"], latent_shape=list(shape)))
     frame = pd.DataFrame(rows)
     write_csv(frame, out_csv)
-    plot_sd_nll_vs_guidance(frame, plot_guidance)
-    plot_sd_nll_seeds(frame, thumbs, prompts, scales, seeds, plot_seeds)
+    main = frame[frame.method == ncfg["method"]]
+    plot_sd_nll_vs_guidance(main, plot_guidance)
+    plot_sd_nll_seeds(main, thumbs, prompts, scales, seeds, plot_seeds)
     return frame
 
 

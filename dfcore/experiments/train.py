@@ -35,12 +35,14 @@ def save_trained(
     loss_csv: str | Path | None,
     meta: dict[str, Any],
     dataset: str | None = None,
+    state: dict[str, Any] | None = None,
 ) -> None:
-    """Save a trained ``model`` with its step count, losses and ``meta`` (the checkpoint records ``dataset``), and
-    its loss curve as a CSV of step and loss when ``loss_csv`` is given."""
+    """Save a trained ``model`` (its checkpoint entry ``state``, by default ``model.state()``) with its step count,
+    losses and ``meta`` (the checkpoint records ``dataset``), and its loss curve as a CSV of step and loss when
+    ``loss_csv`` is given."""
     save_checkpoint(
         {
-            "model": model.state(),
+            "model": model.state() if state is None else state,
             "step": len(losses),
             "losses": torch.tensor(losses, dtype=torch.float64),
             "meta": meta,

@@ -10,9 +10,11 @@ t is passed to the UNet as the fractional timestep ``schedule.timestep(t)`` = tT
 **Classifier-free guidance** (Ho & Salimans, 2022) with scale w:
 :math:`\varepsilon_\theta(z, t) = \varepsilon(z, t, \varnothing) + w\,(\varepsilon(z, t, c) - \varepsilon(z, t, \varnothing))`.
 
-**DF-TM** (Alg. 1, Eq. 17): :math:`\operatorname{tr}F_t \approx d/\sigma^2 - (\alpha^2/\sigma^4)(d\,t_\theta - \|\bar y_\theta\|^2)`,
-with :math:`t_\theta(z_t, t)` regressed onto :math:`\|z_0\|^2/d` over latents :math:`z_0` of an image folder
-(:class:`LatentTraceModel`: a diffusers ``UNet2DModel`` whose one-channel output is averaged to a scalar).
+**DF-TM** (Alg. 1, Eq. 17): :math:`\operatorname{tr}F_t \approx d/\sigma^2 - (\alpha^2/\sigma^4)\,V_\theta`, with the
+posterior variance :math:`V_\theta(z_t, t) \approx \operatorname{tr}\mathrm{Cov}[z_0 \mid z_t]` of a
+:class:`~dfcore.integrations.pretrained.PositiveTraceModel` over the latent denoiser, trained on latents
+:math:`z_0` of an image folder (:func:`build_latent_trace_model`: a one-channel diffusers ``UNet2DModel`` head,
+:math:`V_\theta = c(t)\,\mathrm{softplus}(h) \ge 0`, so the trace never exceeds :math:`d/\sigma^2`).
 
 **NLL** (Eq. 14): :math:`\log q_{t_{min}}(z) = \log p_T(z_T) + \int_{t_{min}}^1 (f d + \tfrac12 g^2 \operatorname{tr}F_t)\,dt`
 along the PF-ODE (torchdiffeq). The prior is the diagonal Gaussian :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)`
@@ -27,6 +29,7 @@ covariance is formed (at d = 4·64·64 it would not fit in memory).
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,11 +38,12 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from dfcore.fisher.trace import DFTMTrace
+from dfcore.fisher.trace import DFTMTrace, TraceEstimator
+from dfcore.integrations.pretrained import PositiveTraceModel
 from dfcore.logs import drop_log_messages
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
-from dfcore.sde import batch_time, expand_like
+from dfcore.sde import batch_time
 
 # transformers logs, once per image-processor class, that without torchvision it falls back to the PIL
 # implementation (`CLIPImageProcessorPil`); harmless here: that is the processor transformers used before its
@@ -55,13 +59,15 @@ __all__ = [
     "load_pipeline",
     "encode_prompt",
     "CFGDenoiser",
-    "LatentTraceModel",
+    "LATENT_TRACE_TARGETS",
     "build_latent_trace_model",
+    "latent_trace_state",
     "latent_trace_model_from_state",
     "encode_image_folder",
     "decode_latents",
     "to_uint8",
     "sample_latents",
+    "TraceBoundCounter",
     "latent_log_likelihood",
     "CLIPReward",
     "load_reward",
@@ -212,78 +218,72 @@ class CFGDenoiser(Denoiser):
 # Trace network for latents (Alg. 1)
 
 
-class LatentTraceModel(TraceModel):
-    r""":math:`t_\theta(z_t, t)`, the spatial mean of a one-channel diffusers ``UNet2DModel`` output, trained by
-    Alg. 1 (regression onto :math:`\|z_0\|^2/d` with :math:`z_t = \alpha_t z_0 + \sigma_t\varepsilon`; optimum
-    :math:`E[\|z_0\|^2 \mid z_t]/d`, Prop. 6). Implements ``module`` / ``loss`` / ``state`` for
-    :func:`dfcore.train.train_loop`."""
-
-    def __init__(self, module: nn.Module, schedule: DiscreteSchedule, hparams: dict[str, Any]) -> None:
-        self.module = module
-        self.schedule = schedule
-        self.hparams = dict(hparams)
-
-    def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
-        dtype = next(self.module.parameters()).dtype
-        t = batch_time(t, x, torch.float64)
-        step = self.schedule.timestep(t).clamp(0.0, self.schedule.num_steps - 1).to(torch.float32)
-        return self.module(x.to(dtype), step).sample.mean(dim=(1, 2, 3)).to(x.dtype)
-
-    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        alpha, sigma = self.schedule(t)
-        xt = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
-        target = x0.flatten(1).pow(2).mean(1)
-        return (self.mean_sq_norm(xt, t) - target).pow(2).mean()
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "state_dict": self.module.state_dict(),
-            "hparams": self.hparams,
-            "alphas_cumprod": self.schedule.alphas_cumprod,
-        }
+LATENT_TRACE_TARGETS = ("residual", "sq_norm")
 
 
 def build_latent_trace_model(
     latent_shape: Sequence[int],
-    schedule: DiscreteSchedule,
+    denoiser: Denoiser,
+    sigma_data: float,
     block_out_channels: Sequence[int] = (32, 64),
     layers_per_block: int = 1,
     norm_num_groups: int = 8,
+    target: str = "residual",
     seed: int = 0,
-) -> LatentTraceModel:
-    """A small ``UNet2DModel`` (C latent channels in, 1 out) as the latent trace network."""
-    from diffusers import UNet2DModel  # type checkers see its placeholder (diffusers' dummy_pt_objects)
+) -> PositiveTraceModel:
+    r"""The latent trace network: a :class:`~dfcore.integrations.pretrained.PositiveTraceModel` over ``denoiser``
+    (whose posterior mean :math:`\bar y_\theta` enters the training target) with a small one-channel
+    ``UNet2DModel`` (C latent channels in) as its head; ``sigma_data`` is the latents' standard deviation per
+    coordinate. Its posterior variance is :math:`c(t)\,\mathrm{softplus}(h) \ge 0`, so DF-TM's trace never exceeds
+    :math:`d/\sigma_t^2`. ``target`` is the regression target of
+    :class:`~dfcore.integrations.pretrained.PositiveTraceModel` (``residual``: :math:`\|z_0 - \bar y_\theta\|^2`)."""
+    from dfcore.integrations.pretrained_train import build_unet
 
-    channels, height, _ = (int(v) for v in latent_shape)
+    if target not in LATENT_TRACE_TARGETS:
+        raise ValueError(f"unknown latent trace target {target!r}; choose one of {list(LATENT_TRACE_TARGETS)}")
+    module = build_unet(latent_shape, block_out_channels, layers_per_block, norm_num_groups, seed, out_channels=1)
+    return PositiveTraceModel(module, denoiser, sigma_data, target=target)
+
+
+def latent_trace_state(model: PositiveTraceModel) -> dict[str, Any]:
+    """The checkpoint entry of a latent trace network made by :func:`build_latent_trace_model`: its
+    :meth:`~dfcore.integrations.pretrained.PositiveTraceModel.state` (weights, ``sigma_data``, ``target``), the
+    settings of its ``UNet2DModel`` (``hparams``, the builder's arguments, read from the network's config) and the
+    schedule's ``alphas_cumprod``."""
+    config: Any = model.module.config  # a diffusers UNet2DModel
+    size = config.sample_size
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     hparams = {
-        "latent_shape": [int(v) for v in latent_shape],
-        "block_out_channels": [int(c) for c in block_out_channels],
-        "layers_per_block": int(layers_per_block),
-        "norm_num_groups": int(norm_num_groups),
+        "latent_shape": [int(config.in_channels), int(height), int(width)],
+        "block_out_channels": [int(c) for c in config.block_out_channels],
+        "layers_per_block": int(config.layers_per_block),
+        "norm_num_groups": int(config.norm_num_groups),
     }
-    torch.manual_seed(seed)
-    module = UNet2DModel(
-        sample_size=height,
-        in_channels=channels,
-        out_channels=1,
-        layers_per_block=layers_per_block,
-        block_out_channels=tuple(block_out_channels),
-        down_block_types=("DownBlock2D",) * len(block_out_channels),
-        up_block_types=("UpBlock2D",) * len(block_out_channels),
-        norm_num_groups=norm_num_groups,
-    )
-    return LatentTraceModel(module, schedule, hparams)  # type: ignore[arg-type]
+    schedule = cast(DiscreteSchedule, model.schedule)
+    return {**model.state(), "hparams": hparams, "alphas_cumprod": schedule.alphas_cumprod}
 
 
-def latent_trace_model_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> LatentTraceModel:
-    """Rebuild a trained :class:`LatentTraceModel` from its checkpoint's ``model`` entry."""
+def latent_trace_model_from_state(
+    state: dict[str, Any], denoiser: Denoiser, device: torch.device | str = "cpu"
+) -> PositiveTraceModel:
+    """Rebuild a trained latent trace network from its checkpoint's ``model`` entry (:func:`latent_trace_state`)
+    over ``denoiser``, frozen in eval mode on ``device``. A ``denoiser`` on another schedule than the one the
+    network was trained under is refused."""
+    schedule = cast(DiscreteSchedule, denoiser.schedule)
+    trained = torch.as_tensor(state["alphas_cumprod"], dtype=torch.float64).cpu()
+    if trained.shape != schedule.alphas_cumprod.shape or not torch.allclose(
+        trained, schedule.alphas_cumprod.to(torch.float64).cpu(), rtol=0, atol=1e-12
+    ):
+        raise ValueError("the latent trace network was trained under another schedule than the pipeline's")
     hp = state["hparams"]
     model = build_latent_trace_model(
         hp["latent_shape"],
-        DiscreteSchedule(state["alphas_cumprod"]),
+        denoiser,
+        float(state["sigma_data"]),
         hp["block_out_channels"],
         hp["layers_per_block"],
         hp["norm_num_groups"],
+        target=str(state["target"]),
     )
     model.module.load_state_dict(state["state_dict"])
     model.module.to(device).eval().requires_grad_(False)
@@ -343,21 +343,68 @@ def sample_latents(denoiser: Denoiser, z_T: Tensor, num_steps: int, t_min: float
 # NLL via DF-TM (Eq. 14, 17)
 
 
+class TraceBoundCounter(TraceEstimator):
+    r"""``base`` (any trace estimator) that counts, per sample, the traces it returned above :math:`d/\sigma_t^2`
+    (:attr:`above`, (B,) int64, over every evaluation since construction, :meth:`frozen` copies included) and the
+    evaluations (:attr:`evaluations`). The bound holds for every density (:math:`\operatorname{tr}F_t =
+    d/\sigma^2 - (\alpha^2/\sigma^4)\operatorname{tr}\mathrm{Cov}[z_0 \mid z_t]`), so a count above 0 flags an
+    estimate no density can have, whatever the estimator's parameterisation."""
+
+    name = "bound_count"
+    label = "bound count"
+
+    def __init__(self, base: TraceEstimator, counts: dict[str, Any] | None = None) -> None:
+        self.base = base
+        self.schedule = base.schedule
+        self.denoiser = base.denoiser
+        self.trace_model = getattr(base, "trace_model", None)
+        self.counts: dict[str, Any] = {"above": None, "evaluations": 0} if counts is None else counts
+
+    @property
+    def above(self) -> Tensor:
+        """Per sample, the traces returned above d/σ² (zeros before any evaluation of a batch)."""
+        return self.counts["above"] if self.counts["above"] is not None else torch.zeros(0, dtype=torch.int64)
+
+    @property
+    def evaluations(self) -> int:
+        """Trace evaluations per sample so far."""
+        return int(self.counts["evaluations"])
+
+    def _count(self, x: Tensor, t: Tensor, trace: Tensor) -> Tensor:
+        bound = math.prod(x.shape[1:]) / self.schedule.sigma(t.to(torch.float64)) ** 2
+        above = (trace.to(torch.float64) > bound).to(torch.int64).cpu()
+        self.counts["above"] = above if self.counts["above"] is None else self.counts["above"] + above
+        self.counts["evaluations"] += 1
+        return trace
+
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._count(x, t, self.base.trace(x, t))
+
+    def eps_and_trace(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        eps, trace = self.base.eps_and_trace(x, t)
+        return eps, self._count(x, batch_time(t, x, torch.float64), trace)
+
+    def frozen(self, x: Tensor) -> TraceBoundCounter:
+        return TraceBoundCounter(self.base.frozen(x), self.counts)
+
+
 def latent_log_likelihood(
     z: Tensor,
     denoiser: Denoiser,
     trace_model: TraceModel | None,
     *,
-    method: str = DFTMTrace.name,
+    method: str | TraceEstimator = DFTMTrace.name,
     t_min: float | None = None,
     t_max: float = 1.0,
     solver: str = "rk4",
     num_steps: int = 50,
     data_var: float = 1.0,
+    chunk_size: int | None = None,
 ) -> LikelihoodResult:
     r""":math:`\log q_{t_{min}}(z)` in nats (B,) by the PF-ODE and Eq. 14 (:func:`dfcore.likelihood.log_likelihood`), with
-    :math:`\operatorname{tr}F_t` from the trace estimator ``method`` (``dftm`` by default; it takes what it needs of
-    ``denoiser`` and ``trace_model``) and the prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with
+    :math:`\operatorname{tr}F_t` from the trace estimator ``method`` (a name, ``dftm`` by default, built from what it
+    takes of ``denoiser``, ``trace_model`` and ``chunk_size`` (VJPs per vectorised batch of ``vjp``/``hutchinson``);
+    or an estimator, used as is) and the prior :math:`\mathcal N(0, (\alpha_T^2 v + \sigma_T^2) I)` with
     v = ``data_var``. Fixed-step torchdiffeq ``euler``/``rk4`` with ``num_steps`` steps (the discrete schedule has
     kinks every 1/T, which make adaptive steppers crawl)."""
     from dfcore.fisher.trace import trace_estimator_from
@@ -367,9 +414,10 @@ def latent_log_likelihood(
     t_min = 1.0 / cast(DiscreteSchedule, schedule).num_steps if t_min is None else t_min
     if solver not in ("euler", "rk4"):
         raise ValueError(f"latent NLL uses a fixed-step solver, 'euler' or 'rk4'; got {solver!r}")
+    pool = {"schedule": schedule, "denoiser": denoiser, "trace_model": trace_model, "chunk_size": chunk_size}
     return log_likelihood(
         z,
-        trace_estimator_from(method, {"schedule": schedule, "denoiser": denoiser, "trace_model": trace_model}),
+        method if isinstance(method, TraceEstimator) else trace_estimator_from(method, pool),
         log_prior=gaussian_log_prior(schedule, t_max, var=data_var),
         t_min=t_min,
         t_max=t_max,

@@ -279,6 +279,16 @@ class PositiveTraceModel(TraceModel):
         self.box_width = box_width
         self.counts = {"evaluations": 0, "lower": 0, "upper": 0}
 
+    def state(self) -> dict[str, Any]:
+        """What rebuilds the model around a module of the same architecture: the module's weights,
+        ``sigma_data``, ``box_width`` (None: no bound) and ``target`` (plain types, for ``weights_only`` loading)."""
+        return {
+            "state_dict": self.module.state_dict(),
+            "sigma_data": self.sigma_data,
+            "box_width": self.box_width,
+            "target": self.target,
+        }
+
     def scale(self, t: Tensor, dim: int) -> Tensor:
         """c(t), (B,) float64."""
         alpha, sigma = self.schedule(t.to(torch.float64))

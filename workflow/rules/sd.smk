@@ -52,7 +52,7 @@ rule sd_trace_net:
         mem_mb=8000,
         runtime=120,
     params:
-        sd=sd_params("dtype", "trace_net"),
+        sd=sd_params("dtype", "negative_prompt", "trace_net"),
         resume=f"{RESULTS}/models/sd_trace_net.resume.pt",
         seed=config["seed"],
         device=config["device"],
