@@ -318,10 +318,16 @@ def encode_image_folder(pipe: Any, folder: str | Path, max_images: int | None = 
     return torch.cat(latents)
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is in a half-precision type, else unchanged (a float64 CLIP stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def decode_latents(pipe: Any, z: Tensor) -> Tensor:
-    """Images in [-1, 1], (B, 3, H, W), float32: ``vae.decode(z / scaling_factor)`` (differentiable)."""
+    """Images in [-1, 1], (B, 3, H, W), in the VAE's dtype widened to float32 at least:
+    ``vae.decode(z / scaling_factor)`` (differentiable)."""
     vae = pipe.vae
-    return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+    return _at_least_float32(vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample)
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -466,7 +472,7 @@ class CLIPReward(nn.Module):
         with torch.no_grad():
             text = self.clip.get_text_features(input_ids=tokens.input_ids.to(self.clip.device))
         text = getattr(text, "pooler_output", text)
-        self.prompt, self._text = prompt, torch.nn.functional.normalize(text.float(), dim=-1)
+        self.prompt, self._text = prompt, torch.nn.functional.normalize(_at_least_float32(text), dim=-1)
 
     def forward(self, z: Tensor) -> Tensor:
         if self._text is None:
@@ -479,7 +485,8 @@ class CLIPReward(nn.Module):
         std = torch.tensor(self.STD, device=images.device).view(1, 3, 1, 1)
         feats = self.clip.get_image_features(pixel_values=((images - mean) / std).to(self.clip.dtype))
         feats = getattr(feats, "pooler_output", feats)
-        return (torch.nn.functional.normalize(feats.float(), dim=-1) * self._text).sum(-1).to(z.dtype)
+        feats = torch.nn.functional.normalize(_at_least_float32(feats), dim=-1)
+        return (feats * self._text.to(feats.dtype)).sum(-1).to(z.dtype)
 
 
 class _ModuleReward(nn.Module):
