@@ -31,7 +31,8 @@ test-slow: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q -m slow
 
 # A real single-node SLURM cluster (Debian's slurm + munge, started as root without systemd) runs the
-# tiny test config through profiles/slurm; see tests/cluster/. Installs the packages when missing.
+# jobs of the tiny test config (data, training, Alg. 2) through profiles/slurm; see tests/cluster/. Installs the
+# packages when missing.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 test-cluster: $(BIN)/snakemake
 	@if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then \
