@@ -475,7 +475,7 @@ def test_every_figure_the_workflow_writes_is_covered():
     sources = [*(REPO / "workflow" / "rules").glob("*.smk"), *(REPO / "dfcore" / "experiments").glob("*.py")]
     names = set()
     for source in sources:
-        for literal in re.findall(r"[\"']([^\"'\s]*\.png)[\"']", source.read_text()):
+        for literal in re.findall(r"[\"']([^\"'\s]+\.png)[\"']", source.read_text()):
             names.add(re.sub(r"\{\{(\w+)\}\}", r"{\1}", literal.rsplit("/", 1)[-1]))
     for source in sources:  # ADJOINT_FILES-style lists and f"{...}.{ext}" patterns
         names |= {n for n in re.findall(r"\"(\w+\.png)\"", source.read_text())}

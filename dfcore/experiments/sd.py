@@ -135,7 +135,7 @@ def run_sd_nll(
     """NLL of CFG-generated latents for every (prompt, guidance scale, seed) by ``sd.nll.method`` (DF-TM by default)
     and, with ``sd.nll.vjp``, by the exact trace of the network (``vjp``) on the same latents. One CSV row per
     method; ``trace_above_bound`` counts the trace evaluations of the solve above d/σ² (none for a valid estimate)."""
-    from dfcore.fisher.trace import VJPTrace, trace_estimator_from
+    from dfcore.fisher.trace import VJPTrace
 
     ncfg = cfg["nll"]
     pipe, dev = _load(pipeline, cfg, device)
@@ -150,12 +150,9 @@ def run_sd_nll(
     )
     methods = [ncfg["method"]] + ([VJPTrace.name] if ncfg["vjp"] and ncfg["method"] != VJPTrace.name else [])
     thumb = int(ncfg["thumbnail_size"])
-    grid = (len(methods), len(prompts), len(scales), len(seeds))
-    nll = np.zeros(grid)
-    bpd, prior, above = np.zeros_like(nll), np.zeros_like(nll), np.zeros(grid, dtype=np.int64)
     thumbs = np.zeros((len(prompts), len(scales), len(seeds), thumb, thumb, 3), dtype=np.uint8)
-    rows = []
-    bar = tqdm(total=nll.size, desc="sd nll")
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(methods) * len(prompts) * len(scales) * len(seeds), desc="sd nll")
     for i, prompt in enumerate(prompts):
         for j, w in enumerate(scales):
             den = sd.CFGDenoiser.from_pipeline(pipe, prompt, w, cfg["negative_prompt"])
@@ -165,57 +162,93 @@ def run_sd_nll(
                 imgs = sd.to_uint8(sd.decode_latents(pipe, z0)).numpy()
             for k in range(len(seeds)):
                 thumbs[i, j, k] = thumbnail(imgs[k], thumb)
-            for m, method in enumerate(methods):
-                pool = {"denoiser": den, "trace_model": trace_model, "chunk_size": int(ncfg["chunk_size"])}
-                counter = sd.TraceBoundCounter(trace_estimator_from(method, pool))
-                start = time.perf_counter()
-                res = sd.latent_log_likelihood(
-                    z0,
-                    den,
-                    trace_model,
-                    method=counter,
-                    solver=ncfg["solver"],
-                    num_steps=int(ncfg["num_steps"]),
-                    data_var=float(ncfg["data_var"]),
-                )
-                elapsed = (time.perf_counter() - start) / len(seeds)
-                for k, s in enumerate(seeds):
-                    nll[m, i, j, k], bpd[m, i, j, k] = -res.log_q[k].item(), res.bpd[k].item()
-                    prior[m, i, j, k], above[m, i, j, k] = res.prior[k].item(), int(counter.above[k])
-                    rows.append(
-                        {
-                            "prompt": prompt,
-                            "guidance_scale": w,
-                            "seed": s,
-                            "method": method,
-                            "nll_nats": nll[m, i, j, k],
-                            "bpd": bpd[m, i, j, k],
-                            "trace_above_bound": above[m, i, j, k],
-                            "trace_evaluations": counter.evaluations,
-                            "seconds": elapsed,
-                            "nfe": res.nfe,
-                        }
-                    )
-                    bar.update(1)
+            for method in methods:
+                rows += _latent_nll_rows(z0, den, trace_model, method, ncfg, prompt, w, seeds)
+                bar.update(len(seeds))
     bar.close()
-    dims = ("method", "prompt", "guidance_scale", "seed")
-    ds = xr.Dataset(
-        {
-            "nll": (dims, nll, {"units": "nats", "long_name": "-log q(z_0) by the PF-ODE (Eq. 14)"}),
-            "bpd": (dims, bpd, {"units": "bits/dim"}),
-            "prior_log_prob": (dims, prior, {"units": "nats"}),
-            "trace_above_bound": (dims, above, {"long_name": "trace evaluations of the solve above d/sigma^2"}),
-            "thumbnail": (dims[1:] + ("y", "x", "rgb"), thumbs),
-        },
-        coords={"method": methods, "prompt": prompts, "guidance_scale": scales, "seed": seeds},
-    )
-    write_zarr(ds, out_zarr, provenance(config, None, stage="sd_nll", method=ncfg["method"], latent_shape=list(shape)))
     frame = pd.DataFrame(rows)
+    coords = {"method": methods, "prompt": prompts, "guidance_scale": scales, "seed": seeds}
+    ds = _sd_nll_dataset(frame, coords, thumbs)
+    write_zarr(ds, out_zarr, provenance(config, None, stage="sd_nll", method=ncfg["method"], latent_shape=list(shape)))
+    frame = frame.drop(columns="prior_log_prob")
     write_csv(frame, out_csv)
     main = frame[frame.method == ncfg["method"]]
     plot_sd_nll_vs_guidance(main, plot_guidance)
     plot_sd_nll_seeds(main, thumbs, prompts, scales, seeds, plot_seeds)
     return frame
+
+
+def _latent_nll_rows(
+    z0: torch.Tensor,
+    den: Any,
+    trace_model: Any,
+    method: str,
+    ncfg: dict[str, Any],
+    prompt: str,
+    guidance_scale: float,
+    seeds: list[int],
+) -> list[dict[str, Any]]:
+    """One row per seed: the NLL of the latents ``z0`` (one per seed) by the trace estimator ``method``, with the
+    count of its trace evaluations above d/σ²."""
+    from dfcore.fisher.trace import trace_estimator_from
+
+    pool = {"denoiser": den, "trace_model": trace_model, "chunk_size": int(ncfg["chunk_size"])}
+    counter = sd.TraceBoundCounter(trace_estimator_from(method, pool))
+    start = time.perf_counter()
+    res = sd.latent_log_likelihood(
+        z0,
+        den,
+        trace_model,
+        method=counter,
+        solver=ncfg["solver"],
+        num_steps=int(ncfg["num_steps"]),
+        data_var=float(ncfg["data_var"]),
+    )
+    elapsed = (time.perf_counter() - start) / len(seeds)
+    return [
+        {
+            "prompt": prompt,
+            "guidance_scale": guidance_scale,
+            "seed": s,
+            "method": method,
+            "nll_nats": -res.log_q[k].item(),
+            "bpd": res.bpd[k].item(),
+            "trace_above_bound": int(counter.above[k]),
+            "trace_evaluations": counter.evaluations,
+            "seconds": elapsed,
+            "nfe": res.nfe,
+            "prior_log_prob": res.prior[k].item(),
+        }
+        for k, s in enumerate(seeds)
+    ]
+
+
+def _sd_nll_dataset(frame: pd.DataFrame, coords: dict[str, list[Any]], thumbs: np.ndarray) -> xr.Dataset:
+    """The rows of :func:`_latent_nll_rows` as arrays over ``coords`` (method, prompt, guidance_scale, seed), with
+    the thumbnails."""
+    dims = tuple(coords)
+    index = {d: {value: n for n, value in enumerate(coords[d])} for d in dims}
+    shape = tuple(len(coords[d]) for d in dims)
+    columns = {"nll_nats": float, "bpd": float, "prior_log_prob": float, "trace_above_bound": np.int64}
+    arrays = {c: np.zeros(shape, dtype=dtype) for c, dtype in columns.items()}
+    for row in frame.to_dict("records"):
+        at = tuple(index[d][row[d]] for d in dims)
+        for c, array in arrays.items():
+            array[at] = row[c]
+    return xr.Dataset(
+        {
+            "nll": (dims, arrays["nll_nats"], {"units": "nats", "long_name": "-log q(z_0) by the PF-ODE (Eq. 14)"}),
+            "bpd": (dims, arrays["bpd"], {"units": "bits/dim"}),
+            "prior_log_prob": (dims, arrays["prior_log_prob"], {"units": "nats"}),
+            "trace_above_bound": (
+                dims,
+                arrays["trace_above_bound"],
+                {"long_name": "trace evaluations of the solve above d/sigma^2"},
+            ),
+            "thumbnail": (dims[1:] + ("y", "x", "rgb"), thumbs),
+        },
+        coords=coords,
+    )
 
 
 def run_adjoint(
