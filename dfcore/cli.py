@@ -422,7 +422,7 @@ def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Names
         seed=args.seed,
         progress=not args.quiet,
     )
-    print(table[["image", "method", "bits_per_dim", "wall_s"]].to_string(index=False))
+    print(table[["image", "method", "bpd", "seconds"]].to_string(index=False))
 
 
 def _likelihood_parser() -> argparse.ArgumentParser:

@@ -172,7 +172,7 @@ def image_likelihood(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Bits/dim on the [0, 256) scale of every image of ``images_dir`` under the model of ``model_dir`` with trace
-    ``method`` (module docstring). Writes ``out`` (CSV: ``image``, ``method``, ``bits_per_dim``, ``wall_s`` (the
+    ``method`` (module docstring). Writes ``out`` (CSV: ``image``, ``method``, ``bpd``, ``seconds`` (the
     solve time of the image's batches divided among its rows), ``dequantization``, ``num_draws``, ``t_min``,
     ``solver``, ``num_steps``, ``time_warp``, ``seed``) and ``out`` with suffix ``.json`` (the same protocol, the
     folders, and for dftm the counts of the trace net's out-of-bound evaluations); returns the table."""
@@ -197,7 +197,7 @@ def image_likelihood(
         "seed": int(seed),
     }
     wall = seconds.reshape(deq.num_draws, -1).sum(0)
-    table = pd.DataFrame({"image": names, "method": method, "bits_per_dim": bpd.bpd.numpy(), "wall_s": wall.numpy()})
+    table = pd.DataFrame({"image": names, "method": method, "bpd": bpd.bpd.numpy(), "seconds": wall.numpy()})
     table = table.assign(**protocol)
     write_csv(table, out)
     record: dict[str, Any] = {"model": str(model_dir), "images": str(images_dir), "method": method} | protocol
