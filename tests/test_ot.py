@@ -118,7 +118,7 @@ def test_datasets_and_affinity():
     assert padded.shape == (3, 3) and (padded[:, 2] == 0).all()
     cov = make_ot_mixture({"kind": "gaussian"}, 2).covs[0]
     assert abs(cov[0, 1].item()) > 1e-3  # a full covariance, not axis-aligned
-    with pytest.raises(ValueError, match="ot.dim"):
+    with pytest.raises(ValueError, match="but the dimension is"):
         make_ot_mixture(NON_AFFINE, 1)
     with pytest.raises(ValueError, match="kind"):
         make_ot_mixture({"kind": "moons"}, 2)
