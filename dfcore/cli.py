@@ -371,7 +371,7 @@ def _pretrained_options(parser: argparse.ArgumentParser) -> None:
     _model_options(group, required=False)
     group.add_argument(
         "--method",
-        choices=["vjp", "hutchinson", "dftm"],
+        choices=list(_image_methods()),
         default=None,
         help="with --model: Fisher-trace estimator: vjp (exact, one VJP per coordinate), hutchinson (one "
         "Rademacher probe per image) or dftm (the trace net of --trace)",
@@ -395,15 +395,17 @@ def _pretrained_options(parser: argparse.ArgumentParser) -> None:
 def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``likelihood --model DIR --images DIR --method M``: bits/dim of an image folder (one CSV row per image)."""
     from dfcore.experiments.pretrained_images import image_likelihood
+    from dfcore.fisher.trace import DFTMTrace
 
     if args.command is not None:
         parser.error(f"give either the command {args.command!r} or --model, not both")
     if args.images is None or args.method is None:
         parser.error("likelihood --model needs --images and --method")
-    if args.method == "dftm" and args.trace is None:
-        parser.error("--method dftm needs --trace DIR (a trace net folder written by python -m dfcore train-trace)")
-    if args.method != "dftm" and args.trace is not None:
-        parser.error(f"--trace is used by --method dftm only; got --method {args.method}")
+    dftm = DFTMTrace.name
+    if args.method == dftm and args.trace is None:
+        parser.error(f"--method {dftm} needs --trace DIR (a trace net folder written by python -m dfcore train-trace)")
+    if args.method != dftm and args.trace is not None:
+        parser.error(f"--trace is used by --method {dftm} only; got --method {args.method}")
     table = image_likelihood(
         args.model,
         args.images,
@@ -423,6 +425,13 @@ def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Names
         progress=not args.quiet,
     )
     print(table[["image", "method", "bpd", "seconds"]].to_string(index=False))
+
+
+def _image_methods() -> tuple[str, ...]:
+    """The trace estimators of ``likelihood --model``."""
+    from dfcore.experiments.pretrained_images import METHODS
+
+    return METHODS
 
 
 def _likelihood_parser() -> argparse.ArgumentParser:

@@ -458,18 +458,7 @@ def plot_likelihood_benchmark(bench: pd.DataFrame, path: str | Path) -> None:
         lower = np.where(y - sd > 0, sd, 0.0)
         cut += int(np.count_nonzero((y - sd <= 0) & (sd > 0)))
         ax.errorbar(sub["seconds_per_sample"], y, yerr=[lower, sd], fmt="none", ecolor="0.6", elinewidth=0.8, zorder=0)
-        sns.scatterplot(
-            data=sub,
-            x="seconds_per_sample",
-            y="abs_error_mean",
-            hue="method",
-            style="role",
-            hue_order=methods,
-            style_order=roles,
-            palette=palette,
-            s=70,
-            ax=ax,
-        )
+        _error_time_scatter(ax, sub, methods, roles, palette)
         ax.set(xscale="log", yscale="log", title=f"$d = {dim}$")
         ax.set(xlabel="seconds per sample", ylabel=r"mean $|\mathrm{NLL} - (-\log q_0)|$ (nats/dim)")
         _log_x_ticks(ax)
@@ -480,6 +469,25 @@ def plot_likelihood_benchmark(bench: pd.DataFrame, path: str | Path) -> None:
     )
     legend_outside(fig, list(axes[0]), [dropped_note(dropped, "errors"), whisker])
     _finish(fig, path, dpi=150)
+
+
+def _error_time_scatter(
+    ax: Axes, sub: pd.DataFrame, methods: list[str], roles: list[str], palette: dict[str, Any], zorder: int = 1
+) -> None:
+    """One marker per likelihood method: mean error against seconds per sample, coloured by method, shaped by role."""
+    sns.scatterplot(
+        data=sub,
+        x="seconds_per_sample",
+        y="abs_error_mean",
+        hue="method",
+        style="role",
+        hue_order=methods,
+        style_order=roles,
+        palette=palette,
+        s=70,
+        zorder=zorder,
+        ax=ax,
+    )
 
 
 @styled
@@ -503,19 +511,7 @@ def plot_likelihood_pareto(bench: pd.DataFrame, path: str | Path, probes: dict[s
         chain = sub[sub["method"].isin(list(probes))]
         chain = chain.assign(probes=chain["method"].map(probes)).sort_values("probes")
         ax.plot(chain["seconds_per_sample"], chain["abs_error_mean"], color="0.55", lw=1.0, zorder=1)
-        sns.scatterplot(
-            data=sub,
-            x="seconds_per_sample",
-            y="abs_error_mean",
-            hue="method",
-            style="role",
-            hue_order=methods,
-            style_order=roles,
-            palette=palette,
-            s=70,
-            zorder=2,
-            ax=ax,
-        )
+        _error_time_scatter(ax, sub, methods, roles, palette, zorder=2)
         for seconds in floor.loc[floor["dim"] == dim, "seconds_per_sample"]:
             ax.axvline(seconds, color="0.3", ls="--", lw=1.0, zorder=0)
         ax.set(xscale="log", yscale="log", title=f"$d = {dim}$")

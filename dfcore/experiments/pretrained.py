@@ -33,6 +33,7 @@ from torch import Tensor
 from dfcore import distributed
 from dfcore.data.datasets import labelled_digits, split_digits
 from dfcore.dequantize import dequantize_images, image_bits_per_dim
+from dfcore.fisher.trace import DFTMTrace, HutchinsonTrace, VJPTrace
 from dfcore.integrations.pretrained import (
     LogTimeWarp,
     PositiveTraceModel,
@@ -61,6 +62,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The trace estimators this module names (their registry names, dfcore.fisher.TRACE_ESTIMATORS).
+VJP, HUTCHINSON, DFTM = VJPTrace.name, HutchinsonTrace.name, DFTMTrace.name
+
 DEFAULTS: dict[str, Any] = {
     "train": {
         "block_out_channels": [16, 32],
@@ -88,12 +92,12 @@ DEFAULTS: dict[str, Any] = {
         "trace_dir": None,
         "num_images": 16,
         "num_draws": 1,
-        "methods": ["vjp", "hutchinson"],
+        "methods": [VJP, HUTCHINSON],
         "solver": "rk4",
         "num_steps": 20,
         "time_warp": "log",
         "solver_study": {
-            "method": "hutchinson",
+            "method": HUTCHINSON,
             "reference": {"solver": "rk4", "num_steps": 320, "time_warp": "log"},
             "settings": [{"solver": "rk4", "num_steps": n, "time_warp": "log"} for n in (10, 20, 40, 80, 160)]
             + [
@@ -358,8 +362,8 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"protocol": {}, "methods": {}, "solvers": [], "model_dir": str(model_dir)}
     for method in cfg["methods"]:
-        if method == "dftm" and trace is None:
-            raise ValueError("method 'dftm' needs the measure key trace_dir (a folder written by train_trace)")
+        if method == DFTM and trace is None:
+            raise ValueError(f"method {DFTM!r} needs the measure key trace_dir (a folder written by train_trace)")
         start = time.perf_counter()
         res = model_log_likelihood(
             model,
@@ -369,7 +373,7 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
             num_steps=int(cfg["num_steps"]),
             time_warp=cfg["time_warp"],
             generator=torch.Generator().manual_seed(int(cfg["seed"]) + 1),
-            trace_model=trace if method == "dftm" else None,
+            trace_model=trace if method == DFTM else None,
             **common,
         )
         seconds = time.perf_counter() - start
@@ -388,13 +392,13 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     if trace is not None:
         summary["dftm_bounds"] = dict(trace.counts) | {"upper_bound": "d w^2/4", "box_width": trace.box_width}
         by = pd.DataFrame(rows).pivot(index="image", columns="method", values="bpd")
-        if {"dftm", "vjp"} <= set(by.columns):
-            gap = (by["dftm"] - by["vjp"]).abs()
+        if {DFTM, VJP} <= set(by.columns):
+            gap = (by[DFTM] - by[VJP]).abs()
             summary["dftm_vs_vjp"] = {
                 "mean_abs_diff_bpd": float(gap.mean()),
                 "max_abs_diff_bpd": float(gap.max()),
-                "time_ratio": summary["methods"]["dftm"]["seconds_per_image"]
-                / summary["methods"]["vjp"]["seconds_per_image"],
+                "time_ratio": summary["methods"][DFTM]["seconds_per_image"]
+                / summary["methods"][VJP]["seconds_per_image"],
             }
     if rows:
         write_csv(pd.DataFrame(rows), out_dir / "bpd.csv")

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from dfcore.dequantize import dequantize_images, image_bits_per_dim
 from dfcore.device import resolve_device, resolve_dtype
+from dfcore.fisher.trace import DFTMTrace, HutchinsonTrace, VJPTrace
 from dfcore.integrations.pretrained import PretrainedModel, check_model_dir, load_model
 from dfcore.io import write_csv, write_text
 from dfcore.models.base import TraceModel
@@ -39,7 +40,7 @@ __all__ = ["IMAGE_SUFFIXES", "METHODS", "read_images", "load_for_images", "image
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-METHODS = ("vjp", "hutchinson", "dftm")
+METHODS = (VJPTrace.name, HutchinsonTrace.name, DFTMTrace.name)
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -106,10 +107,10 @@ def load_for_images(
 def _check_method(method: str, trace_dir: str | Path | None) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    if method == "dftm" and trace_dir is None:
-        raise ValueError("method 'dftm' needs a trace net folder (--trace DIR, written by train-trace)")
-    if method != "dftm" and trace_dir is not None:
-        raise ValueError(f"a trace net folder is used by method 'dftm' only; got it with {method!r}")
+    if method == DFTMTrace.name and trace_dir is None:
+        raise ValueError(f"method {method!r} needs a trace net folder (--trace DIR, written by train-trace)")
+    if method != DFTMTrace.name and trace_dir is not None:
+        raise ValueError(f"a trace net folder is used by method {DFTMTrace.name!r} only; got it with {method!r}")
     if trace_dir is not None and not (Path(trace_dir) / "trace.json").is_file():
         raise FileNotFoundError(f"trace net folder {str(trace_dir)!r} has no trace.json (write it with train-trace)")
 
