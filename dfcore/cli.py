@@ -601,6 +601,7 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     from dfcore import distributed
     from dfcore.experiments.pretrained import DEFAULTS
     from dfcore.experiments.pretrained_images import train_image_trace
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS
 
     defaults = DEFAULTS["trace"]
     parser = _parser("train-trace", config=False)
@@ -609,10 +610,17 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps (default: %(default)s)")
     parser.add_argument(
         "--target",
-        choices=["sq_norm", "residual"],
+        choices=list(POSITIVE_TRACE_TARGETS),
         default=defaults["target"],
-        help="regression target: sq_norm (Alg. 1, |x0|^2 - |E[x0|xt]|^2) or residual (|x0 - E[x0|xt]|^2, the "
-        "same optimum with less noise at small t) (default: %(default)s)",
+        help="regression target: sq_norm (Alg. 1, |x0|^2 - |E[x0|xt]|^2), residual (|x0 - E[x0|xt]|^2, the "
+        "same optimum with less noise at small t) or divergence (sigma^2/alpha times a probe estimate of "
+        "div E[x0|xt], the model's own posterior variance; no x0 needed) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--divergence-probes",
+        type=int,
+        default=defaults["divergence_probes"],
+        help="Rademacher probes per sample of --target divergence (default: %(default)s)",
     )
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
@@ -626,6 +634,7 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     section = {
         "steps": args.steps,
         "target": args.target,
+        "divergence_probes": args.divergence_probes,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),

@@ -1,13 +1,14 @@
 """Every list of names that the config and the workflow choose from, each read from the registry that defines it.
 
-=====================  ====================================================================
-``schedules``          :data:`dfcore.schedules.SCHEDULES`
-``trace_estimators``   :data:`dfcore.fisher.trace.TRACE_ESTIMATORS`
-``fvp_estimators``     :data:`dfcore.fisher.vp.FVP_ESTIMATORS`
-``trace_targets``      :data:`dfcore.models.networks.TRACE_TARGETS` that train on data alone
-``ode_solvers``        :data:`dfcore.likelihood.ODE_SOLVERS`
-``likelihood_methods`` :data:`dfcore.experiments.likelihood_methods.LIKELIHOOD_METHODS`
-=====================  ====================================================================
+==========================  ===============================================================
+``schedules``               :data:`dfcore.schedules.SCHEDULES`
+``trace_estimators``        :data:`dfcore.fisher.trace.TRACE_ESTIMATORS`
+``fvp_estimators``          :data:`dfcore.fisher.vp.FVP_ESTIMATORS`
+``trace_targets``           :data:`dfcore.models.networks.TRACE_TARGETS` that train on data alone
+``positive_trace_targets``  :data:`dfcore.integrations.pretrained.POSITIVE_TRACE_TARGETS`
+``ode_solvers``             :data:`dfcore.likelihood.ODE_SOLVERS`
+``likelihood_methods``      :data:`dfcore.experiments.likelihood_methods.LIKELIHOOD_METHODS`
+==========================  ===============================================================
 
 The config schema names a registry where it would list names (``x-registry: trace_estimators``, with
 ``x-registry-except: [...]`` for a subset) and :func:`fill_registry_enums` turns that into the ``enum``; the
@@ -27,6 +28,7 @@ def registry_names() -> dict[str, list[str]]:
     """The names of each registry, in registry order."""
     from dfcore.experiments.likelihood_methods import LIKELIHOOD_METHODS
     from dfcore.fisher import FVP_ESTIMATORS, TRACE_ESTIMATORS
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS
     from dfcore.likelihood import ODE_SOLVERS
     from dfcore.models.networks import TRACE_TARGETS
     from dfcore.schedules import SCHEDULES
@@ -36,6 +38,7 @@ def registry_names() -> dict[str, list[str]]:
         "trace_estimators": list(TRACE_ESTIMATORS),
         "fvp_estimators": list(FVP_ESTIMATORS),
         "trace_targets": [name for name, spec in TRACE_TARGETS.items() if spec.reference != "exact_mixture"],
+        "positive_trace_targets": list(POSITIVE_TRACE_TARGETS),
         "ode_solvers": list(ODE_SOLVERS),
         "likelihood_methods": list(LIKELIHOOD_METHODS),
     }

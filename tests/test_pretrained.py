@@ -363,6 +363,39 @@ def test_positive_trace_model_on_gaussian_data():
         PositiveTraceModel(_Constant(h), den, sd, target="l1")
 
 
+def test_positive_trace_model_divergence_target_is_the_gaussian_posterior_variance():
+    """Target divergence, (sigma^2/alpha) v^T (d ybar/dx) v, needs no x0: for Gaussian data with a diagonal
+    covariance the Jacobian of the exact posterior mean is diagonal, so every Rademacher probe gives its trace
+    exactly, and the target equals the closed-form posterior variance sum_i sigma^2 s_i^2 / (alpha^2 s_i^2 + sigma^2)."""
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.mixtures import GaussianMixture
+    from dfcore.models.base import ExactDenoiser
+    from dfcore.schedules import VESchedule, VPSchedule
+
+    var = torch.tensor([0.2, 0.5, 1.3, 2.0], dtype=torch.float64)
+    d = var.numel()
+    gauss = GaussianMixture(
+        torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64), torch.diag(var)[None]
+    )
+    gen = torch.Generator().manual_seed(3)
+    for schedule in (VPSchedule(), VESchedule()):
+        den = ExactDenoiser(gauss, schedule)
+        t = torch.tensor([0.01, 0.1, 0.5, 0.9], dtype=torch.float64)
+        x0 = var.sqrt() * torch.randn(4, d, generator=gen, dtype=torch.float64)
+        noise = torch.randn(4, d, generator=gen, dtype=torch.float64)
+        alpha, sigma = schedule(t)
+        xt = alpha[:, None] * x0 + sigma[:, None] * noise
+        closed = (sigma[:, None] ** 2 * var / (alpha[:, None] ** 2 * var + sigma[:, None] ** 2)).sum(1)
+        torch.testing.assert_close(closed, gauss.posterior_variance(xt, t, schedule), rtol=1e-12, atol=0)
+        model = PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_probes=2)
+        model.probe_generator = torch.Generator().manual_seed(0)
+        expected = torch.nn.functional.softplus(torch.tensor(0.3, dtype=torch.float64)) - closed / model.scale(t, d)
+        torch.testing.assert_close(model.loss(x0, t, noise), expected.pow(2).mean(), rtol=1e-10, atol=1e-12)
+        assert model.state()["divergence_probes"] == 2
+    with pytest.raises(ValueError, match="divergence_probes"):
+        PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_probes=0)
+
+
 def test_the_shared_optimiser_follows_the_project_schedule_and_stops_on_a_non_finite_loss():
     """Both in-project trainers run through one loop: its learning rate at every step is dfcore.train's warm-up and
     cosine schedule, and a non-finite loss stops it with the trainer's name and the step."""

@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 2e-3,
         "warmup_steps": 50,
         "target": "sq_norm",
+        "divergence_probes": 1,
         "seed": 0,
     },
     "measure": {
@@ -239,7 +240,9 @@ def train_trace(
         model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
     )
     unet = unet.to(device=next(model.unet.parameters()).device)
-    trace = PositiveTraceModel(unet, model.denoiser, sigma_data, BOX_WIDTH, str(cfg["target"]))
+    trace = PositiveTraceModel(
+        unet, model.denoiser, sigma_data, BOX_WIDTH, str(cfg["target"]), int(cfg["divergence_probes"])
+    )
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()
     losses = train_trace_model(

@@ -59,7 +59,6 @@ __all__ = [
     "load_pipeline",
     "encode_prompt",
     "CFGDenoiser",
-    "LATENT_TRACE_TARGETS",
     "build_latent_trace_model",
     "latent_trace_state",
     "latent_trace_model_from_state",
@@ -218,9 +217,6 @@ class CFGDenoiser(Denoiser):
 # Trace network for latents (Alg. 1)
 
 
-LATENT_TRACE_TARGETS = ("residual", "sq_norm")
-
-
 def build_latent_trace_model(
     latent_shape: Sequence[int],
     denoiser: Denoiser,
@@ -239,8 +235,6 @@ def build_latent_trace_model(
     :class:`~dfcore.integrations.pretrained.PositiveTraceModel` (``residual``: :math:`\|z_0 - \bar y_\theta\|^2`)."""
     from dfcore.integrations.pretrained_train import build_unet
 
-    if target not in LATENT_TRACE_TARGETS:
-        raise ValueError(f"unknown latent trace target {target!r}; choose one of {list(LATENT_TRACE_TARGETS)}")
     module = build_unet(latent_shape, block_out_channels, layers_per_block, norm_num_groups, seed, out_channels=1)
     return PositiveTraceModel(module, denoiser, sigma_data, target=target)
 

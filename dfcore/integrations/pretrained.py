@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
+from dfcore.models.networks import divergence_target
 from dfcore.schedules import DiscreteSchedule, Schedule
 from dfcore.sde import batch_time, expand_like
 
@@ -54,6 +55,7 @@ __all__ = [
     "WarpedSchedule",
     "LogTimeWarp",
     "PositiveTraceModel",
+    "POSITIVE_TRACE_TARGETS",
     "WarpedTraceModel",
     "check_model_dir",
     "load_model",
@@ -254,6 +256,11 @@ class PositiveTraceModel(TraceModel):
     :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`. ``target="residual"`` regresses
     onto :math:`\|x_0 - \bar y_\theta\|^2` instead: the same optimum when :math:`\bar y_\theta = E[x_0 | x_t]`, without
     the cross term :math:`2\bar y_\theta\cdot(x_0 - \bar y_\theta)` whose spread dwarfs c at small t.
+    ``target="divergence"`` (this project's extension, not the paper's) regresses onto the second-order Tweedie value
+    :math:`(\sigma^2/\alpha)\operatorname{div}_x\bar y_\theta` from ``divergence_probes`` Rademacher probes
+    (:func:`~dfcore.models.networks.divergence_target`): no :math:`x_0`, and unbiased for the posterior variance the
+    denoiser itself implies, so DF-TM converges to the exact (``vjp``) trace of that denoiser. Its probes are drawn
+    from :attr:`probe_generator` (the training loop sets it).
 
     With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
     :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
@@ -266,12 +273,17 @@ class PositiveTraceModel(TraceModel):
         sigma_data: float,
         box_width: float | None = None,
         target: str = "sq_norm",
+        divergence_probes: int = 1,
     ) -> None:
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
-        if target not in ("sq_norm", "residual"):
-            raise ValueError(f"unknown trace target {target!r}; choose 'sq_norm' or 'residual'")
+        if target not in POSITIVE_TRACE_TARGETS:
+            raise ValueError(f"unknown trace target {target!r}; choose one of {list(POSITIVE_TRACE_TARGETS)}")
+        if divergence_probes < 1:
+            raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
         self.target = target
+        self.divergence_probes = int(divergence_probes)
+        self.probe_generator: torch.Generator | None = None
         self.module = module
         self.denoiser = denoiser
         self.schedule = denoiser.schedule
@@ -281,12 +293,14 @@ class PositiveTraceModel(TraceModel):
 
     def state(self) -> dict[str, Any]:
         """What rebuilds the model around a module of the same architecture: the module's weights,
-        ``sigma_data``, ``box_width`` (None: no bound) and ``target`` (plain types, for ``weights_only`` loading)."""
+        ``sigma_data``, ``box_width`` (None: no bound), ``target`` and ``divergence_probes`` (plain types, for
+        ``weights_only`` loading)."""
         return {
             "state_dict": self.module.state_dict(),
             "sigma_data": self.sigma_data,
             "box_width": self.box_width,
             "target": self.target,
+            "divergence_probes": self.divergence_probes,
         }
 
     def scale(self, t: Tensor, dim: int) -> Tensor:
@@ -328,13 +342,36 @@ class PositiveTraceModel(TraceModel):
         flat = x0.flatten(1).to(torch.float64)
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
-        c = self.scale(t, flat.shape[1])
-        if self.target == "sq_norm":
-            target = (flat.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
-        else:
-            target = (flat - ybar).pow(2).sum(1) / c
+        target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / self.scale(t, flat.shape[1])
         pred = nn.functional.softplus(self.head(x, t))
         return (pred - target.to(pred.dtype)).pow(2).mean()
+
+
+def _sq_norm_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
+    r"""Alg. 1: :math:`\|x_0\|^2 - \|\bar y_\theta\|^2`."""
+    return x0.pow(2).sum(1) - ybar.pow(2).sum(1)
+
+
+def _residual_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
+    r""":math:`\|x_0 - \bar y_\theta\|^2`."""
+    return (x0 - ybar).pow(2).sum(1)
+
+
+def _divergence_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
+    r""":math:`(\sigma^2/\alpha)\operatorname{div}_x\bar y_\theta` from ``model.divergence_probes`` probes."""
+    return divergence_target(
+        model.denoiser.posterior_mean, x, t, model.schedule, model.divergence_probes, 0, model.probe_generator
+    )
+
+
+# The regression targets of PositiveTraceModel by name: (model, x0 (B, d) float64, x_t, t, ybar (B, d) float64)
+# -> (B,) float64, each an estimate of tr Cov[x0 | x_t] (the same names mean the same targets in
+# dfcore.models.networks.TRACE_TARGETS).
+POSITIVE_TRACE_TARGETS: dict[str, Callable[[PositiveTraceModel, Tensor, Tensor, Tensor, Tensor], Tensor]] = {
+    "sq_norm": _sq_norm_target,
+    "residual": _residual_target,
+    "divergence": _divergence_target,
+}
 
 
 class WarpedTraceModel(TraceModel):

@@ -229,7 +229,8 @@ def train_trace_model(
     Under a process group of world size W > 1 every rank draws the same global minibatch of ``batch_size`` from
     the generator seeded with ``seed`` and computes the loss of its contiguous shard of ``batch_size / W``
     (:func:`dfcore.distributed.shard`; ValueError unless W divides ``batch_size``); the update and the returned
-    losses are those of one process at the same ``batch_size`` (:func:`_optimise`)."""
+    losses are those of one process at the same ``batch_size`` (:func:`_optimise`), except under target
+    ``divergence``, whose probes each rank draws for its own shard from that generator."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
     if not 0 < t_min < 1:
@@ -237,6 +238,7 @@ def train_trace_model(
     part = distributed.shard(batch_size)
     module = trace_model.module
     gen = torch.Generator().manual_seed(int(seed))
+    trace_model.probe_generator = gen  # the probes of target divergence
     param = next(module.parameters())
 
     def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
