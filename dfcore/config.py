@@ -513,6 +513,30 @@ def _check_sd(config: dict[str, Any]) -> None:
             )
 
 
+def _check_pretrained(config: dict[str, Any]) -> None:
+    pre = config["pretrained"]
+    for name in ("train", "trace"):
+        net = pre[name]
+        _check_groups(f"pretrained.{name}.norm_num_groups", net["norm_num_groups"], net["block_out_channels"])
+    if not pre["enabled"]:
+        return
+    if pre["model"] is None:
+        for key in ("images", "cond"):
+            if pre[key] is not None:
+                _fail(
+                    f"pretrained.{key}",
+                    f"{pre[key]!r} is given with pretrained.model null; the in-project DDPM takes the 8x8 digits "
+                    "only and no conditioning (set pretrained.model to your pipeline folder, or this key to null)",
+                )
+    needed = {"pretrained.model": (pre["model"], "folder"), "pretrained.images": (pre["images"], "folder")}
+    needed["pretrained.cond"] = (pre["cond"], "file")
+    for key, (value, kind) in needed.items():
+        if value is None:
+            continue
+        if not (Path(value).is_dir() if kind == "folder" else Path(value).is_file()):
+            _fail(key, f"{value!r} is not a local {kind} (resources/README.md says what goes there)")
+
+
 def _check_results(config: dict[str, Any]) -> None:
     results = str(config["results"])
     if not results.strip():
@@ -657,14 +681,15 @@ def cross_check(config: dict[str, Any]) -> None:
     the overrides exists; the keys of each data set are those its kind reads and their lengths agree; ordered
     schedule parameters are ordered; update steps fit their samplers; GroupNorm groups divide the UNet channels;
     the likelihood stage's data sets have a closed-form density, and its held-out images are the other side of
-    its training set's split; lists that go in pairs have equal lengths; a low-rank data set's rank is at most its
+    its training set's split; the pretrained stage's folders exist (an image folder or conditioning only with a
+    model folder); lists that go in pairs have equal lengths; a low-rank data set's rank is at most its
     dimension; a UNet has as many levels as its images allow; no key asks for a tensor above
     :data:`MEMORY_LIMIT_BYTES`; ``results`` is a folder other than the root. Each check runs, and every one that
     fails is reported (:class:`ConfigError` with one line per failed check, up to :data:`MAX_ERRORS`)."""
     errors: list[str] = []
     groups = [_check_results, _check_schedules, _check_datasets, _check_lowrank, _check_lengths, _check_ot]
     groups += [_check_ot_names, _check_training, _check_unet_depth, _check_references, _check_likelihood]
-    groups += [_check_table2, _check_sd]
+    groups += [_check_table2, _check_sd, _check_pretrained]
     for check in groups:
         try:
             check(config)

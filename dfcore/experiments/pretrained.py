@@ -65,38 +65,26 @@ log = logging.getLogger(__name__)
 # The trace estimators this module names (their registry names, dfcore.fisher.TRACE_ESTIMATORS).
 VJP, HUTCHINSON, DFTM = VJPTrace.name, HutchinsonTrace.name, DFTMTrace.name
 
+
+def _schema_defaults(name: str) -> dict[str, Any]:
+    """The defaults of config section ``pretrained.<name>`` (``train``, ``trace``, ``measure``), read from the
+    config schema, their one home."""
+    from dfcore.config import SCHEMA_PATH, load_yaml
+
+    props = load_yaml(SCHEMA_PATH)["properties"]["pretrained"]["properties"][name]["properties"]
+    return {key: sub["default"] for key, sub in props.items()}
+
+
+_MEASURE = _schema_defaults("measure")
+
 DEFAULTS: dict[str, Any] = {
-    "train": {
-        "block_out_channels": [16, 32],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "steps": 2000,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "warmup_steps": 100,
-        "num_train_timesteps": 1000,
-        "holdout": 0.1,
-        "seed": 0,
-    },
-    "trace": {
-        "block_out_channels": [16, 32],
-        "norm_num_groups": 8,
-        "steps": 1000,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "warmup_steps": 50,
-        "target": "sq_norm",
-        "divergence_probes": 1,
-        "seed": 0,
-    },
+    "train": _schema_defaults("train"),
+    "trace": _schema_defaults("trace"),
+    # measure(): the workflow's solver keys; its own trace folder, solver study and methods (no trace net unless asked)
     "measure": {
+        **{key: _MEASURE[key] for key in ("num_images", "num_draws", "solver", "num_steps", "time_warp")},
         "trace_dir": None,
-        "num_images": 16,
-        "num_draws": 1,
         "methods": [VJP, HUTCHINSON],
-        "solver": "rk4",
-        "num_steps": 20,
-        "time_warp": "log",
         "solver_study": {
             "method": HUTCHINSON,
             "reference": {"solver": "rk4", "num_steps": 320, "time_warp": "log"},
@@ -108,8 +96,8 @@ DEFAULTS: dict[str, Any] = {
                 {"solver": "dopri5", "rtol": 1e-5, "atol": 1e-5, "time_warp": "none"},
             ],
         },
-        "dtype": "float64",
-        "seed": 0,
+        "dtype": _MEASURE["dtype"],
+        "seed": _MEASURE["seed"],
     },
 }
 
