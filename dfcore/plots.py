@@ -46,6 +46,7 @@ __all__ = [
     "fit_xticklabels",
     "legend_outside",
     "plot_digit_grid",
+    "plot_image_bpd",
     "plot_lambda_agreement",
     "plot_likelihood_benchmark",
     "plot_likelihood_pareto",
@@ -404,6 +405,25 @@ def plot_sd_adjoint(frame: pd.DataFrame, path: str | Path, reward: str) -> None:
     axes[0].set(ylabel=f"{reward} score gain", title="reward improvement")
     sns.barplot(data=frame, y="seconds", ax=axes[1], **kw)
     axes[1].set(ylabel="seconds per image", title="wall time")
+    _finish(fig, path, dpi=120)
+
+
+@styled
+def plot_image_bpd(frame: pd.DataFrame, path: str | Path) -> None:
+    """Bits/dim of an image folder per trace method (bars: mean over the images; dots: each image) and the
+    seconds per image of each method (log axis)."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.4))
+    methods = list(dict.fromkeys(frame["method"]))
+    palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    kw: dict[str, Any] = dict(x="method", hue="method", order=methods, palette=palette, legend=False)
+    sns.barplot(data=frame, y="bpd", errorbar=None, alpha=0.6, ax=axes[0], **kw)
+    sns.stripplot(data=frame, y="bpd", size=3, ax=axes[0], **kw)
+    axes[0].set(ylabel="bits/dim", title=f"bits/dim of {frame['image'].nunique()} images")
+    times, dropped = positive_rows(frame, "seconds")
+    sns.barplot(data=times, y="seconds", errorbar=None, ax=axes[1], **kw)
+    axes[1].set(yscale="log", ylabel="seconds per image", title="wall time")
+    if dropped:
+        legend_outside(fig, [axes[1]], [dropped_note(dropped)])
     _finish(fig, path, dpi=120)
 
 
