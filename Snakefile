@@ -50,6 +50,7 @@ include: "workflow/rules/likelihood.smk"
 include: "workflow/rules/adjoint.smk"
 include: "workflow/rules/ot.smk"
 include: "workflow/rules/sd.smk"
+include: "workflow/rules/pretrained.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -646,6 +646,40 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
             print(f"trace net written to {out}")
 
 
+def _pretrained_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dfcore pretrained {model,digits,trace,bpd} --configfile FILE``: the rules ``pretrained_*``."""
+    from dfcore.experiments import pretrained_stage as stage
+
+    parser = _parser("pretrained")
+    parser.add_argument(
+        "command",
+        choices=["model", "digits", "trace", "bpd"],
+        help="model: train the in-project DDPM (pretrained.model null); digits: write the digits split as PNG "
+        "folders (pretrained.images null); trace: train the trace net; bpd: bits/dim table, summary and figure",
+    )
+    parser.add_argument("--results", default=None, help="results folder (default: the config's results)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.configfile)
+    pre, seed, device = cfg["pretrained"], cfg["seed"], cfg["device"]
+    out = Path(args.results or cfg["results"]) / "pretrained"
+    model = pre["model"] or out / "model"
+    train_images, images = (
+        (pre["images"],) * 2 if pre["images"] else (out / "digits" / "train", out / "digits" / "test")
+    )
+    if args.command == "model":
+        stage.run_model(pre["train"], out / "model", out / "model_loss.csv", seed=seed)
+    elif args.command == "digits":
+        stage.write_digits(pre["train"], pre["measure"]["num_images"], train_images, images, seed=seed)
+    elif args.command == "trace":
+        stage.run_trace(pre["trace"], model, train_images, out / "trace", cond=pre["cond"], device=device, seed=seed)
+    else:
+        trace = out / "trace" if "dftm" in pre["measure"]["methods"] else None
+        csv, summary, plot = out / "bpd.csv", out / "summary.json", out / "bpd.png"
+        stage.run_bpd(
+            pre["measure"], model, images, trace, csv, summary, plot, cond=pre["cond"], device=device, seed=seed
+        )
+
+
 class Stage(NamedTuple):
     """One stage of the command line: its entry point and the plain-text line that ``--help`` shows."""
 
@@ -669,6 +703,9 @@ STAGES: dict[str, Stage] = {
     "adjoint": Stage(_adjoint_main, "adjoint guidance with DF-EA (Eq. 20): digit classifier, mixture and digits tasks"),
     "ot": Stage(_ot_main, "the optimal-transport test (Alg. 2): Table 3, convergence, the authors' protocol"),
     "sd": Stage(_sd_main, "Stable Diffusion: latent trace net, DF-TM likelihoods, DF-EA guidance (local weights)"),
+    "pretrained": Stage(
+        _pretrained_main, "the pretrained section: trace net and bits/dim table of a diffusers pipeline folder"
+    ),
 }
 
 

@@ -44,6 +44,10 @@ RULE_STAGES = {
     "sd_trace_net": "sd",
     "sd_nll": "sd",
     "sd_adjoint": "sd",
+    "pretrained_model": "pretrained",
+    "pretrained_digits": "pretrained",
+    "pretrained_trace": "pretrained",
+    "pretrained_bpd": "pretrained",
 }
 # Rules with no stage of their own: the default target and the summary of every output.
 NO_STAGE = {"all", "summary"}

@@ -173,6 +173,17 @@ def sd_tiny_params():
     )
 
 
+def pretrained_params(key):
+    """The subsection ``key`` (train, trace, measure) of the 'pretrained' section."""
+    return canonical_params(config["pretrained"][key])
+
+
+def pretrained_digits_params():
+    """The 'pretrained.train' keys of the digits split: holdout and seed."""
+    train = config["pretrained"]["train"]
+    return canonical_params({key: train[key] for key in ("holdout", "seed")})
+
+
 # Wildcard constraints, from the registries: the trace-net targets trained on the data alone (rule
 # train_trace_target), those that read the data set's exact mixture (rule likelihood_trace), and the trace
 # estimators of rule nll.
@@ -257,3 +268,11 @@ def trace_threads(wildcards):
     """As train_threads, and 2 threads for batches of 1,024 or more, where the MLP is GEMM-bound."""
     batch = dataset_section(config["trace_net"], wildcards.dataset).get("batch_size", 0)
     return 2 if batch >= 1024 else train_threads(wildcards)
+
+
+def pretrained_bpd_inputs(wildcards):
+    """The model and image folders of rule pretrained_bpd, and its trace net when dftm is among the methods."""
+    inputs = {"model": PRETRAINED_MODEL, "images": PRETRAINED_IMAGES}
+    if PRETRAINED_DFTM:
+        inputs["trace"] = f"{RESULTS}/pretrained/trace"
+    return inputs

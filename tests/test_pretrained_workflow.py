@@ -1,0 +1,154 @@
+"""The workflow's ``pretrained`` stage on tiny diffusers pipeline folders saved with save_pretrained (a UNet2DModel
+DDPM and a conditional UNet2DConditionModel) and a folder of three 8x8 PNG images, in a scratch copy of the
+repository: the bits/dim table agrees with the command line, and a finished run plans nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from workflow_helpers import copy_repo, planned_jobs, run_snakemake
+
+from dfcore.cli import main
+
+T = 100  # training steps of the tiny schedulers
+SIZE = 8
+TARGETS = [f"results/pretrained/{name}" for name in ("bpd.csv", "summary.json", "bpd.png")]
+TINY = {
+    "trace": {"block_out_channels": [8, 16], "norm_num_groups": 4, "steps": 3, "batch_size": 4, "warmup_steps": 0},
+    "measure": {"methods": ["vjp", "hutchinson", "dftm"], "solver": "rk4", "num_steps": 4, "dtype": "float64"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.1)
+
+
+def _unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=SIZE,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        add_attention=False,
+    )
+
+
+def _conditional_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(3)
+    return UNet2DConditionModel(
+        sample_size=SIZE,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+
+
+def _write_images(folder, count=3):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), "L").save(folder / f"img{i}.png")
+    return folder
+
+
+def _config(path, results, **pretrained):
+    """A config file with the tiny ``pretrained`` section (its keys updated by ``pretrained``)."""
+    section = {"enabled": True, **TINY, **pretrained}
+    path.write_text(yaml.safe_dump({"device": "cpu", "results": results, "pretrained": section}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A scratch copy of the repository with the two pipeline folders and the image folder under resources/."""
+    from diffusers import DDPMPipeline
+
+    work = copy_repo(tmp_path_factory.mktemp("pretrained_workflow") / "repo")
+    DDPMPipeline(unet=_unet(), scheduler=_scheduler()).save_pretrained(str(work / "resources" / "model"))
+    _conditional_unet().save_pretrained(str(work / "resources" / "cond_model" / "unet"))
+    _scheduler().save_pretrained(str(work / "resources" / "cond_model" / "scheduler"))
+    _write_images(work / "resources" / "images")
+    return work
+
+
+def test_stage_writes_the_bpd_table_of_the_cli(scratch, tmp_path):
+    config = _config(tmp_path / "c.yaml", "results", model="resources/model", images="resources/images")
+    run_snakemake(scratch, "--cores", "1", "--configfile", config, "--", *TARGETS, timeout=600)
+    table = pd.read_csv(scratch / "results" / "pretrained" / "bpd.csv")
+    assert len(table) == 9 and table.groupby("method")["image"].apply(sorted).to_dict() == {
+        method: ["img0.png", "img1.png", "img2.png"] for method in ("dftm", "hutchinson", "vjp")
+    }
+    assert np.isfinite(table["bpd"]).all() and (table["seconds"] > 0).all()
+    summary = json.loads((scratch / "results" / "pretrained" / "summary.json").read_text())
+    counts = summary["methods"]["dftm"]["trace_counts"]
+    assert counts["evaluations"] > 0 and counts["upper"] == 0 and counts["lower"] == 0
+    assert summary["num_images"] == 3 and summary["protocol"]["t_min"] == pytest.approx(1 / T)
+    assert (scratch / "results" / "pretrained" / "bpd.png").stat().st_size > 0
+    assert json.loads((scratch / "results" / "pretrained" / "trace" / "trace.json").read_text())["num_images"] == 3
+
+    # the vjp rows are what the command line gives for the same images and settings
+    argv = [
+        "likelihood",
+        "--model",
+        str(scratch / "resources" / "model"),
+        "--images",
+        str(scratch / "resources" / "images"),
+    ]
+    out = tmp_path / "vjp.csv"
+    settings = ["--num-steps", "4", "--solver", "rk4", "--dtype", "float64", "--seed", "0", "--device", "cpu"]
+    assert main([*argv, "--method", "vjp", "--out", str(out), "--quiet", *settings]) == 0
+    np.testing.assert_allclose(
+        table[table["method"] == "vjp"]["bpd"].to_numpy(), pd.read_csv(out)["bpd"].to_numpy(), rtol=0, atol=1e-6
+    )
+    assert planned_jobs(scratch, "--configfile", config, "--", *TARGETS) == {}
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+def test_stage_on_a_conditional_unet(scratch, tmp_path):
+    measure = {**TINY["measure"], "methods": ["vjp", "dftm"]}
+    config = _config(
+        tmp_path / "c.yaml", "results_cond", model="resources/cond_model", images="resources/images", measure=measure
+    )
+    targets = [target.replace("results/", "results_cond/") for target in TARGETS]
+    run_snakemake(scratch, "--cores", "1", "--configfile", config, "--", *targets, timeout=600)
+    table = pd.read_csv(scratch / "results_cond" / "pretrained" / "bpd.csv")
+    assert len(table) == 6 and set(table["method"]) == {"vjp", "dftm"} and np.isfinite(table["bpd"]).all()
+
+
+def test_without_a_model_the_stage_trains_the_in_project_ddpm(scratch, tmp_path):
+    config = _config(tmp_path / "c.yaml", "results_digits")
+    targets = [target.replace("results/", "results_digits/") for target in TARGETS]
+    jobs = planned_jobs(scratch, "--configfile", config, "--", *targets)
+    assert jobs == {"pretrained_model": 1, "pretrained_digits": 1, "pretrained_trace": 1, "pretrained_bpd": 1}
