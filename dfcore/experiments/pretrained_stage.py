@@ -142,7 +142,7 @@ def run_bpd(
             methods[method] = _method_summary(table, json.loads(path.with_suffix(".json").read_text()))
     frame = pd.concat(tables, ignore_index=True)
     protocol = settings | {key: frame[key].iloc[0] for key in ("dequantization", "t_min")}
-    summary = {
+    summary: dict[str, Any] = {
         "model": str(model_dir),
         "images": str(images_dir),
         "trace": None if trace_dir is None else str(trace_dir),
