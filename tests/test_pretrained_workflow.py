@@ -5,6 +5,7 @@ repository: the bits/dim table agrees with the command line, and a finished run 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -152,3 +153,28 @@ def test_without_a_model_the_stage_trains_the_in_project_ddpm(scratch, tmp_path)
     targets = [target.replace("results/", "results_digits/") for target in TARGETS]
     jobs = planned_jobs(scratch, "--configfile", config, "--", *targets)
     assert jobs == {"pretrained_model": 1, "pretrained_digits": 1, "pretrained_trace": 1, "pretrained_bpd": 1}
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from dfcore.config import ConfigError, validate_config
+
+    def check(section, key):
+        with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'"):
+            validate_config({"pretrained": {"enabled": True, **section}})
+
+    images = _write_images(tmp_path / "images", count=1)
+    check({"images": str(images)}, "pretrained.images")
+    check({"model": str(tmp_path / "missing")}, "pretrained.model")
+    check({"model": str(images), "cond": str(tmp_path / "cond.pt")}, "pretrained.cond")
+    check({"trace": {"norm_num_groups": 3}}, "pretrained.trace.norm_num_groups")
+    assert validate_config({"pretrained": {"enabled": True, "model": str(images)}})["pretrained"]["images"] is None
+
+
+def test_the_experiment_defaults_are_the_schema_defaults():
+    from dfcore.config import validate_config
+    from dfcore.experiments.pretrained import DEFAULTS
+
+    section = validate_config({})["pretrained"]
+    assert DEFAULTS["train"] == section["train"] and DEFAULTS["trace"] == section["trace"]
+    shared = DEFAULTS["measure"].keys() & section["measure"].keys() - {"methods"}
+    assert shared and all(DEFAULTS["measure"][key] == section["measure"][key] for key in shared)
