@@ -663,13 +663,13 @@ def _pretrained_main(argv: Sequence[str] | None = None) -> None:
     pre, seed, device = cfg["pretrained"], cfg["seed"], cfg["device"]
     out = Path(args.results or cfg["results"]) / "pretrained"
     model = pre["model"] or out / "model"
-    train_images, images = (
-        (pre["images"],) * 2 if pre["images"] else (out / "digits" / "train", out / "digits" / "test")
-    )
+    digits = out / "digits"
+    images = pre["images"] or digits / "test"
+    train_images = pre["trace_images"] or pre["images"] or digits / "train"
     if args.command == "model":
         stage.run_model(pre["train"], out / "model", out / "model_loss.csv", seed=seed)
     elif args.command == "digits":
-        stage.write_digits(pre["train"], pre["measure"]["num_images"], train_images, images, seed=seed)
+        stage.write_digits(pre["train"], pre["measure"]["num_images"], digits / "train", digits / "test", seed=seed)
     elif args.command == "trace":
         stage.run_trace(pre["trace"], model, train_images, out / "trace", cond=pre["cond"], device=device, seed=seed)
     else:

@@ -521,7 +521,7 @@ def _check_pretrained(config: dict[str, Any]) -> None:
     if not pre["enabled"]:
         return
     if pre["model"] is None:
-        for key in ("images", "cond"):
+        for key in ("images", "trace_images", "cond"):
             if pre[key] is not None:
                 _fail(
                     f"pretrained.{key}",
@@ -529,7 +529,7 @@ def _check_pretrained(config: dict[str, Any]) -> None:
                     "only and no conditioning (set pretrained.model to your pipeline folder, or this key to null)",
                 )
     needed = {"pretrained.model": (pre["model"], "folder"), "pretrained.images": (pre["images"], "folder")}
-    needed["pretrained.cond"] = (pre["cond"], "file")
+    needed |= {"pretrained.trace_images": (pre["trace_images"], "folder"), "pretrained.cond": (pre["cond"], "file")}
     for key, (value, kind) in needed.items():
         if value is None:
             continue

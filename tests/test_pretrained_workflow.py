@@ -101,11 +101,18 @@ def scratch(tmp_path_factory):
     _conditional_unet().save_pretrained(str(work / "resources" / "cond_model" / "unet"))
     _scheduler().save_pretrained(str(work / "resources" / "cond_model" / "scheduler"))
     _write_images(work / "resources" / "images")
+    _write_images(work / "resources" / "train_images", count=4)
     return work
 
 
 def test_stage_writes_the_bpd_table_of_the_cli(scratch, tmp_path):
-    config = _config(tmp_path / "c.yaml", "results", model="resources/model", images="resources/images")
+    config = _config(
+        tmp_path / "c.yaml",
+        "results",
+        model="resources/model",
+        images="resources/images",
+        trace_images="resources/train_images",
+    )
     run_snakemake(scratch, "--cores", "1", "--configfile", config, "--", *TARGETS, timeout=600)
     table = pd.read_csv(scratch / "results" / "pretrained" / "bpd.csv")
     assert len(table) == 9 and table.groupby("method")["image"].apply(sorted).to_dict() == {
@@ -117,7 +124,7 @@ def test_stage_writes_the_bpd_table_of_the_cli(scratch, tmp_path):
     assert counts["evaluations"] > 0 and counts["upper"] == 0 and counts["lower"] == 0
     assert summary["num_images"] == 3 and summary["protocol"]["t_min"] == pytest.approx(1 / T)
     assert (scratch / "results" / "pretrained" / "bpd.png").stat().st_size > 0
-    assert json.loads((scratch / "results" / "pretrained" / "trace" / "trace.json").read_text())["num_images"] == 3
+    assert json.loads((scratch / "results" / "pretrained" / "trace" / "trace.json").read_text())["num_images"] == 4
 
     # the vjp rows are what the command line gives for the same images and settings
     argv = [
@@ -167,6 +174,7 @@ def test_config_errors_name_the_key(tmp_path):
     check({"model": str(tmp_path / "missing")}, "pretrained.model")
     check({"model": str(images), "cond": str(tmp_path / "cond.pt")}, "pretrained.cond")
     check({"trace": {"norm_num_groups": 3}}, "pretrained.trace.norm_num_groups")
+    check({"model": str(images), "trace_images": str(tmp_path / "missing")}, "pretrained.trace_images")
     assert validate_config({"pretrained": {"enabled": True, "model": str(images)}})["pretrained"]["images"] is None
 
 

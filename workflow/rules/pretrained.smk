@@ -1,7 +1,7 @@
 # Rules of the 'pretrained' stage (docs/your-model.md, "The workflow stage"; resources/README.md): the DF-TM trace
 # net and bits/dim of images under a diffusers pipeline folder. Off unless config pretrained.enabled. With
 # pretrained.model null the in-project DDPM is trained on the digits here; with pretrained.images null the
-# digits split is written here as PNG folders.
+# digits split is written here as PNG folders. The trace net trains on pretrained.trace_images when given.
 
 PRETRAINED = config["pretrained"]
 if PRETRAINED["model"] is None:
@@ -13,6 +13,8 @@ if PRETRAINED["images"] is None:
     PRETRAINED_IMAGES = f"{RESULTS}/pretrained/digits/test"
 else:
     PRETRAINED_TRAIN_IMAGES = PRETRAINED_IMAGES = PRETRAINED["images"]
+if PRETRAINED["trace_images"] is not None:
+    PRETRAINED_TRAIN_IMAGES = PRETRAINED["trace_images"]
 PRETRAINED_DFTM = "dftm" in PRETRAINED["measure"]["methods"]
 
 
