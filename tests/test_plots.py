@@ -341,6 +341,15 @@ def _sd_adjoint(path: Path) -> None:
     plots.plot_sd_adjoint(pd.DataFrame(rows), path, "clip")
 
 
+def _image_bpd(path: Path) -> None:
+    rows = [
+        {"image": f"img{i}.png", "method": m, "bpd": 3.0 + 0.1 * k + 0.01 * i, "seconds": 0.05 * 10**-k}
+        for i in range(4)
+        for k, m in enumerate(("vjp", "hutchinson", "dftm"))
+    ]
+    plots.plot_image_bpd(pd.DataFrame(rows), path)
+
+
 def _likelihood_benchmark(path: Path) -> None:
     methods = [
         ("analytic", "sanity", 5e-4, 4e-4, 0.05),
@@ -411,6 +420,7 @@ FIGURES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "plot_lambda_agreement": (_lambda_agreement, (r"\lambda_k", "T", r"\leq 0")),
     "plot_digit_grid": (_digit_grid, ()),
     "plot_sd_adjoint": (_sd_adjoint, ()),
+    "plot_image_bpd": (_image_bpd, ()),
     "plot_likelihood_benchmark": (_likelihood_benchmark, (r"\log q_0", "d = 4", r"\leq 0")),
     "plot_likelihood_pareto": (_likelihood_pareto, (r"\log q_0", "d = 4", r"\leq 0")),
 }
@@ -430,6 +440,7 @@ WORKFLOW_FIGURES = {
     "nll_vs_guidance.png": "plot_sd_nll_vs_guidance",
     "nll_seeds.png": "plot_sd_nll_seeds",
     "scores.png": "plot_sd_adjoint",
+    "bpd.png": "plot_image_bpd",
 }
 
 

@@ -46,14 +46,13 @@ def run_model(train: dict[str, Any], out: str | Path, loss_csv: str | Path, *, s
 
 
 def _write_pngs(images: torch.Tensor, folder: Path) -> None:
-    """uint8 ``images`` (N, 1, H, W) as ``00000.png``, ... in ``folder``, written to a sibling and swapped in."""
+    """uint8 ``images`` (N, 1, H, W) as ``image_00000.png``, ... in ``folder``, written to a sibling and swapped in."""
     from PIL import Image
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    width = max(5, len(str(len(images))))
     for i, image in enumerate(images):
-        Image.fromarray(image[0].numpy(), mode="L").save(tmp / f"{i:0{width}d}.png")
+        Image.fromarray(image[0].numpy(), mode="L").save(tmp / f"image_{i:05d}.png")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
