@@ -24,8 +24,7 @@ from dfcore.experiments.common import section_seed
 from dfcore.experiments.trace_error import trace_errors
 from dfcore.fisher.trace import DFTMTrace
 from dfcore.io import expect_model, write_csv
-from dfcore.models.base import TraceModel
-from dfcore.models.networks import load_trace_model, same_weights
+from dfcore.models.networks import LearnedTraceModel, load_trace_model, same_weights
 from dfcore.plots import plot_trace_budget
 
 __all__ = ["budget_steps", "budget_section", "budget_runs", "budget_errors", "run_trace_budget", "ERROR_COLUMNS"]
@@ -63,7 +62,7 @@ def budget_runs(study: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
     return runs
 
 
-def _load_nets(paths: Sequence[str | Path], dim: int, device: torch.device) -> list[TraceModel]:
+def _load_nets(paths: Sequence[str | Path], dim: int, device: torch.device) -> list[LearnedTraceModel]:
     """The trace networks at ``paths``, checked to share the first one's denoiser."""
     models = [expect_model(load_trace_model(path, device), path, dim=dim) for path in paths]
     for path, model in zip(paths, models):
