@@ -89,9 +89,19 @@ def _train_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--denoiser", help="trained denoiser checkpoint (for --kind trace)")
     parser.add_argument("--loss-csv", help="CSV of the loss at every step (default: none)")
     parser.add_argument("--resume", help="resume checkpoint path (written every checkpoint_every steps)")
+    parser.add_argument("--target", help="--kind trace only: replace trace_net.target (as rule train_trace_target)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="--kind trace only: replace trace_net.steps, warmup_steps scaled alike (as rule train_trace_budget)",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
     section = dataset_section(cfg["denoiser" if args.kind == "denoiser" else "trace_net"], args.dataset)
+    if args.kind == "trace" and (args.target or args.steps):
+        from dfcore.experiments.trace_budget import budget_section
+
+        section = budget_section(section, args.target or section["target"], args.steps or section["steps"])
     schedule = get_schedule(args.schedule, **cfg["schedules"].get(args.schedule, {}))
     run_training(
         args.kind,
@@ -167,6 +177,36 @@ def _trace_error_main(argv: Sequence[str] | None = None) -> None:
         seed=cfg["seed"],
         device=cfg["device"],
         extra_trace_paths=args.extra_trace,
+    )
+
+
+def _trace_budget_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dfcore trace-budget --data STORE --nets CKPT... [--out-dir DIR]``: the training-budget study."""
+    from dfcore.experiments.trace_budget import budget_runs, run_trace_budget
+
+    parser = _parser("trace-budget")
+    parser.add_argument("--data", required=True, help="Zarr store of the data set of trace_error.dataset")
+    parser.add_argument(
+        "--nets",
+        nargs="+",
+        required=True,
+        help="trace-net checkpoints, one per target and budget of trace_budget (targets outermost, as the rule)",
+    )
+    parser.add_argument("--out-dir", default=None, help="output folder (default: <results>/trace_error)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.configfile)
+    section = cfg["trace_error"]
+    steps = dataset_section(cfg["trace_net"], section["dataset"])["steps"]
+    out = Path(args.out_dir or Path(cfg["results"]) / "trace_error")
+    run_trace_budget(
+        section,
+        args.data,
+        budget_runs(cfg["trace_budget"], steps),
+        args.nets,
+        csv=out / "convergence.csv",
+        figure=out / "convergence_steps.png",
+        seed=cfg["seed"],
+        device=cfg["device"],
     )
 
 
@@ -693,6 +733,7 @@ STAGES: dict[str, Stage] = {
     "train": Stage(_train_main, "train a denoiser or a DF-TM trace network (Alg. 1) on a data set, with resume"),
     "nll": Stage(_nll_main, "PF-ODE log-likelihoods (Eq. 14) of a data set with one trace estimator"),
     "trace-error": Stage(_trace_error_main, "Table 2: relative error of each Fisher-trace estimator"),
+    "trace-budget": Stage(_trace_budget_main, "Table 2's DF-TM error against the trace net's training steps"),
     "likelihood": Stage(
         _likelihood_main,
         "mixture likelihood benchmark, Table 2, held-out digits; with --model: bits/dim of an image folder",

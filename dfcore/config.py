@@ -805,6 +805,8 @@ A config file needs only the keys it changes; every other key keeps its default.
 - `config/paper.yaml`: paper scale (longer training, more test points, tighter tolerances); hours on a CPU.
 - `config/likelihood_cpu.yaml`: the likelihood benchmark's Gaussian mixtures with training sized for a 2-core CPU
   (the command that runs only that stage is at the top of the file).
+- `config/trace_budget.yaml`: the trace-net training-budget study (`trace_budget`) at 0.25 to 4 times `trace_net.steps`
+  (the command that runs only the study is at the top of the file).
 
 ## What reruns when a key changes
 

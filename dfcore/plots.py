@@ -57,6 +57,7 @@ __all__ = [
     "plot_sd_nll_seeds",
     "plot_sd_nll_vs_guidance",
     "plot_table3_heatmap",
+    "plot_trace_budget",
     "plot_trace_errors",
     "positive_rows",
     "styled",
@@ -236,6 +237,33 @@ def plot_trace_errors(ds: xr.Dataset, path: str | Path, title: str = "") -> None
     ax.set(yscale="log", ylabel="relative trace error (%)", xlabel="$t$", title=title)
     legend_outside(fig, [ax], [dropped_note(dropped)])
     _finish(fig, path, dpi=150)
+
+
+@styled
+def plot_trace_budget(frame: pd.DataFrame, path: str | Path, title: str = "") -> None:
+    """DF-TM relative trace error (%) against the trace net's training steps, log-log, one line per training
+    target: one panel per evaluation time t (0.0 stands for t_zero) and a last panel with the mean over t."""
+    mean = frame.groupby(["trace_target", "steps"], as_index=False, sort=False)["rel_error"].mean()
+    times = sorted(frame["t"].unique(), reverse=True)
+    panels = [(f"$t = {t:g}{'+' if t == 0 else ''}$", frame[frame["t"] == t]) for t in times]
+    panels.append(("mean over $t$", mean))
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.6, 2.7 * nrows + 0.4), squeeze=False)
+    hue_order = list(dict.fromkeys(frame["trace_target"]))
+    steps = sorted(frame["steps"].unique())
+    dropped = 0
+    for ax, (label, data) in zip(axes.flat, panels):
+        data, count = positive_rows(data, "rel_error")
+        dropped += count
+        sns.lineplot(data=data, x="steps", y="rel_error", hue="trace_target", hue_order=hue_order, marker="o", ax=ax)
+        ax.set(xscale="log", yscale="log", xlabel="training steps", ylabel="relative trace error (%)", title=label)
+        _step_ticks(ax, steps)
+    for ax in axes.flat[len(panels) :]:
+        ax.remove()
+    fig.suptitle(title)
+    legend_outside(fig, list(axes.flat[: len(panels)]), [dropped_note(dropped, "errors")], below=True)
+    _finish(fig, path, dpi=120)
 
 
 def thumbnail(img: np.ndarray, size: int) -> np.ndarray:

@@ -129,7 +129,7 @@ def test_the_key_table_describes_every_key():
     assert not undescribed, f"keys without a description in the schema: {undescribed}"
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml", "likelihood_cpu.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml", "likelihood_cpu.yaml", "trace_budget.yaml"])
 def test_dataset_section_merges_overrides_as_training_does(name):
     """The training rules' params (dataset_section) are exactly what run_training reads (dataset_section)."""
     from dfcore.config import dataset_section

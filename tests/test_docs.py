@@ -4,8 +4,8 @@ Python blocks are executed in order, one namespace per file (a tutorial's later 
 their own asserts check the numbers they print. Shell blocks are read command by command: ``python -m dfcore``
 help and config checks are run, Snakemake commands are dry-run (``-n``) in a scratch copy of the repository
 (so that a command whose arguments Snakemake reads differently from what the page says fails here), and the
-rest must match a rule of SKIPPED that says why it is not run. The command at the top of
-config/likelihood_cpu.yaml is dry-run the same way.
+rest must match a rule of SKIPPED that says why it is not run. The commands at the top of
+config/likelihood_cpu.yaml and config/trace_budget.yaml are dry-run the same way.
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ def test_cheap_commands_run(command):
     assert result.stdout.strip(), f"{command} printed nothing"
 
 
-def _likelihood_cpu_command() -> str:
-    """The command in the header comment of config/likelihood_cpu.yaml."""
-    lines = [line[1:].strip() for line in (REPO / "config" / "likelihood_cpu.yaml").read_text().splitlines()]
+def _likelihood_cpu_command(name: str = "likelihood_cpu.yaml") -> str:
+    """The command in the header comment of config/likelihood_cpu.yaml (or of config/``name``)."""
+    lines = [line[1:].strip() for line in (REPO / "config" / name).read_text().splitlines()]
     start = next(i for i, line in enumerate(lines) if line.startswith("snakemake "))
     command = ""
     for line in lines[start:]:
@@ -130,7 +130,7 @@ def _likelihood_cpu_command() -> str:
 
 def _dryrun_commands() -> list[str]:
     found = {command for _, command in _shell_commands() if _classify(command)[0] == "dryrun"}
-    return sorted(found | {_likelihood_cpu_command()})
+    return sorted(found | {_likelihood_cpu_command(), _likelihood_cpu_command("trace_budget.yaml")})
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,10 @@ def test_likelihood_cpu_command_puts_targets_before_configfile():
     configfile = argv.index("--configfile")
     assert argv[configfile + 1 :] == ["config/likelihood_cpu.yaml"], argv
     assert any(arg.endswith("benchmark.csv") for arg in argv[:configfile])
+
+
+def test_trace_budget_command_puts_the_target_before_configfile():
+    argv = shlex.split(_likelihood_cpu_command("trace_budget.yaml"))
+    configfile = argv.index("--configfile")
+    assert argv[configfile + 1 :] == ["config/trace_budget.yaml"], argv
+    assert argv[configfile - 1] == "results/trace_error/convergence.csv"

@@ -12,6 +12,7 @@ from dfcore.config import (
     validate_config,
 )
 from dfcore.experiments.likelihood_methods import OWN_METHODS
+from dfcore.experiments.trace_budget import budget_runs, budget_section
 from dfcore.fisher import TRACE_ESTIMATORS
 from dfcore.models.networks import TRACE_TARGETS
 from dfcore.registries import required_dependencies, wildcard_pattern
@@ -276,3 +277,47 @@ def pretrained_bpd_inputs(wildcards):
     if PRETRAINED_DFTM:
         inputs["trace"] = f"{RESULTS}/pretrained/trace"
     return inputs
+
+
+# The training-budget study of the trace net (trace_budget section, rules train_trace_budget and trace_budget).
+def trace_budget_runs():
+    """The nets of the study: one {target, budget, steps} per target and budget, the steps a multiple of
+    trace_net.steps as the trace_error data set sees it; none when trace_budget.enabled is false.
+    """
+    if not config["trace_budget"]["enabled"]:
+        return []
+    dataset = config["trace_error"]["dataset"]
+    steps = dataset_section(config["trace_net"], dataset)["steps"]
+    return budget_runs(config["trace_budget"], steps)
+
+
+def trace_budget_nets():
+    """The checkpoints of the study's nets, in the order of trace_budget_runs()."""
+    te = config["trace_error"]
+    stem = f"{RESULTS}/models/{te['dataset']}_{te['schedule']}_trace"
+    return [
+        f"{stem}_{run['target']}_steps{run['steps']}.pt" for run in trace_budget_runs()
+    ]
+
+
+def trace_budget_section(wildcards):
+    """Param function of train_trace_budget: the trace_net section as the job's dataset sees it, with the job's
+    {target} and {steps} (warmup_steps scaled by the same factor as the steps)."""
+    section = dataset_section(config["trace_net"], wildcards.dataset)
+    return canonical_params(
+        budget_section(section, wildcards.target, int(wildcards.steps))
+    )
+
+
+def trace_budget_error_params():
+    """The trace_error keys the study's evaluation reads (its data set, schedule, times and test points)."""
+    keys = (
+        "dataset",
+        "schedule",
+        "times",
+        "t_zero",
+        "num_points",
+        "num_probes",
+        "seed",
+    )
+    return canonical_params({key: config["trace_error"][key] for key in keys})
