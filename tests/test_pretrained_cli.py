@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_pipelines import SIZE, T, tiny_conditional_unet, tiny_scheduler, tiny_unet, write_images
 
 from dfcore.cli import main
-
-T = 100  # training steps of the tiny schedulers
-SIZE = 8
 
 
 @pytest.fixture(autouse=True)
@@ -25,43 +23,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.1)
-
-
-def _write_images(folder, size=SIZE, mode="L", count=3):
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        shape = (size, size) if mode == "L" else (size, size, 3)
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A tiny unconditional DDPM pipeline folder and three grayscale PNGs of its sample size."""
-    from diffusers import DDPMPipeline, UNet2DModel
+    from diffusers import DDPMPipeline
 
     root = tmp_path_factory.mktemp("pretrained_cli")
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=SIZE,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        add_attention=False,
-    )
-    DDPMPipeline(unet=unet, scheduler=_scheduler()).save_pretrained(str(root / "model"))
-    return root / "model", _write_images(root / "images")
+    DDPMPipeline(unet=tiny_unet(), scheduler=tiny_scheduler()).save_pretrained(str(root / "model"))
+    return root / "model", write_images(root / "images")
 
 
 def _likelihood(model, images, out, *extra):
@@ -119,23 +88,9 @@ def test_train_trace_then_dftm(pipeline, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmapped attention backward
 def test_conditional_unet_with_zero_conditioning(tmp_path):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(3)
-    UNet2DConditionModel(
-        sample_size=SIZE,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    ).save_pretrained(str(tmp_path / "model" / "unet"))
-    _scheduler().save_pretrained(str(tmp_path / "model" / "scheduler"))
-    images = _write_images(tmp_path / "images", count=2)  # grayscale, converted to RGB
+    tiny_conditional_unet(channels=3).save_pretrained(str(tmp_path / "model" / "unet"))
+    tiny_scheduler().save_pretrained(str(tmp_path / "model" / "scheduler"))
+    images = write_images(tmp_path / "images", count=2)  # grayscale, converted to RGB
     table = _likelihood(tmp_path / "model", images, tmp_path / "c.csv", "--method", "vjp", "--num-steps", "2")
     assert len(table) == 2 and np.isfinite(table["bpd"]).all()
     assert all(math.isfinite(v) for v in table["seconds"])
@@ -143,7 +98,7 @@ def test_conditional_unet_with_zero_conditioning(tmp_path):
 
 def test_errors_name_the_problem(pipeline, tmp_path, capsys):
     model_dir, images = pipeline
-    wrong = _write_images(tmp_path / "wrong", size=SIZE + 2, count=1)
+    wrong = write_images(tmp_path / "wrong", size=SIZE + 2, count=1)
     with pytest.raises(ValueError, match=r"img0\.png: image size 10x10 .* sample size 8x8"):
         _likelihood(model_dir, wrong, tmp_path / "w.csv", "--method", "vjp")
     with pytest.raises(SystemExit) as exit_info:

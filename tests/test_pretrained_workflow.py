@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from tiny_pipelines import T, tiny_conditional_unet, tiny_scheduler, tiny_unet, write_images
 from workflow_helpers import copy_repo, planned_jobs, run_snakemake
 
 from dfcore.cli import main
 
-T = 100  # training steps of the tiny schedulers
-SIZE = 8
 TARGETS = [f"results/pretrained/{name}" for name in ("bpd.csv", "summary.json", "bpd.png")]
 TINY = {
     "trace": {"block_out_channels": [8, 16], "norm_num_groups": 4, "steps": 3, "batch_size": 4, "warmup_steps": 0},
@@ -33,57 +32,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.1)
-
-
-def _unet():
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=SIZE,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        add_attention=False,
-    )
-
-
-def _conditional_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(3)
-    return UNet2DConditionModel(
-        sample_size=SIZE,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
-
-
-def _write_images(folder, count=3):
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), "L").save(folder / f"img{i}.png")
-    return folder
-
-
 def _config(path, results, **pretrained):
     """A config file with the tiny ``pretrained`` section (its keys updated by ``pretrained``)."""
     section = {"enabled": True, **TINY, **pretrained}
@@ -97,11 +45,11 @@ def scratch(tmp_path_factory):
     from diffusers import DDPMPipeline
 
     work = copy_repo(tmp_path_factory.mktemp("pretrained_workflow") / "repo")
-    DDPMPipeline(unet=_unet(), scheduler=_scheduler()).save_pretrained(str(work / "resources" / "model"))
-    _conditional_unet().save_pretrained(str(work / "resources" / "cond_model" / "unet"))
-    _scheduler().save_pretrained(str(work / "resources" / "cond_model" / "scheduler"))
-    _write_images(work / "resources" / "images")
-    _write_images(work / "resources" / "train_images", count=4)
+    DDPMPipeline(unet=tiny_unet(), scheduler=tiny_scheduler()).save_pretrained(str(work / "resources" / "model"))
+    tiny_conditional_unet().save_pretrained(str(work / "resources" / "cond_model" / "unet"))
+    tiny_scheduler().save_pretrained(str(work / "resources" / "cond_model" / "scheduler"))
+    write_images(work / "resources" / "images")
+    write_images(work / "resources" / "train_images", count=4)
     return work
 
 
@@ -169,7 +117,7 @@ def test_config_errors_name_the_key(tmp_path):
         with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'"):
             validate_config({"pretrained": {"enabled": True, **section}})
 
-    images = _write_images(tmp_path / "images", count=1)
+    images = write_images(tmp_path / "images", count=1)
     check({"images": str(images)}, "pretrained.images")
     check({"model": str(tmp_path / "missing")}, "pretrained.model")
     check({"model": str(images), "cond": str(tmp_path / "cond.pt")}, "pretrained.cond")
