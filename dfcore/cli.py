@@ -662,6 +662,20 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         default=defaults["divergence_probes"],
         help="Rademacher probes per sample of --target divergence (default: %(default)s)",
     )
+    parser.add_argument(
+        "--divergence-exact-max-dim",
+        type=int,
+        default=defaults["divergence_exact_max_dim"],
+        help="--target divergence: the exact Jacobian trace (d Jacobian-vector products per sample) instead of "
+        "probes for images of up to this many values (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=defaults["ema_decay"],
+        help="moving average of the weights over the steps, saved instead of the last iterate (default: %(default)s)",
+    )
+    parser.add_argument("--init", default=None, help="a trace folder whose net starts the training (fine-tuning)")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the net and the batches")
@@ -675,6 +689,9 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "steps": args.steps,
         "target": args.target,
         "divergence_probes": args.divergence_probes,
+        "divergence_exact_max_dim": args.divergence_exact_max_dim,
+        "ema_decay": args.ema_decay,
+        "init": args.init,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),

@@ -43,7 +43,15 @@ from dfcore.models.networks import (
 )
 from dfcore.schedules import Schedule
 
-__all__ = ["learning_rate", "train_loop", "sigma_data", "build_denoiser", "build_trace_model"]
+__all__ = [
+    "learning_rate",
+    "ema_average",
+    "copy_parameters",
+    "train_loop",
+    "sigma_data",
+    "build_denoiser",
+    "build_trace_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +90,7 @@ def train_loop(
     interrupt a run. Training times are :math:`t = t_{min} + (1 - t_{min}) u^p`, u uniform and
     p = ``time_power`` (1: uniform in t; p > 1 puts more of the steps at small t). A model with a ``probe_generator``
     attribute gets the loop's generator there, for randomness its loss draws. ``ema_decay`` > 0 keeps an
-    exponential moving average of the weights (:func:`_ema`), saved in the resume checkpoint and copied into
+    exponential moving average of the weights (:func:`ema_average`), saved in the resume checkpoint and copied into
     ``model.module`` at the end, so the average is what the caller saves.
 
     A resume checkpoint is used only if its ``fingerprint`` (settings, seed, data) matches, and it is deleted once
@@ -105,7 +113,7 @@ def train_loop(
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     if hasattr(model, "probe_generator"):
         model.probe_generator = gen
-    ema = _ema(module, ema_decay)
+    ema = ema_average(module, ema_decay)
     resume_path = Path(resume_path) if resume_path is not None else None
     start, losses = _resume(resume_path, fingerprint, module, opt, gen, desc, ema)
     stop = _Stop(desc, steps, resume_path, start if start else None)
@@ -128,7 +136,7 @@ def train_loop(
         if on_step is not None:
             on_step(done)
     if ema is not None:
-        _copy_parameters(ema.module, module)
+        copy_parameters(ema.module, module)
     if bad := _non_finite_parameters(module):
         raise stop(f"parameters ({', '.join(bad)})", steps)
     module.eval()
@@ -182,7 +190,7 @@ def _step(
     return value
 
 
-def _ema(module: torch.nn.Module, decay: float) -> AveragedModel | None:
+def ema_average(module: torch.nn.Module, decay: float) -> AveragedModel | None:
     r"""An exponential moving average of ``module``'s parameters, :math:`W_{ema} \leftarrow \text{decay}\, W_{ema} +
     (1 - \text{decay})\, W` after each step (``torch.optim.swa_utils``; its first update copies W); None for
     ``decay`` 0."""
@@ -193,7 +201,7 @@ def _ema(module: torch.nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
-def _copy_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
+def copy_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Copy the parameters of ``source`` into those of ``target`` (same architecture), in place."""
     with torch.no_grad():
         for p_source, p_target in zip(source.parameters(), target.parameters(), strict=True):

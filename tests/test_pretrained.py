@@ -342,7 +342,8 @@ def test_positive_trace_model_on_gaussian_data():
         tm = PositiveTraceModel(_Constant(h), den, sd, box_width=0.1)
         assert (fisher_trace("dftm", x, t, denoiser=den, trace_model=tm) <= d / sigma**2 + 1e-12).all()
     assert tm.counts["lower"] == 0 and tm.counts["evaluations"] == 4 and tm.counts["upper"] == 4  # V > d w^2/4
-    # the loss, recomputed: (softplus(h) - (|x0|^2 - |ybar|^2)/c)^2 with c the Gaussian posterior variance
+    # the loss, recomputed: ((V - T) / (d sigma^2/alpha^2))^2 with V = c softplus(h), c the Gaussian posterior
+    # variance and T = |x0|^2 - |ybar|^2
     x0 = sd * torch.randn(4, d, generator=gen, dtype=torch.float64)
     noise = torch.randn(4, d, generator=gen, dtype=torch.float64)
     alpha, sigma = schedule(t)
@@ -350,14 +351,13 @@ def test_positive_trace_model_on_gaussian_data():
     ybar = den.posterior_mean(xt, t)
     s2 = (sigma / alpha) ** 2
     c = d * s2 * sd**2 / (s2 + sd**2)
-    target = (x0.pow(2).sum(1) - ybar.pow(2).sum(1)) / c
     h = 0.3
+    v = c * torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64))
     loss = PositiveTraceModel(_Constant(h), den, sd).loss(x0, t, noise)
-    expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - target).pow(2).mean()
+    expected = ((v - (x0.pow(2).sum(1) - ybar.pow(2).sum(1))) / (d * s2)).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-    residual = (x0 - ybar).pow(2).sum(1) / c
     loss = PositiveTraceModel(_Constant(h), den, sd, target="residual").loss(x0, t, noise)
-    expected = (torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64)) - residual).pow(2).mean()
+    expected = ((v - (x0 - ybar).pow(2).sum(1)) / (d * s2)).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="'l1'"):
         PositiveTraceModel(_Constant(h), den, sd, target="l1")
@@ -389,11 +389,79 @@ def test_positive_trace_model_divergence_target_is_the_gaussian_posterior_varian
         torch.testing.assert_close(closed, gauss.posterior_variance(xt, t, schedule), rtol=1e-12, atol=0)
         model = PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_probes=2)
         model.probe_generator = torch.Generator().manual_seed(0)
-        expected = torch.nn.functional.softplus(torch.tensor(0.3, dtype=torch.float64)) - closed / model.scale(t, d)
+        v = model.scale(t, d) * torch.nn.functional.softplus(torch.tensor(0.3, dtype=torch.float64))
+        expected = (v - closed) / (d * (sigma / alpha) ** 2)
         torch.testing.assert_close(model.loss(x0, t, noise), expected.pow(2).mean(), rtol=1e-10, atol=1e-12)
         assert model.state()["divergence_probes"] == 2
     with pytest.raises(ValueError, match="divergence_probes"):
         PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_probes=0)
+
+
+def test_positive_trace_model_exact_divergence_target_is_the_correlated_gaussian_posterior_variance():
+    """With d <= divergence_exact_max_dim the divergence target is the exact Jacobian trace: for Gaussian data with a
+    full covariance S (where one Rademacher probe is not exact) it equals tr(sigma^2 S (alpha^2 S + sigma^2 I)^-1)
+    to round-off, for any probe count and generator."""
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, PositiveTraceModel
+    from dfcore.mixtures import GaussianMixture
+    from dfcore.models.base import ExactDenoiser
+    from dfcore.schedules import VPSchedule
+
+    gen = torch.Generator().manual_seed(5)
+    d = 5
+    root = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    cov = root @ root.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    gauss = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64), cov[None])
+    schedule = VPSchedule()
+    den = ExactDenoiser(gauss, schedule)
+    t = torch.tensor([0.002, 0.05, 0.4, 0.95], dtype=torch.float64)
+    x0 = torch.randn(4, d, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    noise = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    alpha, sigma = schedule(t)
+    xt = alpha[:, None] * x0 + sigma[:, None] * noise
+    eye = torch.eye(d, dtype=torch.float64)
+    closed = torch.stack(
+        [torch.trace(s**2 * cov @ torch.linalg.inv(a**2 * cov + s**2 * eye)) for a, s in zip(alpha, sigma)]
+    )
+    exact = PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_exact_max_dim=d)
+    probe = PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_exact_max_dim=d - 1)
+    for model in (exact, probe):
+        model.probe_generator = torch.Generator().manual_seed(0)
+    ybar = den.posterior_mean(xt, t)
+    torch.testing.assert_close(POSITIVE_TRACE_TARGETS["divergence"](exact, x0, xt, t, ybar), closed, rtol=1e-10, atol=0)
+    assert not torch.allclose(POSITIVE_TRACE_TARGETS["divergence"](probe, x0, xt, t, ybar), closed, rtol=1e-3)
+    assert exact.state()["divergence_exact_max_dim"] == d
+
+
+def test_the_shared_optimiser_ends_with_the_moving_average_of_its_iterates():
+    """ema_decay > 0: the module's final weights are W_ema <- decay W_ema + (1 - decay) W over the iterates (the
+    first update copies W), recomputed here from the weights recorded after every step."""
+    from dfcore.integrations.pretrained_train import _optimise
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 1)
+    iterates: list[torch.Tensor] = []
+    data = torch.randn(8, 3)
+
+    def batch_loss(net: torch.nn.Module) -> tuple[torch.Tensor, int]:
+        return (net(data) - 1.0).pow(2).mean(), 8
+
+    original = torch.optim.Adam.step
+
+    def record(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        iterates.append(torch.nn.utils.parameters_to_vector(module.parameters()).detach().clone())
+        return out
+
+    torch.optim.Adam.step = record
+    try:
+        _optimise(module, batch_loss, steps=6, lr=0.1, warmup_steps=0, grad_clip=10.0, name="toy", ema_decay=0.7)
+    finally:
+        torch.optim.Adam.step = original
+    expected = iterates[0]
+    for w in iterates[1:]:
+        expected = 0.7 * expected + 0.3 * w
+    torch.testing.assert_close(torch.nn.utils.parameters_to_vector(module.parameters()), expected)
+    assert not torch.allclose(expected, iterates[-1])
 
 
 def test_the_shared_optimiser_follows_the_project_schedule_and_stops_on_a_non_finite_loss():
@@ -434,3 +502,22 @@ def test_the_shared_optimiser_follows_the_project_schedule_and_stops_on_a_non_fi
             grad_clip=1.0,
             name="toy",
         )
+
+
+def test_a_trace_net_starts_from_the_weights_of_an_init_folder(tmp_path):
+    """Setting trace.init copies a saved trace net into the new one exactly; a folder without a net, or a net of
+    another architecture, is an error that names init."""
+    from dfcore.experiments.pretrained import _load_trace_weights
+    from dfcore.integrations.pretrained_train import build_trace_unet
+
+    saved = build_trace_unet((1, 8, 8), (8, 16), 4, seed=1)
+    saved.save_pretrained(str(tmp_path / "trace" / "unet"))
+    fresh = build_trace_unet((1, 8, 8), (8, 16), 4, seed=0)
+    assert not torch.equal(fresh.conv_in.weight, saved.conv_in.weight)
+    _load_trace_weights(fresh, tmp_path / "trace")
+    for name, value in saved.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="init: .* holds no trace net"):
+        _load_trace_weights(fresh, tmp_path)
+    with pytest.raises(ValueError, match="init: .* another architecture"):
+        _load_trace_weights(build_trace_unet((1, 8, 8), (8, 8), 4), tmp_path / "trace")

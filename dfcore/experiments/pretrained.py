@@ -228,8 +228,16 @@ def train_trace(
         model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
     )
     unet = unet.to(device=next(model.unet.parameters()).device)
+    if cfg["init"] is not None:
+        _load_trace_weights(unet, Path(cfg["init"]))
     trace = PositiveTraceModel(
-        unet, model.denoiser, sigma_data, BOX_WIDTH, str(cfg["target"]), int(cfg["divergence_probes"])
+        unet,
+        model.denoiser,
+        sigma_data,
+        BOX_WIDTH,
+        str(cfg["target"]),
+        int(cfg["divergence_probes"]),
+        int(cfg["divergence_exact_max_dim"]),
     )
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()
@@ -242,6 +250,7 @@ def train_trace(
         lr=float(cfg["lr"]),
         warmup_steps=int(cfg["warmup_steps"]),
         seed=int(cfg["seed"]),
+        ema_decay=float(cfg["ema_decay"]),
     )
     seconds = time.perf_counter() - start
     if distributed.is_main():
@@ -250,6 +259,20 @@ def train_trace(
         _write_trace(unet, meta | (record or {}), losses, out)
     distributed.barrier()
     return out
+
+
+def _load_trace_weights(unet: Any, trace_dir: Path) -> None:
+    """Copy the network of the trace folder ``trace_dir`` (from :func:`train_trace`) into ``unet``; ValueError
+    when the folder is missing or its architecture differs from ``unet``'s."""
+    from diffusers import UNet2DModel
+
+    if not (trace_dir / "unet").is_dir():
+        raise ValueError(f"init: {trace_dir} holds no trace net (expected {trace_dir}/unet from train-trace)")
+    source = UNet2DModel.from_pretrained(str(trace_dir / "unet"), local_files_only=True)
+    try:
+        unet.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"init: the trace net of {trace_dir} has another architecture than this one: {err}") from err
 
 
 def _write_trace(unet: Any, meta: dict[str, Any], losses: list[float], out: Path) -> None:

@@ -252,14 +252,16 @@ class PositiveTraceModel(TraceModel):
     always; :math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d`. ``module`` maps
     (:math:`x/\sqrt{\alpha^2\sigma_d^2 + \sigma^2}`, 1000 t) to a tensor whose per-sample mean is h (a
     one-channel diffusers ``UNet2DModel``, say). Alg. 1's loss with the target
-    :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/c)^2`: the minimiser of
-    :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`. ``target="residual"`` regresses
+    :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/(d\tilde\sigma^2))^2`
+    (:meth:`loss`): the minimiser of :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) with a weight in t. ``target="residual"`` regresses
     onto :math:`\|x_0 - \bar y_\theta\|^2` instead: the same optimum when :math:`\bar y_\theta = E[x_0 | x_t]`, without
     the cross term :math:`2\bar y_\theta\cdot(x_0 - \bar y_\theta)` whose spread dwarfs c at small t.
     ``target="divergence"`` (this project's extension, not the paper's) regresses onto the second-order Tweedie value
     :math:`(\sigma^2/\alpha)\operatorname{div}_x\bar y_\theta` from ``divergence_probes`` Rademacher probes
-    (:func:`~dfcore.models.networks.divergence_target`): no :math:`x_0`, and unbiased for the posterior variance the
-    denoiser itself implies, so DF-TM converges to the exact (``vjp``) trace of that denoiser. Its probes are drawn
+    (:func:`~dfcore.models.networks.divergence_target`), or the exact trace of :math:`\partial\bar y_\theta/\partial x`
+    (d Jacobian-vector products) when d <= ``divergence_exact_max_dim``: no :math:`x_0`, and unbiased for the
+    posterior variance the denoiser itself implies, so DF-TM converges to the exact (``vjp``) trace of that
+    denoiser. Its probes are drawn
     from :attr:`probe_generator` (the training loop sets it).
 
     With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
@@ -274,6 +276,7 @@ class PositiveTraceModel(TraceModel):
         box_width: float | None = None,
         target: str = "sq_norm",
         divergence_probes: int = 1,
+        divergence_exact_max_dim: int = 0,
     ) -> None:
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
@@ -283,6 +286,7 @@ class PositiveTraceModel(TraceModel):
             raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
         self.target = target
         self.divergence_probes = int(divergence_probes)
+        self.divergence_exact_max_dim = int(divergence_exact_max_dim)
         self.probe_generator: torch.Generator | None = None
         self.module = module
         self.denoiser = denoiser
@@ -293,14 +297,15 @@ class PositiveTraceModel(TraceModel):
 
     def state(self) -> dict[str, Any]:
         """What rebuilds the model around a module of the same architecture: the module's weights,
-        ``sigma_data``, ``box_width`` (None: no bound), ``target`` and ``divergence_probes`` (plain types, for
-        ``weights_only`` loading)."""
+        ``sigma_data``, ``box_width`` (None: no bound), ``target``, ``divergence_probes`` and
+        ``divergence_exact_max_dim`` (plain types, for ``weights_only`` loading)."""
         return {
             "state_dict": self.module.state_dict(),
             "sigma_data": self.sigma_data,
             "box_width": self.box_width,
             "target": self.target,
             "divergence_probes": self.divergence_probes,
+            "divergence_exact_max_dim": self.divergence_exact_max_dim,
         }
 
     def scale(self, t: Tensor, dim: int) -> Tensor:
@@ -336,15 +341,20 @@ class PositiveTraceModel(TraceModel):
         return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / ybar.shape[1]).to(x.dtype)
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Alg. 1's loss in the preconditioned form above, averaged over the batch."""
+        r"""Alg. 1's loss in the form above, :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` averaged over the batch:
+        the error of :math:`(\alpha^2/\sigma^4)V_\theta` relative to :math:`d/\sigma^2` in Eq. 17, i.e. weighted as
+        the likelihood integrand weighs it (:math:`(c/d\tilde\sigma^2)^2 \to 1` at small t, and
+        :math:`\to 0` at large t, where a model's own divergence target can exceed c many times over)."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
         flat = x0.flatten(1).to(torch.float64)
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
-        target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / self.scale(t, flat.shape[1])
+        scale = self.scale(t, flat.shape[1])
+        target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / scale
+        weight = scale / (flat.shape[1] * (sigma / alpha) ** 2)
         pred = nn.functional.softplus(self.head(x, t))
-        return (pred - target.to(pred.dtype)).pow(2).mean()
+        return (weight.to(pred.dtype) * (pred - target.to(pred.dtype))).pow(2).mean()
 
 
 def _sq_norm_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
@@ -358,9 +368,16 @@ def _residual_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor
 
 
 def _divergence_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
-    r""":math:`(\sigma^2/\alpha)\operatorname{div}_x\bar y_\theta` from ``model.divergence_probes`` probes."""
+    r""":math:`(\sigma^2/\alpha)\operatorname{div}_x\bar y_\theta` from ``model.divergence_probes`` probes, or exact
+    when d <= ``model.divergence_exact_max_dim``."""
     return divergence_target(
-        model.denoiser.posterior_mean, x, t, model.schedule, model.divergence_probes, 0, model.probe_generator
+        model.denoiser.posterior_mean,
+        x,
+        t,
+        model.schedule,
+        model.divergence_probes,
+        model.divergence_exact_max_dim,
+        model.probe_generator,
     )
 
 

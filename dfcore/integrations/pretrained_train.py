@@ -25,12 +25,13 @@ from diffusers import ConfigMixin, DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from dfcore import distributed
 from dfcore.dequantize import dequantize
 from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
 from dfcore.schedules import DiscreteSchedule
-from dfcore.train import learning_rate
+from dfcore.train import copy_parameters, ema_average, learning_rate
 
 __all__ = [
     "ConvertedUNet2DModel",
@@ -133,11 +134,14 @@ def _optimise(
     warmup_steps: int,
     grad_clip: float,
     name: str,
+    ema_decay: float = 0.0,
 ) -> list[float]:
     """Adam on ``module`` for ``steps`` steps of ``batch_loss(net)`` (the mean loss of this process's share of a
     fresh minibatch, computed with ``net``, and the number of its samples), with the learning rate of
     :func:`dfcore.train.learning_rate` and gradient clipping; returns the loss of every step and leaves the module
-    frozen in eval mode. A non-finite loss raises FloatingPointError naming ``name`` and the step.
+    frozen in eval mode, with a progress bar on rank 0. A non-finite loss raises FloatingPointError naming
+    ``name`` and the step. With ``ema_decay`` > 0 the module ends with the exponential moving average of its
+    weights over the steps (:func:`dfcore.train.ema_average`).
 
     Under a process group of world size > 1 (:mod:`dfcore.distributed`) ``net`` is ``module`` in
     ``DistributedDataParallel``: the backward pass averages the gradients over the ranks, the norm is clipped on
@@ -145,9 +149,11 @@ def _optimise(
     records the curve of one process training on the whole minibatch."""
     net = distributed.wrap(module)
     opt = torch.optim.Adam(module.parameters(), lr=lr)
+    ema = ema_average(module, ema_decay)
     losses: list[float] = []
     module.train()
-    for step in range(steps):
+    bar = tqdm(range(steps), desc=name, disable=not distributed.is_main(), mininterval=1.0)
+    for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
         loss, count = batch_loss(net)
@@ -158,7 +164,12 @@ def _optimise(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(module)
         losses.append(value)
+        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+    if ema is not None:
+        copy_parameters(ema.module, module)
     module.eval().requires_grad_(False)
     return losses
 
@@ -220,11 +231,12 @@ def train_trace_model(
     warmup_steps: int = 50,
     grad_clip: float = 1.0,
     seed: int = 0,
+    ema_decay: float = 0.0,
 ) -> list[float]:
     r"""Train ``trace_model.module`` (a :class:`~dfcore.integrations.pretrained.PositiveTraceModel`) in place by
     Alg. 1 on uint8 ``images`` with fresh uniform dequantisation, at times log-uniform in [``t_min``, 1]
-    (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay.
-    Returns the loss of every step.
+    (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay,
+    and with ``ema_decay`` > 0 the moving average of the weights as the result. Returns the loss of every step.
 
     Under a process group of world size W > 1 every rank draws the same global minibatch of ``batch_size`` from
     the generator seeded with ``seed`` and computes the loss of its contiguous shard of ``batch_size / W``
@@ -261,4 +273,5 @@ def train_trace_model(
         warmup_steps=warmup_steps,
         grad_clip=grad_clip,
         name="train_trace_model",
+        ema_decay=ema_decay,
     )
