@@ -16,14 +16,6 @@ from tiny_pipelines import SIZE, T, tiny_conditional_unet, tiny_scheduler, tiny_
 from dfcore.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A tiny unconditional DDPM pipeline folder and three grayscale PNGs of its sample size."""

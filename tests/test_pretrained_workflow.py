@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from tiny_pipelines import T, tiny_conditional_unet, tiny_scheduler, tiny_unet, write_images
 from workflow_helpers import copy_repo, planned_jobs, run_snakemake
@@ -22,14 +21,6 @@ TINY = {
     "trace": {"block_out_channels": [8, 16], "norm_num_groups": 4, "steps": 3, "batch_size": 4, "warmup_steps": 0},
     "measure": {"methods": ["vjp", "hutchinson", "dftm"], "solver": "rk4", "num_steps": 4, "dtype": "float64"},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(path, results, **pretrained):
