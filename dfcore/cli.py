@@ -698,9 +698,8 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "seed": args.seed,
     }
     with distributed.process_group(args.device) as device:  # one process unless started by torchrun
-        out = train_image_trace(args.model, args.images, args.out, section, cond=args.cond, device=device)
-        if distributed.is_main():
-            print(f"trace net written to {out}")
+        # rank 0 logs the folder it wrote, with the training time and final loss
+        train_image_trace(args.model, args.images, args.out, section, cond=args.cond, device=device)
 
 
 def _pretrained_main(argv: Sequence[str] | None = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,15 @@ def test_trace_estimator_names_come_from_the_classes():
     assert all(name == cls.name for name, cls in TRACE_ESTIMATORS.items())
     assert all(name == cls.name for name, cls in FVP_ESTIMATORS.items())
     assert len({cls.label for cls in TRACE_ESTIMATORS.values()}) == len(TRACE_ESTIMATORS)
+
+
+def test_the_snakefile_imports_no_plotting_stack():
+    """Every snakemake start (a dry run, --summary, --report) imports the dfcore modules of the rule files; none
+    of them may pull in seaborn, matplotlib or scipy (seconds per start)."""
+    rules = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    modules = sorted({m for p in rules for m in re.findall(r"^\s*from (dfcore[\w.]*) import", p.read_text(), re.M)})
+    assert "dfcore.config" in modules
+    heavy = ("seaborn", "matplotlib", "scipy")
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:2000]

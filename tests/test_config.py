@@ -122,6 +122,17 @@ def test_config_readme_is_up_to_date_with_the_schema():
     )
 
 
+def test_the_packaged_schemas_are_those_of_the_workflow():
+    """dfcore/schemas/ (what the package validates with) holds the same files, byte for byte, as workflow/schemas/
+    (where the schema is edited)."""
+    workflow = {p.name: p.read_bytes() for p in (REPO / "workflow" / "schemas").iterdir() if p.is_file()}
+    packaged = {p.name: p.read_bytes() for p in (REPO / "dfcore" / "schemas").iterdir() if p.is_file()}
+    assert "config.schema.yaml" in workflow
+    assert workflow.keys() == packaged.keys(), (sorted(workflow), sorted(packaged))
+    differing = [name for name in workflow if workflow[name] != packaged[name]]
+    assert not differing, f"workflow/schemas and dfcore/schemas differ in {differing}; copy workflow/schemas/ over"
+
+
 def test_the_key_table_describes_every_key():
     rows = [line.split(" | ") for line in schema_markdown().splitlines()[2:]]
     assert all(len(row) == 4 for row in rows), "a '|' inside a cell breaks the table"

@@ -18,14 +18,6 @@ STEPS = 5
 BATCH = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A tiny random DDPM pipeline (8x8, one channel) saved with save_pretrained."""

@@ -14,6 +14,8 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -138,15 +140,27 @@ def scratch(tmp_path_factory):
     return copy_repo(tmp_path_factory.mktemp("docs") / "repo")
 
 
-@pytest.mark.parametrize("command", _dryrun_commands())
-def test_snakemake_commands_dry_run(command, scratch):
-    """Each documented Snakemake command, with ``-n`` added, plans its jobs without an error."""
+def _dry_run(command: str, work: Path) -> subprocess.CompletedProcess:
     argv = shlex.split(command)
-    result = subprocess.run(
-        [str(SNAKEMAKE), "-n", "--quiet", "rules", *argv[1:]], capture_output=True, text=True, cwd=scratch, timeout=300
+    return subprocess.run(
+        [str(SNAKEMAKE), "-n", "--quiet", "rules", *argv[1:]], capture_output=True, text=True, cwd=work, timeout=300
     )
+
+
+@pytest.fixture(scope="module")
+def dry_runs(scratch) -> Iterator[dict[str, Future]]:
+    """The dry run of every documented Snakemake command in the scratch copy, all started at once and run two at
+    a time (each is one single-threaded process; a dry run writes no output)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {command: pool.submit(_dry_run, command, scratch) for command in _dryrun_commands()}
+
+
+@pytest.mark.parametrize("command", _dryrun_commands())
+def test_snakemake_commands_dry_run(command, dry_runs):
+    """Each documented Snakemake command, with ``-n`` added, plans its jobs without an error."""
+    result = dry_runs[command].result()
     assert result.returncode == 0, f"{command} -n: exit {result.returncode}\n{result.stderr[-3000:]}"
-    targets = [arg for arg in argv[1:] if arg.startswith("results/")]
+    targets = [arg for arg in shlex.split(command)[1:] if arg.startswith("results/")]
     if targets:  # the targets were read as targets, not as config files
         assert "configfile" not in result.stderr.lower() or "error" not in result.stderr.lower()
 

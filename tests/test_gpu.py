@@ -472,15 +472,6 @@ def _pipeline_for(name: str, request) -> Path | None:
     return request.getfixturevalue("tiny_pipeline") if CASES[name].needs_pipeline else None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One CPU thread: the cases are tiny, and threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _ieee_float32() -> Iterator[None]:
     """float32 products and convolutions in IEEE float32 (no TF32), restored afterwards."""

@@ -28,15 +28,6 @@ from dfcore.sde import time_grid
 SCHEDULES = ["VE", "VP", "subVP", "EDM"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny (B, d, d) work: one torch thread, as in the rules (extra threads only spin on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 T_MIN = {"VE": 1e-3, "VP": 1e-3, "subVP": 1e-3, "EDM": 2.5e-5}
 AFFINE = {"kind": "dirac", "points": [[0.0, 0.0], [0.0, 0.5], [0.0, -0.6]]}
 NON_AFFINE = {"kind": "dirac", "points": [[0.5, 0.0], [0.0, -0.5], [0.0, 0.0]]}

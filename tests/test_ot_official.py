@@ -32,14 +32,6 @@ NON_AFFINE = {"kind": "dirac", "points": [[0.5, 0.0], [0.0, -0.5], [0.0, 0.0]]}
 AFFINE = {"kind": "dirac", "points": [[0.0, 0.0], [0.0, 0.5], [0.0, -0.6]]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def dirac(spec: dict) -> object:
     return make_ot_mixture(spec, 2).to(dtype=torch.float32)
 

@@ -14,14 +14,6 @@ from dfcore.schedules import DiscreteSchedule
 T = 100  # training steps of the tiny schedulers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _unet(seed: int = 0):
     from diffusers import UNet2DModel
 

@@ -4,6 +4,7 @@ diffusers pipeline folders saved with save_pretrained and a folder of three 8x8 
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -13,14 +14,6 @@ import torch
 from tiny_pipelines import SIZE, T, tiny_conditional_unet, tiny_scheduler, tiny_unet, write_images
 
 from dfcore.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +65,17 @@ def test_vjp_matches_the_python_api_and_hutchinson(pipeline, tmp_path):
     assert gap.max() < 0.5 and abs(hutch["bpd"].mean() - vjp["bpd"].mean()) < 0.3, gap
 
 
-def test_train_trace_then_dftm(pipeline, tmp_path):
+def test_train_trace_then_dftm(pipeline, tmp_path, capsys, caplog):
     model_dir, images = pipeline
     trace = tmp_path / "trace"
     argv = ["train-trace", "--model", str(model_dir), "--images", str(images), "--out", str(trace)]
-    assert main([*argv, "--steps", "3", "--batch-size", "4", "--target", "residual"]) == 0
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "--steps", "3", "--batch-size", "4", "--target", "residual"]) == 0
+    # one line says where the trace net went (with its training time and final loss)
+    lines = [*capsys.readouterr().out.splitlines(), *(r.getMessage() for r in caplog.records)]
+    assert [line for line in lines if str(trace) in line] == [
+        next(r.getMessage() for r in caplog.records if r.getMessage().startswith("trained the trace net"))
+    ], lines
     meta = json.loads((trace / "trace.json").read_text())
     assert (trace / "unet" / "config.json").is_file() and len(pd.read_csv(trace / "loss.csv")) == 3
     assert meta["images"] == str(images) and meta["num_images"] == 3 and meta["trace"]["target"] == "residual"

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from tiny_pipelines import T, tiny_conditional_unet, tiny_scheduler, tiny_unet, write_images
 from workflow_helpers import copy_repo, planned_jobs, run_snakemake
@@ -22,14 +23,6 @@ TINY = {
     "trace": {"block_out_channels": [8, 16], "norm_num_groups": 4, "steps": 3, "batch_size": 4, "warmup_steps": 0},
     "measure": {"methods": ["vjp", "hutchinson", "dftm"], "solver": "rk4", "num_steps": 4, "dtype": "float64"},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(path, results, **pretrained):
@@ -53,15 +46,38 @@ def scratch(tmp_path_factory):
     return work
 
 
-def test_stage_writes_the_bpd_table_of_the_cli(scratch, tmp_path):
-    config = _config(
-        tmp_path / "c.yaml",
+def _cond_targets() -> list[str]:
+    return [target.replace("results/", "results_cond/") for target in TARGETS]
+
+
+@pytest.fixture(scope="module")
+def runs(scratch, tmp_path_factory) -> Iterator[dict[str, tuple[str, Future]]]:
+    """The stage on the DDPM folder (results/) and on the conditional UNet (results_cond/): the config file of
+    each and its Snakemake run, both started at once (one core each; they share no output)."""
+    folder = tmp_path_factory.mktemp("pretrained_configs")
+    uncond = _config(
+        folder / "uncond.yaml",
         "results",
         model="resources/model",
         images="resources/images",
         trace_images="resources/train_images",
     )
-    run_snakemake(scratch, "--cores", "1", "--configfile", config, "--", *TARGETS, timeout=600)
+    measure = {**TINY["measure"], "methods": ["vjp", "dftm"]}
+    cond = _config(
+        folder / "cond.yaml", "results_cond", model="resources/cond_model", images="resources/images", measure=measure
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def start(config: str, targets: list[str]) -> tuple[str, Future]:
+            args = ("--cores", "1", "--configfile", config, "--", *targets)
+            return config, pool.submit(run_snakemake, scratch, *args, timeout=600)
+
+        yield {"uncond": start(uncond, TARGETS), "cond": start(cond, _cond_targets())}
+
+
+def test_stage_writes_the_bpd_table_of_the_cli(scratch, runs, tmp_path):
+    config, run = runs["uncond"]
+    run.result()
     table = pd.read_csv(scratch / "results" / "pretrained" / "bpd.csv")
     assert len(table) == 9 and table.groupby("method")["image"].apply(sorted).to_dict() == {
         method: ["img0.png", "img1.png", "img2.png"] for method in ("dftm", "hutchinson", "vjp")
@@ -92,13 +108,8 @@ def test_stage_writes_the_bpd_table_of_the_cli(scratch, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
-def test_stage_on_a_conditional_unet(scratch, tmp_path):
-    measure = {**TINY["measure"], "methods": ["vjp", "dftm"]}
-    config = _config(
-        tmp_path / "c.yaml", "results_cond", model="resources/cond_model", images="resources/images", measure=measure
-    )
-    targets = [target.replace("results/", "results_cond/") for target in TARGETS]
-    run_snakemake(scratch, "--cores", "1", "--configfile", config, "--", *targets, timeout=600)
+def test_stage_on_a_conditional_unet(scratch, runs):
+    runs["cond"][1].result()
     table = pd.read_csv(scratch / "results_cond" / "pretrained" / "bpd.csv")
     assert len(table) == 6 and set(table["method"]) == {"vjp", "dftm"} and np.isfinite(table["bpd"]).all()
 

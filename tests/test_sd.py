@@ -29,14 +29,6 @@ class MeanBrightness(torch.nn.Module):
         return images.mean(dim=(1, 2, 3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models are fastest on one thread (and the machine is shared)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd")

@@ -5,7 +5,8 @@ One full run of ``config/test.yaml`` in a scratch copy of the repository (module
 test works on a dry run of it or on its own copy (``copy_run`` keeps mtimes and .snakemake metadata).
 Which rules a change triggers is read from the dry run's job table (``snakemake -n``) and, in one case
 per rule family (:data:`PENDING_CHECKED`), checked against ``snakemake --summary``; the expected sets
-below are written out by hand, rule by rule.
+below are written out by hand, rule by rule. The dry runs of the changed-parameter and changed-script cases are
+started together (module fixtures) and run two at a time; each test reads the plan of its own case.
 Changes are made to file content, never by touching mtimes alone (small files are checksummed, so a
 touch changes nothing, which :func:`test_touching_outputs_without_changing_them_reruns_nothing` checks).
 
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,10 @@ pytestmark = pytest.mark.workflow
 CONFIG = "config/test.yaml"
 SUMMARY = "results/report/outputs.csv"
 RUN_OUTPUT = ".snakemake/full_run_output.txt"  # what Snakemake printed during the fixture's full run
+# How the runs of these tests execute jobs: two at a time, each on one thread. The tiny jobs gain little from a
+# second thread, and where other work shares the two cores a two-thread job spins and takes several times as long.
+# Threads are not params, so this plans and reruns nothing differently.
+RUN_OPTIONS = ("--cores", "2", "--max-threads", "1")
 
 # Every rule of the DAG of config/test.yaml, by stage.
 DATA = {"make_data", "sd_tiny_pipeline"}
@@ -193,7 +200,7 @@ def finished(tmp_path_factory) -> Path:
         return work
     work = copy_repo(tmp_path_factory.mktemp("workflow") / "repo")
     started = time.monotonic()
-    result = run_snakemake(work, "--cores", "2", "--configfile", CONFIG, timeout=900)
+    result = run_snakemake(work, *RUN_OPTIONS, "--configfile", CONFIG, timeout=900)
     (work / RUN_OUTPUT).write_text(result.stdout + result.stderr)
     print(f"full run of {CONFIG}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     return work
@@ -252,21 +259,48 @@ def test_the_pending_checked_cases_exist():
     assert PENDING_CHECKED <= cases, PENDING_CHECKED - cases
 
 
+@pytest.fixture(scope="module")
+def dry_runs() -> Iterator[ThreadPoolExecutor]:
+    """Runs Snakemake dry runs (``planned_jobs``, ``pending_rules``) two at a time: each is one single-threaded
+    process, and there are two cores. None of them writes to the folder it plans."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+def _plans(pool: ThreadPoolExecutor, work: Path, config: str, pending: bool) -> tuple[Future, Future | None]:
+    """The dry run's plan and, with ``pending``, the rules ``snakemake --summary`` marks 'update pending', both
+    started in ``pool``."""
+    args = (work, "--configfile", config)
+    return pool.submit(planned_jobs, *args), pool.submit(pending_rules, *args) if pending else None
+
+
+@pytest.fixture(scope="module")
+def parameter_plans(finished, dry_runs, tmp_path_factory) -> dict[str, tuple[Future, Future | None]]:
+    """The plans of every case of PARAM_CHANGES and UPSTREAM_PARAM_CHANGES (the finished run, the test config with
+    that one value changed), all started at once; each test reads its own."""
+    folder = tmp_path_factory.mktemp("changed_parameters")
+    plans = {}
+    for name, (path, value, _) in {**PARAM_CHANGES, **UPSTREAM_PARAM_CHANGES}.items():
+        config = _config_with(finished, path, value, folder / f"{name}.yaml")
+        plans[name] = _plans(dry_runs, finished, str(config), name in PENDING_CHECKED)
+    return plans
+
+
 @pytest.mark.parametrize("name", sorted(PARAM_CHANGES) + sorted(UPSTREAM_PARAM_CHANGES))
-def test_a_changed_parameter_reruns_exactly_its_rules(finished, tmp_path, name):
+def test_a_changed_parameter_reruns_exactly_its_rules(parameter_plans, name):
     """(b) exactly: the jobs that read the parameter, the jobs downstream of them, and the report; an evaluation
     parameter (PARAM_CHANGES) never reruns a training or data job. In the cases of PENDING_CHECKED,
     ``snakemake --summary`` marks the outputs of the same rules 'update pending'."""
-    path, value, expected = {**PARAM_CHANGES, **UPSTREAM_PARAM_CHANGES}[name]
-    config = _config_with(finished, path, value, tmp_path / "changed.yaml")
-    jobs = planned_jobs(finished, "--configfile", str(config))
+    expected = {**PARAM_CHANGES, **UPSTREAM_PARAM_CHANGES}[name][2]
+    planned, pending = parameter_plans[name]
+    jobs = planned.result()
     if name in PARAM_CHANGES:
         assert jobs and "summary" in jobs
         assert set(jobs) <= EVALUATION | REPORT, f"not evaluation or report: {set(jobs) - EVALUATION - REPORT}"
     assert set(jobs) == set(expected)
     assert jobs == expected
     if name in PENDING_CHECKED:
-        assert pending_rules(finished, "--configfile", str(config)) == set(expected)
+        assert pending is not None and pending.result() == set(expected)
 
 
 def _reversed_keys(value):
@@ -299,16 +333,27 @@ def test_scripts_read_the_config_only_through_their_params():
     assert [p.name for p in scripts if "snakemake.config" in p.read_text()] == []
 
 
+@pytest.fixture(scope="module")
+def script_plans(finished, dry_runs, tmp_path_factory) -> dict[str, tuple[Future, Future | None]]:
+    """The plans of every case of SCRIPT_CHANGES, each on a copy of the finished run whose script of that name has
+    one line added, all started at once; each test reads its own."""
+    plans = {}
+    for script in SCRIPT_CHANGES:
+        work = copy_run(finished, tmp_path_factory.mktemp("changed_script") / "repo")
+        path = work / "workflow" / "scripts" / script
+        path.write_text(path.read_text() + "\n# changed by test_workflow.py\n")
+        plans[script] = _plans(dry_runs, work, CONFIG, script in PENDING_CHECKED)
+    return plans
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPT_CHANGES))
-def test_a_changed_script_reruns_its_rule_and_dependants(scratch, script):
+def test_a_changed_script_reruns_its_rule_and_dependants(script_plans, script):
     """(c) the code of one rule's script changed (content, hence mtime): that rule and what depends on it (and, in
     the cases of PENDING_CHECKED, the same rules 'update pending' in ``snakemake --summary``)."""
-    path = scratch / "workflow" / "scripts" / script
-    path.write_text(path.read_text() + "\n# changed by test_workflow.py\n")
-    jobs = planned_jobs(scratch, "--configfile", CONFIG)
-    assert set(jobs) == SCRIPT_CHANGES[script]
+    planned, pending = script_plans[script]
+    assert set(planned.result()) == SCRIPT_CHANGES[script]
     if script in PENDING_CHECKED:
-        assert pending_rules(scratch, "--configfile", CONFIG) == SCRIPT_CHANGES[script]
+        assert pending is not None and pending.result() == SCRIPT_CHANGES[script]
 
 
 def test_the_report_builds_with_every_result_captioned(finished):
@@ -573,7 +618,7 @@ def test_a_fixed_seed_gives_bit_identical_results(scratch, finished):
     """The seeded jobs again, same seed, same CPU: the same bytes in every Zarr store, checkpoint and figure
     they write, and the same values in every table except its wall-clock columns."""
     before = {p.relative_to(scratch): p.stat().st_mtime_ns for p in (scratch / "results").rglob("*") if p.is_file()}
-    run_snakemake(scratch, "--cores", "2", "--configfile", CONFIG, "--force", *RERUN_TARGETS, timeout=900)
+    run_snakemake(scratch, *RUN_OPTIONS, "--configfile", CONFIG, "--force", *RERUN_TARGETS, timeout=900)
     rewritten = sorted(
         {
             Path(

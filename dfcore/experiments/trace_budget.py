@@ -21,11 +21,9 @@ import torch
 from dfcore.data.store import load_dataset, load_mixture, store_dim
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
-from dfcore.experiments.trace_error import trace_errors
 from dfcore.fisher.trace import DFTMTrace
 from dfcore.io import expect_model, write_csv
 from dfcore.models.networks import LearnedTraceModel, load_trace_model, same_weights
-from dfcore.plots import plot_trace_budget
 
 __all__ = ["budget_steps", "budget_section", "budget_runs", "budget_errors", "run_trace_budget", "ERROR_COLUMNS"]
 
@@ -83,6 +81,10 @@ def budget_errors(
     """Table 2's DF-TM error of each network (``paths``, one per entry of ``runs``) at every t of ``section``
     (the ``trace_error`` config section): columns ``trace_target``, ``budget``, ``steps``, ``t``, ``sigma`` and
     :data:`ERROR_COLUMNS`. Every network is evaluated on the same test points (the seed of Table 2)."""
+    # Table 2 and the figures are imported here, not at the top: the Snakefile imports this module for
+    # budget_runs and budget_section, and the plotting stack would add seconds to every Snakemake start.
+    from dfcore.experiments.trace_error import trace_errors
+
     if len(runs) != len(paths) or not paths:
         raise ValueError(f"{len(paths)} trace networks for {len(runs)} runs of the budget study")
     models = _load_nets(paths, store_dim(data_path), resolve_device(device))
@@ -122,6 +124,8 @@ def run_trace_budget(
     device: str = "auto",
 ) -> pd.DataFrame:
     """The trace_budget stage: :func:`budget_errors`, written as ``csv`` (long format) and ``figure``."""
+    from dfcore.plots import plot_trace_budget
+
     frame = budget_errors(section, data_path, runs, paths, seed=seed, device=device)
     write_csv(frame, csv)
     title = f"DF-TM trace error against training steps, {section['dataset']} / {section['schedule']}"
