@@ -675,6 +675,11 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         default=defaults["ema_decay"],
         help="moving average of the weights over the steps, saved instead of the last iterate (default: %(default)s)",
     )
+    parser.add_argument(
+        "--likelihood-weight",
+        action="store_true",
+        help="weigh each sample's loss as the likelihood integrand weighs its error (small at large t)",
+    )
     parser.add_argument("--init", default=None, help="a trace folder whose net starts the training (fine-tuning)")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
@@ -692,6 +697,7 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "divergence_exact_max_dim": args.divergence_exact_max_dim,
         "ema_decay": args.ema_decay,
         "init": args.init,
+        "likelihood_weight": args.likelihood_weight,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),

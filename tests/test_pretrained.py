@@ -334,8 +334,8 @@ def test_positive_trace_model_on_gaussian_data():
         tm = PositiveTraceModel(_Constant(h), den, sd, box_width=0.1)
         assert (fisher_trace("dftm", x, t, denoiser=den, trace_model=tm) <= d / sigma**2 + 1e-12).all()
     assert tm.counts["lower"] == 0 and tm.counts["evaluations"] == 4 and tm.counts["upper"] == 4  # V > d w^2/4
-    # the loss, recomputed: ((V - T) / (d sigma^2/alpha^2))^2 with V = c softplus(h), c the Gaussian posterior
-    # variance and T = |x0|^2 - |ybar|^2
+    # the loss, recomputed: ((V - T) / c)^2 with V = c softplus(h), c the Gaussian posterior variance and
+    # T = |x0|^2 - |ybar|^2, and with likelihood_weight ((V - T) / (d sigma^2/alpha^2))^2
     x0 = sd * torch.randn(4, d, generator=gen, dtype=torch.float64)
     noise = torch.randn(4, d, generator=gen, dtype=torch.float64)
     alpha, sigma = schedule(t)
@@ -346,10 +346,13 @@ def test_positive_trace_model_on_gaussian_data():
     h = 0.3
     v = c * torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64))
     loss = PositiveTraceModel(_Constant(h), den, sd).loss(x0, t, noise)
+    expected = ((v - (x0.pow(2).sum(1) - ybar.pow(2).sum(1))) / c).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    loss = PositiveTraceModel(_Constant(h), den, sd, likelihood_weight=True).loss(x0, t, noise)
     expected = ((v - (x0.pow(2).sum(1) - ybar.pow(2).sum(1))) / (d * s2)).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     loss = PositiveTraceModel(_Constant(h), den, sd, target="residual").loss(x0, t, noise)
-    expected = ((v - (x0 - ybar).pow(2).sum(1)) / (d * s2)).pow(2).mean()
+    expected = ((v - (x0 - ybar).pow(2).sum(1)) / c).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="'l1'"):
         PositiveTraceModel(_Constant(h), den, sd, target="l1")
@@ -382,7 +385,7 @@ def test_positive_trace_model_divergence_target_is_the_gaussian_posterior_varian
         model = PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_probes=2)
         model.probe_generator = torch.Generator().manual_seed(0)
         v = model.scale(t, d) * torch.nn.functional.softplus(torch.tensor(0.3, dtype=torch.float64))
-        expected = (v - closed) / (d * (sigma / alpha) ** 2)
+        expected = (v - closed) / model.scale(t, d)
         torch.testing.assert_close(model.loss(x0, t, noise), expected.pow(2).mean(), rtol=1e-10, atol=1e-12)
         assert model.state()["divergence_probes"] == 2
     with pytest.raises(ValueError, match="divergence_probes"):

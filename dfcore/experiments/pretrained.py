@@ -238,6 +238,7 @@ def train_trace(
         str(cfg["target"]),
         int(cfg["divergence_probes"]),
         int(cfg["divergence_exact_max_dim"]),
+        bool(cfg["likelihood_weight"]),
     )
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()

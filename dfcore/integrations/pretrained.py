@@ -252,8 +252,8 @@ class PositiveTraceModel(TraceModel):
     always; :math:`t_\theta = (\|\bar y_\theta\|^2 + V_\theta)/d`. ``module`` maps
     (:math:`x/\sqrt{\alpha^2\sigma_d^2 + \sigma^2}`, 1000 t) to a tensor whose per-sample mean is h (a
     one-channel diffusers ``UNet2DModel``, say). Alg. 1's loss with the target
-    :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/(d\tilde\sigma^2))^2`
-    (:meth:`loss`): the minimiser of :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) with a weight in t. ``target="residual"`` regresses
+    :math:`T = \|x_0\|^2 - \|\bar y_\theta(x_t)\|^2` is :math:`((V_\theta - T)/c)^2` (:meth:`loss`): the minimiser
+    of :math:`E[(d\,t_\theta - \|x_0\|^2)^2]` (Prop. 6) rescaled by :math:`c^{-2}`. ``target="residual"`` regresses
     onto :math:`\|x_0 - \bar y_\theta\|^2` instead: the same optimum when :math:`\bar y_\theta = E[x_0 | x_t]`, without
     the cross term :math:`2\bar y_\theta\cdot(x_0 - \bar y_\theta)` whose spread dwarfs c at small t.
     ``target="divergence"`` (this project's extension, not the paper's) regresses onto the second-order Tweedie value
@@ -277,6 +277,7 @@ class PositiveTraceModel(TraceModel):
         target: str = "sq_norm",
         divergence_probes: int = 1,
         divergence_exact_max_dim: int = 0,
+        likelihood_weight: bool = False,
     ) -> None:
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
@@ -287,6 +288,7 @@ class PositiveTraceModel(TraceModel):
         self.target = target
         self.divergence_probes = int(divergence_probes)
         self.divergence_exact_max_dim = int(divergence_exact_max_dim)
+        self.likelihood_weight = bool(likelihood_weight)
         self.probe_generator: torch.Generator | None = None
         self.module = module
         self.denoiser = denoiser
@@ -306,6 +308,7 @@ class PositiveTraceModel(TraceModel):
             "target": self.target,
             "divergence_probes": self.divergence_probes,
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
+            "likelihood_weight": self.likelihood_weight,
         }
 
     def scale(self, t: Tensor, dim: int) -> Tensor:
@@ -341,9 +344,9 @@ class PositiveTraceModel(TraceModel):
         return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / ybar.shape[1]).to(x.dtype)
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        r"""Alg. 1's loss in the form above, :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` averaged over the batch:
-        the error of :math:`(\alpha^2/\sigma^4)V_\theta` relative to :math:`d/\sigma^2` in Eq. 17, i.e. weighted as
-        the likelihood integrand weighs it (:math:`(c/d\tilde\sigma^2)^2 \to 1` at small t, and
+        r"""Alg. 1's loss :math:`((V_\theta - T)/c)^2` averaged over the batch; with ``likelihood_weight``
+        :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` instead, the error of :math:`(\alpha^2/\sigma^4)V_\theta` relative
+        to :math:`d/\sigma^2` in Eq. 17, weighted as the likelihood integrand weighs it (the same at small t, and
         :math:`\to 0` at large t, where a model's own divergence target can exceed c many times over)."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
@@ -352,7 +355,7 @@ class PositiveTraceModel(TraceModel):
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         scale = self.scale(t, flat.shape[1])
         target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / scale
-        weight = scale / (flat.shape[1] * (sigma / alpha) ** 2)
+        weight = scale / (flat.shape[1] * (sigma / alpha) ** 2) if self.likelihood_weight else torch.ones_like(scale)
         pred = nn.functional.softplus(self.head(x, t))
         return (weight.to(pred.dtype) * (pred - target.to(pred.dtype))).pow(2).mean()
 
