@@ -262,14 +262,19 @@ def train_trace(
     return out
 
 
+def _trace_unet(trace_dir: Path, dtype: torch.dtype | None = None) -> Any:
+    """The network of the trace folder ``trace_dir`` (``unet/`` from :func:`train_trace`), in ``dtype``."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel.from_pretrained(str(trace_dir / "unet"), local_files_only=True, dtype=dtype)
+
+
 def _load_trace_weights(unet: Any, trace_dir: Path) -> None:
     """Copy the network of the trace folder ``trace_dir`` (from :func:`train_trace`) into ``unet``; ValueError
     when the folder is missing or its architecture differs from ``unet``'s."""
-    from diffusers import UNet2DModel
-
     if not (trace_dir / "unet").is_dir():
         raise ValueError(f"init: {trace_dir} holds no trace net (expected {trace_dir}/unet from train-trace)")
-    source = UNet2DModel.from_pretrained(str(trace_dir / "unet"), local_files_only=True)
+    source = _trace_unet(trace_dir)
     try:
         unet.load_state_dict(source.state_dict())
     except RuntimeError as err:
@@ -291,12 +296,9 @@ def _write_trace(unet: Any, meta: dict[str, Any], losses: list[float], out: Path
 
 def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceModel:
     """The :class:`PositiveTraceModel` saved by :func:`train_trace`, on ``model``'s denoiser and dtype."""
-    from diffusers import UNet2DModel
-
     trace_dir = Path(trace_dir)
     meta = json.loads((trace_dir / "trace.json").read_text())
-    dtype = next(model.unet.parameters()).dtype
-    unet = UNet2DModel.from_pretrained(str(trace_dir / "unet"), local_files_only=True, dtype=dtype)
+    unet = _trace_unet(trace_dir, next(model.unet.parameters()).dtype)
     unet.eval().requires_grad_(False)
     return PositiveTraceModel(unet, model.denoiser, float(meta["sigma_data"]), float(meta["box_width"]))
 

@@ -261,8 +261,7 @@ class PositiveTraceModel(TraceModel):
     (:func:`~dfcore.models.networks.divergence_target`), or the exact trace of :math:`\partial\bar y_\theta/\partial x`
     (d Jacobian-vector products) when d <= ``divergence_exact_max_dim``: no :math:`x_0`, and unbiased for the
     posterior variance the denoiser itself implies, so DF-TM converges to the exact (``vjp``) trace of that
-    denoiser. Its probes are drawn
-    from :attr:`probe_generator` (the training loop sets it).
+    denoiser. Its probes are drawn from :attr:`probe_generator` (the training loop sets it).
 
     With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
     :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
@@ -299,8 +298,8 @@ class PositiveTraceModel(TraceModel):
 
     def state(self) -> dict[str, Any]:
         """What rebuilds the model around a module of the same architecture: the module's weights,
-        ``sigma_data``, ``box_width`` (None: no bound), ``target``, ``divergence_probes`` and
-        ``divergence_exact_max_dim`` (plain types, for ``weights_only`` loading)."""
+        ``sigma_data``, ``box_width`` (None: no bound), ``target``, ``divergence_probes``,
+        ``divergence_exact_max_dim`` and ``likelihood_weight`` (plain types, for ``weights_only`` loading)."""
         return {
             "state_dict": self.module.state_dict(),
             "sigma_data": self.sigma_data,
@@ -354,10 +353,10 @@ class PositiveTraceModel(TraceModel):
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         scale = self.scale(t, flat.shape[1])
+        norm = flat.shape[1] * (sigma / alpha) ** 2 if self.likelihood_weight else scale
         target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / scale
-        weight = scale / (flat.shape[1] * (sigma / alpha) ** 2) if self.likelihood_weight else torch.ones_like(scale)
-        pred = nn.functional.softplus(self.head(x, t))
-        return (weight.to(pred.dtype) * (pred - target.to(pred.dtype))).pow(2).mean()
+        pred = nn.functional.softplus(self.head(x, t))  # V_theta / c
+        return ((scale / norm).to(pred.dtype) * (pred - target.to(pred.dtype))).pow(2).mean()
 
 
 def _sq_norm_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
