@@ -53,6 +53,7 @@ DEFAULT_EXCLUDE = [
     "*_per_s",
     "throughput*",
     "time_vs_floor",
+    "speedup_*",
 ]
 
 
