@@ -641,7 +641,7 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     from dfcore import distributed
     from dfcore.experiments.pretrained import DEFAULTS
     from dfcore.experiments.pretrained_images import train_image_trace
-    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
 
     defaults = DEFAULTS["trace"]
     parser = _parser("train-trace", config=False)
@@ -681,6 +681,19 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         help="weigh each sample's loss as the likelihood integrand weighs its error (small at large t)",
     )
     parser.add_argument("--init", default=None, help="a trace folder whose net starts the training (fine-tuning)")
+    parser.add_argument(
+        "--states",
+        choices=list(TRACE_STATES),
+        default=defaults["states"],
+        help="training states: noised data (Alg. 1) or ode, the states a likelihood solve visits (the model's "
+        "probability-flow ODE from the training images; --target divergence only) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ode-num-steps",
+        type=int,
+        default=defaults["ode_num_steps"],
+        help="--states ode: RK4 steps of the training paths; match likelihood --num-steps (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the net and the batches")
@@ -698,6 +711,8 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "ema_decay": args.ema_decay,
         "init": args.init,
         "likelihood_weight": args.likelihood_weight,
+        "states": args.states,
+        "ode_num_steps": args.ode_num_steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),

@@ -518,6 +518,12 @@ def _check_pretrained(config: dict[str, Any]) -> None:
     for name in ("train", "trace"):
         net = pre[name]
         _check_groups(f"pretrained.{name}.norm_num_groups", net["norm_num_groups"], net["block_out_channels"])
+    trace = pre["trace"]
+    if trace["states"] == "ode" and trace["target"] != "divergence":
+        _fail(
+            "pretrained.trace.states",
+            f"'ode' needs pretrained.trace.target 'divergence' (the ODE states carry no clean x0); got {trace['target']!r}",
+        )
     if not pre["enabled"]:
         return
     if pre["model"] is None:

@@ -6,6 +6,7 @@
 ``fvp_estimators``          :data:`dfcore.fisher.vp.FVP_ESTIMATORS`
 ``trace_targets``           :data:`dfcore.models.networks.TRACE_TARGETS` that train on data alone
 ``positive_trace_targets``  :data:`dfcore.integrations.pretrained.POSITIVE_TRACE_TARGETS`
+``trace_states``            :data:`dfcore.integrations.pretrained.TRACE_STATES`
 ``ode_solvers``             :data:`dfcore.likelihood.ODE_SOLVERS`
 ``likelihood_methods``      :data:`dfcore.experiments.likelihood_methods.LIKELIHOOD_METHODS`
 ==========================  ===============================================================
@@ -28,7 +29,7 @@ def registry_names() -> dict[str, list[str]]:
     """The names of each registry, in registry order."""
     from dfcore.experiments.likelihood_methods import LIKELIHOOD_METHODS
     from dfcore.fisher import FVP_ESTIMATORS, TRACE_ESTIMATORS
-    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
     from dfcore.likelihood import ODE_SOLVERS
     from dfcore.models.networks import TRACE_TARGETS
     from dfcore.schedules import SCHEDULES
@@ -39,6 +40,7 @@ def registry_names() -> dict[str, list[str]]:
         "fvp_estimators": list(FVP_ESTIMATORS),
         "trace_targets": [name for name, spec in TRACE_TARGETS.items() if spec.reference != "exact_mixture"],
         "positive_trace_targets": list(POSITIVE_TRACE_TARGETS),
+        "trace_states": list(TRACE_STATES),
         "ode_solvers": list(ODE_SOLVERS),
         "likelihood_methods": list(LIKELIHOOD_METHODS),
     }

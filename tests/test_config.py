@@ -543,6 +543,12 @@ BAD_CONFIGS = [
     ("vp-nan-beta", {"schedules": {"VP": {"beta_max": NAN}}}, "schedules.VP.beta_max", "finite"),
     ("infinite-target", {"adjoint": {"mixture": {"target": [INF, 0.0]}}}, "adjoint.mixture.target.0", "finite"),
     ("infinite-lr", {"denoiser": {"lr": INF}}, "denoiser.lr", "finite"),
+    (
+        "ode-states-without-divergence",
+        {"pretrained": {"trace": {"states": "ode", "target": "residual"}}},
+        "pretrained.trace.states",
+        "needs pretrained.trace.target 'divergence'",
+    ),
 ]
 
 

@@ -516,3 +516,107 @@ def test_a_trace_net_starts_from_the_weights_of_an_init_folder(tmp_path):
         _load_trace_weights(fresh, tmp_path)
     with pytest.raises(ValueError, match="init: .* another architecture"):
         _load_trace_weights(build_trace_unet((1, 8, 8), (8, 8), 4), tmp_path / "trace")
+
+
+def _gaussian_denoiser(d: int, sd: float):
+    from dfcore.mixtures import GaussianMixture
+    from dfcore.models.base import ExactDenoiser
+    from dfcore.schedules import VPSchedule
+
+    gauss = GaussianMixture(
+        torch.ones(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64), sd**2 * torch.eye(d)[None].double()
+    )
+    return ExactDenoiser(gauss, VPSchedule())
+
+
+def test_likelihood_path_states_follow_the_closed_form_flow_and_are_the_likelihood_solve_states():
+    """For Gaussian data N(0, s^2 I) the probability-flow ODE map is x(t) = x(t0) sqrt(v(t)/v(t0)) with
+    v = alpha^2 s^2 + sigma^2: every step-start state agrees with it to RK4's error, on a shifted grid too; and with
+    no shift the states are exactly those at which log_likelihood evaluates its trace estimator."""
+    from dfcore.fisher.trace import VJPTrace
+    from dfcore.integrations.pretrained import LogTimeWarp
+    from dfcore.integrations.pretrained_train import likelihood_path_states
+    from dfcore.likelihood import gaussian_log_prior, log_likelihood
+
+    d, sd, batch, steps, t_min = 3, 0.6, 5, 30, 1e-3
+    den = _gaussian_denoiser(d, sd)
+    x0 = sd * torch.randn(batch, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for offset in (0.0, 0.37):
+        x, t = likelihood_path_states(den, x0, t_min=t_min, num_steps=steps, offset=offset)
+        evals = 4 * (steps + (offset > 0))
+        assert x.shape == (evals * batch, d) and t.shape == (evals * batch,)
+        starts = x.reshape(evals, batch, d)[::4]
+        times = t.reshape(evals, batch)[::4, 0]
+        alpha, sigma = den.schedule(times)
+        var = alpha**2 * sd**2 + sigma**2
+        closed = x0[None] * (var / var[0]).sqrt()[:, None, None]
+        torch.testing.assert_close(starts, closed, rtol=3e-5, atol=1e-7)  # RK4 error: 4e-6 relative
+        if offset:
+            warp = LogTimeWarp(den, t_min)
+            width = (1 - warp.s_min) / steps
+            torch.testing.assert_close(times[1], warp.schedule.time(torch.tensor(warp.s_min + offset * width).double()))
+    warp = LogTimeWarp(den, t_min)
+    seen: list[torch.Tensor] = []
+
+    class Recording(VJPTrace):
+        def eps_and_trace(self, x, t):
+            seen.append(x.detach().clone())
+            return super().eps_and_trace(x, t)
+
+    log_likelihood(
+        x0,
+        Recording(warp),
+        log_prior=gaussian_log_prior(warp.schedule, 1.0),
+        t_min=warp.s_min,
+        solver="rk4",
+        num_steps=steps,
+    )
+    x, _ = likelihood_path_states(den, x0, t_min=t_min, num_steps=steps, offset=0.0)
+    torch.testing.assert_close(x, torch.cat(seen), rtol=0, atol=0)
+
+
+def test_ode_states_train_only_the_divergence_target_and_its_loss_needs_no_x0():
+    """loss_at without x0 is ((V - T)/c)^2 with T the Gaussian posterior variance (the exact divergence target); the
+    targets that need x0 refuse to run without it, and train_trace_model refuses states 'ode' for them."""
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.integrations.pretrained_train import train_trace_model
+
+    d, sd = 4, 0.6
+    den = _gaussian_denoiser(d, sd)
+    t = torch.tensor([0.003, 0.05, 0.4, 0.9], dtype=torch.float64)
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alpha, sigma = den.schedule(t)
+    s2 = (sigma / alpha) ** 2
+    c = d * s2 * sd**2 / (s2 + sd**2)  # = the exact posterior variance of this Gaussian
+    h = 0.3
+    model = PositiveTraceModel(_Constant(h), den, 0.9, target="divergence", divergence_exact_max_dim=d)
+    v = d * s2 * 0.81 / (s2 + 0.81) * torch.nn.functional.softplus(torch.tensor(h, dtype=torch.float64))
+    expected = ((v - c) / (d * s2 * 0.81 / (s2 + 0.81))).pow(2).mean()
+    torch.testing.assert_close(model.loss_at(x, t), expected, rtol=1e-10, atol=1e-12)
+    residual = PositiveTraceModel(_Constant(h), den, sd, target="residual")
+    with pytest.raises(ValueError, match="'residual' needs the clean x0"):
+        residual.loss_at(x, t)
+    images = torch.zeros(8, d, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="states 'ode' needs target 'divergence'"):
+        train_trace_model(residual, images, steps=1, t_min=1e-3, states="ode")
+    with pytest.raises(ValueError, match="unknown states 'path'"):
+        train_trace_model(model, images, steps=1, t_min=1e-3, states="path")
+
+
+def test_a_trace_net_trained_on_ode_states_learns_the_gaussian_posterior_variance():
+    """Trained on the likelihood's own states with the exact divergence target, a constant head converges to the
+    Gaussian's posterior variance, which is c(t) exactly when sigma_data is the data's (softplus(h) -> 1)."""
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.integrations.pretrained_train import train_trace_model
+
+    d = 4
+    images = torch.randint(0, 256, (64, d), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    sd = 0.6
+    den = _gaussian_denoiser(d, sd)
+    model = PositiveTraceModel(_Constant(2.0), den, sd, target="divergence", divergence_exact_max_dim=d)
+    losses = train_trace_model(
+        model, images, steps=150, t_min=1e-3, batch_size=16, lr=0.05, warmup_steps=5, states="ode", ode_num_steps=5
+    )
+    target = math.log(math.e - 1)  # softplus(h) = 1
+    assert losses[0] > 0.5 and losses[-1] < 1e-4
+    assert abs(model.module.h.item() - target) < 0.01

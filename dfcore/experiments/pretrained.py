@@ -252,6 +252,8 @@ def train_trace(
         warmup_steps=int(cfg["warmup_steps"]),
         seed=int(cfg["seed"]),
         ema_decay=float(cfg["ema_decay"]),
+        states=str(cfg["states"]),
+        ode_num_steps=int(cfg["ode_num_steps"]),
     )
     seconds = time.perf_counter() - start
     if distributed.is_main():

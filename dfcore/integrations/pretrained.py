@@ -343,17 +343,31 @@ class PositiveTraceModel(TraceModel):
         return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / ybar.shape[1]).to(x.dtype)
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        r"""Alg. 1's loss :math:`((V_\theta - T)/c)^2` averaged over the batch; with ``likelihood_weight``
-        :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` instead, the error of :math:`(\alpha^2/\sigma^4)V_\theta` relative
-        to :math:`d/\sigma^2` in Eq. 17, weighted as the likelihood integrand weighs it (the same at small t, and
-        :math:`\to 0` at large t, where a model's own divergence target can exceed c many times over)."""
+        r"""Alg. 1's loss :math:`((V_\theta - T)/c)^2` averaged over the batch at
+        :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon` (``noise`` = ε); :meth:`loss_at` gives the weighting."""
         alpha, sigma = self.schedule(t.to(torch.float64))
         x = expand_like(alpha, x0).to(x0.dtype) * x0 + expand_like(sigma, x0).to(x0.dtype) * noise
-        flat = x0.flatten(1).to(torch.float64)
+        return self.loss_at(x, t, x0)
+
+    def loss_at(self, x: Tensor, t: Tensor, x0: Tensor | None = None) -> Tensor:
+        r"""The loss :math:`((V_\theta - T)/c)^2` at the states ``x`` (B, ...) at times ``t`` (B,), averaged over
+        the batch; with ``likelihood_weight`` :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` instead, the error of
+        :math:`(\alpha^2/\sigma^4)V_\theta` relative to :math:`d/\sigma^2` in Eq. 17, weighted as the likelihood
+        integrand weighs it (the same at small t, and :math:`\to 0` at large t, where a model's own divergence
+        target can exceed c many times over). The targets ``sq_norm`` and ``residual`` need the clean ``x0`` whose
+        noising gave ``x``; ``divergence`` needs ``x`` alone, so it also trains on states that are not noised data
+        (:func:`~dfcore.integrations.pretrained_train.likelihood_path_states`)."""
+        if x0 is None and self.target != "divergence":
+            raise ValueError(
+                f"trace target {self.target!r} needs the clean x0 of every state; only 'divergence' does not"
+            )
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        dim = math.prod(x.shape[1:])
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
-        scale = self.scale(t, flat.shape[1])
-        norm = flat.shape[1] * (sigma / alpha) ** 2 if self.likelihood_weight else scale
+        flat = ybar if x0 is None else x0.flatten(1).to(torch.float64)
+        scale = self.scale(t, dim)
+        norm = dim * (sigma / alpha) ** 2 if self.likelihood_weight else scale
         target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / scale
         pred = nn.functional.softplus(self.head(x, t))  # V_theta / c
         return ((scale / norm).to(pred.dtype) * (pred - target.to(pred.dtype))).pow(2).mean()
@@ -382,6 +396,10 @@ def _divergence_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tens
         model.probe_generator,
     )
 
+
+# Where a PositiveTraceModel's training states come from: noised data (Alg. 1) or the states of the likelihood's
+# own ODE solves (dfcore.integrations.pretrained_train.likelihood_path_states).
+TRACE_STATES = ("noised", "ode")
 
 # The regression targets of PositiveTraceModel by name: (model, x0 (B, d) float64, x_t, t, ybar (B, d) float64)
 # -> (B,) float64, each an estimate of tr Cov[x0 | x_t] (the same names mean the same targets in

@@ -29,8 +29,10 @@ from tqdm.auto import tqdm
 
 from dfcore import distributed
 from dfcore.dequantize import dequantize
-from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
+from dfcore.integrations.pretrained import TRACE_STATES, LogTimeWarp, check_prediction_type, output_from_eps
+from dfcore.models.base import Denoiser
 from dfcore.schedules import DiscreteSchedule
+from dfcore.sde import batch_time, pf_ode_velocity
 from dfcore.train import copy_parameters, ema_average, learning_rate
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ddpm_scheduler",
     "train_ddpm",
     "build_trace_unet",
+    "likelihood_path_states",
     "train_trace_model",
 ]
 
@@ -220,6 +223,43 @@ def build_trace_unet(
     return build_unet(image_shape, block_out_channels, 1, norm_num_groups, seed, out_channels=1)
 
 
+def likelihood_path_states(
+    denoiser: Denoiser, x0: Tensor, *, t_min: float, num_steps: int, offset: float
+) -> tuple[Tensor, Tensor]:
+    r"""Every state at which a likelihood solve of ``x0`` (B, ...) evaluates the trace: the probability-flow ODE
+    :math:`\dot x = f x + \tfrac12 g^2 \varepsilon_\theta/\sigma` (Eq. 2) from :math:`x(t_{min}) = x_0` to t = 1, by
+    RK4 in log time (:class:`~dfcore.integrations.pretrained.LogTimeWarp`) with ``num_steps`` steps of width h
+    in s, the grid shifted by ``offset`` h (``offset`` in [0, 1): the first step is ``offset`` h long, so that
+    shifted grids cover every t). Returns the states (4 (num_steps + 1) B, ...) in ``x0``'s dtype and their times
+    t (not s), float64, without gradients.
+
+    These are the states of :func:`dfcore.likelihood.log_likelihood`, not noised data: it starts at the data
+    point itself, without the :math:`\sigma_{t_{min}}` noise of :math:`q_{t_{min}}`, and follows the model's own
+    flow, so an imperfect model visits states that :math:`\alpha_t x_0 + \sigma_t\varepsilon` does not reach."""
+    from torchdiffeq import odeint
+
+    if not 0 <= offset < 1 or num_steps < 1:
+        raise ValueError(f"need 0 <= offset < 1 and num_steps >= 1; got {offset}, {num_steps}")
+    warp = LogTimeWarp(denoiser, t_min)
+    schedule = warp.schedule
+    width = (1.0 - warp.s_min) / num_steps
+    inner = [warp.s_min + (offset + k) * width for k in range(num_steps)]
+    grid = torch.tensor([warp.s_min, *[s for s in inner if s > warp.s_min], 1.0], dtype=torch.float64)
+    states: list[Tensor] = []
+    times: list[Tensor] = []
+
+    def velocity(s: Tensor, x: Tensor) -> Tensor:
+        ss = batch_time(s, x, torch.float64)
+        states.append(x.to(x0.dtype))
+        times.append(schedule.time(ss))
+        score = -warp.eps(x, ss).to(torch.float64) / schedule.sigma(ss).view(-1, *(1,) * (x.ndim - 1))
+        return pf_ode_velocity(x, ss, score, schedule)
+
+    with torch.no_grad():
+        odeint(velocity, x0.to(torch.float64), grid.to(x0.device), method="rk4")
+    return torch.cat(states), torch.cat(times)
+
+
 def train_trace_model(
     trace_model: Any,
     images: Tensor,
@@ -232,11 +272,20 @@ def train_trace_model(
     grad_clip: float = 1.0,
     seed: int = 0,
     ema_decay: float = 0.0,
+    states: str = "noised",
+    ode_num_steps: int = 20,
 ) -> list[float]:
     r"""Train ``trace_model.module`` (a :class:`~dfcore.integrations.pretrained.PositiveTraceModel`) in place by
     Alg. 1 on uint8 ``images`` with fresh uniform dequantisation, at times log-uniform in [``t_min``, 1]
     (:math:`t = t_{min}^{u}`, where the likelihood integrand is spread evenly); Adam with warm-up and cosine decay,
     and with ``ema_decay`` > 0 the moving average of the weights as the result. Returns the loss of every step.
+
+    ``states`` says where the training states come from: ``noised``, :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`
+    (Alg. 1), or ``ode``, the states that a likelihood solve with RK4 and ``ode_num_steps`` log-time steps visits
+    (:func:`likelihood_path_states`, from ``ceil(batch_size / 4)`` images at a time with a random grid offset,
+    served in shuffled minibatches; target ``divergence`` only, since those states carry no posterior sample of
+    :math:`x_0`). This project's extension, not the paper's: a model's PF-ODE from the data points does not
+    reach the marginals of noised data, and the likelihood evaluates the trace net where the ODE goes.
 
     Under a process group of world size W > 1 every rank draws the same global minibatch of ``batch_size`` from
     the generator seeded with ``seed`` and computes the loss of its contiguous shard of ``batch_size / W``
@@ -247,20 +296,41 @@ def train_trace_model(
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1); got {t_min}")
+    if states not in TRACE_STATES:
+        raise ValueError(f"unknown states {states!r}; choose one of {list(TRACE_STATES)}")
+    if states == "ode" and trace_model.target != "divergence":
+        raise ValueError(f"states 'ode' needs target 'divergence'; got target {trace_model.target!r}")
     part = distributed.shard(batch_size)
     module = trace_model.module
     gen = torch.Generator().manual_seed(int(seed))
     trace_model.probe_generator = gen  # the probes of target divergence
     param = next(module.parameters())
 
+    pool: list[Tensor] = []
+
+    def path_batch() -> tuple[Tensor, Tensor]:
+        if not pool or len(pool[0]) < batch_size:
+            idx = torch.randint(len(images), (-(-batch_size // 4),), generator=gen)
+            x0 = dequantize(images[idx], generator=gen).to(param.dtype).to(param.device)
+            offset = float(torch.rand((), generator=gen, dtype=torch.float64))
+            x, t = likelihood_path_states(trace_model.denoiser, x0, t_min=t_min, num_steps=ode_num_steps, offset=offset)
+            order = torch.randperm(len(x), generator=gen)
+            pool[:] = [x[order.to(x.device)], t[order.to(t.device)]]
+        x, t = (v[:batch_size] for v in pool)
+        pool[:] = [v[batch_size:] for v in pool]
+        return x[part], t[part]
+
     def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x0 = dequantize(images[idx], generator=gen).to(param.dtype)
-        noise = torch.randn(x0.shape, generator=gen, dtype=param.dtype)
-        t = t_min ** torch.rand(batch_size, generator=gen, dtype=torch.float64)
-        x0, noise, t = (v[part].to(param.device) for v in (x0, noise, t))
         trace_model.module = net  # the forward pass through DistributedDataParallel when it wraps the module
         try:
+            if states == "ode":
+                x, t = path_batch()
+                return trace_model.loss_at(x, t), len(x)
+            idx = torch.randint(len(images), (batch_size,), generator=gen)
+            x0 = dequantize(images[idx], generator=gen).to(param.dtype)
+            noise = torch.randn(x0.shape, generator=gen, dtype=param.dtype)
+            t = t_min ** torch.rand(batch_size, generator=gen, dtype=torch.float64)
+            x0, noise, t = (v[part].to(param.device) for v in (x0, noise, t))
             return trace_model.loss(x0, t, noise), len(x0)
         finally:
             trace_model.module = module
