@@ -636,18 +636,10 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
     _LIKELIHOOD_COMMANDS[args.command](_LikelihoodRun(args, cfg, Path(args.results or cfg["results"])))
 
 
-def _train_trace_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dfcore train-trace --model DIR --images DIR --out DIR``: the positive trace net (DF-TM)."""
-    from dfcore import distributed
-    from dfcore.experiments.pretrained import DEFAULTS
-    from dfcore.experiments.pretrained_images import train_image_trace
+def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The options of ``train-trace`` that choose the regression target, its states and its weighting."""
     from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
 
-    defaults = DEFAULTS["trace"]
-    parser = _parser("train-trace", config=False)
-    _model_options(parser, required=True)
-    parser.add_argument("--out", required=True, help="folder to write the trace net to (unet/, trace.json, loss.csv)")
-    parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps (default: %(default)s)")
     parser.add_argument(
         "--target",
         choices=list(POSITIVE_TRACE_TARGETS),
@@ -694,6 +686,20 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         default=defaults["ode_num_steps"],
         help="--states ode: RK4 steps of the training paths; match likelihood --num-steps (default: %(default)s)",
     )
+
+
+def _train_trace_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dfcore train-trace --model DIR --images DIR --out DIR``: the positive trace net (DF-TM)."""
+    from dfcore import distributed
+    from dfcore.experiments.pretrained import DEFAULTS
+    from dfcore.experiments.pretrained_images import train_image_trace
+
+    defaults = DEFAULTS["trace"]
+    parser = _parser("train-trace", config=False)
+    _model_options(parser, required=True)
+    parser.add_argument("--out", required=True, help="folder to write the trace net to (unet/, trace.json, loss.csv)")
+    parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps (default: %(default)s)")
+    _trace_target_options(parser, defaults)
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the net and the batches")

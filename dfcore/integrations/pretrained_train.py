@@ -260,6 +260,32 @@ def likelihood_path_states(
     return torch.cat(states), torch.cat(times)
 
 
+class _PathStates:
+    """A shuffled pool of :func:`likelihood_path_states` of training images, refilled from ``ceil(n / 4)``
+    dequantised images with a random grid offset whenever fewer than the n states asked for remain."""
+
+    def __init__(
+        self, denoiser: Denoiser, images: Tensor, generator: torch.Generator, *, t_min: float, num_steps: int
+    ) -> None:
+        self.denoiser, self.images, self.generator = denoiser, images, generator
+        self.t_min, self.num_steps = t_min, num_steps
+        self.pool: list[Tensor] = []
+
+    def take(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """n states (in ``like``'s dtype and device) and their times."""
+        gen = self.generator
+        if not self.pool or len(self.pool[0]) < n:
+            idx = torch.randint(len(self.images), (-(-n // 4),), generator=gen)
+            x0 = dequantize(self.images[idx], generator=gen).to(like.dtype).to(like.device)
+            offset = float(torch.rand((), generator=gen, dtype=torch.float64))
+            x, t = likelihood_path_states(self.denoiser, x0, t_min=self.t_min, num_steps=self.num_steps, offset=offset)
+            order = torch.randperm(len(x), generator=gen)
+            self.pool = [x[order.to(x.device)], t[order.to(t.device)]]
+        x, t = (v[:n] for v in self.pool)
+        self.pool = [v[n:] for v in self.pool]
+        return x, t
+
+
 def train_trace_model(
     trace_model: Any,
     images: Tensor,
@@ -306,25 +332,13 @@ def train_trace_model(
     trace_model.probe_generator = gen  # the probes of target divergence
     param = next(module.parameters())
 
-    pool: list[Tensor] = []
-
-    def path_batch() -> tuple[Tensor, Tensor]:
-        if not pool or len(pool[0]) < batch_size:
-            idx = torch.randint(len(images), (-(-batch_size // 4),), generator=gen)
-            x0 = dequantize(images[idx], generator=gen).to(param.dtype).to(param.device)
-            offset = float(torch.rand((), generator=gen, dtype=torch.float64))
-            x, t = likelihood_path_states(trace_model.denoiser, x0, t_min=t_min, num_steps=ode_num_steps, offset=offset)
-            order = torch.randperm(len(x), generator=gen)
-            pool[:] = [x[order.to(x.device)], t[order.to(t.device)]]
-        x, t = (v[:batch_size] for v in pool)
-        pool[:] = [v[batch_size:] for v in pool]
-        return x[part], t[part]
+    paths = _PathStates(trace_model.denoiser, images, gen, t_min=t_min, num_steps=ode_num_steps)
 
     def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
         trace_model.module = net  # the forward pass through DistributedDataParallel when it wraps the module
         try:
             if states == "ode":
-                x, t = path_batch()
+                x, t = (v[part] for v in paths.take(batch_size, param))
                 return trace_model.loss_at(x, t), len(x)
             idx = torch.randint(len(images), (batch_size,), generator=gen)
             x0 = dequantize(images[idx], generator=gen).to(param.dtype)
