@@ -252,8 +252,7 @@ def likelihood_path_states(
         ss = batch_time(s, x, torch.float64)
         states.append(x.to(x0.dtype))
         times.append(schedule.time(ss))
-        score = -warp.eps(x, ss).to(torch.float64) / schedule.sigma(ss).view(-1, *(1,) * (x.ndim - 1))
-        return pf_ode_velocity(x, ss, score, schedule)
+        return pf_ode_velocity(x, ss, warp.score(x, ss), schedule)
 
     with torch.no_grad():
         odeint(velocity, x0.to(torch.float64), grid.to(x0.device), method="rk4")
