@@ -639,6 +639,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
 def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """The options of ``train-trace`` that choose the regression target, its states and its weighting."""
     from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
+    from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS
 
     parser.add_argument(
         "--target",
@@ -660,6 +661,13 @@ def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, A
         default=defaults["divergence_exact_max_dim"],
         help="--target divergence: the exact Jacobian trace (d Jacobian-vector products per sample) instead of "
         "probes for images of up to this many values (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--parameterization",
+        choices=list(TRACE_PARAMETERIZATIONS),
+        default=defaults["parameterization"],
+        help="what the net's output sets: variance (c softplus(h)) or fisher (the logit of tr F sigma^2/d, "
+        "accurate where the trace is far below its bound d/sigma^2) (default: %(default)s)",
     )
     parser.add_argument(
         "--ema-decay",
@@ -717,6 +725,7 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "ema_decay": args.ema_decay,
         "init": args.init,
         "likelihood_weight": args.likelihood_weight,
+        "parameterization": args.parameterization,
         "states": args.states,
         "ode_num_steps": args.ode_num_steps,
         "batch_size": args.batch_size,

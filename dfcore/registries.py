@@ -7,6 +7,7 @@
 ``trace_targets``           :data:`dfcore.models.networks.TRACE_TARGETS` that train on data alone
 ``positive_trace_targets``  :data:`dfcore.integrations.pretrained.POSITIVE_TRACE_TARGETS`
 ``trace_states``            :data:`dfcore.integrations.pretrained.TRACE_STATES`
+``trace_parameterizations`` :data:`dfcore.models.trace_output.TRACE_PARAMETERIZATIONS`
 ``ode_solvers``             :data:`dfcore.likelihood.ODE_SOLVERS`
 ``likelihood_methods``      :data:`dfcore.experiments.likelihood_methods.LIKELIHOOD_METHODS`
 ==========================  ===============================================================
@@ -32,6 +33,7 @@ def registry_names() -> dict[str, list[str]]:
     from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
     from dfcore.likelihood import ODE_SOLVERS
     from dfcore.models.networks import TRACE_TARGETS
+    from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS
     from dfcore.schedules import SCHEDULES
 
     return {
@@ -41,6 +43,7 @@ def registry_names() -> dict[str, list[str]]:
         "trace_targets": [name for name, spec in TRACE_TARGETS.items() if spec.reference != "exact_mixture"],
         "positive_trace_targets": list(POSITIVE_TRACE_TARGETS),
         "trace_states": list(TRACE_STATES),
+        "trace_parameterizations": list(TRACE_PARAMETERIZATIONS),
         "ode_solvers": list(ODE_SOLVERS),
         "likelihood_methods": list(LIKELIHOOD_METHODS),
     }

@@ -322,6 +322,7 @@ def build_trace_model(
     reference: Mixture | None = None,
     divergence_probes: int = 1,
     divergence_exact_max_dim: int = 16,
+    parameterization: str = "variance",
 ) -> LearnedTraceModel:
     """A freshly initialised (seeded) trace model for the frozen ``denoiser``: a head of width ``head_hidden`` on
     the denoiser's trunk (``share_trunk``) or on a backbone of its own (the denoiser's settings updated by
@@ -329,7 +330,8 @@ def build_trace_model(
     reference regresses onto the posterior variance of ``reference``: for ``training_set`` by default the Dirac
     mixture of the training set ``data`` (N, ...) in float64; for ``exact_mixture`` the data set's exact Gaussian
     mixture, which the caller passes. Target ``divergence`` uses ``divergence_probes`` Rademacher probes, or the
-    exact trace when d <= ``divergence_exact_max_dim`` (:func:`~dfcore.models.networks.divergence_target`)."""
+    exact trace when d <= ``divergence_exact_max_dim`` (:func:`~dfcore.models.networks.divergence_target`).
+    ``parameterization`` is how the head's output sets the variance (:mod:`dfcore.models.trace_output`)."""
     hparams: dict[str, Any] = {"head_hidden": int(head_hidden)}
     if not share_trunk and backbone:
         hparams["backbone"] = dict(backbone)  # overrides of the denoiser's backbone settings
@@ -350,4 +352,5 @@ def build_trace_model(
         reference,
         divergence_probes=divergence_probes,
         divergence_exact_max_dim=divergence_exact_max_dim,
+        parameterization=parameterization,
     )

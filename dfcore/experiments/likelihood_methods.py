@@ -51,6 +51,7 @@ OWN_METHODS: dict[str, OwnMethod] = {
     "hutchinson16": OwnMethod("hutchinson", num_probes=16),
     "dftm": OwnMethod("dftm", trace_target="sq_norm"),  # the headline: Alg. 1's target
     "dftm_residual": OwnMethod("dftm", trace_target="residual"),
+    "dftm_divergence": OwnMethod("dftm", trace_target="divergence"),
     "dftm_mixture_posterior": OwnMethod("dftm", trace_target="mixture_posterior", role="ablation"),
     "floor": OwnMethod("zero", role="floor"),
 }

@@ -239,6 +239,7 @@ def train_trace(
         int(cfg["divergence_probes"]),
         int(cfg["divergence_exact_max_dim"]),
         bool(cfg["likelihood_weight"]),
+        str(cfg["parameterization"]),
     )
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()
@@ -302,7 +303,10 @@ def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceMo
     meta = json.loads((trace_dir / "trace.json").read_text())
     unet = _trace_unet(trace_dir, next(model.unet.parameters()).dtype)
     unet.eval().requires_grad_(False)
-    return PositiveTraceModel(unet, model.denoiser, float(meta["sigma_data"]), float(meta["box_width"]))
+    parameterization = str(meta.get("trace", {}).get("parameterization", "variance"))
+    return PositiveTraceModel(
+        unet, model.denoiser, float(meta["sigma_data"]), float(meta["box_width"]), parameterization=parameterization
+    )
 
 
 def _split_of(model_dir: Path) -> tuple[float, int]:

@@ -162,6 +162,7 @@ def train_trace(
         reference=reference,
         divergence_probes=int(cfg["divergence_probes"]),
         divergence_exact_max_dim=int(cfg["divergence_exact_max_dim"]),
+        parameterization=str(cfg["parameterization"]),
     )
     run = _Run(seed, resume_path, loss_csv, progress, on_step, dataset)
     _fit(

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.models.networks import divergence_target
+from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS, output_loss, output_variance, reference_variance
 from dfcore.schedules import DiscreteSchedule, Schedule
 from dfcore.sde import batch_time, expand_like
 
@@ -262,6 +263,10 @@ class PositiveTraceModel(TraceModel):
     (d Jacobian-vector products) when d <= ``divergence_exact_max_dim``: no :math:`x_0`, and unbiased for the
     posterior variance the denoiser itself implies, so DF-TM converges to the exact (``vjp``) trace of that
     denoiser. Its probes are drawn from :attr:`probe_generator` (the training loop sets it).
+    ``parameterization="fisher"`` (:mod:`dfcore.models.trace_output`) makes h the logit of the fraction
+    :math:`\operatorname{tr}F\,\sigma^2/d` of the bound instead, offset by the Gaussian's, with the loss
+    :math:`((V_\theta - T)/(d\tilde\sigma^2 - c))^2`: the net then resolves the trace itself where it is a small
+    difference of two large terms (small t), and still :math:`0 < V_\theta < d\tilde\sigma^2`.
 
     With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
     :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
@@ -277,6 +282,7 @@ class PositiveTraceModel(TraceModel):
         divergence_probes: int = 1,
         divergence_exact_max_dim: int = 0,
         likelihood_weight: bool = False,
+        parameterization: str = "variance",
     ) -> None:
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
@@ -284,7 +290,12 @@ class PositiveTraceModel(TraceModel):
             raise ValueError(f"unknown trace target {target!r}; choose one of {list(POSITIVE_TRACE_TARGETS)}")
         if divergence_probes < 1:
             raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
+        if parameterization not in TRACE_PARAMETERIZATIONS:
+            raise ValueError(
+                f"unknown trace parameterization {parameterization!r}; choose one of {list(TRACE_PARAMETERIZATIONS)}"
+            )
         self.target = target
+        self.parameterization = parameterization
         self.divergence_probes = int(divergence_probes)
         self.divergence_exact_max_dim = int(divergence_exact_max_dim)
         self.likelihood_weight = bool(likelihood_weight)
@@ -308,13 +319,17 @@ class PositiveTraceModel(TraceModel):
             "divergence_probes": self.divergence_probes,
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
             "likelihood_weight": self.likelihood_weight,
+            "parameterization": self.parameterization,
         }
+
+    def sigma_tilde(self, t: Tensor) -> Tensor:
+        """:math:`\\tilde\\sigma = \\sigma_t/\\alpha_t`, (B,) float64."""
+        alpha, sigma = self.schedule(t.to(torch.float64))
+        return sigma / alpha
 
     def scale(self, t: Tensor, dim: int) -> Tensor:
         """c(t), (B,) float64."""
-        alpha, sigma = self.schedule(t.to(torch.float64))
-        s2, sd2 = (sigma / alpha) ** 2, self.sigma_data**2
-        return dim * s2 * sd2 / (s2 + sd2)
+        return reference_variance(self.sigma_tilde(t), self.sigma_data, dim)
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw output h (B,)."""
@@ -329,7 +344,7 @@ class PositiveTraceModel(TraceModel):
     def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
         t = batch_time(t, x, torch.float64)
         dim = math.prod(x.shape[1:])
-        var = self.scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
+        var = output_variance(self.head(x, t), self.sigma_tilde(t), self.sigma_data, dim, self.parameterization)
         self.counts["evaluations"] += int(var.numel())
         self.counts["lower"] += int((var < 0).sum())
         if self.box_width is not None:
@@ -361,16 +376,14 @@ class PositiveTraceModel(TraceModel):
             raise ValueError(
                 f"trace target {self.target!r} needs the clean x0 of every state; only 'divergence' does not"
             )
-        alpha, sigma = self.schedule(t.to(torch.float64))
         dim = math.prod(x.shape[1:])
         with torch.no_grad():
             ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         flat = ybar if x0 is None else x0.flatten(1).to(torch.float64)
-        scale = self.scale(t, dim)
-        norm = dim * (sigma / alpha) ** 2 if self.likelihood_weight else scale
-        target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar) / scale
-        pred = nn.functional.softplus(self.head(x, t))  # V_theta / c
-        return ((scale / norm).to(pred.dtype) * (pred - target.to(pred.dtype))).pow(2).mean()
+        s = self.sigma_tilde(t)
+        norm = dim * s**2 if self.likelihood_weight else None
+        target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar)
+        return output_loss(self.head(x, t), target, s, self.sigma_data, dim, self.parameterization, norm)
 
 
 def _sq_norm_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ from dfcore.device import resolve_device
 from dfcore.io import checkpoint_errors, load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
+from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS, output_loss, output_variance, reference_variance
 from dfcore.schedules import Schedule, get_schedule
 from dfcore.sde import add_noise, batch_time, expand_like
 
@@ -480,12 +481,18 @@ class LearnedTraceModel(TraceModel):
         *,
         divergence_probes: int = 1,
         divergence_exact_max_dim: int = 16,
+        parameterization: str = "variance",
     ) -> None:
         if target not in TRACE_TARGETS:
             raise ValueError(f"unknown trace target {target!r}; choose one of {list(TRACE_TARGETS)}")
         if divergence_probes < 1:
             raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
+        if parameterization not in TRACE_PARAMETERIZATIONS:
+            raise ValueError(
+                f"unknown trace parameterization {parameterization!r}; choose one of {list(TRACE_PARAMETERIZATIONS)}"
+            )
         self.denoiser = denoiser
+        self.parameterization = parameterization  # how the head's output sets V (dfcore.models.trace_output)
         self.reference = reference  # the distribution whose posterior variance a reference target regresses onto
         self.schedule = denoiser.schedule
         self.module = module
@@ -500,9 +507,7 @@ class LearnedTraceModel(TraceModel):
 
     def variance_scale(self, t: Tensor, dim: int) -> Tensor:
         r""":math:`d\,\tilde\sigma^2\sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`, (B,) float64."""
-        s = self.denoiser.precondition(t).noise
-        sd2 = self.denoiser.sigma_data**2
-        return dim * s**2 * sd2 / (s**2 + sd2)
+        return reference_variance(self.denoiser.precondition(t).noise, self.denoiser.sigma_data, dim)
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw head output G (B,)."""
@@ -520,7 +525,8 @@ class LearnedTraceModel(TraceModel):
         variance itself (``denoiser`` is not needed: the model holds its own)."""
         t = batch_time(t, x, t.dtype)
         dim = x[0].numel()
-        return self.variance_scale(t, dim) * nn.functional.softplus(self.head(x, t)).to(torch.float64)
+        noise = self.denoiser.precondition(t).noise
+        return output_variance(self.head(x, t), noise, self.denoiser.sigma_data, dim, self.parameterization)
 
     def denoised(self, x: Tensor, t: Tensor) -> Tensor:
         r"""The frozen denoiser's :math:`\bar y_\theta(x, t)`, (B, d) float64, without gradients."""
@@ -555,9 +561,9 @@ class LearnedTraceModel(TraceModel):
         x = add_noise(x0, noise, alpha, sigma)
         flat = x0.flatten(1).to(torch.float64)
         target = TRACE_TARGETS[self.target].value(self, flat, x, t)
-        scale = self.variance_scale(t, flat.shape[1])
-        pred = nn.functional.softplus(self.head(x, t))
-        return (pred - (target / scale).to(pred.dtype)).pow(2).mean()
+        noise = self.denoiser.precondition(t).noise
+        sigma_data, dim = self.denoiser.sigma_data, flat.shape[1]
+        return output_loss(self.head(x, t), target, noise, sigma_data, dim, self.parameterization)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -566,6 +572,7 @@ class LearnedTraceModel(TraceModel):
             "target": self.target,
             "divergence_probes": self.divergence_probes,
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
+            "parameterization": self.parameterization,
             "hparams": self.hparams,
             "denoiser": self.denoiser.state(),
             "state_dict": self.module.state_dict(),
@@ -619,6 +626,7 @@ def trace_model_from_state(
         state.get("target", "residual"),
         divergence_probes=int(state.get("divergence_probes", 1)),
         divergence_exact_max_dim=int(state.get("divergence_exact_max_dim", 16)),
+        parameterization=str(state.get("parameterization", "variance")),
     )
 
 
