@@ -365,8 +365,9 @@ class PositiveTraceModel(TraceModel):
         return self.loss_at(x, t, x0)
 
     def loss_at(self, x: Tensor, t: Tensor, x0: Tensor | None = None) -> Tensor:
-        r"""The loss :math:`((V_\theta - T)/c)^2` at the states ``x`` (B, ...) at times ``t`` (B,), averaged over
-        the batch; with ``likelihood_weight`` :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` instead, the error of
+        r"""The loss :math:`((V_\theta - T)/n)^2` at the states ``x`` (B, ...) at times ``t`` (B,), averaged over
+        the batch, n the parameterisation's scale (:func:`~dfcore.models.trace_output.loss_scale`: c for
+        ``variance``); with ``likelihood_weight`` :math:`((V_\theta - T)/(d\tilde\sigma^2))^2` instead, the error of
         :math:`(\alpha^2/\sigma^4)V_\theta` relative to :math:`d/\sigma^2` in Eq. 17, weighted as the likelihood
         integrand weighs it (the same at small t, and :math:`\to 0` at large t, where a model's own divergence
         target can exceed c many times over). The targets ``sq_norm`` and ``residual`` need the clean ``x0`` whose
