@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULTS",
     "digits_uint8",
+    "split_of",
     "train_model",
     "convert_model",
     "train_trace",
@@ -221,7 +222,7 @@ def train_trace(
     out = Path(out)
     model = load_model(model_dir) if model is None else model
     if images is None:
-        holdout, split_seed = _split_of(Path(model_dir))
+        holdout, split_seed = split_of(Path(model_dir))
         images = digits_uint8("train", holdout, split_seed)
     sigma_data = math.sqrt(_data_stats(images)[1])
     unet = build_trace_unet(
@@ -309,7 +310,9 @@ def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceMo
     )
 
 
-def _split_of(model_dir: Path) -> tuple[float, int]:
+def split_of(model_dir: Path) -> tuple[float, int]:
+    """The digits split (holdout fraction, seed) that the in-project DDPM of ``model_dir`` trained on, from its
+    ``dfcore.json`` (the defaults for another folder)."""
     info = json.loads((model_dir / "dfcore.json").read_text()) if (model_dir / "dfcore.json").is_file() else {}
     train = info.get("train", {})
     return float(train.get("holdout", DEFAULTS["train"]["holdout"])), int(train.get("seed", 0))
@@ -374,7 +377,7 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     out_dir.mkdir(parents=True, exist_ok=True)
     dtype = {"float64": torch.float64, "float32": torch.float32}[cfg["dtype"]]
     model = load_model(model_dir, dtype=dtype)
-    holdout, split_seed = _split_of(Path(model_dir))
+    holdout, split_seed = split_of(Path(model_dir))
     test = digits_uint8("test", holdout, split_seed)[: int(cfg["num_images"])]
     data_mean, data_var = _data_stats(digits_uint8("train", holdout, split_seed))
     trace = load_trace(cfg["trace_dir"], model) if cfg["trace_dir"] else None
