@@ -48,6 +48,7 @@ from dfcore.sde import expand_like, pf_ode_velocity
 
 __all__ = [
     "ODE_SOLVERS",
+    "STEP_CONTROLS",
     "LogPrior",
     "LikelihoodResult",
     "prior_log_prob",
@@ -60,6 +61,10 @@ __all__ = [
 ]
 
 ODE_SOLVERS = ("dopri5", "euler", "rk4")
+# What dopri5's error control measures: the whole state (x, log-density increment), torchdiffeq's default, or x
+# alone (a seminorm; the increment, which nothing feeds back from, is then integrated on the steps of x, so every
+# trace estimator gets the same steps for the same x).
+STEP_CONTROLS = ("all", "state")
 
 LogPrior = Callable[[Tensor], Tensor]  # x_T (B, d...) -> log p_T(x_T) (B,)
 
@@ -164,13 +169,24 @@ def moment_matched_prior(schedule: Schedule, data: Tensor, t_max: float = 1.0) -
     return gaussian_log_prior(schedule, t_max, mean=data.mean(0), cov=torch.cov(data.T).reshape(dim, dim))
 
 
-def _solver_options(solver: str, times: Tensor, rtol: float, atol: float, num_steps: int) -> dict[str, Any]:
+def _state_norm(state: tuple[Tensor, Tensor]) -> Tensor:
+    """The RMS norm of x alone in the state (x, log-density increment): the seminorm of ``step_control: state``."""
+    return state[0].pow(2).mean().sqrt()
+
+
+def _solver_options(
+    solver: str, times: Tensor, rtol: float, atol: float, num_steps: int, step_control: str = "all"
+) -> dict[str, Any]:
     """The keyword arguments of ``torchdiffeq.odeint`` for ``solver`` on ``times`` = (t_min, t_max)."""
+    if step_control not in STEP_CONTROLS:
+        raise ValueError(f"unknown step_control {step_control!r}; choose one of {list(STEP_CONTROLS)}")
     t_min, t_max = float(times[0]), float(times[1])
     if solver == "dopri5":
         # step_t: land a step exactly on t_max, so the drift is never evaluated beyond t = 1.
         # and start small (torchdiffeq would otherwise probe t_min + h0, which may lie beyond 1).
-        options = {"step_t": times[1:], "first_step": 1e-4 * (t_max - t_min)}
+        options: dict[str, Any] = {"step_t": times[1:], "first_step": 1e-4 * (t_max - t_min)}
+        if step_control == "state":
+            options["norm"] = _state_norm
         return {"method": solver, "rtol": rtol, "atol": atol, "options": options}
     return {"method": solver, "options": {"step_size": (t_max - t_min) / num_steps}}
 
@@ -186,6 +202,7 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     num_steps: int = 200,
+    step_control: str = "all",
 ) -> LikelihoodResult:
     r"""Integrate the PF-ODE and Eq. 14 from ``t_min`` to ``t_max`` for data ``x`` (B, d...).
 
@@ -193,7 +210,9 @@ def log_likelihood(
     (:meth:`~dfcore.fisher.trace.TraceEstimator.eps_and_trace`), on its own schedule; a Hutchinson estimator keeps
     one draw of probes along the solve. ``log_prior`` maps :math:`x_T` (B, d...) to :math:`\log p_T(x_T)` (B,)
     (e.g. :func:`moment_matched_prior`). ``solver`` is adaptive ``dopri5`` (``rtol``, ``atol``) or fixed-step
-    ``euler``/``rk4`` (``num_steps``).
+    ``euler``/``rk4`` (``num_steps``). ``step_control`` (:data:`STEP_CONTROLS`) is what dopri5's error control
+    measures: ``all`` the whole state, ``state`` x alone, so that the steps, and the number of evaluations, are
+    the same for every trace estimator (the log-density increment is then a quadrature on those steps).
     """
     check_likelihood_args(
         x,
@@ -226,7 +245,7 @@ def log_likelihood(
         return pf_ode_velocity(xt, tt, score, schedule), f * dim + 0.5 * g2 * tr
 
     times = torch.tensor([t_min, t_max], dtype=torch.float64, device=x.device)
-    options = _solver_options(solver, times, rtol, atol, num_steps)
+    options = _solver_options(solver, times, rtol, atol, num_steps, step_control)
     state0 = (x, torch.zeros(batch, dtype=torch.float64, device=x.device))
     start = time.perf_counter()
     xs, deltas = odeint(drift, state0, times, **options)

@@ -9,6 +9,7 @@
 ``trace_states``            :data:`dfcore.integrations.pretrained.TRACE_STATES`
 ``trace_parameterizations`` :data:`dfcore.models.trace_output.TRACE_PARAMETERIZATIONS`
 ``ode_solvers``             :data:`dfcore.likelihood.ODE_SOLVERS`
+``step_controls``           :data:`dfcore.likelihood.STEP_CONTROLS`
 ``likelihood_methods``      :data:`dfcore.experiments.likelihood_methods.LIKELIHOOD_METHODS`
 ==========================  ===============================================================
 
@@ -31,7 +32,7 @@ def registry_names() -> dict[str, list[str]]:
     from dfcore.experiments.likelihood_methods import LIKELIHOOD_METHODS
     from dfcore.fisher import FVP_ESTIMATORS, TRACE_ESTIMATORS
     from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
-    from dfcore.likelihood import ODE_SOLVERS
+    from dfcore.likelihood import ODE_SOLVERS, STEP_CONTROLS
     from dfcore.models.networks import TRACE_TARGETS
     from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS
     from dfcore.schedules import SCHEDULES
@@ -45,6 +46,7 @@ def registry_names() -> dict[str, list[str]]:
         "trace_states": list(TRACE_STATES),
         "trace_parameterizations": list(TRACE_PARAMETERIZATIONS),
         "ode_solvers": list(ODE_SOLVERS),
+        "step_controls": list(STEP_CONTROLS),
         "likelihood_methods": list(LIKELIHOOD_METHODS),
     }
 

@@ -170,3 +170,27 @@ def exact_log_densities_of(mixture, x):
     from dfcore.likelihood import exact_log_densities
 
     return exact_log_densities(mixture, x, 0.1, get_schedule("VE"))
+
+
+def test_state_step_control_gives_every_estimator_the_steps_of_x_and_the_exact_density(gmm):
+    """With dopri5's error measured on x alone, the analytic trace and a one-probe Hutchinson estimate take the
+    same steps (x's ODE is theirs alike), the analytic NLL still matches the exact log q0, and the steps are those
+    of the floor solve, which has no trace at all."""
+    from dfcore.fisher.trace import HutchinsonTrace, ZeroTrace
+
+    x, mixture, mean, cov = gmm
+    schedule = get_schedule("VP")
+    den = ExactDenoiser(mixture, schedule)
+    kw = dict(log_prior=gaussian_log_prior(schedule, mean=mean, cov=cov), t_min=1e-4, rtol=1e-6, atol=1e-6)
+    analytic = log_likelihood(x, AnalyticTrace(mixture, schedule), step_control="state", **kw)
+    gen = torch.Generator().manual_seed(0)
+    hutch = log_likelihood(x, HutchinsonTrace(den, num_probes=1, generator=gen), step_control="state", **kw)
+    floor = log_likelihood(x, ZeroTrace(den), step_control="state", **kw)
+    assert analytic.nfe == hutch.nfe == floor.nfe
+    torch.testing.assert_close(analytic.x_T, floor.x_T, rtol=1e-6, atol=1e-6)
+    exact = gaussian_mixture_log_q0(mixture, x)
+    assert ((analytic.log_q - exact).abs() / x.shape[1]).max() < 1e-3
+    whole = log_likelihood(x, AnalyticTrace(mixture, schedule), **kw)
+    assert whole.nfe >= analytic.nfe  # the seminorm never asks for more steps than the whole state
+    with pytest.raises(ValueError, match="unknown step_control 'x'"):
+        log_likelihood(x, AnalyticTrace(mixture, schedule), step_control="x", **kw)

@@ -181,7 +181,13 @@ def likelihood_points(
         }
         estimator = own_estimator(method, pool)
         result = log_likelihood(
-            x, estimator, log_prior=log_prior, solver=cfg["solver"], num_steps=int(cfg["num_steps"]), **common
+            x,
+            estimator,
+            log_prior=log_prior,
+            solver=cfg["solver"],
+            num_steps=int(cfg["num_steps"]),
+            step_control=str(cfg["step_control"]),
+            **common,
         )
         out = {"log_q": result.log_q, "nfe": result.nfe}
     return {"log_q": out["log_q"].detach().cpu().to(torch.float64), "nfe": int(out["nfe"])}
@@ -285,6 +291,7 @@ def _solver_columns(cfg: dict[str, Any]) -> dict[str, Any]:
         "solver": cfg["solver"],
         "rtol": float(cfg["rtol"]),
         "atol": float(cfg["atol"]),
+        "step_control": str(cfg["step_control"]),
         "t_min": float(cfg["t_min"]),
         "repeats": int(cfg["repeats"]),
     }
