@@ -340,7 +340,7 @@ def test_hutchinson_rows_by_probe_count_and_more_probes_err_less():
     _, mixture = make_gaussian_mixture_lowrank(10, 8, 3, 2, 0.3, seed=5)
     schedule = get_schedule("VP")
     x = mixture.sample(6, generator=torch.Generator().manual_seed(6))
-    cfg = {"t_min": 1e-3, "rtol": 1e-5, "atol": 1e-5, "solver": "rk4", "num_steps": 8}
+    cfg = {"t_min": 1e-3, "rtol": 1e-5, "atol": 1e-5, "solver": "rk4", "num_steps": 8, "step_control": "all"}
     kw = dict(denoiser=ExactDenoiser(mixture, schedule), mixture=mixture, trace_model=None, cfg=cfg)
     kw["log_prior"] = lambda z: -0.5 * (z**2).sum(1)
     exact = likelihood_points(x, "analytic", seed=0, **kw)["log_q"]
@@ -368,7 +368,14 @@ def test_the_dataset_run_measures_the_floor_and_every_method_in_its_own_process(
     state |= {"prediction": "x0", "sigma_data": 0.5, "state_dict": None}
     torch.manual_seed(0)
     save_checkpoint({"model": denoiser_from_state(state).state()}, tmp_path / "den.pt")
-    section = {"methods": ["vjp", "hutchinson4"], "solver": "rk4", "rtol": 1e-5, "atol": 1e-5, "num_steps": 4}
+    section = {
+        "methods": ["vjp", "hutchinson4"],
+        "solver": "rk4",
+        "rtol": 1e-5,
+        "atol": 1e-5,
+        "num_steps": 4,
+        "step_control": "all",
+    }
     section |= {"t_min": 1e-3, "num_points": 3, "seed": 0, "repeats": 3}
     frame = run_likelihood_dataset(
         section, tmp_path / "m.zarr", tmp_path / "den.pt", {}, tmp_path / "p.csv", dataset="m"
