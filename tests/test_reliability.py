@@ -177,6 +177,7 @@ TRACE = {
     "ema_decay": 0.0,
     "divergence_probes": 1,
     "divergence_exact_max_dim": 16,
+    "parameterization": "variance",
 }
 
 

@@ -187,6 +187,7 @@ def test_run_trace_error_labels_further_rows_by_the_checkpoints_target(tmp_path)
         "ema_decay": 0.0,
         "divergence_probes": 1,
         "divergence_exact_max_dim": 16,
+        "parameterization": "variance",
     }
     for name, target, denoiser in (
         ("main", "dataset_posterior", den),

@@ -23,6 +23,7 @@ CFG = {
     "ema_decay": 0.0,
     "divergence_probes": 1,
     "divergence_exact_max_dim": 16,
+    "parameterization": "variance",
     "t_min": 1e-3,
     "time_power": 1.0,
     "steps": 30,
