@@ -103,7 +103,7 @@ def test_image_shaped_inputs_and_no_gradient(points):
 
 
 def _own_trace_error(model, den, schedule, data):
-    """Mean over test points of ((V_theta - T) / variance_scale)^2 against the model's exact
+    """Mean over test points of ((V_theta - T) / c)^2, c the Gaussian posterior variance, against the model's exact
     T = (sigma^2/alpha) div ybar_theta."""
     g = torch.Generator().manual_seed(7)
     x0 = data[torch.randint(len(data), (512,), generator=g)].float()
@@ -113,7 +113,9 @@ def _own_trace_error(model, den, schedule, data):
     exact = divergence_target(den.posterior_mean, x, t.float(), schedule, 1, exact_max_dim=2)
     with torch.no_grad():
         v = model.posterior_variance(x, t.float())
-    return float(((v - exact) / model.variance_scale(t.float(), 2)).pow(2).mean())
+    s2 = model.denoiser.precondition(t.float()).noise ** 2
+    sd2 = model.denoiser.sigma_data**2
+    return float(((v - exact) / (2 * s2 * sd2 / (s2 + sd2))).pow(2).mean())
 
 
 def test_a_trace_net_trained_on_probes_approaches_the_models_own_trace():

@@ -180,7 +180,9 @@ def test_posterior_targets_are_the_brute_force_posterior_variance(target, dim, t
     reference = data if target == "dataset_posterior" else x0.double()
     var = _brute_force_posterior_variance(x.double(), alpha, sigma, reference)
     pred = torch.nn.functional.softplus(model.head(x, tt.float()))
-    expected = (pred - (var / model.variance_scale(tt, dim)).float()).pow(2).mean()
+    s2 = model.denoiser.precondition(tt).noise ** 2  # (sigma / alpha)^2
+    c = dim * s2 * 0.8**2 / (s2 + 0.8**2)  # the Gaussian posterior variance at the state's sigma_data = 0.8
+    expected = (pred - (var / c).float()).pow(2).mean()
     torch.testing.assert_close(model.loss(x0, tt.float(), noise), expected, rtol=1e-5, atol=1e-7)
     if target == "dataset_posterior":
         torch.testing.assert_close(

@@ -384,8 +384,10 @@ def test_positive_trace_model_divergence_target_is_the_gaussian_posterior_varian
         torch.testing.assert_close(closed, gauss.posterior_variance(xt, t, schedule), rtol=1e-12, atol=0)
         model = PositiveTraceModel(_Constant(0.3), den, 0.9, target="divergence", divergence_probes=2)
         model.probe_generator = torch.Generator().manual_seed(0)
-        v = model.scale(t, d) * torch.nn.functional.softplus(torch.tensor(0.3, dtype=torch.float64))
-        expected = (v - closed) / model.scale(t, d)
+        s2 = (sigma / alpha) ** 2
+        c = d * s2 * 0.81 / (s2 + 0.81)  # the Gaussian posterior variance at sigma_data = 0.9
+        v = c * torch.nn.functional.softplus(torch.tensor(0.3, dtype=torch.float64))
+        expected = (v - closed) / c
         torch.testing.assert_close(model.loss(x0, t, noise), expected.pow(2).mean(), rtol=1e-10, atol=1e-12)
         assert model.state()["divergence_probes"] == 2
     with pytest.raises(ValueError, match="divergence_probes"):
@@ -620,3 +622,52 @@ def test_a_trace_net_trained_on_ode_states_learns_the_gaussian_posterior_varianc
     target = math.log(math.e - 1)  # softplus(h) = 1
     assert losses[0] > 0.5 and losses[-1] < 1e-4
     assert abs(model.module.h.item() - target) < 0.01
+
+
+def test_positive_trace_model_with_the_fisher_output_on_gaussian_data():
+    """h = 0 is the Gaussian's exact Fisher trace (against the analytic estimator); its divergence-target loss is
+    recomputed from the closed-form posterior variance; the parameterisation survives the constructor's check."""
+    from dfcore.fisher import fisher_trace
+    from dfcore.integrations.pretrained import PositiveTraceModel
+
+    d, sd = 3, 0.7
+    den = _gaussian_denoiser(d, sd)
+    gauss = den.mixture
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t = torch.tensor([0.001, 0.1, 0.5, 0.9], dtype=torch.float64)
+    model = PositiveTraceModel(_Constant(0.0), den, sd, parameterization="fisher")
+    dftm = fisher_trace("dftm", x, t, denoiser=den, trace_model=model)
+    analytic = fisher_trace("analytic", x, t, mixture=gauss, schedule=den.schedule)
+    torch.testing.assert_close(dftm, analytic, rtol=1e-9, atol=0)
+    assert model.state()["parameterization"] == "fisher"
+    alpha, sigma = den.schedule(t)
+    s2 = (sigma / alpha) ** 2
+    h = 0.3
+    div = PositiveTraceModel(
+        _Constant(h), den, sd, target="divergence", divergence_exact_max_dim=d, parameterization="fisher"
+    )
+    v = d * s2 * torch.sigmoid(-torch.tensor(h, dtype=torch.float64) - torch.log(s2 / sd**2))
+    exact = d * s2 * sd**2 / (s2 + sd**2)  # the Gaussian's posterior variance, which the exact divergence equals
+    expected = ((v - exact) / (d * s2**2 / (s2 + sd**2))).pow(2).mean()
+    torch.testing.assert_close(div.loss_at(x, t).double(), expected, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="unknown trace parameterization 'log'"):
+        PositiveTraceModel(_Constant(h), den, sd, parameterization="log")
+
+
+def test_a_fisher_output_trained_on_ode_states_learns_the_gaussian():
+    """On the likelihood's own states with the exact divergence target, a constant fisher head converges to the
+    Gaussian's h = 0."""
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.integrations.pretrained_train import train_trace_model
+
+    d, sd = 4, 0.6
+    images = torch.randint(0, 256, (64, d), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    den = _gaussian_denoiser(d, sd)
+    model = PositiveTraceModel(
+        _Constant(1.5), den, sd, target="divergence", divergence_exact_max_dim=d, parameterization="fisher"
+    )
+    losses = train_trace_model(
+        model, images, steps=150, t_min=1e-3, batch_size=16, lr=0.05, warmup_steps=5, states="ode", ode_num_steps=5
+    )
+    assert losses[0] > 0.5 and losses[-1] < 1e-4
+    assert abs(model.module.h.item()) < 0.01

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.models.networks import divergence_target
-from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS, output_loss, output_variance, reference_variance
+from dfcore.models.trace_output import check_parameterization, output_loss, output_variance
 from dfcore.schedules import DiscreteSchedule, Schedule
-from dfcore.sde import batch_time, expand_like
+from dfcore.sde import batch_time, expand_like, noise_ratio
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -290,10 +290,7 @@ class PositiveTraceModel(TraceModel):
             raise ValueError(f"unknown trace target {target!r}; choose one of {list(POSITIVE_TRACE_TARGETS)}")
         if divergence_probes < 1:
             raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
-        if parameterization not in TRACE_PARAMETERIZATIONS:
-            raise ValueError(
-                f"unknown trace parameterization {parameterization!r}; choose one of {list(TRACE_PARAMETERIZATIONS)}"
-            )
+        check_parameterization(parameterization)
         self.target = target
         self.parameterization = parameterization
         self.divergence_probes = int(divergence_probes)
@@ -324,12 +321,7 @@ class PositiveTraceModel(TraceModel):
 
     def sigma_tilde(self, t: Tensor) -> Tensor:
         """:math:`\\tilde\\sigma = \\sigma_t/\\alpha_t`, (B,) float64."""
-        alpha, sigma = self.schedule(t.to(torch.float64))
-        return sigma / alpha
-
-    def scale(self, t: Tensor, dim: int) -> Tensor:
-        """c(t), (B,) float64."""
-        return reference_variance(self.sigma_tilde(t), self.sigma_data, dim)
+        return noise_ratio(self.schedule, t.to(torch.float64))
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw output h (B,)."""

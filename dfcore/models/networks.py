@@ -43,7 +43,7 @@ from dfcore.device import resolve_device
 from dfcore.io import checkpoint_errors, load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
-from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS, output_loss, output_variance, reference_variance
+from dfcore.models.trace_output import check_parameterization, output_loss, output_variance
 from dfcore.schedules import Schedule, get_schedule
 from dfcore.sde import add_noise, batch_time, expand_like
 
@@ -487,10 +487,7 @@ class LearnedTraceModel(TraceModel):
             raise ValueError(f"unknown trace target {target!r}; choose one of {list(TRACE_TARGETS)}")
         if divergence_probes < 1:
             raise ValueError(f"divergence_probes must be positive; got {divergence_probes}")
-        if parameterization not in TRACE_PARAMETERIZATIONS:
-            raise ValueError(
-                f"unknown trace parameterization {parameterization!r}; choose one of {list(TRACE_PARAMETERIZATIONS)}"
-            )
+        check_parameterization(parameterization)
         self.denoiser = denoiser
         self.parameterization = parameterization  # how the head's output sets V (dfcore.models.trace_output)
         self.reference = reference  # the distribution whose posterior variance a reference target regresses onto
@@ -504,10 +501,6 @@ class LearnedTraceModel(TraceModel):
         # the CPU generator of target divergence's probes; the training loop sets its own, so a resumed run
         # draws the same probes
         self.probe_generator: torch.Generator | None = None
-
-    def variance_scale(self, t: Tensor, dim: int) -> Tensor:
-        r""":math:`d\,\tilde\sigma^2\sigma_d^2/(\tilde\sigma^2+\sigma_d^2)`, (B,) float64."""
-        return reference_variance(self.denoiser.precondition(t).noise, self.denoiser.sigma_data, dim)
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw head output G (B,)."""
@@ -525,8 +518,8 @@ class LearnedTraceModel(TraceModel):
         variance itself (``denoiser`` is not needed: the model holds its own)."""
         t = batch_time(t, x, t.dtype)
         dim = x[0].numel()
-        noise = self.denoiser.precondition(t).noise
-        return output_variance(self.head(x, t), noise, self.denoiser.sigma_data, dim, self.parameterization)
+        s = self.denoiser.precondition(t).noise  # sigma~ = sigma / alpha
+        return output_variance(self.head(x, t), s, self.denoiser.sigma_data, dim, self.parameterization)
 
     def denoised(self, x: Tensor, t: Tensor) -> Tensor:
         r"""The frozen denoiser's :math:`\bar y_\theta(x, t)`, (B, d) float64, without gradients."""
@@ -561,9 +554,9 @@ class LearnedTraceModel(TraceModel):
         x = add_noise(x0, noise, alpha, sigma)
         flat = x0.flatten(1).to(torch.float64)
         target = TRACE_TARGETS[self.target].value(self, flat, x, t)
-        noise = self.denoiser.precondition(t).noise
+        s = self.denoiser.precondition(t).noise  # sigma~ = sigma / alpha
         sigma_data, dim = self.denoiser.sigma_data, flat.shape[1]
-        return output_loss(self.head(x, t), target, noise, sigma_data, dim, self.parameterization)
+        return output_loss(self.head(x, t), target, s, sigma_data, dim, self.parameterization)
 
     def state(self) -> dict[str, Any]:
         return {

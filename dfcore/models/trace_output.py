@@ -35,13 +35,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TRACE_PARAMETERIZATIONS", "reference_variance", "output_variance", "loss_scale", "output_loss"]
+__all__ = [
+    "TRACE_PARAMETERIZATIONS",
+    "check_parameterization",
+    "reference_variance",
+    "output_variance",
+    "loss_scale",
+    "output_loss",
+]
 
 # The parameterisations of a trace net's output by name (module docstring).
 TRACE_PARAMETERIZATIONS = ("variance", "fisher")
 
 
-def _check(parameterization: str) -> None:
+def check_parameterization(parameterization: str) -> None:
+    """ValueError naming the choices unless ``parameterization`` is one of :data:`TRACE_PARAMETERIZATIONS`."""
     if parameterization not in TRACE_PARAMETERIZATIONS:
         raise ValueError(
             f"unknown trace parameterization {parameterization!r}; choose one of {list(TRACE_PARAMETERIZATIONS)}"
@@ -58,7 +66,7 @@ def reference_variance(sigma_tilde: Tensor, sigma_data: float, dim: int) -> Tens
 def output_variance(h: Tensor, sigma_tilde: Tensor, sigma_data: float, dim: int, parameterization: str) -> Tensor:
     r""":math:`V_\theta` (B,) float64 from the raw output ``h`` (B,) at :math:`\tilde\sigma` (B,) (``variance``: c in
     the dtype of :math:`\tilde\sigma`, times the softplus in float64)."""
-    _check(parameterization)
+    check_parameterization(parameterization)
     if parameterization == "variance":
         return reference_variance(sigma_tilde, sigma_data, dim) * nn.functional.softplus(h).to(torch.float64)
     s = sigma_tilde.to(torch.float64)
@@ -68,7 +76,7 @@ def output_variance(h: Tensor, sigma_tilde: Tensor, sigma_data: float, dim: int,
 def loss_scale(sigma_tilde: Tensor, sigma_data: float, dim: int, parameterization: str) -> Tensor:
     r"""The default scale n of the loss :math:`((V_\theta - T)/n)^2`, (B,) float64: c for ``variance``,
     :math:`d\tilde\sigma^2 - c = d\tilde\sigma^4/(\tilde\sigma^2 + \sigma_d^2)` for ``fisher``."""
-    _check(parameterization)
+    check_parameterization(parameterization)
     s = sigma_tilde.to(torch.float64)
     if parameterization == "variance":
         return reference_variance(s, sigma_data, dim)
@@ -87,7 +95,7 @@ def output_loss(
     r"""The batch mean of :math:`((V_\theta - T)/n)^2` for the raw outputs ``h`` (B,) and the targets ``target`` (B,)
     float64 of :math:`V`; n is ``scale`` (B,) or :func:`loss_scale`. The ``variance`` loss is computed as
     :math:`(\mathrm{softplus}(h) - T/c)^2 (c/n)^2` in the dtype of h; the ``fisher`` loss in float64."""
-    _check(parameterization)
+    check_parameterization(parameterization)
     if parameterization == "variance":
         c = reference_variance(sigma_tilde, sigma_data, dim)
         n = c if scale is None else scale
