@@ -637,7 +637,7 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
 
 
 def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
-    """The options of ``train-trace`` that choose the regression target, its states and its weighting."""
+    """The options of ``train-trace`` that choose the regression target, its states, its weighting and the calibration."""
     from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
     from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS
 
@@ -681,6 +681,25 @@ def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, A
         help="weigh each sample's loss as the likelihood integrand weighs its error (small at large t)",
     )
     parser.add_argument("--init", default=None, help="a trace folder whose net starts the training (fine-tuning)")
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=defaults["calibration_images"],
+        help="after training, calibrate the net on the likelihood paths of this many training images: per bin of "
+        "log t, an offset that makes its mean equal the model's own posterior variance; 0: none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibration-bins",
+        type=int,
+        default=defaults["calibration_bins"],
+        help="bins of equal width in log t for --calibration-images (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibration-probes",
+        type=int,
+        default=defaults["calibration_probes"],
+        help="Rademacher probes per state of the calibration's target (default: %(default)s)",
+    )
     parser.add_argument(
         "--states",
         choices=list(TRACE_STATES),
@@ -728,6 +747,9 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "parameterization": args.parameterization,
         "states": args.states,
         "ode_num_steps": args.ode_num_steps,
+        "calibration_images": args.calibration_images,
+        "calibration_bins": args.calibration_bins,
+        "calibration_probes": args.calibration_probes,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_steps": min(defaults["warmup_steps"], max(args.steps // 10, 0)),

@@ -150,3 +150,29 @@ def test_registry_schema_and_checkpoint_carry_the_divergence_settings(tmp_path):
     save_checkpoint({"model": model.state()}, tmp_path / "trace.pt")
     loaded = load_trace_model(tmp_path / "trace.pt")
     assert (loaded.target, loaded.divergence_probes, loaded.divergence_exact_max_dim) == ("divergence", 3, 0)
+
+
+def test_a_map_without_forward_derivatives_falls_back_to_reverse_mode():
+    """Attention on the CPU has no forward-mode derivative: the exact target of a map that uses it is still
+    (sigma^2/alpha) tr(d ybar/dx), against the Jacobian from torch.autograd.functional.jacobian."""
+    d = 6
+    gen = torch.Generator().manual_seed(9)
+    w = torch.randn(3, d, d, generator=gen, dtype=torch.float64) / d
+
+    def posterior_mean(x, t):
+        q, k, v = (x @ m for m in w)  # per sample one head, two tokens of width 3
+        att = torch.nn.functional.scaled_dot_product_attention(
+            q.reshape(-1, 1, 2, 3), k.reshape(-1, 1, 2, 3), v.reshape(-1, 1, 2, 3)
+        )
+        return x * (1.0 + t[:, None]) + att.reshape(-1, d)
+
+    schedule = get_schedule("VP")
+    x = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.1, 0.5, 0.9], dtype=torch.float64)
+    with pytest.raises(NotImplementedError):
+        torch.func.jvp(lambda y: posterior_mean(y, t), (x,), (x,))
+    got = divergence_target(posterior_mean, x, t, schedule, 1, exact_max_dim=d)
+    alpha, sigma = schedule(t)
+    for i in range(4):
+        jac = torch.autograd.functional.jacobian(lambda y: posterior_mean(y[None], t[i : i + 1])[0], x[i])
+        torch.testing.assert_close(got[i], sigma[i] ** 2 / alpha[i] * torch.trace(jac), rtol=1e-12, atol=0)

@@ -671,3 +671,71 @@ def test_a_fisher_output_trained_on_ode_states_learns_the_gaussian():
     )
     assert losses[0] > 0.5 and losses[-1] < 1e-4
     assert abs(model.module.h.item()) < 0.01
+
+
+def test_calibration_removes_a_constant_output_error_on_the_likelihood_paths():
+    """A fisher head off by a constant (h = 0.3, where the Gaussian's exact posterior variance is h = 0) gets the
+    offset -0.3 in every bin from the exact divergence target, after which DF-TM gives the analytic trace; the
+    calibration survives state(); bad arguments are refused."""
+    from dfcore.fisher import fisher_trace
+    from dfcore.integrations.pretrained import PositiveTraceModel
+    from dfcore.integrations.pretrained_calibration import calibrate_trace_model
+
+    d, sd = 4, 0.6
+    images = torch.randint(0, 256, (12, d), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    den = _gaussian_denoiser(d, sd)
+    model = PositiveTraceModel(_Constant(0.3), den, sd, parameterization="fisher")
+    records = calibrate_trace_model(
+        model, images, t_min=1e-3, ode_num_steps=6, num_bins=5, exact_max_dim=d, batch_images=5
+    )
+    assert [r["count"] for r in records] and all(r["count"] > 0 for r in records)
+    assert sum(r["count"] for r in records) == 12 * 4 * 7  # 3 batches, RK4 on a shifted grid of 6 steps
+    for r in records:
+        assert (
+            abs(r["offset"] + 0.3) < 1e-9 and abs(r["bias_after"]) < 1e-10 and r["bias_before"] > 0
+        )  # the trace too high
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t = torch.tensor([0.001, 0.02, 0.4, 0.95], dtype=torch.float64)
+    dftm = fisher_trace("dftm", x, t, denoiser=den, trace_model=model)
+    analytic = fisher_trace("analytic", x, t, mixture=den.mixture, schedule=den.schedule)
+    torch.testing.assert_close(dftm, analytic, rtol=1e-8, atol=0)
+    knots, offsets = model.state()["calibration"]
+    assert len(knots) == len(offsets) == 5 and knots == sorted(knots)
+    with pytest.raises(ValueError, match="num_bins >= 1"):
+        calibrate_trace_model(model, images, t_min=1e-3, num_bins=0)
+
+
+def test_train_trace_calibrates_and_the_folder_keeps_the_calibration(folder, tmp_path):
+    """train_trace with calibration_images writes the table to trace.json and calibration.csv; load_trace's net
+    outputs h + delta(t) exactly (delta interpolated in log t, against numpy); calibrating the uncalibrated net of
+    the same training afterwards (calibrate_trace) gives the same table."""
+    import numpy as np
+    import pandas as pd
+
+    from dfcore.experiments.pretrained import calibrate_trace, load_model, load_trace, train_trace
+
+    images = torch.randint(0, 256, (6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    section = {"steps": 2, "batch_size": 4, "warmup_steps": 0, "block_out_channels": [8, 16], "norm_num_groups": 4}
+    section |= {"target": "divergence", "parameterization": "fisher", "ode_num_steps": 3}
+    calib = {"calibration_images": 3, "calibration_bins": 4, "calibration_probes": 1}
+    model = load_model(folder)
+    train_trace(folder, tmp_path / "cal", section | calib, images, model=model)
+    train_trace(folder, tmp_path / "raw", section, images, model=model)
+    meta = json.loads((tmp_path / "cal" / "trace.json").read_text())
+    table = meta["calibration"]
+    assert len(table["log_t"]) == len(table["offset"]) == 4 and table["images"] == 3
+    rows = pd.read_csv(tmp_path / "cal" / "calibration.csv")
+    assert len(rows) == 4 and rows["count"].sum() == 3 * 4 * 4  # 3 images, RK4 on a shifted grid of 3 steps
+    assert not (tmp_path / "raw" / "calibration.csv").exists()
+    cal, raw = load_trace(tmp_path / "cal", model), load_trace(tmp_path / "raw", model)
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([1e-3, 0.01, 0.1, 0.5, 1.0], dtype=torch.float64)
+    delta = np.interp(np.log(t.numpy()), table["log_t"], table["offset"])
+    with torch.no_grad():
+        shift = cal.head(x, t).double() - raw.head(x, t).double()
+    torch.testing.assert_close(shift, torch.from_numpy(delta), rtol=0, atol=1e-5)
+    calibrate_trace(folder, tmp_path / "raw", tmp_path / "after", calib, images)
+    after = json.loads((tmp_path / "after" / "trace.json").read_text())["calibration"]
+    torch.testing.assert_close(torch.tensor(after["offset"]), torch.tensor(table["offset"]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="calibration_images must be positive"):
+        calibrate_trace(folder, tmp_path / "raw", tmp_path / "none", None, images)

@@ -70,7 +70,8 @@ def test_train_trace_then_dftm(pipeline, tmp_path, capsys, caplog):
     trace = tmp_path / "trace"
     argv = ["train-trace", "--model", str(model_dir), "--images", str(images), "--out", str(trace)]
     with caplog.at_level(logging.INFO):
-        assert main([*argv, "--steps", "3", "--batch-size", "4", "--target", "residual"]) == 0
+        calibration = ["--calibration-images", "2", "--calibration-bins", "3", "--calibration-probes", "1"]
+        assert main([*argv, "--steps", "3", "--batch-size", "4", "--target", "residual", *calibration]) == 0
     # one line says where the trace net went (with its training time and final loss)
     lines = [*capsys.readouterr().out.splitlines(), *(r.getMessage() for r in caplog.records)]
     assert [line for line in lines if str(trace) in line] == [
@@ -79,6 +80,7 @@ def test_train_trace_then_dftm(pipeline, tmp_path, capsys, caplog):
     meta = json.loads((trace / "trace.json").read_text())
     assert (trace / "unet" / "config.json").is_file() and len(pd.read_csv(trace / "loss.csv")) == 3
     assert meta["images"] == str(images) and meta["num_images"] == 3 and meta["trace"]["target"] == "residual"
+    assert len(meta["calibration"]["offset"]) == 3 and len(pd.read_csv(trace / "calibration.csv")) == 3
     table = _likelihood(model_dir, images, tmp_path / "dftm.csv", "--method", "dftm", "--trace", str(trace))
     assert len(table) == 3 and np.isfinite(table["bpd"]).all() and set(table["method"]) == {"dftm"}
     counts = json.loads((tmp_path / "dftm.json").read_text())["trace"]["counts"]

@@ -11,7 +11,9 @@ import torch
 
 from dfcore.models.trace_output import (
     TRACE_PARAMETERIZATIONS,
+    fit_offsets,
     loss_scale,
+    offset_at,
     output_loss,
     output_variance,
     reference_variance,
@@ -125,3 +127,42 @@ def test_learned_trace_model_keeps_its_parameterization_through_a_checkpoint(tmp
     again = load_trace_model(tmp_path / "trace.pt")
     assert again.parameterization == "fisher"
     torch.testing.assert_close(again.posterior_variance(x, t), v)
+
+
+@pytest.mark.parametrize("parameterization", TRACE_PARAMETERIZATIONS)
+def test_fitted_offsets_match_each_bins_mean_target(parameterization):
+    """Per bin, the mean of V(h + delta_b) equals the mean target (recomputed sample by sample); a bin whose targets
+    are V(h + c) for one constant c gets exactly c; an empty bin gets 0; a bin whose mean target is negative, which
+    no V > 0 reaches, gets the end of the span that comes closer."""
+    gen = torch.Generator().manual_seed(4)
+    n = 400
+    s = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-5, 1, generator=gen))
+    h = torch.randn(n, generator=gen, dtype=torch.float64)
+    bins = torch.randint(0, 3, (n,), generator=gen)
+    bins[bins == 2] = 4  # bins 2 and 3 stay empty
+    noise = 0.3 * torch.randn(n, generator=gen, dtype=torch.float64)
+    target = output_variance(h + 0.7 * noise, s, SD, D, parameterization)
+    target[bins == 1] = output_variance(h - 1.25, s, SD, D, parameterization)[bins == 1]
+    target[bins == 4] = -reference_variance(s, SD, D)[bins == 4]
+    delta = fit_offsets(h, target, s, bins, 5, SD, D, parameterization)
+    fitted = output_variance(h + delta[bins], s, SD, D, parameterization)
+    for b in (0, 1):
+        m = bins == b
+        torch.testing.assert_close(fitted[m].mean(), target[m].mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(delta[1], torch.tensor(-1.25, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert delta[2] == delta[3] == 0
+    lowest = 8.0 if parameterization == "fisher" else -8.0  # V falls as h rises for fisher, rises for variance
+    assert delta[4] == lowest
+
+
+def test_offsets_are_interpolated_linearly_in_log_t():
+    """Against numpy's interp on log t, constant beyond the ends; one knot gives a constant."""
+    import numpy as np
+
+    knots = torch.tensor([-6.0, -3.0, -1.0, 0.0], dtype=torch.float64)
+    values = torch.tensor([0.5, -0.2, 0.1, 0.3], dtype=torch.float64)
+    t = torch.tensor([1e-4, 0.002, 0.05, 0.3, 0.9, 1.0], dtype=torch.float64)
+    expected = np.interp(np.log(t.numpy()), knots.numpy(), values.numpy())
+    torch.testing.assert_close(offset_at(knots, values, t), torch.from_numpy(expected), rtol=0, atol=1e-14)
+    one = offset_at(knots[:1], values[:1], t)
+    torch.testing.assert_close(one, torch.full_like(t, 0.5), rtol=0, atol=0)

@@ -261,7 +261,8 @@ def train_trace(
     if distributed.is_main():
         meta = {"trace": cfg, "sigma_data": sigma_data, "box_width": BOX_WIDTH, "t_min": t_min, "seconds": seconds}
         meta |= {"model_dir": str(model_dir), "num_images": len(images), "processes": distributed.world_size()}
-        _write_trace(unet, meta | (record or {}), losses, out)
+        bins = _calibrate(trace, images, cfg, t_min, meta) if int(cfg["calibration_images"]) > 0 else None
+        _write_trace(unet, meta | (record or {}), losses, out, bins)
     distributed.barrier()
     return out
 
@@ -285,8 +286,39 @@ def _load_trace_weights(unet: Any, trace_dir: Path) -> None:
         raise ValueError(f"init: the trace net of {trace_dir} has another architecture than this one: {err}") from err
 
 
-def _write_trace(unet: Any, meta: dict[str, Any], losses: list[float], out: Path) -> None:
-    """The trace folder of :func:`train_trace`: ``unet/`` (replaced atomically), ``trace.json``, ``loss.csv``."""
+def _calibrate(
+    trace: PositiveTraceModel, images: Tensor, cfg: dict[str, Any], t_min: float, meta: dict[str, Any]
+) -> pd.DataFrame:
+    """Calibrate ``trace`` on the likelihood paths of ``cfg["calibration_images"]`` of the uint8 ``images`` (drawn
+    with the trace seed; :func:`~dfcore.integrations.pretrained_calibration.calibrate_trace_model`), record the
+    table and the time under ``meta["calibration"]``, and return the per-bin records."""
+    from dfcore.integrations.pretrained_calibration import calibrate_trace_model
+
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
+    chosen = torch.randperm(len(images), generator=gen)[: int(cfg["calibration_images"])]
+    records = calibrate_trace_model(
+        trace,
+        images[chosen],
+        t_min=t_min,
+        ode_num_steps=int(cfg["ode_num_steps"]),
+        num_bins=int(cfg["calibration_bins"]),
+        probes=int(cfg["calibration_probes"]),
+        exact_max_dim=int(cfg["divergence_exact_max_dim"]),
+        seed=int(cfg["seed"]) + 1,
+    )
+    assert trace.calibration is not None
+    knots, offsets = (v.tolist() for v in trace.calibration)
+    meta["calibration"] = {"log_t": knots, "offset": offsets, "images": len(chosen)}
+    meta["calibration"]["seconds"] = time.perf_counter() - start
+    return pd.DataFrame(records)
+
+
+def _write_trace(
+    unet: Any, meta: dict[str, Any], losses: list[float], out: Path, calibration: pd.DataFrame | None = None
+) -> None:
+    """The trace folder of :func:`train_trace`: ``unet/`` (replaced atomically), ``trace.json``, ``loss.csv`` and,
+    for a calibrated net, ``calibration.csv`` (one row per bin of log t)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".unet.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -295,6 +327,8 @@ def _write_trace(unet: Any, meta: dict[str, Any], losses: list[float], out: Path
     os.replace(tmp, out / "unet")
     write_text(json.dumps(meta, indent=2), out / "trace.json")
     write_csv(pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}), out / "loss.csv")
+    if calibration is not None:
+        write_csv(calibration, out / "calibration.csv")
     log.info("trained the trace net %s in %.0f s (final loss %.4f)", out, meta["seconds"], losses[-1])
 
 
@@ -305,9 +339,40 @@ def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceMo
     unet = _trace_unet(trace_dir, next(model.unet.parameters()).dtype)
     unet.eval().requires_grad_(False)
     parameterization = str(meta.get("trace", {}).get("parameterization", "variance"))
-    return PositiveTraceModel(
+    trace = PositiveTraceModel(
         unet, model.denoiser, float(meta["sigma_data"]), float(meta["box_width"]), parameterization=parameterization
     )
+    if meta.get("calibration"):
+        table = meta["calibration"]
+        knots, offsets = (torch.tensor(table[k], dtype=torch.float64) for k in ("log_t", "offset"))
+        trace.calibration = (knots, offsets)
+    return trace
+
+
+def calibrate_trace(
+    model_dir: str | Path,
+    trace_dir: str | Path,
+    out: str | Path,
+    section: dict[str, Any] | None = None,
+    images: Tensor | None = None,
+) -> Path:
+    """Calibrate the trace net of ``trace_dir`` (from :func:`train_trace`) along the likelihood paths of uint8
+    ``images`` (default: the model's training digits) with the ``calibration_*`` settings of ``section`` (over those
+    the net was trained with), and write it, calibrated, as a trace folder to ``out``."""
+    trace_dir, out = Path(trace_dir), Path(out)
+    meta = json.loads((trace_dir / "trace.json").read_text())
+    cfg = _merged({**meta.get("trace", {}), **(section or {})}, DEFAULTS["trace"])
+    if int(cfg["calibration_images"]) < 1:
+        raise ValueError(f"calibration_images must be positive to calibrate; got {cfg['calibration_images']}")
+    model = load_model(model_dir)
+    if images is None:
+        holdout, split_seed = split_of(Path(model_dir))
+        images = digits_uint8("train", holdout, split_seed)
+    trace = load_trace(trace_dir, model)
+    records = _calibrate(trace, images, cfg, float(meta["t_min"]), meta)
+    losses = pd.read_csv(trace_dir / "loss.csv")["loss"].tolist()
+    _write_trace(trace.module, meta | {"trace": cfg}, losses, out, records)
+    return out
 
 
 def split_of(model_dir: Path) -> tuple[float, int]:
@@ -512,6 +577,11 @@ def main(argv: list[str] | None = None) -> None:
     p_trace.add_argument("--model", required=True)
     p_trace.add_argument("--out", required=True)
     p_trace.add_argument("--config", help="JSON file with the 'trace' settings")
+    p_cal = sub.add_parser("calibrate-trace", help="calibrate a trained trace net along the likelihood's paths")
+    p_cal.add_argument("--model", required=True)
+    p_cal.add_argument("--trace", required=True, help="the trace folder written by train-trace")
+    p_cal.add_argument("--out", required=True)
+    p_cal.add_argument("--config", help="JSON file with the 'trace' calibration_* settings")
     p_meas = sub.add_parser("measure", help="bits/dim table and solver study on held-out digits")
     p_meas.add_argument("--model", required=True)
     p_meas.add_argument("--out", required=True)
@@ -523,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
         train_model(section, args.out, Path(args.out).parent / f"{Path(args.out).name}_loss.csv")
     elif args.command == "train-trace":
         train_trace(args.model, args.out, section)
+    elif args.command == "calibrate-trace":
+        calibrate_trace(args.model, args.trace, args.out, section)
     elif args.command == "convert":
         convert_model(args.model, args.out, args.prediction_type)
     else:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.models.networks import divergence_target
-from dfcore.models.trace_output import check_parameterization, output_loss, output_variance
+from dfcore.models.trace_output import check_parameterization, offset_at, output_loss, output_variance
 from dfcore.schedules import DiscreteSchedule, Schedule
 from dfcore.sde import batch_time, expand_like, noise_ratio
 
@@ -303,11 +303,14 @@ class PositiveTraceModel(TraceModel):
         self.sigma_data = float(sigma_data)
         self.box_width = box_width
         self.counts = {"evaluations": 0, "lower": 0, "upper": 0}
+        # (log t knots (K,), offsets of h (K,)) from calibrate_trace_model, or None
+        self.calibration: tuple[Tensor, Tensor] | None = None
 
     def state(self) -> dict[str, Any]:
         """What rebuilds the model around a module of the same architecture: the module's weights,
         ``sigma_data``, ``box_width`` (None: no bound), ``target``, ``divergence_probes``,
-        ``divergence_exact_max_dim`` and ``likelihood_weight`` (plain types, for ``weights_only`` loading)."""
+        ``divergence_exact_max_dim``, ``likelihood_weight``, ``parameterization`` and ``calibration`` (plain types, for
+        ``weights_only`` loading)."""
         return {
             "state_dict": self.module.state_dict(),
             "sigma_data": self.sigma_data,
@@ -317,6 +320,7 @@ class PositiveTraceModel(TraceModel):
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
             "likelihood_weight": self.likelihood_weight,
             "parameterization": self.parameterization,
+            "calibration": None if self.calibration is None else [v.tolist() for v in self.calibration],
         }
 
     def sigma_tilde(self, t: Tensor) -> Tensor:
@@ -331,7 +335,10 @@ class PositiveTraceModel(TraceModel):
         param = next(iter(self.module.parameters()))
         out = self.module((expand_like(c_in, x) * x).to(param.dtype), (1000.0 * t).to(param.dtype))
         out = out if isinstance(out, Tensor) else out.sample
-        return out.flatten(1).mean(1)
+        h = out.flatten(1).mean(1)
+        if self.calibration is not None:
+            h = h + offset_at(*self.calibration, t).to(device=h.device, dtype=h.dtype)
+        return h
 
     def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
         t = batch_time(t, x, torch.float64)

@@ -383,6 +383,18 @@ def _reference_posterior_target(model: LearnedTraceModel, x0: Tensor, x: Tensor,
     return model.reference.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), model.schedule)
 
 
+def _jacobian_products(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
+    r"""Per sample :math:`J v` where :math:`v^\top J v` is needed, J the Jacobian of the per-sample map ``fn`` at
+    ``x``: forward mode (``torch.func.jvp``) where every operation of ``fn`` has a forward derivative, otherwise
+    (``NotImplementedError``: CPU flash attention, say) the vector-Jacobian product :math:`J^\top v`, which has the
+    same quadratic form :math:`v^\top J^\top v = v^\top J v`."""
+    try:
+        with torch.no_grad():
+            return torch.func.jvp(fn, (x,), (v,))[1]  # (value, J v)
+    except NotImplementedError:
+        return torch.func.vjp(fn, x)[1](v)[0].detach()
+
+
 def divergence_target(
     posterior_mean: Callable[[Tensor, Tensor], Tensor],
     x: Tensor,
@@ -405,7 +417,8 @@ def divergence_target(
     model's own denoiser implies (the bracket of Eq. 17 that ``VJPTrace`` evaluates). When d <= ``exact_max_dim``
     the trace is exact instead: d Jacobian-vector products with the basis vectors, in one batched call. One
     probe can give T < 0; the squared loss on the softplus output still has the conditional mean as its optimum.
-    The Jacobian-vector products run in forward mode (``torch.func.jvp``), products and sums in float64.
+    The Jacobian-vector products run in forward mode (``torch.func.jvp``; reverse mode for a network with an
+    operation that has no forward derivative, such as attention on the CPU), products and sums in float64.
     """
     if probes < 1:
         raise ValueError(f"divergence_probes must be positive; got {probes}")
@@ -421,8 +434,7 @@ def divergence_target(
         v = (2 * signs - 1).to(device=x.device, dtype=x.dtype)
     xs = x.detach().repeat(count, *(1,) * len(shape))
     ts = t.detach().repeat(count)
-    with torch.no_grad():
-        jv = torch.func.jvp(lambda y: posterior_mean(y, ts), (xs,), (v.reshape(xs.shape),))[1]  # (value, J v)
+    jv = _jacobian_products(lambda y: posterior_mean(y, ts), xs, v.reshape(xs.shape))
     quad = (v.to(torch.float64) * jv.flatten(1).to(torch.float64)).sum(1).reshape(count, batch)
     div = quad.sum(0) if dim <= exact_max_dim else quad.mean(0)
     alpha, sigma = schedule(t.to(torch.float64))

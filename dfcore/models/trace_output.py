@@ -42,6 +42,8 @@ __all__ = [
     "output_variance",
     "loss_scale",
     "output_loss",
+    "fit_offsets",
+    "offset_at",
 ]
 
 # The parameterisations of a trace net's output by name (module docstring).
@@ -104,3 +106,59 @@ def output_loss(
     n = loss_scale(sigma_tilde, sigma_data, dim, parameterization) if scale is None else scale
     v = output_variance(h, sigma_tilde, sigma_data, dim, parameterization)
     return ((v - target) / n).pow(2).mean().to(h.dtype)
+
+
+def fit_offsets(
+    h: Tensor,
+    target: Tensor,
+    sigma_tilde: Tensor,
+    bins: Tensor,
+    num_bins: int,
+    sigma_data: float,
+    dim: int,
+    parameterization: str,
+    span: float = 8.0,
+    iterations: int = 60,
+) -> Tensor:
+    r"""Per-bin offsets :math:`\delta_b` of the raw output, (``num_bins``,) float64, such that the mean of
+    :math:`V_\theta(h + \delta_b)` over the samples of bin b equals the mean of their targets:
+
+    .. math:: \sum_{i \in b} V_\theta(h_i + \delta_b, t_i) = \sum_{i \in b} T_i,
+
+    found by bisection on :math:`[-\mathrm{span}, \mathrm{span}]` (V is monotone in h for both
+    parameterisations). ``h``, ``target``, ``sigma_tilde`` and ``bins`` (the bin index of each sample, int64)
+    are (N,). A bin without samples gets 0; a bin whose mean target lies beyond what the span reaches (a mean
+    posterior variance below 0, say) gets the end of the span closer to it."""
+    h, target, s = (v.detach().to(torch.float64) for v in (h, target, sigma_tilde))
+
+    def excess(delta: Tensor) -> Tensor:
+        v = output_variance(h + delta[bins], s, sigma_data, dim, parameterization)
+        return torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, v - target)
+
+    lo = torch.full((num_bins,), -span, dtype=torch.float64)
+    hi = torch.full((num_bins,), span, dtype=torch.float64)
+    at_lo = excess(lo)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        same = torch.sign(excess(mid)) == torch.sign(at_lo)
+        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    delta = (lo + hi) / 2
+    at_hi = excess(hi.new_full((num_bins,), span))
+    beyond = torch.sign(at_lo) == torch.sign(at_hi)
+    nearer = torch.where(at_lo.abs() < at_hi.abs(), -span, span).to(delta)
+    delta = torch.where(beyond, nearer, delta)
+    counts = torch.bincount(bins, minlength=num_bins)
+    return torch.where(counts > 0, delta, torch.zeros_like(delta))
+
+
+def offset_at(log_t_knots: Tensor, offsets: Tensor, t: Tensor) -> Tensor:
+    r""":math:`\delta(t)`, (B,) float64: ``offsets`` (K,) linearly interpolated in log t between the increasing
+    ``log_t_knots`` (K,), constant beyond the first and the last knot."""
+    x = torch.log(t.to(torch.float64)).clamp(float(log_t_knots[0]), float(log_t_knots[-1]))
+    knots, values = log_t_knots.to(x), offsets.to(x)
+    if len(knots) == 1:
+        return values.expand_as(x).clone()
+    right = torch.searchsorted(knots, x).clamp(1, len(knots) - 1)
+    left = right - 1
+    w = (x - knots[left]) / (knots[right] - knots[left])
+    return values[left] + w * (values[right] - values[left])

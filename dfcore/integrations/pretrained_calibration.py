@@ -1,0 +1,132 @@
+r"""Calibration of a trained trace net along the likelihood's own paths (this project's extension, not the paper's).
+
+A trace net's error on a likelihood path has two parts: a per-state scatter, which averages out along a path, and
+a bias that varies smoothly with t and does not (docs/your-model.md, "Calibration along the path"). What
+bits/dim integrates at time t is the mean of :math:`(\alpha^2/\sigma^4)(V_\theta - V)` over the states the solves
+visit, so the calibration removes exactly that mean: it runs the probability-flow ODE from held-in images
+(:func:`~dfcore.integrations.pretrained_train.likelihood_path_states`), evaluates at every state the model's own
+posterior variance :math:`V = (\sigma^2/\alpha)\operatorname{div}\bar y_\theta` (exact, or from Rademacher probes;
+no :math:`x_0`), sorts the states into bins of equal width in log t, and finds per bin the offset
+:math:`\delta_b` of the net's raw output that makes the bin's mean :math:`V_\theta` equal its mean target
+(:func:`~dfcore.models.trace_output.fit_offsets`). The net then outputs :math:`h + \delta(t)`, δ linear in log t
+between the bins' centres (:func:`~dfcore.models.trace_output.offset_at`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dfcore.dequantize import dequantize
+from dfcore.integrations.pretrained import PositiveTraceModel
+from dfcore.integrations.pretrained_train import likelihood_path_states
+from dfcore.models.networks import divergence_target
+from dfcore.models.trace_output import fit_offsets, output_variance
+
+__all__ = ["calibrate_trace_model"]
+
+# States per call of the divergence target (each takes d or ``probes`` Jacobian-vector products).
+_CHUNK = 256
+
+
+def _path_samples(
+    trace_model: PositiveTraceModel,
+    images: Tensor,
+    *,
+    t_min: float,
+    ode_num_steps: int,
+    probes: int,
+    exact_max_dim: int,
+    batch_images: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The raw outputs h (without calibration), the divergence targets and the times t, each (N,) float64, at every
+    state of the likelihood solves of the dequantised ``images``, ``batch_images`` at a time, each batch on a
+    grid shifted by a random fraction of a step."""
+    from tqdm.auto import tqdm
+
+    param = next(trace_model.module.parameters())
+    hs, targets, times = [], [], []
+    for start in tqdm(range(0, len(images), batch_images), desc="calibrate_trace", leave=False):
+        x0 = dequantize(images[start : start + batch_images], generator=generator).to(param)
+        offset = float(torch.rand((), generator=generator, dtype=torch.float64))
+        x, t = likelihood_path_states(trace_model.denoiser, x0, t_min=t_min, num_steps=ode_num_steps, offset=offset)
+        t = t.to(x.device)
+        target = torch.cat(
+            [
+                divergence_target(
+                    trace_model.denoiser.posterior_mean, xc, tc, trace_model.schedule, probes, exact_max_dim, generator
+                )
+                for xc, tc in zip(x.split(_CHUNK), t.split(_CHUNK), strict=True)
+            ]
+        )
+        with torch.no_grad():
+            hs.append(trace_model.head(x, t).to(torch.float64).cpu())
+        targets.append(target.cpu())
+        times.append(t.cpu())
+    return torch.cat(hs), torch.cat(targets), torch.cat(times)
+
+
+def calibrate_trace_model(
+    trace_model: PositiveTraceModel,
+    images: Tensor,
+    *,
+    t_min: float,
+    ode_num_steps: int = 20,
+    num_bins: int = 16,
+    probes: int = 4,
+    exact_max_dim: int = 0,
+    batch_images: int = 16,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    r"""Set ``trace_model.calibration`` from the likelihood paths of the uint8 ``images`` (N, C, H, W) (module
+    docstring): ``num_bins`` bins of equal width in log t over [``t_min``, 1], targets from ``probes`` Rademacher
+    probes (exact when d <= ``exact_max_dim``), paths by RK4 with ``ode_num_steps`` log-time steps. Any earlier
+    calibration is replaced. Returns one record per bin: its centre ``t``, the number of states ``count``, the
+    offset ``offset`` and the bias of the mean trace relative to the bound,
+    :math:`\overline{V - V_\theta}/(d\tilde\sigma^2)` (= the mean error of :math:`\sigma^2\operatorname{tr}F/d`),
+    before (``bias_before``) and after (``bias_after``) with its standard error ``bias_se``."""
+    if num_bins < 1 or len(images) < 1:
+        raise ValueError(f"need num_bins >= 1 and at least one image; got {num_bins}, {len(images)}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1); got {t_min}")
+    gen = torch.Generator().manual_seed(int(seed))
+    trace_model.calibration = None
+    h, target, t = _path_samples(
+        trace_model,
+        images,
+        t_min=t_min,
+        ode_num_steps=ode_num_steps,
+        probes=probes,
+        exact_max_dim=exact_max_dim,
+        batch_images=batch_images,
+        generator=gen,
+    )
+    dim = math.prod(images.shape[1:])
+    edges = torch.linspace(math.log(t_min), 0.0, num_bins + 1, dtype=torch.float64)
+    bins = (torch.bucketize(torch.log(t), edges[1:-1])).clamp(0, num_bins - 1)
+    s = trace_model.sigma_tilde(t)
+    args = (trace_model.sigma_data, dim, trace_model.parameterization)
+    offsets = fit_offsets(h, target, s, bins, num_bins, *args)
+    trace_model.calibration = ((edges[:-1] + edges[1:]) / 2, offsets)
+    bound = dim * s**2
+    before = (target - output_variance(h, s, *args)) / bound
+    after = (target - output_variance(h + offsets[bins], s, *args)) / bound
+    records = []
+    for b in range(num_bins):
+        mask = bins == b
+        n = int(mask.sum())
+        records.append(
+            {
+                "t": math.exp(float(trace_model.calibration[0][b])),
+                "count": n,
+                "offset": float(offsets[b]),
+                "bias_before": float(before[mask].mean()) if n else math.nan,
+                "bias_after": float(after[mask].mean()) if n else math.nan,
+                "bias_se": float(after[mask].std() / math.sqrt(n)) if n > 1 else math.nan,
+            }
+        )
+    return records
