@@ -271,3 +271,41 @@ def test_required_dependencies_name_what_each_estimator_needs():
     assert required_dependencies(AnalyticTrace) == ("mixture", "schedule")
     assert required_dependencies(TRACE_ESTIMATORS["dftm"]) == ("denoiser", "trace_model")
     assert required_dependencies(HutchinsonTrace) == ("denoiser",)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "unet"])
+def test_dftm_with_a_shared_trunk_takes_eps_and_the_trace_from_one_pass(arch):
+    """A head on the denoiser's own trunk: eps_and_trace gives the denoiser's eps and the estimator's trace (each
+    computed apart) from one pass of the trunk, where computing them apart takes two; a trace net with a backbone
+    of its own gives the same pair as apart."""
+    from dfcore.models.base import TraceModel
+    from dfcore.train import build_trace_model
+
+    hp = (
+        {"dim": 3, "hidden": 16, "layers": 1}
+        if arch == "mlp"
+        else {"dim": 16, "image_shape": [1, 4, 4], "block_out_channels": [8, 16], "norm_num_groups": 4}
+    )
+    torch.manual_seed(0)
+    state = {"kind": "denoiser", "arch": arch, "hparams": hp, "schedule": {"name": "VP", "params": {}}}
+    den = denoiser_from_state({**state, "prediction": "x0", "sigma_data": 0.7, "state_dict": None})
+    x = torch.randn(4, hp["dim"])
+    t = torch.tensor([0.01, 0.2, 0.5, 0.9], dtype=torch.float64)
+    passes = []
+    first_layer = den.module.inp if arch == "mlp" else den.module.unet
+    first_layer.register_forward_hook(lambda *_: passes.append(1))
+    backbone = {"hidden": 8, "layers": 1} if arch == "mlp" else {"block_out_channels": [4, 8]}
+    for share_trunk in (True, False):
+        model = build_trace_model(den, target="residual", share_trunk=share_trunk, head_hidden=8, backbone=backbone)
+        est = trace_estimator("dftm", denoiser=den, trace_model=model)
+        with torch.no_grad():
+            apart = den.eps(x, t), est.trace(x, t)
+        passes.clear()
+        eps, tr = est.eps_and_trace(x, t)
+        fused = len(passes)
+        torch.testing.assert_close(eps, apart[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(tr, apart[1], rtol=1e-9, atol=0)
+        if share_trunk:
+            passes.clear()
+            TraceModel.eps_and_posterior_variance(model, x, t, den)
+            assert (fused, len(passes)) == (1, 2)

@@ -127,11 +127,22 @@ class DFTMTrace(TraceEstimator):
         self.schedule = resolve_schedule(schedule, denoiser, "DFTMTrace")
         check_same_schedule(self.schedule, trace_model)
 
-    def trace(self, x: Tensor, t: Tensor) -> Tensor:
+    def _trace(self, x: Tensor, t: Tensor, bracket: Tensor) -> Tensor:
         alpha, sigma = self.schedule(t)
+        return math.prod(x.shape[1:]) / sigma**2 - alpha**2 / sigma**4 * bracket.to(torch.float64)
+
+    def trace(self, x: Tensor, t: Tensor) -> Tensor:
         with torch.no_grad():
-            bracket = self.trace_model.posterior_variance(x, t, self.denoiser).to(torch.float64)
-        return math.prod(x.shape[1:]) / sigma**2 - alpha**2 / sigma**4 * bracket
+            return self._trace(x, t, self.trace_model.posterior_variance(x, t, self.denoiser))
+
+    def eps_and_trace(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """One call of :meth:`TraceModel.eps_and_posterior_variance`: a trace head on the denoiser's own trunk
+        shares its forward pass."""
+        require_finite("x", x)
+        (x,) = widen_half(x)
+        tt = batch_time(t, x, torch.float64)
+        eps, bracket = self.trace_model.eps_and_posterior_variance(x, tt, self.denoiser)
+        return eps, self._trace(x, tt, bracket)
 
 
 class _JacobianTrace(TraceEstimator):

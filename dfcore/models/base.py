@@ -63,6 +63,13 @@ class TraceModel(ABC):
         ybar = denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
         return math.prod(x.shape[1:]) * self.mean_sq_norm(x, t).to(torch.float64) - ybar.pow(2).sum(1)
 
+    def eps_and_posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser) -> tuple[Tensor, Tensor]:
+        r"""``denoiser``'s :math:`\varepsilon_\theta(x, t)` (detached) and :meth:`posterior_variance`, what one
+        evaluation of DF-TM's likelihood ODE needs; a model that computes both from one network pass overrides
+        it."""
+        with torch.no_grad():
+            return denoiser.eps(x, t), self.posterior_variance(x, t, denoiser)
+
 
 class ExactDenoiser(Denoiser):
     """The ideal denoiser of a mixture: ε = -σ ∇log q_t (differentiable through torch ops)."""

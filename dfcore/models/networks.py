@@ -75,6 +75,8 @@ class _Trunk(Protocol):
 
     def features(self, x_in: Tensor, t: Tensor) -> Tensor: ...
 
+    def forward_and_features(self, x_in: Tensor, t: Tensor) -> tuple[Tensor, Tensor]: ...
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of ``1000 t`` (Vaswani et al., 2017; Ho et al., 2020), shape (B, dim)."""
@@ -132,8 +134,13 @@ class MLPBackbone(nn.Module):
         return torch.nn.functional.silu(self.out_norm(h))
 
     def forward(self, x_in: Tensor, t: Tensor) -> Tensor:
-        out = self.out(self.features(x_in, t))
-        return out.reshape(x_in.shape) if out.shape[1] == self.dim else out
+        return self.forward_and_features(x_in, t)[0]
+
+    def forward_and_features(self, x_in: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and the :meth:`features` it came from, in one pass."""
+        feats = self.features(x_in, t)
+        out = self.out(feats)
+        return (out.reshape(x_in.shape) if out.shape[1] == self.dim else out), feats
 
 
 class UNetBackbone(nn.Module):
@@ -183,10 +190,14 @@ class UNetBackbone(nn.Module):
         return out.reshape(x_in.shape[0], -1) if x_in.ndim == 2 else out
 
     def features(self, x_in: Tensor, t: Tensor) -> Tensor:
-        self.forward(x_in, t)
+        return self.forward_and_features(x_in, t)[1]
+
+    def forward_and_features(self, x_in: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and the :meth:`features` captured on the way, in one pass."""
+        out = self.forward(x_in, t)
         feats, self._captured = self._captured, None
         assert feats is not None  # the mid-block hook ran during forward
-        return feats.mean((-2, -1))
+        return out, feats.mean((-2, -1))
 
 
 def build_backbone(arch: str, dim: int, hparams: dict[str, Any], out_dim: int | None = None) -> nn.Module:
@@ -300,6 +311,10 @@ class LearnedDenoiser(Denoiser):
 
     def eps(self, x: Tensor, t: Tensor) -> Tensor:
         out, pre = self.raw(x, t)
+        return self.eps_from_raw(x, out, pre)
+
+    def eps_from_raw(self, x: Tensor, out: Tensor, pre: Preconditioning) -> Tensor:
+        r""":math:`\varepsilon_\theta` from the backbone output F at x (:meth:`raw`)."""
         if self.prediction == "eps":
             return out.to(x.dtype)
         alpha, sigma = expand_like(pre.alpha, x).to(x.dtype), expand_like(pre.sigma, x).to(x.dtype)
@@ -529,9 +544,25 @@ class LearnedTraceModel(TraceModel):
         r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64: the learned
         variance itself (``denoiser`` is not needed: the model holds its own)."""
         t = batch_time(t, x, t.dtype)
-        dim = x[0].numel()
+        return self._variance(self.head(x, t), x, t)
+
+    def _variance(self, h: Tensor, x: Tensor, t: Tensor) -> Tensor:
         s = self.denoiser.precondition(t).noise  # sigma~ = sigma / alpha
-        return output_variance(self.head(x, t), s, self.denoiser.sigma_data, dim, self.parameterization)
+        return output_variance(h, s, self.denoiser.sigma_data, x[0].numel(), self.parameterization)
+
+    def eps_and_posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser) -> tuple[Tensor, Tensor]:
+        r"""With ``share_trunk`` and ``denoiser`` this model's own, :math:`\varepsilon_\theta` and :math:`V_\theta`
+        from one pass of the trunk (the head reads the features that the denoiser's output layer reads);
+        otherwise the denoiser's and the trace net's passes one after the other."""
+        if not self.share_trunk or denoiser is not self.denoiser:
+            return super().eps_and_posterior_variance(x, t, denoiser)
+        t = batch_time(t, x, t.dtype)
+        pre = self.denoiser.precondition(t)
+        x_in, tm = self.denoiser.network_input(x, t, pre)
+        with torch.no_grad():
+            out, feats = cast(_Trunk, self.denoiser.module).forward_and_features(x_in, tm)
+            h = self.module(feats, tm)
+            return self.denoiser.eps_from_raw(x, out, pre), self._variance(h, x, t)
 
     def denoised(self, x: Tensor, t: Tensor) -> Tensor:
         r"""The frozen denoiser's :math:`\bar y_\theta(x, t)`, (B, d) float64, without gradients."""
