@@ -739,3 +739,10 @@ def test_train_trace_calibrates_and_the_folder_keeps_the_calibration(folder, tmp
     torch.testing.assert_close(torch.tensor(after["offset"]), torch.tensor(table["offset"]), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="calibration_images must be positive"):
         calibrate_trace(folder, tmp_path / "raw", tmp_path / "none", None, images)
+    from dfcore.experiments.pretrained import digits_uint8, main
+
+    (tmp_path / "cal.json").write_text(json.dumps(calib | {"calibration_images": 10}))
+    skip = len(digits_uint8("test")) - 2
+    argv = ["calibrate-trace", "--model", str(folder), "--trace", str(tmp_path / "raw"), "--out", str(tmp_path / "ho")]
+    main([*argv, "--config", str(tmp_path / "cal.json"), "--split", "test", "--skip", str(skip)])
+    assert json.loads((tmp_path / "ho" / "trace.json").read_text())["calibration"]["images"] == 2  # the last two

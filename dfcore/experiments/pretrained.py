@@ -582,6 +582,14 @@ def main(argv: list[str] | None = None) -> None:
     p_cal.add_argument("--trace", required=True, help="the trace folder written by train-trace")
     p_cal.add_argument("--out", required=True)
     p_cal.add_argument("--config", help="JSON file with the 'trace' calibration_* settings")
+    p_cal.add_argument(
+        "--split",
+        choices=["train", "test"],
+        default="train",
+        help="the digits whose paths calibrate: the model's training split, or its held-out split after the first "
+        "--skip images (those that measure evaluates)",
+    )
+    p_cal.add_argument("--skip", type=int, default=0, help="leave out the split's first SKIP images")
     p_meas = sub.add_parser("measure", help="bits/dim table and solver study on held-out digits")
     p_meas.add_argument("--model", required=True)
     p_meas.add_argument("--out", required=True)
@@ -594,7 +602,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "train-trace":
         train_trace(args.model, args.out, section)
     elif args.command == "calibrate-trace":
-        calibrate_trace(args.model, args.trace, args.out, section)
+        holdout, split_seed = split_of(Path(args.model))
+        images = digits_uint8(args.split, holdout, split_seed)[args.skip :]
+        calibrate_trace(args.model, args.trace, args.out, section, images)
     elif args.command == "convert":
         convert_model(args.model, args.out, args.prediction_type)
     else:
