@@ -680,6 +680,11 @@ def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, A
         action="store_true",
         help="weigh each sample's loss as the likelihood integrand weighs its error (small at large t)",
     )
+    parser.add_argument(
+        "--denoiser-input",
+        action="store_true",
+        help="the net also sees the denoiser's posterior mean E[x0|xt], from the pass the likelihood's drift makes",
+    )
     parser.add_argument("--init", default=None, help="a trace folder whose net starts the training (fine-tuning)")
     parser.add_argument(
         "--calibration-images",
@@ -745,6 +750,7 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
         "init": args.init,
         "likelihood_weight": args.likelihood_weight,
         "parameterization": args.parameterization,
+        "denoiser_input": args.denoiser_input,
         "states": args.states,
         "ode_num_steps": args.ode_num_steps,
         "calibration_images": args.calibration_images,

@@ -746,3 +746,66 @@ def test_train_trace_calibrates_and_the_folder_keeps_the_calibration(folder, tmp
     argv = ["calibrate-trace", "--model", str(folder), "--trace", str(tmp_path / "raw"), "--out", str(tmp_path / "ho")]
     main([*argv, "--config", str(tmp_path / "cal.json"), "--split", "test", "--skip", str(skip)])
     assert json.loads((tmp_path / "ho" / "trace.json").read_text())["calibration"]["images"] == 2  # the last two
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in trace head that keeps its last input and outputs h = 0.1 times the input's per-sample mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.1, dtype=torch.float64))
+        self.seen: torch.Tensor | None = None
+
+    def forward(self, x, t):
+        self.seen = x.detach().clone()
+        return self.scale * x.flatten(1).mean(1, keepdim=True)
+
+
+def test_the_denoiser_input_is_the_closed_form_posterior_mean_and_comes_from_the_drift_pass():
+    """With denoiser_input the net's extra channels are the posterior mean divided by sigma_data: for data
+    N(0, s^2 I) that is alpha s^2 x / (alpha^2 s^2 + sigma^2) / s; eps_and_posterior_variance returns the
+    denoiser's eps and the same variance as posterior_variance, for the model and through the log-time warp."""
+    from dfcore.integrations.pretrained import LogTimeWarp, PositiveTraceModel, WarpedTraceModel
+
+    d, sd = 3, 0.7
+    den = _gaussian_denoiser(d, sd)
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    t = torch.tensor([0.001, 0.1, 0.5, 0.9], dtype=torch.float64)
+    module = _Recorder()
+    model = PositiveTraceModel(module, den, sd, denoiser_input=True)
+    var = model.posterior_variance(x, t)
+    alpha, sigma = den.schedule(t)
+    c_in = 1 / torch.sqrt(alpha**2 * sd**2 + sigma**2)
+    ybar = (alpha * sd**2 / (alpha**2 * sd**2 + sigma**2))[:, None] * x
+    torch.testing.assert_close(module.seen, torch.cat([c_in[:, None] * x, ybar / sd], 1), rtol=1e-12, atol=0)
+    eps, one_pass = model.eps_and_posterior_variance(x, t, den)
+    torch.testing.assert_close(one_pass, var, rtol=1e-12, atol=0)
+    torch.testing.assert_close(eps, den.eps(x, t), rtol=0, atol=0)
+    warp = LogTimeWarp(den, 1e-3)
+    warped = WarpedTraceModel(model, warp)
+    s = torch.tensor([0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
+    w_eps, w_var = warped.eps_and_posterior_variance(x, s, warp)
+    torch.testing.assert_close(w_var, warped.posterior_variance(x, s, warp), rtol=1e-12, atol=0)
+    torch.testing.assert_close(w_eps, warp.eps(x, s), rtol=0, atol=0)
+    assert model.state()["denoiser_input"] is True
+    plain = PositiveTraceModel(_Recorder(), den, sd)
+    plain.posterior_variance(x, t)
+    assert plain.module.seen.shape == (4, d)
+
+
+def test_train_trace_with_the_denoiser_input_saves_a_two_channel_net(folder, tmp_path):
+    """train_trace builds a net with twice the image's channels for denoiser_input, and load_trace rebuilds the same
+    model: its variance equals the trained model's."""
+    from dfcore.experiments.pretrained import load_model, load_trace, train_trace
+
+    images = torch.randint(0, 256, (6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    section = {"steps": 2, "batch_size": 4, "warmup_steps": 0, "block_out_channels": [8, 16], "norm_num_groups": 4}
+    model = load_model(folder)
+    train_trace(folder, tmp_path / "in", section | {"denoiser_input": True}, images, model=model)
+    loaded = load_trace(tmp_path / "in", model)
+    assert loaded.denoiser_input and loaded.module.config.in_channels == 2
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.01, 0.2, 0.8], dtype=torch.float64)
+    with torch.no_grad():
+        ybar = model.denoiser.posterior_mean(x, t)
+        torch.testing.assert_close(loaded.posterior_variance(x, t), loaded.posterior_variance(x, t, ybar=ybar))

@@ -226,7 +226,11 @@ def train_trace(
         images = digits_uint8("train", holdout, split_seed)
     sigma_data = math.sqrt(_data_stats(images)[1])
     unet = build_trace_unet(
-        model.sample_shape, cfg["block_out_channels"], int(cfg["norm_num_groups"]), int(cfg["seed"])
+        model.sample_shape,
+        cfg["block_out_channels"],
+        int(cfg["norm_num_groups"]),
+        int(cfg["seed"]),
+        bool(cfg["denoiser_input"]),
     )
     unet = unet.to(device=next(model.unet.parameters()).device)
     if cfg["init"] is not None:
@@ -241,6 +245,7 @@ def train_trace(
         int(cfg["divergence_exact_max_dim"]),
         bool(cfg["likelihood_weight"]),
         str(cfg["parameterization"]),
+        bool(cfg["denoiser_input"]),
     )
     t_min = 1.0 / model.schedule.num_steps
     start = time.perf_counter()
@@ -338,9 +343,14 @@ def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceMo
     meta = json.loads((trace_dir / "trace.json").read_text())
     unet = _trace_unet(trace_dir, next(model.unet.parameters()).dtype)
     unet.eval().requires_grad_(False)
-    parameterization = str(meta.get("trace", {}).get("parameterization", "variance"))
+    settings = meta.get("trace", {})
     trace = PositiveTraceModel(
-        unet, model.denoiser, float(meta["sigma_data"]), float(meta["box_width"]), parameterization=parameterization
+        unet,
+        model.denoiser,
+        float(meta["sigma_data"]),
+        float(meta["box_width"]),
+        parameterization=str(settings.get("parameterization", "variance")),
+        denoiser_input=bool(settings.get("denoiser_input", False)),
     )
     if meta.get("calibration"):
         table = meta["calibration"]

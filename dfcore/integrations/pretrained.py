@@ -267,6 +267,9 @@ class PositiveTraceModel(TraceModel):
     :math:`\operatorname{tr}F\,\sigma^2/d` of the bound instead, offset by the Gaussian's, with the loss
     :math:`((V_\theta - T)/(d\tilde\sigma^2 - c))^2`: the net then resolves the trace itself where it is a small
     difference of two large terms (small t), and still :math:`0 < V_\theta < d\tilde\sigma^2`.
+    ``denoiser_input=True`` (this project's extension) feeds the denoiser's posterior mean
+    :math:`\bar y_\theta(x, t)/\sigma_d` to ``module`` as channels after the scaled x (``module`` then takes 2C
+    channels): :meth:`eps_and_posterior_variance` takes it from the denoiser pass that the likelihood's drift makes.
 
     With data in a box of side w per coordinate, :math:`\operatorname{tr}\mathrm{Cov} \le d w^2/4` (Popoviciu);
     :meth:`out_of_bounds` counts evaluations above it (``upper``) and below 0 (``lower``, impossible here).
@@ -283,6 +286,7 @@ class PositiveTraceModel(TraceModel):
         divergence_exact_max_dim: int = 0,
         likelihood_weight: bool = False,
         parameterization: str = "variance",
+        denoiser_input: bool = False,
     ) -> None:
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
@@ -296,6 +300,7 @@ class PositiveTraceModel(TraceModel):
         self.divergence_probes = int(divergence_probes)
         self.divergence_exact_max_dim = int(divergence_exact_max_dim)
         self.likelihood_weight = bool(likelihood_weight)
+        self.denoiser_input = bool(denoiser_input)
         self.probe_generator: torch.Generator | None = None
         self.module = module
         self.denoiser = denoiser
@@ -309,8 +314,8 @@ class PositiveTraceModel(TraceModel):
     def state(self) -> dict[str, Any]:
         """What rebuilds the model around a module of the same architecture: the module's weights,
         ``sigma_data``, ``box_width`` (None: no bound), ``target``, ``divergence_probes``,
-        ``divergence_exact_max_dim``, ``likelihood_weight``, ``parameterization`` and ``calibration`` (plain types, for
-        ``weights_only`` loading)."""
+        ``divergence_exact_max_dim``, ``likelihood_weight``, ``parameterization``, ``denoiser_input`` and
+        ``calibration`` (plain types, for ``weights_only`` loading)."""
         return {
             "state_dict": self.module.state_dict(),
             "sigma_data": self.sigma_data,
@@ -320,6 +325,7 @@ class PositiveTraceModel(TraceModel):
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
             "likelihood_weight": self.likelihood_weight,
             "parameterization": self.parameterization,
+            "denoiser_input": self.denoiser_input,
             "calibration": None if self.calibration is None else [v.tolist() for v in self.calibration],
         }
 
@@ -327,34 +333,57 @@ class PositiveTraceModel(TraceModel):
         """:math:`\\tilde\\sigma = \\sigma_t/\\alpha_t`, (B,) float64."""
         return noise_ratio(self.schedule, t.to(torch.float64))
 
-    def head(self, x: Tensor, t: Tensor) -> Tensor:
-        """The raw output h (B,)."""
+    def head(self, x: Tensor, t: Tensor, ybar: Tensor | None = None) -> Tensor:
+        """The raw output h (B,); with ``denoiser_input``, ``ybar`` is the denoiser's posterior mean at (x, t)
+        (computed here when None)."""
         t = batch_time(t, x, torch.float64)
         alpha, sigma = self.schedule(t)
         c_in = 1.0 / torch.sqrt(alpha**2 * self.sigma_data**2 + sigma**2)
         param = next(iter(self.module.parameters()))
-        out = self.module((expand_like(c_in, x) * x).to(param.dtype), (1000.0 * t).to(param.dtype))
+        inputs = expand_like(c_in, x) * x
+        if self.denoiser_input:
+            if ybar is None:
+                with torch.no_grad():
+                    ybar = self.denoiser.posterior_mean(x, t)
+            inputs = torch.cat([inputs, ybar.reshape(x.shape).to(inputs.dtype) / self.sigma_data], dim=1)
+        out = self.module(inputs.to(param.dtype), (1000.0 * t).to(param.dtype))
         out = out if isinstance(out, Tensor) else out.sample
         h = out.flatten(1).mean(1)
         if self.calibration is not None:
             h = h + offset_at(*self.calibration, t).to(device=h.device, dtype=h.dtype)
         return h
 
-    def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
+    def posterior_variance(
+        self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None, ybar: Tensor | None = None
+    ) -> Tensor:
         t = batch_time(t, x, torch.float64)
         dim = math.prod(x.shape[1:])
-        var = output_variance(self.head(x, t), self.sigma_tilde(t), self.sigma_data, dim, self.parameterization)
+        h = self.head(x, t, ybar)
+        var = output_variance(h, self.sigma_tilde(t), self.sigma_data, dim, self.parameterization)
         self.counts["evaluations"] += int(var.numel())
         self.counts["lower"] += int((var < 0).sum())
         if self.box_width is not None:
             self.counts["upper"] += int((var > dim * self.box_width**2 / 4).sum())
         return var
 
+    def eps_and_posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser) -> tuple[Tensor, Tensor]:
+        r"""With ``denoiser_input``, the net's ȳ input comes from the ε of the same denoiser pass,
+        :math:`\bar y = (x - \sigma\varepsilon)/\alpha` (Eq. 4)."""
+        if not self.denoiser_input:
+            return super().eps_and_posterior_variance(x, t, denoiser)
+        t = batch_time(t, x, torch.float64)
+        with torch.no_grad():
+            eps = self.denoiser.eps(x, t)
+            alpha, sigma = (expand_like(v, x) for v in self.schedule(t))
+            ybar = (x.to(torch.float64) - sigma * eps.to(torch.float64)) / alpha
+            return eps, self.posterior_variance(x, t, ybar=ybar)
+
     def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:
         t = batch_time(t, x, torch.float64)
         with torch.no_grad():
-            ybar = self.denoiser.posterior_mean(x, t).flatten(1).to(torch.float64)
-        return ((ybar.pow(2).sum(1) + self.posterior_variance(x, t)) / ybar.shape[1]).to(x.dtype)
+            ybar = self.denoiser.posterior_mean(x, t)
+        sq = ybar.flatten(1).to(torch.float64).pow(2).sum(1)
+        return ((sq + self.posterior_variance(x, t, ybar=ybar)) / ybar[0].numel()).to(x.dtype)
 
     def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         r"""Alg. 1's loss :math:`((V_\theta - T)/c)^2` averaged over the batch at
@@ -383,7 +412,8 @@ class PositiveTraceModel(TraceModel):
         s = self.sigma_tilde(t)
         norm = dim * s**2 if self.likelihood_weight else None
         target = POSITIVE_TRACE_TARGETS[self.target](self, flat, x, t, ybar)
-        return output_loss(self.head(x, t), target, s, self.sigma_data, dim, self.parameterization, norm)
+        h = self.head(x, t, ybar)
+        return output_loss(h, target, s, self.sigma_data, dim, self.parameterization, norm)
 
 
 def _sq_norm_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tensor, ybar: Tensor) -> Tensor:
@@ -437,6 +467,10 @@ class WarpedTraceModel(TraceModel):
     def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
         tt = self.warp.schedule.time(batch_time(t, x, torch.float64))
         return self.base.posterior_variance(x, tt, self.warp.base)
+
+    def eps_and_posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser) -> tuple[Tensor, Tensor]:
+        tt = self.warp.schedule.time(batch_time(t, x, torch.float64))
+        return self.base.eps_and_posterior_variance(x, tt, self.warp.base)
 
 
 def _offline() -> None:

@@ -217,10 +217,17 @@ def train_ddpm(
 
 
 def build_trace_unet(
-    image_shape: Sequence[int], block_out_channels: Sequence[int] = (16, 32), norm_num_groups: int = 8, seed: int = 0
+    image_shape: Sequence[int],
+    block_out_channels: Sequence[int] = (16, 32),
+    norm_num_groups: int = 8,
+    seed: int = 0,
+    denoiser_input: bool = False,
 ) -> Any:
-    """A one-channel-output :func:`build_unet` for :class:`~dfcore.integrations.pretrained.PositiveTraceModel`."""
-    return build_unet(image_shape, block_out_channels, 1, norm_num_groups, seed, out_channels=1)
+    """A one-channel-output :func:`build_unet` for :class:`~dfcore.integrations.pretrained.PositiveTraceModel`,
+    with twice the image's channels in for ``denoiser_input``."""
+    channels, height, width = (int(v) for v in image_shape)
+    shape = (2 * channels if denoiser_input else channels, height, width)
+    return build_unet(shape, block_out_channels, 1, norm_num_groups, seed, out_channels=1)
 
 
 def likelihood_path_states(
