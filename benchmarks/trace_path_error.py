@@ -1,7 +1,7 @@
 """Where on the likelihood's path a DF-TM trace net is off: its tr F against the model's exact (``vjp``) trace at
 every state that the likelihood solves of held-out digits visit.
 
-The states are those of :func:`dfcore.integrations.pretrained_train.likelihood_path_states` (RK4 with
+The states are those of :func:`dfcore.paths.likelihood_path_states` (RK4 with
 ``--num-steps`` log-time steps from t_min = 1/T, no grid shift), from the first ``--num-images`` held-out digits of
 the model's split, dequantised with seed 0. Per solver evaluation (one time t) and trace folder the CSV holds the
 mean over images of the exact trace over its bound d/sigma^2 (``exact_over_bound``), and of the relative error
@@ -24,8 +24,8 @@ from dfcore.dequantize import dequantize
 from dfcore.experiments.pretrained import digits_uint8, load_trace, split_of
 from dfcore.fisher import fisher_trace
 from dfcore.integrations.pretrained import load_model
-from dfcore.integrations.pretrained_train import likelihood_path_states
 from dfcore.io import write_csv
+from dfcore.paths import likelihood_path_states
 
 
 def _traces(method: str, states: torch.Tensor, t: torch.Tensor, chunk: int = 128, **deps: object) -> torch.Tensor:

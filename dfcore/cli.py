@@ -638,8 +638,9 @@ def _likelihood_main(argv: Sequence[str] | None = None) -> None:
 
 def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """The options of ``train-trace`` that choose the regression target, its states, its weighting and the calibration."""
-    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS
     from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS
+    from dfcore.paths import TRACE_STATES
 
     parser.add_argument(
         "--target",
@@ -679,11 +680,6 @@ def _trace_target_options(parser: argparse.ArgumentParser, defaults: dict[str, A
         "--likelihood-weight",
         action="store_true",
         help="weigh each sample's loss as the likelihood integrand weighs its error (small at large t)",
-    )
-    parser.add_argument(
-        "--denoiser-input",
-        action="store_true",
-        help="the net also sees the denoiser's posterior mean E[x0|xt], from the pass the likelihood's drift makes",
     )
     parser.add_argument("--init", default=None, help="a trace folder whose net starts the training (fine-tuning)")
     parser.add_argument(
@@ -735,6 +731,11 @@ def _train_trace_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the net and the batches")
+    parser.add_argument(
+        "--denoiser-input",
+        action="store_true",
+        help="the net also sees the denoiser's posterior mean E[x0|xt], from the pass the likelihood's drift makes",
+    )
     parser.add_argument(
         "--device",
         default="cpu",

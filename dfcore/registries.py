@@ -6,7 +6,7 @@
 ``fvp_estimators``          :data:`dfcore.fisher.vp.FVP_ESTIMATORS`
 ``trace_targets``           :data:`dfcore.models.networks.TRACE_TARGETS` that train on data alone
 ``positive_trace_targets``  :data:`dfcore.integrations.pretrained.POSITIVE_TRACE_TARGETS`
-``trace_states``            :data:`dfcore.integrations.pretrained.TRACE_STATES`
+``trace_states``            :data:`dfcore.paths.TRACE_STATES`
 ``trace_parameterizations`` :data:`dfcore.models.trace_output.TRACE_PARAMETERIZATIONS`
 ``ode_solvers``             :data:`dfcore.likelihood.ODE_SOLVERS`
 ``step_controls``           :data:`dfcore.likelihood.STEP_CONTROLS`
@@ -31,10 +31,11 @@ def registry_names() -> dict[str, list[str]]:
     """The names of each registry, in registry order."""
     from dfcore.experiments.likelihood_methods import LIKELIHOOD_METHODS
     from dfcore.fisher import FVP_ESTIMATORS, TRACE_ESTIMATORS
-    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS, TRACE_STATES
+    from dfcore.integrations.pretrained import POSITIVE_TRACE_TARGETS
     from dfcore.likelihood import ODE_SOLVERS, STEP_CONTROLS
     from dfcore.models.networks import TRACE_TARGETS
     from dfcore.models.trace_output import TRACE_PARAMETERIZATIONS
+    from dfcore.paths import TRACE_STATES
     from dfcore.schedules import SCHEDULES
 
     return {

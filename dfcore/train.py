@@ -41,6 +41,7 @@ from dfcore.models.networks import (
     _trace_module,
     build_backbone,
 )
+from dfcore.paths import PathStates
 from dfcore.schedules import Schedule
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "ema_average",
     "copy_parameters",
     "train_loop",
+    "OnPathStates",
     "sigma_data",
     "build_denoiser",
     "build_trace_model",
@@ -101,8 +103,8 @@ def train_loop(
     check raises ``FloatingPointError`` naming the step (1-based, as in the loss table) and leaves the
     last resume checkpoint in place, so no checkpoint or model is ever written from NaN parameters.
     """
-    settings = [steps, batch_size, lr, warmup_steps, t_min, time_power, seed] + ([ema_decay] if ema_decay else [])
-    fingerprint = fingerprint or json.dumps(settings + [list(data.shape), float(data.double().sum())])
+    settings = [steps, batch_size, lr, warmup_steps, t_min, time_power, seed]
+    fingerprint = fingerprint or _fingerprint(model, data, settings, ema_decay)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
     if not time_power > 0:
@@ -143,6 +145,48 @@ def train_loop(
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return losses
+
+
+def _fingerprint(model: Any, data: Tensor, settings: list[Any], ema_decay: float) -> str:
+    """What a resume checkpoint must match: the loop's settings, the moving average's decay (when kept), the
+    training states (when not noised data) and the data's shape and sum."""
+    settings = (
+        settings + ([ema_decay] if ema_decay else []) + ([model.states] if isinstance(model, OnPathStates) else [])
+    )
+    return json.dumps(settings + [list(data.shape), float(data.double().sum())])
+
+
+class OnPathStates:
+    """A trace model with ``loss_at(x, t)`` (a target that reads no x0) trained by :func:`train_loop` on the states
+    of likelihood solves instead of noised data (``states: ode``): :meth:`loss` ignores the batch's times and noise
+    and takes as many states from ``paths``, which draws from the loop's generator. ``module`` and ``state()`` are
+    the model's own, so the loop's checkpoints are the model's."""
+
+    states = "ode"
+
+    def __init__(self, model: Any, paths: PathStates) -> None:
+        self.model = model
+        self.paths = paths
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model.module
+
+    @property
+    def probe_generator(self) -> torch.Generator | None:
+        return self.model.probe_generator
+
+    @probe_generator.setter
+    def probe_generator(self, generator: torch.Generator) -> None:
+        self.model.probe_generator = generator
+        self.paths.generator = generator
+
+    def state(self) -> dict[str, Any]:
+        return self.model.state()
+
+    def loss(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        x, tt = self.paths.take(len(x0), x0)
+        return self.model.loss_at(x, tt)
 
 
 class _Stop:

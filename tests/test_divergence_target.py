@@ -176,3 +176,57 @@ def test_a_map_without_forward_derivatives_falls_back_to_reverse_mode():
     for i in range(4):
         jac = torch.autograd.functional.jacobian(lambda y: posterior_mean(y[None], t[i : i + 1])[0], x[i])
         torch.testing.assert_close(got[i], sigma[i] ** 2 / alpha[i] * torch.trace(jac), rtol=1e-12, atol=0)
+
+
+def _path_error(model, den, data, t_min):
+    """Mean over the states of likelihood solves from 64 data points of ((V_theta - T)/c)^2 against the model's
+    exact T = (sigma^2/alpha) div ybar_theta, c the Gaussian posterior variance."""
+    from dfcore.paths import likelihood_path_states
+
+    x0 = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(9))[:64]].float()
+    x, t = likelihood_path_states(den, x0, t_min=t_min, num_steps=6, offset=0.5)
+    exact = divergence_target(den.posterior_mean, x, t.float(), den.schedule, 1, exact_max_dim=2)
+    with torch.no_grad():
+        v = model.posterior_variance(x, t.float())
+    s2 = den.precondition(t.float()).noise ** 2
+    sd2 = den.sigma_data**2
+    return float(((v - exact) / (2 * s2 * sd2 / (s2 + sd2))).pow(2).mean())
+
+
+def test_a_trace_net_trained_on_the_likelihood_states_learns_the_models_trace_there():
+    """OnPathStates trains on the states of likelihood solves (exact divergence target, an untrained 2-D denoiser):
+    on such states of other points its error against the model's own exact trace falls with training; the
+    adapter's loss is loss_at on PathStates' states, drawn from the loop's generator."""
+    from dfcore.paths import PathStates
+    from dfcore.train import OnPathStates
+
+    schedule = get_schedule("VP")
+    data = make_checkerboard(512, seed=0)
+    backbone = {"hidden": 16, "layers": 1, "emb_dim": 8, "fourier_levels": 0}
+    den = build_denoiser("mlp", 2, schedule, 1.0, backbone=backbone, seed=0)
+    errors = {}
+    for states, steps in (("none", 0), ("ode", 300)):
+        model = build_trace_model(den, target="divergence", share_trunk=False, head_hidden=16, seed=1)
+        trainee = model
+        if states == "ode":
+            trainee = OnPathStates(model, PathStates(den, data[:256], torch.Generator(), t_min=1e-3, num_steps=6))
+        if steps:
+            train_loop(
+                trainee, data[:256].float(), steps=steps, batch_size=64, lr=5e-3, warmup_steps=20, progress=False
+            )
+        errors[states] = _path_error(model, den, data[256:], 1e-3)
+    assert errors["ode"] < 0.4 * errors["none"], errors
+    gen = torch.Generator().manual_seed(4)
+    paths = PathStates(den, data, torch.Generator(), t_min=1e-3, num_steps=3)
+    adapter = OnPathStates(model, paths)
+    adapter.probe_generator = gen
+    assert paths.generator is gen and model.probe_generator is gen
+    state = gen.get_state()
+    x0 = torch.zeros(8, 2)
+    loss = adapter.loss(x0, torch.zeros(8), x0)
+    gen.set_state(state)
+    paths.pool = []
+    x, t = paths.take(8, x0)
+    torch.testing.assert_close(loss, model.loss_at(x, t), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'residual' needs the clean x0"):
+        build_trace_model(den, target="residual", head_hidden=8).loss_at(x, t)

@@ -136,7 +136,6 @@ skip = (  # the Stable Diffusion stage and the diffusers-model adapter need diff
     "dfcore.integrations.diffusers",
     "dfcore.experiments.sd",
     "dfcore.integrations.pretrained_train",
-    "dfcore.integrations.pretrained_calibration",
 )
 names = [m.name for m in pkgutil.walk_packages(dfcore.__path__, "dfcore.") if not m.name.startswith(skip)]
 for name in names:

@@ -233,10 +233,10 @@ def test_log_time_warp_is_the_same_ode():
     """The warped schedule's f and g2 are the autograd derivatives of its alpha and sigma in s, and the
     likelihood integrated in log time equals the closed-form density of a Gaussian mixture at t_min."""
     from dfcore.fisher.trace import VJPTrace
-    from dfcore.integrations.pretrained import LogTimeWarp
     from dfcore.likelihood import gaussian_log_prior, log_likelihood
     from dfcore.mixtures import GaussianMixture
     from dfcore.models.base import ExactDenoiser
+    from dfcore.paths import LogTimeWarp
     from dfcore.schedules import VPSchedule
 
     base = VPSchedule()
@@ -536,9 +536,8 @@ def test_likelihood_path_states_follow_the_closed_form_flow_and_are_the_likeliho
     v = alpha^2 s^2 + sigma^2: every step-start state agrees with it to RK4's error, on a shifted grid too; and with
     no shift the states are exactly those at which log_likelihood evaluates its trace estimator."""
     from dfcore.fisher.trace import VJPTrace
-    from dfcore.integrations.pretrained import LogTimeWarp
-    from dfcore.integrations.pretrained_train import likelihood_path_states
     from dfcore.likelihood import gaussian_log_prior, log_likelihood
+    from dfcore.paths import LogTimeWarp, likelihood_path_states
 
     d, sd, batch, steps, t_min = 3, 0.6, 5, 30, 1e-3
     den = _gaussian_denoiser(d, sd)
@@ -765,7 +764,8 @@ def test_the_denoiser_input_is_the_closed_form_posterior_mean_and_comes_from_the
     """With denoiser_input the net's extra channels are the posterior mean divided by sigma_data: for data
     N(0, s^2 I) that is alpha s^2 x / (alpha^2 s^2 + sigma^2) / s; eps_and_posterior_variance returns the
     denoiser's eps and the same variance as posterior_variance, for the model and through the log-time warp."""
-    from dfcore.integrations.pretrained import LogTimeWarp, PositiveTraceModel, WarpedTraceModel
+    from dfcore.integrations.pretrained import PositiveTraceModel, WarpedTraceModel
+    from dfcore.paths import LogTimeWarp
 
     d, sd = 3, 0.7
     den = _gaussian_denoiser(d, sd)

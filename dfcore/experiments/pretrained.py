@@ -35,7 +35,6 @@ from dfcore.data.datasets import labelled_digits, split_digits
 from dfcore.dequantize import dequantize_images, image_bits_per_dim
 from dfcore.fisher.trace import DFTMTrace, HutchinsonTrace, VJPTrace
 from dfcore.integrations.pretrained import (
-    LogTimeWarp,
     PositiveTraceModel,
     PretrainedModel,
     WarpedTraceModel,
@@ -43,6 +42,7 @@ from dfcore.integrations.pretrained import (
 )
 from dfcore.io import write_csv, write_text
 from dfcore.models.base import Denoiser, TraceModel
+from dfcore.paths import LogTimeWarp
 from dfcore.schedules import Schedule
 
 if TYPE_CHECKING:

@@ -22,8 +22,9 @@ from dfcore.experiments.common import section_seed
 from dfcore.io import expect_model, save_checkpoint, write_csv
 from dfcore.mixtures import GaussianMixture, Mixture
 from dfcore.models.networks import TRACE_TARGETS, LearnedDenoiser, LearnedTraceModel, load_denoiser
+from dfcore.paths import PathStates
 from dfcore.schedules import Schedule
-from dfcore.train import build_denoiser, build_trace_model, sigma_data, train_loop
+from dfcore.train import OnPathStates, build_denoiser, build_trace_model, sigma_data, train_loop
 
 __all__ = ["train_denoiser", "train_trace", "run_training", "save_trained"]
 
@@ -75,11 +76,13 @@ def _fit(
     desc: str,
     time_power: float = 1.0,
     ema_decay: float = 0.0,
+    trainee: Any = None,
 ) -> None:
     """Train ``model`` on ``data`` with the section's optimiser keys (``time_power``, ``ema_decay``: see
-    :func:`~dfcore.train.train_loop`), then save it with its losses."""
+    :func:`~dfcore.train.train_loop`), then save it with its losses. ``trainee`` is what the loop trains in its
+    place, when ``model`` trains through an adapter (:class:`~dfcore.train.OnPathStates`)."""
     losses = train_loop(
-        model,
+        model if trainee is None else trainee,
         data.float(),
         steps=int(cfg["steps"]),
         batch_size=int(cfg["batch_size"]),
@@ -165,6 +168,14 @@ def train_trace(
         parameterization=str(cfg["parameterization"]),
     )
     run = _Run(seed, resume_path, loss_csv, progress, on_step, dataset)
+    trainee: LearnedTraceModel | OnPathStates = model
+    if cfg.get("states", "noised") == "ode":
+        if TRACE_TARGETS[model.target].needs_x0:
+            raise ValueError(f"trace_net.states 'ode' needs target 'divergence'; got {model.target!r}")
+        paths = PathStates(
+            denoiser, data, torch.Generator(), t_min=float(cfg["t_min"]), num_steps=int(cfg.get("ode_num_steps", 20))
+        )
+        trainee = OnPathStates(model, paths)
     _fit(
         model,
         data,
@@ -174,6 +185,7 @@ def train_trace(
         "trace_net",
         time_power=float(cfg["time_power"]),
         ema_decay=float(cfg["ema_decay"]),
+        trainee=trainee,
     )
     return model
 

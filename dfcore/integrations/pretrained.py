@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.models.networks import divergence_target
 from dfcore.models.trace_output import check_parameterization, offset_at, output_loss, output_variance
-from dfcore.schedules import DiscreteSchedule, Schedule
+from dfcore.paths import LogTimeWarp
+from dfcore.schedules import DiscreteSchedule
 from dfcore.sde import batch_time, expand_like, noise_ratio
 
 __all__ = [
@@ -53,8 +54,6 @@ __all__ = [
     "output_from_eps",
     "PretrainedDenoiser",
     "PretrainedModel",
-    "WarpedSchedule",
-    "LogTimeWarp",
     "PositiveTraceModel",
     "POSITIVE_TRACE_TARGETS",
     "WarpedTraceModel",
@@ -183,63 +182,6 @@ class PretrainedDenoiser(Denoiser):
         t = batch_time(t, x, torch.float64)
         alpha, sigma = self.schedule(t)
         return eps_from_output(self.output(x, t), x, alpha, sigma, self.prediction_type)
-
-
-class WarpedSchedule(Schedule):
-    r"""``base`` in log time: :math:`t = \varphi(s) = e^{-L(1 - s)}`, so :math:`\alpha(s) = \alpha_{base}(\varphi(s))`,
-    :math:`\sigma(s) = \sigma_{base}(\varphi(s))` and, since :math:`d/ds = \varphi'(s)\,d/dt` with
-    :math:`\varphi' = L\varphi`, :math:`f(s) = L\varphi f_{base}` and :math:`g^2(s) = L\varphi\, g^2_{base}`: the
-    same probability-flow ODE (Song et al., 2021, Eq. 13) and Eq. 14 integrand, reparametrised in s."""
-
-    name = "log-time"
-
-    def __init__(self, base: Schedule, rate: float) -> None:
-        if not rate > 0:
-            raise ValueError(f"log-time rate L must be positive; got {rate}")
-        self.base = base
-        self.rate = float(rate)
-
-    def time(self, s: Tensor) -> Tensor:
-        r""":math:`t = \varphi(s)`."""
-        return torch.exp(-self.rate * (1.0 - s))
-
-    def alpha(self, t: Tensor) -> Tensor:
-        return self.base.alpha(self.time(t))
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return self.base.sigma(self.time(t))
-
-    def f(self, t: Tensor) -> Tensor:
-        tt = self.time(t)
-        return self.rate * tt * self.base.f(tt)
-
-    def g2(self, t: Tensor) -> Tensor:
-        tt = self.time(t)
-        return self.rate * tt * self.base.g2(tt)
-
-    def params(self) -> dict[str, Any]:
-        return {"base": repr(self.base), "rate": self.rate}
-
-
-class LogTimeWarp(Denoiser):
-    r"""A denoiser on :class:`WarpedSchedule`: :math:`\varepsilon(x, s) = \varepsilon_{base}(x, \varphi(s))`, with
-    L chosen so that :math:`\varphi(s_{min}) = t_{min}`. Uniform solver steps in :math:`s \in [s_{min}, 1]`
-    are uniform in :math:`\log t`, which follows the :math:`1/t` growth of the likelihood integrand at small t
-    (:math:`\operatorname{tr}F_t \approx d/\sigma_t^2`, :math:`\sigma_t^2 \propto t`)."""
-
-    schedule: WarpedSchedule
-
-    def __init__(self, base: Denoiser, t_min: float, s_min: float = 0.5) -> None:
-        if not 0 < t_min < 1 or not 0 < s_min < 1:
-            raise ValueError(f"LogTimeWarp needs 0 < t_min < 1 and 0 < s_min < 1; got {t_min}, {s_min}")
-        self.base = base
-        self.t_min = float(t_min)
-        self.s_min = float(s_min)
-        self.schedule = WarpedSchedule(base.schedule, math.log(1.0 / t_min) / (1.0 - s_min))
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        s = batch_time(t, x, torch.float64)
-        return self.base.eps(x, self.schedule.time(s))
 
 
 class PositiveTraceModel(TraceModel):
@@ -400,7 +342,7 @@ class PositiveTraceModel(TraceModel):
         integrand weighs it (the same at small t, and :math:`\to 0` at large t, where a model's own divergence
         target can exceed c many times over). The targets ``sq_norm`` and ``residual`` need the clean ``x0`` whose
         noising gave ``x``; ``divergence`` needs ``x`` alone, so it also trains on states that are not noised data
-        (:func:`~dfcore.integrations.pretrained_train.likelihood_path_states`)."""
+        (:func:`~dfcore.paths.likelihood_path_states`)."""
         if x0 is None and self.target != "divergence":
             raise ValueError(
                 f"trace target {self.target!r} needs the clean x0 of every state; only 'divergence' does not"
@@ -439,10 +381,6 @@ def _divergence_target(model: PositiveTraceModel, x0: Tensor, x: Tensor, t: Tens
         model.probe_generator,
     )
 
-
-# Where a PositiveTraceModel's training states come from: noised data (Alg. 1) or the states of the likelihood's
-# own ODE solves (dfcore.integrations.pretrained_train.likelihood_path_states).
-TRACE_STATES = ("noised", "ode")
 
 # The regression targets of PositiveTraceModel by name: (model, x0 (B, d) float64, x_t, t, ybar (B, d) float64)
 # -> (B,) float64, each an estimate of tr Cov[x0 | x_t] (the same names mean the same targets in

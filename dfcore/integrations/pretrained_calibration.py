@@ -4,7 +4,7 @@ A trace net's error on a likelihood path has two parts: a per-state scatter, whi
 a bias that varies smoothly with t and does not (docs/your-model.md, "Calibration along the path"). What
 bits/dim integrates at time t is the mean of :math:`(\alpha^2/\sigma^4)(V_\theta - V)` over the states the solves
 visit, so the calibration removes exactly that mean: it runs the probability-flow ODE from held-in images
-(:func:`~dfcore.integrations.pretrained_train.likelihood_path_states`), evaluates at every state the model's own
+(:func:`~dfcore.paths.likelihood_path_states`), evaluates at every state the model's own
 posterior variance :math:`V = (\sigma^2/\alpha)\operatorname{div}\bar y_\theta` (exact, or from Rademacher probes;
 no :math:`x_0`), sorts the states into bins of equal width in log t, and finds per bin the offset
 :math:`\delta_b` of the net's raw output that makes the bin's mean :math:`V_\theta` equal its mean target
@@ -22,9 +22,9 @@ from torch import Tensor
 
 from dfcore.dequantize import dequantize
 from dfcore.integrations.pretrained import PositiveTraceModel
-from dfcore.integrations.pretrained_train import likelihood_path_states
 from dfcore.models.networks import divergence_target
 from dfcore.models.trace_output import fit_offsets, output_variance
+from dfcore.paths import likelihood_path_states
 
 __all__ = ["calibrate_trace_model"]
 

@@ -29,10 +29,9 @@ from tqdm.auto import tqdm
 
 from dfcore import distributed
 from dfcore.dequantize import dequantize
-from dfcore.integrations.pretrained import TRACE_STATES, LogTimeWarp, check_prediction_type, output_from_eps
-from dfcore.models.base import Denoiser
+from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
+from dfcore.paths import TRACE_STATES, PathStates
 from dfcore.schedules import DiscreteSchedule
-from dfcore.sde import batch_time, pf_ode_velocity
 from dfcore.train import copy_parameters, ema_average, learning_rate
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "ddpm_scheduler",
     "train_ddpm",
     "build_trace_unet",
-    "likelihood_path_states",
     "train_trace_model",
 ]
 
@@ -230,66 +228,9 @@ def build_trace_unet(
     return build_unet(shape, block_out_channels, 1, norm_num_groups, seed, out_channels=1)
 
 
-def likelihood_path_states(
-    denoiser: Denoiser, x0: Tensor, *, t_min: float, num_steps: int, offset: float
-) -> tuple[Tensor, Tensor]:
-    r"""Every state at which a likelihood solve of ``x0`` (B, ...) evaluates the trace: the probability-flow ODE
-    :math:`\dot x = f x + \tfrac12 g^2 \varepsilon_\theta/\sigma` (Eq. 2) from :math:`x(t_{min}) = x_0` to t = 1, by
-    RK4 in log time (:class:`~dfcore.integrations.pretrained.LogTimeWarp`) with ``num_steps`` steps of width h
-    in s, the grid shifted by ``offset`` h (``offset`` in [0, 1): the first step is ``offset`` h long, so that
-    shifted grids cover every t). Returns the states (4 (num_steps + 1) B, ...) in ``x0``'s dtype and their times
-    t (not s), float64, without gradients.
-
-    These are the states of :func:`dfcore.likelihood.log_likelihood`, not noised data: it starts at the data
-    point itself, without the :math:`\sigma_{t_{min}}` noise of :math:`q_{t_{min}}`, and follows the model's own
-    flow, so an imperfect model visits states that :math:`\alpha_t x_0 + \sigma_t\varepsilon` does not reach."""
-    from torchdiffeq import odeint
-
-    if not 0 <= offset < 1 or num_steps < 1:
-        raise ValueError(f"need 0 <= offset < 1 and num_steps >= 1; got {offset}, {num_steps}")
-    warp = LogTimeWarp(denoiser, t_min)
-    schedule = warp.schedule
-    width = (1.0 - warp.s_min) / num_steps
-    inner = [warp.s_min + (offset + k) * width for k in range(num_steps)]
-    grid = torch.tensor([warp.s_min, *[s for s in inner if s > warp.s_min], 1.0], dtype=torch.float64)
-    states: list[Tensor] = []
-    times: list[Tensor] = []
-
-    def velocity(s: Tensor, x: Tensor) -> Tensor:
-        ss = batch_time(s, x, torch.float64)
-        states.append(x.to(x0.dtype))
-        times.append(schedule.time(ss))
-        return pf_ode_velocity(x, ss, warp.score(x, ss), schedule)
-
-    with torch.no_grad():
-        odeint(velocity, x0.to(torch.float64), grid.to(x0.device), method="rk4")
-    return torch.cat(states), torch.cat(times)
-
-
-class _PathStates:
-    """A shuffled pool of :func:`likelihood_path_states` of training images, refilled from ``ceil(n / 4)``
-    dequantised images with a random grid offset whenever fewer than the n states asked for remain."""
-
-    def __init__(
-        self, denoiser: Denoiser, images: Tensor, generator: torch.Generator, *, t_min: float, num_steps: int
-    ) -> None:
-        self.denoiser, self.images, self.generator = denoiser, images, generator
-        self.t_min, self.num_steps = t_min, num_steps
-        self.pool: list[Tensor] = []
-
-    def take(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """n states (in ``like``'s dtype and device) and their times."""
-        gen = self.generator
-        if not self.pool or len(self.pool[0]) < n:
-            idx = torch.randint(len(self.images), (-(-n // 4),), generator=gen)
-            x0 = dequantize(self.images[idx], generator=gen).to(like.dtype).to(like.device)
-            offset = float(torch.rand((), generator=gen, dtype=torch.float64))
-            x, t = likelihood_path_states(self.denoiser, x0, t_min=self.t_min, num_steps=self.num_steps, offset=offset)
-            order = torch.randperm(len(x), generator=gen)
-            self.pool = [x[order.to(x.device)], t[order.to(t.device)]]
-        x, t = (v[:n] for v in self.pool)
-        self.pool = [v[n:] for v in self.pool]
-        return x, t
+def _dequantized(images: Tensor, generator: torch.Generator) -> Tensor:
+    """uint8 images as dequantised model inputs (:func:`~dfcore.dequantize.dequantize`)."""
+    return dequantize(images, generator=generator)
 
 
 def train_trace_model(
@@ -314,7 +255,7 @@ def train_trace_model(
 
     ``states`` says where the training states come from: ``noised``, :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`
     (Alg. 1), or ``ode``, the states that a likelihood solve with RK4 and ``ode_num_steps`` log-time steps visits
-    (:func:`likelihood_path_states`, from ``ceil(batch_size / 4)`` images at a time with a random grid offset,
+    (:class:`~dfcore.paths.PathStates`, from ``ceil(batch_size / 4)`` images at a time with a random grid offset,
     served in shuffled minibatches; target ``divergence`` only, since those states carry no posterior sample of
     :math:`x_0`). This project's extension, not the paper's: a model's PF-ODE from the data points does not
     reach the marginals of noised data, and the likelihood evaluates the trace net where the ODE goes.
@@ -338,7 +279,7 @@ def train_trace_model(
     trace_model.probe_generator = gen  # the probes of target divergence
     param = next(module.parameters())
 
-    paths = _PathStates(trace_model.denoiser, images, gen, t_min=t_min, num_steps=ode_num_steps)
+    paths = PathStates(trace_model.denoiser, images, gen, t_min=t_min, num_steps=ode_num_steps, prepare=_dequantized)
 
     def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
         trace_model.module = net  # the forward pass through DistributedDataParallel when it wraps the module

@@ -473,10 +473,13 @@ def _divergence_target(model: LearnedTraceModel, x0: Tensor, x: Tensor, t: Tenso
 class TraceTarget:
     """A regression target of Alg. 1: its value (model, x0 (B, d) float64, x_t, t) -> (B,) float64, and the
     distribution whose posterior it reads: ``""`` (none), ``training_set`` (the Dirac mixture of the training
-    data) or ``exact_mixture`` (the data set's exact Gaussian mixture, which real data never offers)."""
+    data) or ``exact_mixture`` (the data set's exact Gaussian mixture, which real data never offers).
+    ``needs_x0``: whether the value reads the clean x0 whose noising gave x_t (a target that does not can train
+    on states that are not noised data, such as a likelihood solve's, :class:`~dfcore.paths.PathStates`)."""
 
     value: TargetFn
     reference: str = ""
+    needs_x0: bool = True
 
 
 # Every trace-net target by name (LearnedTraceModel.loss documents each).
@@ -486,7 +489,7 @@ TRACE_TARGETS: dict[str, TraceTarget] = {
     "residual": TraceTarget(_residual_target),
     "sq_norm": TraceTarget(_sq_norm_target),
     "mixture_posterior": TraceTarget(_reference_posterior_target, reference="exact_mixture"),
-    "divergence": TraceTarget(_divergence_target),
+    "divergence": TraceTarget(_divergence_target, needs_x0=False),
 }
 
 
@@ -594,11 +597,20 @@ class LearnedTraceModel(TraceModel):
         (:func:`divergence_target`): no :math:`x_0`, and unbiased for the posterior variance the denoiser itself
         implies, so Eq. 17 tends to the model's exact trace. Each target is an entry of :data:`TRACE_TARGETS`."""
         alpha, sigma = self.schedule(t.to(torch.float64))
-        x = add_noise(x0, noise, alpha, sigma)
-        flat = x0.flatten(1).to(torch.float64)
-        target = TRACE_TARGETS[self.target].value(self, flat, x, t)
+        return self.loss_at(add_noise(x0, noise, alpha, sigma), t, x0)
+
+    def loss_at(self, x: Tensor, t: Tensor, x0: Tensor | None = None) -> Tensor:
+        """:meth:`loss` at the states ``x`` (B, ...) at times ``t`` (B,); ``x0``, the clean samples whose noising
+        gave ``x``, may be left out for a target that does not read it (``divergence``), so that the net trains
+        on any states, such as those a likelihood solve visits (``states: ode``)."""
+        spec = TRACE_TARGETS[self.target]
+        if x0 is None and spec.needs_x0:
+            raise ValueError(f"trace target {self.target!r} needs the clean x0 of every state; 'divergence' does not")
+        # a target that reads no x0 gets an empty (B, 0) stand-in
+        flat = x.new_empty(len(x), 0, dtype=torch.float64) if x0 is None else x0.flatten(1).to(torch.float64)
+        target = spec.value(self, flat, x, t)
         s = self.denoiser.precondition(t).noise  # sigma~ = sigma / alpha
-        sigma_data, dim = self.denoiser.sigma_data, flat.shape[1]
+        sigma_data, dim = self.denoiser.sigma_data, x[0].numel()
         return output_loss(self.head(x, t), target, s, sigma_data, dim, self.parameterization)
 
     def state(self) -> dict[str, Any]:

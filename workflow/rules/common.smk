@@ -83,13 +83,11 @@ def training_section(name):
 def trace_target_section(wildcards):
     """Param function of train_trace_target: the trace_net section as the job's dataset sees it (as
     training_section("trace_net")), with ``target`` set to the job's {target}; every other key, the training
-    budget included, is the main trace net's."""
-    return canonical_params(
-        {
-            **dataset_section(config["trace_net"], wildcards.dataset),
-            "target": wildcards.target,
-        }
-    )
+    budget included, is the main trace net's, except that a target that reads x0 trains on noised data
+    (``states: ode`` is for the divergence target)."""
+    section = dataset_section(config["trace_net"], wildcards.dataset)
+    states = "noised" if TRACE_TARGETS[wildcards.target].needs_x0 else section["states"]
+    return canonical_params({**section, "target": wildcards.target, "states": states})
 
 
 def ot_table3_params():
