@@ -417,10 +417,6 @@ def _check_training(config: dict[str, Any]) -> None:
                 key = "trace_net.backbone"
             if key:
                 _fail(key, f"is read only with share_trunk false, and the trace net of {name!r} shares the trunk")
-        trace = dataset_section(config["trace_net"], name)
-        if trace["states"] == "ode" and trace["target"] != "divergence":
-            key = f"trace_net.overrides.{name}.states" if "states" in override else "trace_net.states"
-            _fail(key, f"'ode' needs target 'divergence' (the ODE states carry no clean x0); got {trace['target']!r}")
         image = spec["kind"] in IMAGE_KINDS
         if merged["arch"] == "unet" and not image:
             _fail(where, f"unet needs an image data set, and {name!r} is of kind {spec['kind']!r}")

@@ -549,18 +549,6 @@ BAD_CONFIGS = [
         "pretrained.trace.states",
         "needs pretrained.trace.target 'divergence'",
     ),
-    (
-        "trace-net-ode-states-without-divergence",
-        {"trace_net": {"states": "ode", "target": "sq_norm"}},
-        "trace_net.states",
-        "needs target 'divergence'",
-    ),
-    (
-        "trace-net-ode-states-override-without-divergence",
-        {"trace_net": {"target": "divergence", "overrides": {"gmm": {"states": "ode", "target": "residual"}}}},
-        "trace_net.overrides.gmm.states",
-        "needs target 'divergence'",
-    ),
 ]
 
 

@@ -381,3 +381,18 @@ def test_interrupted_trace_training_with_ema_resumes_to_the_same_average(tmp_pat
     train_trace(data, den, cfg, tmp_path / "part.pt", seed=4, progress=False, resume_path=tmp_path / "r.pt")
     assert _equal(_weights(tmp_path / "full.pt", "trace"), _weights(tmp_path / "part.pt", "trace"))
     assert not _equal(_weights(tmp_path / "full.pt", "trace"), _weights(tmp_path / "last.pt", "trace"))
+
+
+def test_ode_states_apply_to_the_divergence_target_only(tmp_path, data):
+    """states: ode leaves a net whose target reads x0 (residual) on noised data, weight for weight, and trains a
+    divergence net on other states than noised data."""
+    sched = get_schedule("VE")
+    den = train_denoiser(data, sched, {**CFG, "steps": 10}, tmp_path / "den.pt", seed=0, device="cpu", progress=False)
+    weights = {}
+    for target in ("residual", "divergence"):
+        for states in ("noised", "ode"):
+            cfg = {**CFG, "head_hidden": 8, "steps": 6, "target": target, "states": states, "ode_num_steps": 3}
+            train_trace(data, den, cfg, tmp_path / f"{target}_{states}.pt", seed=4, progress=False)
+            weights[target, states] = _weights(tmp_path / f"{target}_{states}.pt", "trace")
+    assert _equal(weights["residual", "noised"], weights["residual", "ode"])
+    assert not _equal(weights["divergence", "noised"], weights["divergence", "ode"])

@@ -153,7 +153,9 @@ def train_trace(
 ) -> LearnedTraceModel:
     """Train a trace network (Alg. 1) for a trained, frozen ``denoiser`` with the ``trace_net`` section
     (``reference``: see :func:`dfcore.train.build_trace_model`); with ``ema_decay`` > 0 the saved network is the
-    moving average of its weights."""
+    moving average of its weights. ``states: ode`` trains a net whose target reads no x0 (``divergence``) on the
+    states of likelihood solves (:class:`~dfcore.train.OnPathStates`); a target that reads x0 trains on noised
+    data whatever ``states`` says."""
     model = build_trace_model(
         denoiser,
         target=cfg["target"],
@@ -169,12 +171,10 @@ def train_trace(
     )
     run = _Run(seed, resume_path, loss_csv, progress, on_step, dataset)
     trainee: LearnedTraceModel | OnPathStates = model
-    if cfg.get("states", "noised") == "ode":
-        if TRACE_TARGETS[model.target].needs_x0:
-            raise ValueError(f"trace_net.states 'ode' needs target 'divergence'; got {model.target!r}")
-        paths = PathStates(
-            denoiser, data, torch.Generator(), t_min=float(cfg["t_min"]), num_steps=int(cfg.get("ode_num_steps", 20))
-        )
+    # states: ode is for the targets that read no x0; the others train on noised data whatever it says
+    if cfg.get("states", "noised") == "ode" and not TRACE_TARGETS[model.target].needs_x0:
+        steps = int(cfg.get("ode_num_steps", 20))
+        paths = PathStates(denoiser, data, torch.Generator(), t_min=float(cfg["t_min"]), num_steps=steps)
         trainee = OnPathStates(model, paths)
     _fit(
         model,
