@@ -21,7 +21,13 @@ from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
 from dfcore.io import expect_model, save_checkpoint, write_csv
 from dfcore.mixtures import GaussianMixture, Mixture
-from dfcore.models.networks import TRACE_TARGETS, LearnedDenoiser, LearnedTraceModel, load_denoiser
+from dfcore.models.networks import (
+    TRACE_TARGETS,
+    LearnedDenoiser,
+    LearnedTraceModel,
+    load_denoiser,
+    training_states,
+)
 from dfcore.paths import PathStates
 from dfcore.schedules import Schedule
 from dfcore.train import OnPathStates, build_denoiser, build_trace_model, sigma_data, train_loop
@@ -171,8 +177,7 @@ def train_trace(
     )
     run = _Run(seed, resume_path, loss_csv, progress, on_step, dataset)
     trainee: LearnedTraceModel | OnPathStates = model
-    # states: ode is for the targets that read no x0; the others train on noised data whatever it says
-    if cfg.get("states", "noised") == "ode" and not TRACE_TARGETS[model.target].needs_x0:
+    if training_states(model.target, cfg.get("states", "noised")) == "ode":
         steps = int(cfg.get("ode_num_steps", 20))
         paths = PathStates(denoiser, data, torch.Generator(), t_min=float(cfg["t_min"]), num_steps=steps)
         trainee = OnPathStates(model, paths)

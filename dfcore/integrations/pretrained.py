@@ -316,8 +316,7 @@ class PositiveTraceModel(TraceModel):
         t = batch_time(t, x, torch.float64)
         with torch.no_grad():
             eps = self.denoiser.eps(x, t)
-            alpha, sigma = (expand_like(v, x) for v in self.schedule(t))
-            ybar = (x.to(torch.float64) - sigma * eps.to(torch.float64)) / alpha
+            ybar = output_from_eps(eps.to(torch.float64), x.to(torch.float64), *self.schedule(t), "sample")
             return eps, self.posterior_variance(x, t, ybar=ybar)
 
     def mean_sq_norm(self, x: Tensor, t: Tensor) -> Tensor:

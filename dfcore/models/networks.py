@@ -59,6 +59,7 @@ __all__ = [
     "LearnedTraceModel",
     "TraceTarget",
     "TRACE_TARGETS",
+    "training_states",
     "divergence_target",
     "schedule_from_spec",
     "denoiser_from_state",
@@ -491,6 +492,13 @@ TRACE_TARGETS: dict[str, TraceTarget] = {
     "mixture_posterior": TraceTarget(_reference_posterior_target, reference="exact_mixture"),
     "divergence": TraceTarget(_divergence_target, needs_x0=False),
 }
+
+
+def training_states(target: str, states: str) -> str:
+    """The states a net of ``target`` trains on when its section says ``states``: ``ode`` (the likelihood's own
+    states, :class:`~dfcore.paths.PathStates`) holds for a target that reads no x0; one that reads x0 trains on
+    noised data."""
+    return "noised" if TRACE_TARGETS[target].needs_x0 else states
 
 
 class LearnedTraceModel(TraceModel):

@@ -14,7 +14,7 @@ from dfcore.config import (
 from dfcore.experiments.likelihood_methods import OWN_METHODS
 from dfcore.experiments.trace_budget import budget_runs, budget_section
 from dfcore.fisher import TRACE_ESTIMATORS
-from dfcore.models.networks import TRACE_TARGETS
+from dfcore.models.networks import TRACE_TARGETS, training_states
 from dfcore.registries import required_dependencies, wildcard_pattern
 
 try:
@@ -86,7 +86,7 @@ def trace_target_section(wildcards):
     budget included, is the main trace net's, except that a target that reads x0 trains on noised data
     (``states: ode`` is for the divergence target)."""
     section = dataset_section(config["trace_net"], wildcards.dataset)
-    states = "noised" if TRACE_TARGETS[wildcards.target].needs_x0 else section["states"]
+    states = training_states(wildcards.target, section["states"])
     return canonical_params({**section, "target": wildcards.target, "states": states})
 
 
