@@ -676,16 +676,24 @@ def test_calibration_removes_a_constant_output_error_on_the_likelihood_paths():
     """A fisher head off by a constant (h = 0.3, where the Gaussian's exact posterior variance is h = 0) gets the
     offset -0.3 in every bin from the exact divergence target, after which DF-TM gives the analytic trace; the
     calibration survives state(); bad arguments are refused."""
+    from dfcore.calibration import calibrate_along_paths
+    from dfcore.dequantize import dequantize
     from dfcore.fisher import fisher_trace
     from dfcore.integrations.pretrained import PositiveTraceModel
-    from dfcore.integrations.pretrained_calibration import calibrate_trace_model
 
     d, sd = 4, 0.6
     images = torch.randint(0, 256, (12, d), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
     den = _gaussian_denoiser(d, sd)
     model = PositiveTraceModel(_Constant(0.3), den, sd, parameterization="fisher")
-    records = calibrate_trace_model(
-        model, images, t_min=1e-3, ode_num_steps=6, num_bins=5, exact_max_dim=d, batch_images=5
+    records = calibrate_along_paths(
+        model,
+        images,
+        t_min=1e-3,
+        ode_num_steps=6,
+        num_bins=5,
+        exact_max_dim=d,
+        batch_points=5,
+        prepare=lambda x, gen: dequantize(x, generator=gen),
     )
     assert [r["count"] for r in records] and all(r["count"] > 0 for r in records)
     assert sum(r["count"] for r in records) == 12 * 4 * 7  # 3 batches, RK4 on a shifted grid of 6 steps
@@ -701,7 +709,7 @@ def test_calibration_removes_a_constant_output_error_on_the_likelihood_paths():
     knots, offsets = model.state()["calibration"]
     assert len(knots) == len(offsets) == 5 and knots == sorted(knots)
     with pytest.raises(ValueError, match="num_bins >= 1"):
-        calibrate_trace_model(model, images, t_min=1e-3, num_bins=0)
+        calibrate_along_paths(model, images, t_min=1e-3, num_bins=0)
 
 
 def test_train_trace_calibrates_and_the_folder_keeps_the_calibration(folder, tmp_path):

@@ -1,16 +1,21 @@
 """Training: seed => bit-identical weights; an interrupted run resumes to exactly the weights of an
-uninterrupted one (denoiser and trace network, shared or separate trunk); the learning-rate schedule."""
+uninterrupted one (denoiser and trace network, shared or separate trunk); the learning-rate schedule; the
+calibration of a trace net along the likelihood's paths (after it, the net's mean posterior variance over the
+calibration states equals the mean of the denoiser's exact divergence there, from autograd Jacobians)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from dfcore.calibration import calibrate_along_paths
 from dfcore.config import dataset_section
 from dfcore.data.datasets import make_checkerboard
 from dfcore.experiments.train import train_denoiser, train_trace
 from dfcore.io import load_checkpoint
-from dfcore.models.networks import load_denoiser, load_trace_model
+from dfcore.models.networks import load_denoiser, load_trace_model, trace_model_from_state
+from dfcore.models.trace_output import offset_at
+from dfcore.paths import likelihood_path_states
 from dfcore.schedules import get_schedule
 from dfcore.train import learning_rate
 
@@ -396,3 +401,66 @@ def test_ode_states_apply_to_the_divergence_target_only(tmp_path, data):
             weights[target, states] = _weights(tmp_path / f"{target}_{states}.pt", "trace")
     assert _equal(weights["residual", "noised"], weights["residual", "ode"])
     assert not _equal(weights["divergence", "noised"], weights["divergence", "ode"])
+
+
+def _exact_posterior_variance(model, x, t):
+    """(sigma^2/alpha) tr d ybar/dx at each state, from a full autograd Jacobian (not dfcore's JVP target)."""
+    out = []
+    for xi, ti in zip(x, t, strict=True):
+        jac = torch.autograd.functional.jacobian(
+            lambda y, ti=ti: model.denoiser.posterior_mean(y[None], ti[None])[0].double(), xi
+        )
+        alpha, sigma = model.schedule(ti.to(torch.float64))
+        out.append(sigma**2 / alpha * torch.diagonal(jac).sum())
+    return torch.stack(out)
+
+
+def test_calibration_matches_the_exact_divergence_on_the_paths_and_survives_a_checkpoint(tmp_path):
+    data = make_checkerboard(64, seed=0)
+    den = train_denoiser(data, get_schedule("VE"), {**CFG, "steps": 10}, tmp_path / "d.pt", seed=0, progress=False)
+    cfg = {**CFG, "head_hidden": 8, "steps": 5, "target": "divergence", "parameterization": "fisher"}
+    model = train_trace(data, den, cfg, tmp_path / "t.pt", seed=3, progress=False)
+    points = data[:5].float()
+    seed, t_min, steps = 7, 1e-3, 3
+    records = calibrate_along_paths(
+        model, points, t_min=t_min, ode_num_steps=steps, num_bins=1, exact_max_dim=2, batch_points=5, seed=seed
+    )
+    # the one batch's grid offset is the first draw of the calibration's generator
+    offset = float(torch.rand((), generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    x, t = likelihood_path_states(den, points, t_min=t_min, num_steps=steps, offset=offset)
+    exact = _exact_posterior_variance(model, x, t)
+    with torch.no_grad():
+        calibrated = model.posterior_variance(x, t)
+        _, fused = model.eps_and_posterior_variance(x, t, den)
+    assert records[0]["count"] == len(x) == 5 * 4 * (steps + 1)
+    torch.testing.assert_close(calibrated.mean(), exact.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(fused, calibrated, rtol=1e-6, atol=0)
+    knots, offsets = model.calibration
+    assert abs(float(offsets[0])) > 1e-3  # the untrained net was off, so the test can fail
+    model.calibration = None
+    with torch.no_grad():
+        assert abs(float(model.posterior_variance(x, t).mean() / exact.mean()) - 1) > 1e-3
+    model.calibration = (knots, offsets)
+    rebuilt = trace_model_from_state(model.state())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.posterior_variance(x, t), calibrated, rtol=1e-6, atol=0)
+
+
+def test_train_trace_calibrates_when_asked_and_records_the_table(tmp_path):
+    data = make_checkerboard(64, seed=0)
+    den = train_denoiser(data, get_schedule("VE"), {**CFG, "steps": 10}, tmp_path / "d.pt", seed=0, progress=False)
+    cfg = {**CFG, "head_hidden": 8, "steps": 5, "target": "divergence", "ode_num_steps": 3}
+    plain = train_trace(data, den, cfg, tmp_path / "plain.pt", seed=3, progress=False)
+    calib = {"calibration_images": 6, "calibration_bins": 4, "calibration_probes": 1}
+    train_trace(data, den, {**cfg, **calib}, tmp_path / "cal.pt", seed=3, progress=False)
+    loaded = load_trace_model(tmp_path / "cal.pt")
+    meta = load_checkpoint(tmp_path / "cal.pt")
+    assert plain.calibration is None and loaded.calibration is not None
+    assert [r["offset"] for r in meta["meta"]["calibration"]] == loaded.calibration[1].tolist()
+    assert (
+        sum(r["count"] for r in meta["meta"]["calibration"]) == 6 * 4 * 4
+    )  # 1 batch of 6, RK4, 3 steps on a shifted grid
+    x, t = data[:4].float(), torch.tensor([0.002, 0.03, 0.3, 0.9])
+    with torch.no_grad():
+        expected = plain.head(x, t) + offset_at(*loaded.calibration, t).float()
+        torch.testing.assert_close(loaded.head(x, t), expected, rtol=1e-6, atol=1e-6)

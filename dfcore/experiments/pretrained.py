@@ -295,16 +295,18 @@ def _calibrate(
     trace: PositiveTraceModel, images: Tensor, cfg: dict[str, Any], t_min: float, meta: dict[str, Any]
 ) -> pd.DataFrame:
     """Calibrate ``trace`` on the likelihood paths of ``cfg["calibration_images"]`` of the uint8 ``images`` (drawn
-    with the trace seed; :func:`~dfcore.integrations.pretrained_calibration.calibrate_trace_model`), record the
+    with the trace seed, dequantised; :func:`~dfcore.calibration.calibrate_along_paths`), record the
     table and the time under ``meta["calibration"]``, and return the per-bin records."""
-    from dfcore.integrations.pretrained_calibration import calibrate_trace_model
+    from dfcore.calibration import calibrate_along_paths
+    from dfcore.dequantize import dequantize
 
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
     chosen = torch.randperm(len(images), generator=gen)[: int(cfg["calibration_images"])]
-    records = calibrate_trace_model(
+    records = calibrate_along_paths(
         trace,
         images[chosen],
+        prepare=lambda x, gen: dequantize(x, generator=gen),
         t_min=t_min,
         ode_num_steps=int(cfg["ode_num_steps"]),
         num_bins=int(cfg["calibration_bins"]),

@@ -7,6 +7,8 @@ with) and the loss curve.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from dfcore.calibration import calibrate_along_paths
 from dfcore.data.store import dataset_attrs, image_shape, load_dataset, load_mixture
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
@@ -31,6 +34,8 @@ from dfcore.models.networks import (
 from dfcore.paths import PathStates
 from dfcore.schedules import Schedule
 from dfcore.train import OnPathStates, build_denoiser, build_trace_model, sigma_data, train_loop
+
+log = logging.getLogger(__name__)
 
 __all__ = ["train_denoiser", "train_trace", "run_training", "save_trained"]
 
@@ -83,10 +88,12 @@ def _fit(
     time_power: float = 1.0,
     ema_decay: float = 0.0,
     trainee: Any = None,
+    finish: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """Train ``model`` on ``data`` with the section's optimiser keys (``time_power``, ``ema_decay``: see
     :func:`~dfcore.train.train_loop`), then save it with its losses. ``trainee`` is what the loop trains in its
-    place, when ``model`` trains through an adapter (:class:`~dfcore.train.OnPathStates`)."""
+    place, when ``model`` trains through an adapter (:class:`~dfcore.train.OnPathStates`); ``finish()``, when
+    given, runs after training and before saving, and what it returns joins the checkpoint's metadata."""
     losses = train_loop(
         model if trainee is None else trainee,
         data.float(),
@@ -104,7 +111,8 @@ def _fit(
         time_power=time_power,
         ema_decay=ema_decay,
     )
-    save_trained(model, losses, out_path, run.loss_csv, {"seed": run.seed, "config": cfg}, run.dataset)
+    meta = {"seed": run.seed, "config": cfg} | (finish() if finish is not None else {})
+    save_trained(model, losses, out_path, run.loss_csv, meta, run.dataset)
 
 
 def train_denoiser(
@@ -191,8 +199,34 @@ def train_trace(
         time_power=float(cfg["time_power"]),
         ema_decay=float(cfg["ema_decay"]),
         trainee=trainee,
+        finish=(lambda: {"calibration": _calibrate(model, data, cfg, seed)}) if cfg.get("calibration_images") else None,
     )
     return model
+
+
+def _calibrate(model: LearnedTraceModel, data: Tensor, cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Calibrate the trained ``model`` on the likelihood paths of ``cfg["calibration_images"]`` training points
+    drawn with ``seed`` + 1 (:func:`~dfcore.calibration.calibrate_along_paths`); log and return the per-bin table."""
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    chosen = torch.randperm(len(data), generator=gen)[: int(cfg["calibration_images"])]
+    records = calibrate_along_paths(
+        model,
+        data[chosen],
+        t_min=float(cfg["t_min"]),
+        ode_num_steps=int(cfg.get("ode_num_steps", 20)),
+        num_bins=int(cfg["calibration_bins"]),
+        probes=int(cfg["calibration_probes"]),
+        exact_max_dim=int(cfg["divergence_exact_max_dim"]),
+        seed=int(seed) + 1,
+    )
+    log.info(
+        "calibrated on the paths of %d points in %.1f s:\n%s",
+        len(chosen),
+        time.perf_counter() - start,
+        pd.DataFrame(records).to_string(index=False, float_format="%.4g"),
+    )
+    return records
 
 
 def run_training(

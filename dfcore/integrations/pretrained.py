@@ -250,7 +250,7 @@ class PositiveTraceModel(TraceModel):
         self.sigma_data = float(sigma_data)
         self.box_width = box_width
         self.counts = {"evaluations": 0, "lower": 0, "upper": 0}
-        # (log t knots (K,), offsets of h (K,)) from calibrate_trace_model, or None
+        # (log t knots (K,), offsets of h (K,)) from dfcore.calibration.calibrate_along_paths, or None
         self.calibration: tuple[Tensor, Tensor] | None = None
 
     def state(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from dfcore.device import resolve_device
 from dfcore.io import checkpoint_errors, load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
-from dfcore.models.trace_output import check_parameterization, output_loss, output_variance
+from dfcore.models.trace_output import check_parameterization, offset_at, output_loss, output_variance
 from dfcore.schedules import Schedule, get_schedule
 from dfcore.sde import add_noise, batch_time, expand_like
 
@@ -539,17 +539,33 @@ class LearnedTraceModel(TraceModel):
         # the CPU generator of target divergence's probes; the training loop sets its own, so a resumed run
         # draws the same probes
         self.probe_generator: torch.Generator | None = None
+        # (log t knots (K,), offsets of h (K,)) from dfcore.calibration.calibrate_along_paths, or None
+        self.calibration: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def sigma_data(self) -> float:
+        """The data's standard deviation per coordinate that the denoiser's preconditioning uses."""
+        return float(self.denoiser.sigma_data)
+
+    def sigma_tilde(self, t: Tensor) -> Tensor:
+        r""":math:`\tilde\sigma = \sigma_t/\alpha_t`, (B,)."""
+        return self.denoiser.precondition(t).noise
 
     def head(self, x: Tensor, t: Tensor) -> Tensor:
-        """The raw head output G (B,)."""
+        r"""The raw head output h (B,), plus the calibration's offset :math:`\delta(t)` when there is one."""
         t = batch_time(t, x, t.dtype)
         x_in, tm = self.denoiser.network_input(x, t, self.denoiser.precondition(t))
         if self.share_trunk:
             with torch.no_grad():
                 feats = cast(_Trunk, self.denoiser.module).features(x_in, tm)
-            return self.module(feats, tm)
+            return self._calibrated(self.module(feats, tm), t)
         modules = cast(nn.ModuleDict, self.module)
-        return modules["head"](cast(_Trunk, modules["trunk"]).features(x_in, tm), tm)
+        return self._calibrated(modules["head"](cast(_Trunk, modules["trunk"]).features(x_in, tm), tm), t)
+
+    def _calibrated(self, h: Tensor, t: Tensor) -> Tensor:
+        if self.calibration is None:
+            return h
+        return h + offset_at(*self.calibration, t).to(device=h.device, dtype=h.dtype)
 
     def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
         r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64: the learned
@@ -558,8 +574,7 @@ class LearnedTraceModel(TraceModel):
         return self._variance(self.head(x, t), x, t)
 
     def _variance(self, h: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        s = self.denoiser.precondition(t).noise  # sigma~ = sigma / alpha
-        return output_variance(h, s, self.denoiser.sigma_data, x[0].numel(), self.parameterization)
+        return output_variance(h, self.sigma_tilde(t), self.sigma_data, x[0].numel(), self.parameterization)
 
     def eps_and_posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser) -> tuple[Tensor, Tensor]:
         r"""With ``share_trunk`` and ``denoiser`` this model's own, :math:`\varepsilon_\theta` and :math:`V_\theta`
@@ -572,7 +587,7 @@ class LearnedTraceModel(TraceModel):
         x_in, tm = self.denoiser.network_input(x, t, pre)
         with torch.no_grad():
             out, feats = cast(_Trunk, self.denoiser.module).forward_and_features(x_in, tm)
-            h = self.module(feats, tm)
+            h = self._calibrated(self.module(feats, tm), t)
             return self.denoiser.eps_from_raw(x, out, pre), self._variance(h, x, t)
 
     def denoised(self, x: Tensor, t: Tensor) -> Tensor:
@@ -630,6 +645,7 @@ class LearnedTraceModel(TraceModel):
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
             "parameterization": self.parameterization,
             "hparams": self.hparams,
+            "calibration": None if self.calibration is None else [v.tolist() for v in self.calibration],
             "denoiser": self.denoiser.state(),
             "state_dict": self.module.state_dict(),
         }
@@ -674,7 +690,7 @@ def trace_model_from_state(
     if state.get("state_dict") is not None:
         module.load_state_dict(state["state_dict"])
     module.to(resolve_device(device)).eval()
-    return LearnedTraceModel(
+    model = LearnedTraceModel(
         den,
         module,
         state["share_trunk"],
@@ -684,6 +700,10 @@ def trace_model_from_state(
         divergence_exact_max_dim=int(state.get("divergence_exact_max_dim", 16)),
         parameterization=str(state.get("parameterization", "variance")),
     )
+    if state.get("calibration") is not None:
+        knots, offsets = state["calibration"]
+        model.calibration = (torch.tensor(knots, dtype=torch.float64), torch.tensor(offsets, dtype=torch.float64))
+    return model
 
 
 def _model_state(path: str | Path, kind: str, dataset: str | None = None) -> dict[str, Any]:
