@@ -98,6 +98,31 @@ def test_shipped_configs_are_valid(name):
     assert config["seed"] >= 0 and config["results"]
 
 
+@pytest.mark.parametrize(
+    ("files", "section", "dataset", "expected"),
+    [
+        (
+            ["config.yaml", "likelihood_cpu.yaml", "likelihood_dftm.yaml"],
+            "trace_net",
+            "lowrank64",
+            {"share_trunk": True},
+        ),
+        (["config.yaml", "heldout_dftm.yaml"], "trace_net", "digits", {"steps": 4000, "calibration_images": 256}),
+    ],
+)
+def test_overlays_stack_as_snakemake_merges_them_and_stay_valid(files, section, dataset, expected):
+    """An overlay config (--configfile A B) is deep-merged into the ones before it by Snakemake's own
+    update_config; the result validates and reaches the keys the overlay sets."""
+    from snakemake.utils import update_config
+
+    merged: dict[str, Any] = {}
+    for name in files:
+        update_config(merged, load_yaml(REPO / "config" / name))
+    config = validate_config(merged)
+    seen = dataset_section(config[section], dataset)
+    assert {key: seen[key] for key in expected} == expected
+
+
 def test_defaults_are_filled_in_every_section():
     config = validate_config({})
     for path, sub in _walk(SCHEMA):
