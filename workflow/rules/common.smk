@@ -80,14 +80,16 @@ def training_section(name):
     return section
 
 
-def trace_target_section(wildcards):
-    """Param function of train_trace_target: the trace_net section as the job's dataset sees it (as
-    training_section("trace_net")), with ``target`` set to the job's {target}; every other key, the training
-    budget included, is the main trace net's, except that a target that reads x0 trains on noised data
-    (``states: ode`` is for the divergence target)."""
+def trace_section(wildcards):
+    """Param function of train_trace and train_trace_target: the trace_net section as the job's dataset sees it
+    (as training_section("trace_net")), with ``target`` set to the job's {target} (the main net: the section's
+    own); every other key, the training budget included, is the main trace net's, and ``states`` is where the
+    target trains (``training_states``: a target that reads x0 trains on noised data whatever ``states`` says),
+    so toggling ``states`` retrains only the nets it changes."""
     section = dataset_section(config["trace_net"], wildcards.dataset)
-    states = training_states(wildcards.target, section["states"])
-    return canonical_params({**section, "target": wildcards.target, "states": states})
+    target = getattr(wildcards, "target", section["target"])
+    states = training_states(target, section["states"])
+    return canonical_params({**section, "target": target, "states": states})
 
 
 def ot_table3_params():

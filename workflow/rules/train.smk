@@ -44,7 +44,7 @@ rule train_trace:
         mem_mb=4000,
         runtime=60,
     params:
-        trace_net=training_section("trace_net"),
+        trace_net=trace_section,
         seed=config["seed"],
         device=config["device"],
         resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace.pt",
@@ -62,7 +62,7 @@ use rule train_trace as train_trace_target with:
     wildcard_constraints:
         target=TRAINED_TARGETS,
     params:
-        trace_net=trace_target_section,
+        trace_net=trace_section,
         seed=config["seed"],
         device=config["device"],
         resume=f"{RESULTS}/models/resume/{{dataset}}_{{schedule}}_trace_{{target}}.pt",
