@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dfcore.calibration import log_t_bins
 from dfcore.data.store import load_dataset
 from dfcore.io import write_csv
 from dfcore.models.networks import LearnedTraceModel, divergence_target, load_trace_model
@@ -46,11 +47,6 @@ def _variances(model: LearnedTraceModel, x: torch.Tensor, t: torch.Tensor, probe
     return torch.cat(net).double(), torch.cat(target).double()
 
 
-def _bands(t: torch.Tensor, t_min: float, count: int) -> torch.Tensor:
-    edges = torch.linspace(math.log(t_min), 0.0, count + 1, dtype=torch.float64)
-    return torch.bucketize(torch.log(t), edges[1:-1]).clamp(0, count - 1)
-
-
 def _per_image_error(model: LearnedTraceModel, images: torch.Tensor, args: argparse.Namespace) -> pd.DataFrame:
     """Per image and band, the bits/dim that V_theta - V adds along the RK4 path (module docstring)."""
     x, t = likelihood_path_states(model.denoiser, images, t_min=args.t_min, num_steps=args.num_steps, offset=0.0)
@@ -64,7 +60,7 @@ def _per_image_error(model: LearnedTraceModel, images: torch.Tensor, args: argpa
     # dt/ds = L t on the log-time grid
     added = ds * warp.schedule.rate * t * 0.5 * model.schedule.g2(t) * alpha**2 / sigma**4 * (net - exact)
     added = added / (dim * math.log(2))
-    band = _bands(t, args.t_min, args.bands)
+    band = log_t_bins(t, args.t_min, args.bands)[0]
     image = torch.arange(len(images)).repeat(len(t) // len(images))
     frame = pd.DataFrame({"image": image.numpy(), "band": band.numpy(), "bpd_error": added.numpy()})
     return frame.groupby(["image", "band"], as_index=False).bpd_error.sum()
@@ -79,7 +75,9 @@ def _bias(model: LearnedTraceModel, points: torch.Tensor, args: argparse.Namespa
         x, t = likelihood_path_states(model.denoiser, batch, t_min=args.t_min, num_steps=args.num_steps, offset=offset)
         net, target = _variances(model, x, t, args.probes, exact=False)
         scale = x[0].numel() * model.sigma_tilde(t).double() ** 2
-        rows.append(pd.DataFrame({"band": _bands(t, args.t_min, args.bands).numpy(), "bias": ((net - target) / scale)}))
+        rows.append(
+            pd.DataFrame({"band": log_t_bins(t, args.t_min, args.bands)[0].numpy(), "bias": ((net - target) / scale)})
+        )
     return pd.concat(rows).groupby("band", as_index=False).bias.mean()
 
 

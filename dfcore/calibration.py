@@ -30,7 +30,7 @@ from dfcore.models.trace_output import fit_offsets, output_variance
 from dfcore.paths import likelihood_path_states
 from dfcore.schedules import Schedule
 
-__all__ = ["CalibratedTrace", "calibrate_along_paths"]
+__all__ = ["CalibratedTrace", "log_t_bins", "calibrate_along_paths"]
 
 # States per call of the divergence target (each takes d or ``probes`` Jacobian-vector products).
 _CHUNK = 256
@@ -60,6 +60,15 @@ class CalibratedTrace(Protocol):
     def head(self, x: Tensor, t: Tensor) -> Tensor: ...
 
     def sigma_tilde(self, t: Tensor) -> Tensor: ...
+
+
+def log_t_bins(t: Tensor, t_min: float, num_bins: int) -> tuple[Tensor, Tensor]:
+    """The bin of each time ``t`` (int64, like ``t``) among ``num_bins`` bins of equal width in log t over
+    [``t_min``, 1] (times outside go to the nearest end bin), and the bins' centres in log t, (``num_bins``,)
+    float64."""
+    edges = torch.linspace(math.log(t_min), 0.0, num_bins + 1, dtype=torch.float64)
+    bins = torch.bucketize(torch.log(t.to(torch.float64)), edges[1:-1].to(t.device)).clamp(0, num_bins - 1)
+    return bins, (edges[:-1] + edges[1:]) / 2
 
 
 def _path_samples(
@@ -141,12 +150,11 @@ def calibrate_along_paths(
         generator=gen,
     )
     dim = math.prod(points.shape[1:])
-    edges = torch.linspace(math.log(t_min), 0.0, num_bins + 1, dtype=torch.float64)
-    bins = (torch.bucketize(torch.log(t), edges[1:-1])).clamp(0, num_bins - 1)
+    bins, centres = log_t_bins(t, t_min, num_bins)
     s = trace_model.sigma_tilde(t).to(torch.float64).cpu()
     args = (trace_model.sigma_data, dim, trace_model.parameterization)
     offsets = fit_offsets(h, target, s, bins, num_bins, *args)
-    trace_model.calibration = ((edges[:-1] + edges[1:]) / 2, offsets)
+    trace_model.calibration = (centres, offsets)
     bound = dim * s**2
     before = (target - output_variance(h, s, *args)) / bound
     after = (target - output_variance(h + offsets[bins], s, *args)) / bound

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["section_seed", "Stopwatch", "median_seconds"]
+__all__ = ["section_seed", "Stopwatch", "median_seconds", "calibrate_on_subset"]
 
 _T = TypeVar("_T")
 
@@ -66,3 +66,35 @@ def median_seconds(
             out = fn()
         seconds.append(watch.seconds)
     return out, statistics.median(seconds), seconds
+
+
+def calibrate_on_subset(
+    model: Any,
+    points: torch.Tensor,
+    section: Mapping[str, Any],
+    *,
+    t_min: float,
+    seed: int,
+    prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+) -> tuple[list[dict[str, Any]], int, float]:
+    """Calibrate the trace ``model`` (:func:`dfcore.calibration.calibrate_along_paths`) on the likelihood paths of
+    ``section["calibration_images"]`` of ``points``, drawn with ``seed``, with the section's ``calibration_bins``,
+    ``calibration_probes``, ``ode_num_steps`` and ``divergence_exact_max_dim``. Returns the per-bin records, the
+    number of points used and the seconds it took."""
+    from dfcore.calibration import calibrate_along_paths
+
+    start = time.perf_counter()
+    chosen = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))
+    chosen = chosen[: int(section["calibration_images"])]
+    records = calibrate_along_paths(
+        model,
+        points[chosen],
+        t_min=t_min,
+        ode_num_steps=int(section.get("ode_num_steps", 20)),
+        num_bins=int(section["calibration_bins"]),
+        probes=int(section["calibration_probes"]),
+        exact_max_dim=int(section["divergence_exact_max_dim"]),
+        seed=seed,
+        prepare=prepare,
+    )
+    return records, len(chosen), time.perf_counter() - start

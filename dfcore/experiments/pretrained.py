@@ -33,6 +33,7 @@ from torch import Tensor
 from dfcore import distributed
 from dfcore.data.datasets import labelled_digits, split_digits
 from dfcore.dequantize import dequantize_images, image_bits_per_dim
+from dfcore.experiments.common import calibrate_on_subset
 from dfcore.fisher.trace import DFTMTrace, HutchinsonTrace, VJPTrace
 from dfcore.integrations.pretrained import (
     PositiveTraceModel,
@@ -42,6 +43,7 @@ from dfcore.integrations.pretrained import (
 )
 from dfcore.io import write_csv, write_text
 from dfcore.models.base import Denoiser, TraceModel
+from dfcore.models.trace_output import calibration_from_lists, calibration_to_lists
 from dfcore.paths import LogTimeWarp
 from dfcore.schedules import Schedule
 
@@ -295,29 +297,17 @@ def _calibrate(
     trace: PositiveTraceModel, images: Tensor, cfg: dict[str, Any], t_min: float, meta: dict[str, Any]
 ) -> pd.DataFrame:
     """Calibrate ``trace`` on the likelihood paths of ``cfg["calibration_images"]`` of the uint8 ``images`` (drawn
-    with the trace seed, dequantised; :func:`~dfcore.calibration.calibrate_along_paths`), record the
+    with the trace seed, dequantised; :func:`~dfcore.experiments.common.calibrate_on_subset`), record the
     table and the time under ``meta["calibration"]``, and return the per-bin records."""
-    from dfcore.calibration import calibrate_along_paths
     from dfcore.dequantize import dequantize
 
-    start = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
-    chosen = torch.randperm(len(images), generator=gen)[: int(cfg["calibration_images"])]
-    records = calibrate_along_paths(
-        trace,
-        images[chosen],
-        prepare=lambda x, gen: dequantize(x, generator=gen),
-        t_min=t_min,
-        ode_num_steps=int(cfg["ode_num_steps"]),
-        num_bins=int(cfg["calibration_bins"]),
-        probes=int(cfg["calibration_probes"]),
-        exact_max_dim=int(cfg["divergence_exact_max_dim"]),
-        seed=int(cfg["seed"]) + 1,
+    records, count, seconds = calibrate_on_subset(
+        trace, images, cfg, t_min=t_min, seed=int(cfg["seed"]) + 1, prepare=lambda x, gen: dequantize(x, generator=gen)
     )
-    assert trace.calibration is not None
-    knots, offsets = (v.tolist() for v in trace.calibration)
-    meta["calibration"] = {"log_t": knots, "offset": offsets, "images": len(chosen)}
-    meta["calibration"]["seconds"] = time.perf_counter() - start
+    lists = calibration_to_lists(trace.calibration)
+    assert lists is not None
+    knots, offsets = lists
+    meta["calibration"] = {"log_t": knots, "offset": offsets, "images": count, "seconds": seconds}
     return pd.DataFrame(records)
 
 
@@ -356,8 +346,7 @@ def load_trace(trace_dir: str | Path, model: PretrainedModel) -> PositiveTraceMo
     )
     if meta.get("calibration"):
         table = meta["calibration"]
-        knots, offsets = (torch.tensor(table[k], dtype=torch.float64) for k in ("log_t", "offset"))
-        trace.calibration = (knots, offsets)
+        trace.calibration = calibration_from_lists([table["log_t"], table["offset"]])
     return trace
 
 

@@ -8,7 +8,6 @@ with) and the loss curve.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from dfcore.calibration import calibrate_along_paths
 from dfcore.data.store import dataset_attrs, image_shape, load_dataset, load_mixture
 from dfcore.device import resolve_device
-from dfcore.experiments.common import section_seed
+from dfcore.experiments.common import calibrate_on_subset, section_seed
 from dfcore.io import expect_model, save_checkpoint, write_csv
 from dfcore.mixtures import GaussianMixture, Mixture
 from dfcore.models.networks import (
@@ -206,26 +204,11 @@ def train_trace(
 
 def _calibrate(model: LearnedTraceModel, data: Tensor, cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     """Calibrate the trained ``model`` on the likelihood paths of ``cfg["calibration_images"]`` training points
-    drawn with ``seed`` + 1 (:func:`~dfcore.calibration.calibrate_along_paths`); log and return the per-bin table."""
-    start = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(seed) + 1)
-    chosen = torch.randperm(len(data), generator=gen)[: int(cfg["calibration_images"])]
-    records = calibrate_along_paths(
-        model,
-        data[chosen],
-        t_min=float(cfg["t_min"]),
-        ode_num_steps=int(cfg.get("ode_num_steps", 20)),
-        num_bins=int(cfg["calibration_bins"]),
-        probes=int(cfg["calibration_probes"]),
-        exact_max_dim=int(cfg["divergence_exact_max_dim"]),
-        seed=int(seed) + 1,
-    )
-    log.info(
-        "calibrated on the paths of %d points in %.1f s:\n%s",
-        len(chosen),
-        time.perf_counter() - start,
-        pd.DataFrame(records).to_string(index=False, float_format="%.4g"),
-    )
+    drawn with ``seed`` + 1 (:func:`~dfcore.experiments.common.calibrate_on_subset`); log and return the per-bin
+    table."""
+    records, count, seconds = calibrate_on_subset(model, data, cfg, t_min=float(cfg["t_min"]), seed=int(seed) + 1)
+    table = pd.DataFrame(records).to_string(index=False, float_format="%.4g")
+    log.info("calibrated on the paths of %d points in %.1f s:\n%s", count, seconds, table)
     return records
 
 

@@ -41,7 +41,14 @@ from torch import Tensor, nn
 
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.models.networks import divergence_target
-from dfcore.models.trace_output import check_parameterization, offset_at, output_loss, output_variance
+from dfcore.models.trace_output import (
+    Calibration,
+    calibration_to_lists,
+    check_parameterization,
+    output_loss,
+    output_variance,
+    with_offset,
+)
 from dfcore.paths import LogTimeWarp
 from dfcore.schedules import DiscreteSchedule
 from dfcore.sde import batch_time, expand_like, noise_ratio
@@ -250,8 +257,8 @@ class PositiveTraceModel(TraceModel):
         self.sigma_data = float(sigma_data)
         self.box_width = box_width
         self.counts = {"evaluations": 0, "lower": 0, "upper": 0}
-        # (log t knots (K,), offsets of h (K,)) from dfcore.calibration.calibrate_along_paths, or None
-        self.calibration: tuple[Tensor, Tensor] | None = None
+        # from dfcore.calibration.calibrate_along_paths, or None
+        self.calibration: Calibration | None = None
 
     def state(self) -> dict[str, Any]:
         """What rebuilds the model around a module of the same architecture: the module's weights,
@@ -268,7 +275,7 @@ class PositiveTraceModel(TraceModel):
             "likelihood_weight": self.likelihood_weight,
             "parameterization": self.parameterization,
             "denoiser_input": self.denoiser_input,
-            "calibration": None if self.calibration is None else [v.tolist() for v in self.calibration],
+            "calibration": calibration_to_lists(self.calibration),
         }
 
     def sigma_tilde(self, t: Tensor) -> Tensor:
@@ -290,10 +297,7 @@ class PositiveTraceModel(TraceModel):
             inputs = torch.cat([inputs, ybar.reshape(x.shape).to(inputs.dtype) / self.sigma_data], dim=1)
         out = self.module(inputs.to(param.dtype), (1000.0 * t).to(param.dtype))
         out = out if isinstance(out, Tensor) else out.sample
-        h = out.flatten(1).mean(1)
-        if self.calibration is not None:
-            h = h + offset_at(*self.calibration, t).to(device=h.device, dtype=h.dtype)
-        return h
+        return with_offset(out.flatten(1).mean(1), self.calibration, t)
 
     def posterior_variance(
         self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None, ybar: Tensor | None = None

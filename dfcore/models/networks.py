@@ -43,7 +43,15 @@ from dfcore.device import resolve_device
 from dfcore.io import checkpoint_errors, load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
-from dfcore.models.trace_output import check_parameterization, offset_at, output_loss, output_variance
+from dfcore.models.trace_output import (
+    Calibration,
+    calibration_from_lists,
+    calibration_to_lists,
+    check_parameterization,
+    output_loss,
+    output_variance,
+    with_offset,
+)
 from dfcore.schedules import Schedule, get_schedule
 from dfcore.sde import add_noise, batch_time, expand_like
 
@@ -539,8 +547,8 @@ class LearnedTraceModel(TraceModel):
         # the CPU generator of target divergence's probes; the training loop sets its own, so a resumed run
         # draws the same probes
         self.probe_generator: torch.Generator | None = None
-        # (log t knots (K,), offsets of h (K,)) from dfcore.calibration.calibrate_along_paths, or None
-        self.calibration: tuple[Tensor, Tensor] | None = None
+        # from dfcore.calibration.calibrate_along_paths, or None
+        self.calibration: Calibration | None = None
 
     @property
     def sigma_data(self) -> float:
@@ -558,14 +566,9 @@ class LearnedTraceModel(TraceModel):
         if self.share_trunk:
             with torch.no_grad():
                 feats = cast(_Trunk, self.denoiser.module).features(x_in, tm)
-            return self._calibrated(self.module(feats, tm), t)
+            return with_offset(self.module(feats, tm), self.calibration, t)
         modules = cast(nn.ModuleDict, self.module)
-        return self._calibrated(modules["head"](cast(_Trunk, modules["trunk"]).features(x_in, tm), tm), t)
-
-    def _calibrated(self, h: Tensor, t: Tensor) -> Tensor:
-        if self.calibration is None:
-            return h
-        return h + offset_at(*self.calibration, t).to(device=h.device, dtype=h.dtype)
+        return with_offset(modules["head"](cast(_Trunk, modules["trunk"]).features(x_in, tm), tm), self.calibration, t)
 
     def posterior_variance(self, x: Tensor, t: Tensor, denoiser: Denoiser | None = None) -> Tensor:
         r""":math:`V_\theta(x, t) \approx \operatorname{tr}\mathrm{Cov}[x_0 | x_t]`, shape (B,), float64: the learned
@@ -587,7 +590,7 @@ class LearnedTraceModel(TraceModel):
         x_in, tm = self.denoiser.network_input(x, t, pre)
         with torch.no_grad():
             out, feats = cast(_Trunk, self.denoiser.module).forward_and_features(x_in, tm)
-            h = self._calibrated(self.module(feats, tm), t)
+            h = with_offset(self.module(feats, tm), self.calibration, t)
             return self.denoiser.eps_from_raw(x, out, pre), self._variance(h, x, t)
 
     def denoised(self, x: Tensor, t: Tensor) -> Tensor:
@@ -645,7 +648,7 @@ class LearnedTraceModel(TraceModel):
             "divergence_exact_max_dim": self.divergence_exact_max_dim,
             "parameterization": self.parameterization,
             "hparams": self.hparams,
-            "calibration": None if self.calibration is None else [v.tolist() for v in self.calibration],
+            "calibration": calibration_to_lists(self.calibration),
             "denoiser": self.denoiser.state(),
             "state_dict": self.module.state_dict(),
         }
@@ -700,9 +703,7 @@ def trace_model_from_state(
         divergence_exact_max_dim=int(state.get("divergence_exact_max_dim", 16)),
         parameterization=str(state.get("parameterization", "variance")),
     )
-    if state.get("calibration") is not None:
-        knots, offsets = state["calibration"]
-        model.calibration = (torch.tensor(knots, dtype=torch.float64), torch.tensor(offsets, dtype=torch.float64))
+    model.calibration = calibration_from_lists(state.get("calibration"))
     return model
 
 

@@ -44,7 +44,14 @@ __all__ = [
     "output_loss",
     "fit_offsets",
     "offset_at",
+    "Calibration",
+    "with_offset",
+    "calibration_to_lists",
+    "calibration_from_lists",
 ]
+
+# A calibration of a trace net's raw output: (log t knots (K,), offsets (K,)), both float64.
+Calibration = tuple[Tensor, Tensor]
 
 # The parameterisations of a trace net's output by name (module docstring).
 TRACE_PARAMETERIZATIONS = ("variance", "fisher")
@@ -162,3 +169,24 @@ def offset_at(log_t_knots: Tensor, offsets: Tensor, t: Tensor) -> Tensor:
     left = right - 1
     w = (x - knots[left]) / (knots[right] - knots[left])
     return values[left] + w * (values[right] - values[left])
+
+
+def with_offset(h: Tensor, calibration: Calibration | None, t: Tensor) -> Tensor:
+    r"""The raw output ``h`` (B,) plus the calibration's :math:`\delta(t)` (:func:`offset_at`); ``h`` itself when
+    ``calibration`` is None."""
+    if calibration is None:
+        return h
+    return h + offset_at(*calibration, t).to(device=h.device, dtype=h.dtype)
+
+
+def calibration_to_lists(calibration: Calibration | None) -> list[list[float]] | None:
+    """``calibration`` as plain lists [knots, offsets], for checkpoints loaded with ``weights_only``."""
+    return None if calibration is None else [v.tolist() for v in calibration]
+
+
+def calibration_from_lists(value: list[list[float]] | None) -> Calibration | None:
+    """The inverse of :func:`calibration_to_lists`."""
+    if value is None:
+        return None
+    knots, offsets = value
+    return torch.tensor(knots, dtype=torch.float64), torch.tensor(offsets, dtype=torch.float64)
