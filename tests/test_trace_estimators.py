@@ -309,3 +309,36 @@ def test_dftm_with_a_shared_trunk_takes_eps_and_the_trace_from_one_pass(arch):
             passes.clear()
             TraceModel.eps_and_posterior_variance(model, x, t, den)
             assert (fused, len(passes)) == (1, 2)
+
+
+@pytest.mark.parametrize("count", [1, 5])
+@pytest.mark.parametrize("batched", [True, False])
+def test_jacobian_quadratic_forms_match_explicit_jacobians(monkeypatch, count, batched):
+    """The (K, B) forms <v_k, v_k^T J> of a per-sample nonlinear map equal those of its Jacobian from
+    torch.autograd.functional.jacobian, for one cotangent, for chunks of two, and through the one-by-one
+    fallback taken when the batched backward fails (forced here)."""
+    from dfcore.fisher.common import output_and_jacobian_quadratic_forms
+
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+
+    def fn(x):
+        return torch.tanh(x @ w) * x
+
+    x = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    vectors = torch.randn(count, 3, 5, generator=gen, dtype=torch.float64)
+    if not batched:
+        grad = torch.autograd.grad
+
+        def unbatched(*args, is_grads_batched=False, **kwargs):
+            if is_grads_batched:
+                raise RuntimeError("no batching rule")
+            return grad(*args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", unbatched)
+    out, forms = output_and_jacobian_quadratic_forms(fn, x, vectors, chunk_size=2)
+    torch.testing.assert_close(out, fn(x), rtol=0, atol=0)
+    for b in range(3):
+        jac = torch.autograd.functional.jacobian(lambda y: fn(y[None])[0], x[b])
+        want = torch.einsum("ki,ij,kj->k", vectors[:, b], jac, vectors[:, b])
+        torch.testing.assert_close(forms[:, b], want, rtol=1e-12, atol=1e-12)
