@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dfcore.config import dataset_section, load_config
+from dfcore.config import dataset_section, load_config, target_section
 
 __all__ = ["STAGES", "Stage", "main"]
 
@@ -98,10 +98,14 @@ def _train_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.configfile)
     section = dataset_section(cfg["denoiser" if args.kind == "denoiser" else "trace_net"], args.dataset)
-    if args.kind == "trace" and (args.target or args.steps):
-        from dfcore.experiments.trace_budget import budget_section
+    if args.kind == "trace":  # as rules train_trace, train_trace_target and train_trace_budget see it
+        target = args.target or section["target"]
+        if args.steps:
+            from dfcore.experiments.trace_budget import budget_section
 
-        section = budget_section(section, args.target or section["target"], args.steps or section["steps"])
+            section = budget_section(section, target, args.steps)
+        else:
+            section = target_section(section, target)
     schedule = get_schedule(args.schedule, **cfg["schedules"].get(args.schedule, {}))
     run_training(
         args.kind,

@@ -29,6 +29,7 @@ __all__ = [
     "full_schema",
     "load_config",
     "dataset_section",
+    "target_section",
     "schema_markdown",
     "config_readme",
     "SCHEMA_PATH",
@@ -245,13 +246,17 @@ def full_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """The schema of ``schema_path`` with the objects whose keys are those of another section filled in.
 
     ``denoiser.overrides.<dataset>`` and ``trace_net.overrides.<dataset>`` allow the keys of their section
-    (less ``overrides``) with the same types and ranges, and ``trace_net.backbone`` the keys of
+    (less ``overrides``) with the same types and ranges, ``trace_net.targets.<target>`` those of ``trace_net``
+    less ``target``, ``overrides`` and ``targets``, and ``trace_net.backbone`` the keys of
     ``denoiser.mlp`` and ``denoiser.unet``; none of them has defaults, so an override sets only what it names.
     """
     from dfcore.registries import fill_registry_enums
 
     schema = fill_registry_enums(load_yaml(schema_path))  # x-registry: the names of a dfcore registry
     sections = schema["properties"]
+    trace_net = sections["trace_net"]["properties"]
+    per_target = {key: sub for key, sub in trace_net.items() if key not in ("overrides", "targets", "target")}
+    trace_net["targets"]["additionalProperties"] = _keys_schema(per_target, "keys of 'trace_net' for one target")
     for name in OVERRIDDEN_SECTIONS:
         props = sections[name]["properties"]
         own = {key: sub for key, sub in props.items() if key != "overrides"}
@@ -748,6 +753,17 @@ def dataset_section(section: dict[str, Any], dataset: str) -> dict[str, Any]:
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def target_section(section: dict[str, Any], target: str) -> dict[str, Any]:
+    """A ``trace_net`` section as the nets of regression target ``target`` see it: ``section`` (as a data set
+    sees it, :func:`dataset_section`) with ``targets[target]`` merged in, ``targets`` itself left out and
+    ``target`` set. Like :func:`dataset_section` it imports no torch, so a key of another target's entry retrains
+    nothing here."""
+    merged = copy.deepcopy({k: v for k, v in section.items() if k != "targets"})
+    merged.update(copy.deepcopy((section.get("targets") or {}).get(target, {})))
+    merged["target"] = target
     return merged
 
 

@@ -147,6 +147,12 @@ UPSTREAM_PARAM_CHANGES = {
     # states: ode changes only the nets whose target reads no x0 (divergence); the test config has none, so no
     # net retrains, and only the summary (which records the config) reruns
     "trace_net.states": (("trace_net", "states"), "ode", {"summary": 1}),
+    # one target's own settings: only the nets of that target (Table 2's residual net) and their users
+    "trace_net.targets": (
+        ("trace_net", "targets"),
+        {"residual": {"steps": 7}},
+        {"train_trace_target": 1, "trace_error": 1, "summary": 1},
+    ),
     # another main target: the main net retrains (nll dftm uses it) and Table 2 now needs a dataset_posterior net;
     # the residual net it had is no longer an input; the likelihood stage's nets take their target from their job
     "trace_net.target": (

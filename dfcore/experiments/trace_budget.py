@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from dfcore.config import target_section
 from dfcore.data.store import load_dataset, load_mixture, store_dim
 from dfcore.device import resolve_device
 from dfcore.experiments.common import section_seed
@@ -37,12 +38,13 @@ def budget_steps(steps: int, budget: float) -> int:
 
 
 def budget_section(section: Mapping[str, Any], target: str, steps: int) -> dict[str, Any]:
-    """The ``trace_net`` section of one network of the study: ``target`` and ``steps`` replaced, and
-    ``warmup_steps`` scaled by the same factor as the steps (so the warm-up stays the same fraction of the
-    run, and the section at ``steps`` = ``section["steps"]`` is ``section`` with ``target``), every other key
-    as given."""
+    """The ``trace_net`` section of one network of the study, from ``section`` as its data set sees it: the
+    nets of ``target`` (:func:`dfcore.config.target_section`: its ``targets`` entry merged in) at ``steps``,
+    with ``warmup_steps`` scaled by the same factor as the steps against the data set's own ``steps`` (so the
+    warm-up stays the same fraction of the run; the budgets are multiples of the data set's steps, so a
+    ``targets`` entry's ``steps`` and ``warmup_steps`` do not apply here), every other key as given."""
     warmup = round(int(section["warmup_steps"]) * int(steps) / int(section["steps"]))
-    return {**section, "target": target, "steps": int(steps), "warmup_steps": warmup}
+    return {**target_section(dict(section), target), "steps": int(steps), "warmup_steps": warmup}
 
 
 def budget_runs(study: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:

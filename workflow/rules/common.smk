@@ -9,6 +9,7 @@ from dfcore.config import (
     canonical_params,
     dataset_section,
     load_yaml,
+    target_section,
     validate_config,
 )
 from dfcore.experiments.likelihood_methods import OWN_METHODS
@@ -82,14 +83,14 @@ def training_section(name):
 
 def trace_section(wildcards):
     """Param function of train_trace and train_trace_target: the trace_net section as the job's dataset sees it
-    (as training_section("trace_net")), with ``target`` set to the job's {target} (the main net: the section's
-    own); every other key, the training budget included, is the main trace net's, and ``states`` is where the
-    target trains (``training_states``: a target that reads x0 trains on noised data whatever ``states`` says),
-    so toggling ``states`` retrains only the nets it changes."""
+    (as training_section("trace_net")) and as the nets of the job's {target} see it (the main net: the section's
+    own target; target_section merges trace_net.targets[target]); ``states`` is where the target trains
+    (``training_states``: a target that reads x0 trains on noised data whatever ``states`` says), so toggling
+    ``states``, or another target's entry, retrains only the nets it changes."""
     section = dataset_section(config["trace_net"], wildcards.dataset)
     target = getattr(wildcards, "target", section["target"])
-    states = training_states(target, section["states"])
-    return canonical_params({**section, "target": target, "states": states})
+    section = target_section(section, target)
+    return canonical_params({**section, "states": training_states(target, section["states"])})
 
 
 def ot_table3_params():
@@ -196,9 +197,10 @@ TRACE_ESTIMATOR_NAMES = wildcard_pattern("trace_estimators")
 
 
 def likelihood_trace_section(wildcards):
-    """Param function of likelihood_trace: the trace_net section as the dataset sees it, without 'target' (the
-    job's target is its wildcard, so trace_net.target retrains nothing here)."""
-    return without(dataset_section(config["trace_net"], wildcards.dataset), "target")
+    """Param function of likelihood_trace: the trace_net section as the dataset and the job's {target} see it,
+    without 'target' (the job's target is its wildcard, so trace_net.target retrains nothing here)."""
+    section = dataset_section(config["trace_net"], wildcards.dataset)
+    return without(target_section(section, wildcards.target), "target")
 
 
 # Input functions of the rules files.
@@ -301,12 +303,10 @@ def trace_budget_nets():
 
 
 def trace_budget_section(wildcards):
-    """Param function of train_trace_budget: the trace_net section as the job's dataset sees it, with the job's
-    {target} and {steps} (warmup_steps scaled by the same factor as the steps)."""
+    """Param function of train_trace_budget: the trace_net section as the job's dataset and {target} see it,
+    with the job's {steps} (budget_section)."""
     section = dataset_section(config["trace_net"], wildcards.dataset)
-    return canonical_params(
-        budget_section(section, wildcards.target, int(wildcards.steps))
-    )
+    return canonical_params(budget_section(section, wildcards.target, int(wildcards.steps)))
 
 
 def trace_budget_error_params():
