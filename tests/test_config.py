@@ -107,7 +107,24 @@ def test_shipped_configs_are_valid(name):
             "lowrank64",
             {"share_trunk": True},
         ),
-        (["config.yaml", "heldout_dftm.yaml"], "trace_net", "digits", {"steps": 4000, "calibration_images": 256}),
+        (["config.yaml", "likelihood_cpu.yaml"], "likelihood", "lowrank64", {"step_control": "all"}),
+        (
+            ["config.yaml", "test.yaml"],
+            "trace_net",
+            "digits",
+            {
+                "steps": 5,
+                "share_trunk": True,
+                "targets": {
+                    "divergence": {
+                        "states": "ode",
+                        "steps": 4000,
+                        "parameterization": "fisher",
+                        "calibration_images": 256,
+                    }
+                },
+            },
+        ),
     ],
 )
 def test_overlays_stack_as_snakemake_merges_them_and_stay_valid(files, section, dataset, expected):
@@ -627,6 +644,45 @@ def test_the_overrides_and_backbone_accept_the_keys_they_override():
     assert config["denoiser"]["overrides"]["gmm"] == {"mlp": {"hidden": 8}}
     assert config["trace_net"]["backbone"] == {"hidden": 512, "layers": 2}
     assert dataset_section(config["denoiser"], "gmm")["mlp"] == {**config["denoiser"]["mlp"], "hidden": 8}
+
+
+def test_a_targets_entry_sets_the_keys_of_its_targets_nets_only():
+    """trace_net.targets.<target> accepts the section's keys (no defaults filled in under it); target_section
+    merges it after the data set's overrides, and a data set's own targets entry replaces the base one."""
+    from dfcore.config import target_section
+
+    config = validate_config(
+        {
+            "trace_net": {
+                "steps": 100,
+                "targets": {"divergence": {"steps": 400, "calibration_images": 8}, "residual": {"lr": 0.01}},
+                "overrides": {"digits": {"steps": 50, "targets": {"residual": {"steps": 60}}}},
+            }
+        }
+    )
+    assert config["trace_net"]["targets"]["divergence"] == {"steps": 400, "calibration_images": 8}
+    section = dataset_section(config["trace_net"], "digits")
+    divergence = target_section(section, "divergence")
+    assert (divergence["target"], divergence["steps"], divergence["calibration_images"]) == ("divergence", 400, 8)
+    assert "targets" not in divergence
+    residual = target_section(section, "residual")
+    assert (residual["steps"], residual["lr"]) == (60, section["lr"])  # the data set's entry replaced the base one
+    plain = target_section(section, "sq_norm")
+    assert plain == {**{k: v for k, v in section.items() if k != "targets"}, "target": "sq_norm"}
+
+
+@pytest.mark.parametrize(
+    "targets, key, fragment",
+    [
+        ({"ghost": {"steps": 3}}, "trace_net.targets", "ghost"),
+        ({"divergence": {"stepz": 3}}, "trace_net.targets.divergence", "stepz"),
+        ({"divergence": {"steps": 0}}, "trace_net.targets.divergence.steps", "minimum"),
+        ({"divergence": {"target": "residual"}}, "trace_net.targets.divergence", "target"),
+    ],
+)
+def test_a_bad_targets_entry_names_its_key(targets, key, fragment):
+    message = _one_line_error({"trace_net": {"targets": targets}})
+    assert key in message and fragment in message, message
 
 
 # --------------------------------------------------------------------------------------------- #
