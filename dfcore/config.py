@@ -422,12 +422,27 @@ def _check_training(config: dict[str, Any]) -> None:
                 key = "trace_net.backbone"
             if key:
                 _fail(key, f"is read only with share_trunk false, and the trace net of {name!r} shares the trunk")
+        _check_target_backbones(config["trace_net"], name)
         image = spec["kind"] in IMAGE_KINDS
         if merged["arch"] == "unet" and not image:
             _fail(where, f"unet needs an image data set, and {name!r} is of kind {spec['kind']!r}")
         if image and merged["arch"] != "mlp":
             unet = merged["unet"]
             _check_groups("denoiser.unet.norm_num_groups", unet["norm_num_groups"], unet["block_out_channels"])
+
+
+def _check_target_backbones(trace_net: dict[str, Any], name: str) -> None:
+    """A ``targets`` entry's ``backbone`` is read only when the nets of that target on data set ``name`` have
+    their own backbone (share_trunk false)."""
+    section = dataset_section(trace_net, name)
+    own = (trace_net.get("overrides") or {}).get(name, {}).get("targets") or {}
+    for target, entry in (section.get("targets") or {}).items():
+        if entry.get("backbone") and target_section(section, target)["share_trunk"]:
+            where = f"trace_net.overrides.{name}.targets" if target in own else "trace_net.targets"
+            _fail(
+                f"{where}.{target}.backbone",
+                f"is read only with share_trunk false, and the {target} nets of {name!r} share the trunk",
+            )
 
 
 def _check_references(config: dict[str, Any]) -> None:

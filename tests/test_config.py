@@ -369,6 +369,18 @@ BAD_CONFIGS = [
         "number",
     ),
     (
+        "target-backbone-with-shared-trunk",
+        {"trace_net": {"targets": {"divergence": {"backbone": {"hidden": 64}}}}},
+        "trace_net.targets.divergence.backbone",
+        "share the trunk",
+    ),
+    (
+        "dataset-target-backbone-with-shared-trunk",
+        {"trace_net": {"overrides": {"digits": {"targets": {"residual": {"backbone": {"layers": 2}}}}}}},
+        "trace_net.overrides.digits.targets.residual.backbone",
+        "share the trunk",
+    ),
+    (
         "trace-override-typo",
         {"trace_net": {"overrides": {"digits": {"batchsize": 16}}}},
         "trace_net.overrides.digits",
