@@ -64,7 +64,7 @@ def vjp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
 
 
 def _cotangent_rows(out: Tensor, leaf: Tensor, vectors: Tensor, chunk_size: int | None) -> Tensor:
-    """:math:`v_k^\top J` for the cotangents ``vectors`` (K, *out.shape), one backward pass of the graph from
+    r""":math:`v_k^\top J` for the cotangents ``vectors`` (K, *out.shape), one backward pass of the graph from
     ``leaf`` to ``out`` per chunk of ``chunk_size`` cotangents (vectorised by ``is_grads_batched``; one by one for
     an operation without a batching rule)."""
     count = vectors.shape[0]
