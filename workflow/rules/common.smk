@@ -90,7 +90,9 @@ def trace_section(wildcards):
     section = dataset_section(config["trace_net"], wildcards.dataset)
     target = getattr(wildcards, "target", section["target"])
     section = target_section(section, target)
-    return canonical_params({**section, "states": training_states(target, section["states"])})
+    return canonical_params(
+        {**section, "states": training_states(target, section["states"])}
+    )
 
 
 def ot_table3_params():
@@ -198,7 +200,8 @@ TRACE_ESTIMATOR_NAMES = wildcard_pattern("trace_estimators")
 
 def likelihood_trace_section(wildcards):
     """Param function of likelihood_trace: the trace_net section as the dataset and the job's {target} see it,
-    without 'target' (the job's target is its wildcard, so trace_net.target retrains nothing here)."""
+    without 'target' (the job's target is its wildcard, so trace_net.target retrains nothing here).
+    """
     section = dataset_section(config["trace_net"], wildcards.dataset)
     return without(target_section(section, wildcards.target), "target")
 
@@ -306,7 +309,9 @@ def trace_budget_section(wildcards):
     """Param function of train_trace_budget: the trace_net section as the job's dataset and {target} see it,
     with the job's {steps} (budget_section)."""
     section = dataset_section(config["trace_net"], wildcards.dataset)
-    return canonical_params(budget_section(section, wildcards.target, int(wildcards.steps)))
+    return canonical_params(
+        budget_section(section, wildcards.target, int(wildcards.steps))
+    )
 
 
 def trace_budget_error_params():
