@@ -23,51 +23,50 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import xarray as xr
 
 from dfcore.config import load_config
-from dfcore.data.store import load_dataset, load_mixture
+from dfcore.data.store import load_mixture
 from dfcore.experiments.common import section_seed
-from dfcore.experiments.trace_error import PAPER_TABLE2, dftm_label, trace_errors
+from dfcore.experiments.trace_error import PAPER_TABLE2, dftm_label, section_trace_errors
 from dfcore.io import write_csv, write_text
+from dfcore.mixtures import Mixture
 from dfcore.models.base import TraceModel
 from dfcore.models.networks import load_denoiser, load_trace_model
+from dfcore.schedules import Schedule
 from dfcore.trace_limits import TARGET_OPTIMA, TargetOptimum
 
 
-def _rows(args: argparse.Namespace) -> pd.DataFrame:
-    """Table 2's rows and the optima's, long format (estimator, t, rel_error)."""
-    cfg = load_config(args.config)
+def _optima(mixture: Mixture, schedule: Schedule) -> dict[str, TraceModel]:
+    """The rows ``optimum_<target>`` of every target with a closed-form optimum."""
+    return {f"optimum_{target}": TargetOptimum(target, mixture, schedule) for target in TARGET_OPTIMA}
+
+
+def _frame(ds: xr.Dataset) -> pd.DataFrame:
+    return ds["rel_error"].to_dataframe().reset_index()[["estimator", "t", "rel_error"]]
+
+
+def _rows(cfg: dict[str, Any], results: Path) -> pd.DataFrame:
+    """Table 2's rows and the optima's, long format (estimator, t, rel_error), with the paper's DF-TM row and the
+    bar of twice it."""
     te = cfg["trace_error"]
-    root = Path(args.results)
-    stem = root / "models" / f"{te['dataset']}_{te['schedule']}_trace"
-    data_path = root / "data" / f"{te['dataset']}.zarr"
+    stem = results / "models" / f"{te['dataset']}_{te['schedule']}_trace"
+    data_path = results / "data" / f"{te['dataset']}.zarr"
     main = load_trace_model(f"{stem}.pt")
     denoiser, mixture = main.denoiser, load_mixture(data_path)
-    extra: dict[str, TraceModel] = {}
-    for target in te["trace_targets"]:
-        if target != main.target:
-            extra[dftm_label(target)] = load_trace_model(f"{stem}_{target}.pt")
-    for target in TARGET_OPTIMA:
-        extra[f"optimum_{target}"] = TargetOptimum(target, mixture, denoiser.schedule)
-    ds = trace_errors(
-        load_dataset(data_path),
-        denoiser.schedule,
-        denoiser,
-        main,
-        times=te["times"],
-        t_zero=float(te["t_zero"]),
-        methods=te["methods"],
-        num_points=int(te["num_points"]),
-        num_probes=int(te["num_probes"]),
-        seed=section_seed(cfg["seed"], te),
-        mixture=mixture,
-        extra_trace_models=extra,
-    )
-    frame = ds["rel_error"].to_dataframe().reset_index()[["estimator", "t", "rel_error"]]
-    labels = {"dftm": f"dftm_{main.target}"}
-    frame["estimator"] = frame["estimator"].map(lambda name: labels.get(name, name))
+    extra: dict[str, TraceModel] = {
+        dftm_label(target): load_trace_model(f"{stem}_{target}.pt")
+        for target in te["trace_targets"]
+        if target != main.target
+    }
+    extra.update(_optima(mixture, denoiser.schedule))
+    seed = section_seed(cfg["seed"], te)
+    ds = section_trace_errors(te, data_path, denoiser, main, seed=seed, extra_trace_models=extra, mixture=mixture)
+    frame = _frame(ds)
+    frame["estimator"] = frame["estimator"].replace({"dftm": f"dftm_{main.target}"})
     paper = PAPER_TABLE2["DF-TM"]
     times = sorted(frame["t"].unique(), reverse=True)
     for name, factor in (("paper_dftm", 1.0), ("bar_2x_paper_dftm", 2.0)):
@@ -77,32 +76,23 @@ def _rows(args: argparse.Namespace) -> pd.DataFrame:
     return frame
 
 
-def _denoiser_rows(args: argparse.Namespace, path: str, trace: bool) -> pd.DataFrame:
+def _denoiser_rows(cfg: dict[str, Any], results: Path, path: str, trace: bool) -> pd.DataFrame:
     """For another denoiser of the same data set and schedule (``path``; with ``trace``, a trace net's checkpoint,
     whose own denoiser is used and whose DF-TM row is added): its VJP and Hutchinson rows and the optima's rows
     (long format), on Table 2's test points, each estimator named ``<file stem>:<estimator>``."""
-    cfg = load_config(args.config)
     te = cfg["trace_error"]
-    data_path = Path(args.results) / "data" / f"{te['dataset']}.zarr"
+    data_path = results / "data" / f"{te['dataset']}.zarr"
     net = load_trace_model(path) if trace else None
     denoiser = net.denoiser if net is not None else load_denoiser(path)
     mixture = load_mixture(data_path)
-    ds = trace_errors(
-        load_dataset(data_path),
-        denoiser.schedule,
-        denoiser,
-        net,
-        times=te["times"],
-        t_zero=float(te["t_zero"]),
-        # without a net no dftm row; Hutchinson's draws keep Table 2's test points
-        methods=[m for m in te["methods"] if trace or m != "dftm"],
-        num_points=int(te["num_points"]),
-        num_probes=int(te["num_probes"]),
-        seed=section_seed(cfg["seed"], te),
-        mixture=mixture,
-        extra_trace_models={f"optimum_{t}": TargetOptimum(t, mixture, denoiser.schedule) for t in TARGET_OPTIMA},
+    # without a net no dftm row; Hutchinson's draws keep Table 2's test points
+    methods = [m for m in te["methods"] if trace or m != "dftm"]
+    seed = section_seed(cfg["seed"], te)
+    extra = _optima(mixture, denoiser.schedule)
+    ds = section_trace_errors(
+        te, data_path, denoiser, net, seed=seed, extra_trace_models=extra, methods=methods, mixture=mixture
     )
-    frame = ds["rel_error"].to_dataframe().reset_index()[["estimator", "t", "rel_error"]]
+    frame = _frame(ds)
     frame["estimator"] = Path(path).stem + ":" + frame["estimator"]
     return frame
 
@@ -122,8 +112,9 @@ def main() -> None:
         help="further trace-net checkpoints: as --denoisers, with their DF-TM row",
     )
     args = parser.parse_args()
+    cfg, results = load_config(args.config), Path(args.results)
     others = [(path, False) for path in args.denoisers] + [(path, True) for path in args.trace_nets]
-    frame = pd.concat([_rows(args), *(_denoiser_rows(args, path, trace) for path, trace in others)])
+    frame = pd.concat([_rows(cfg, results), *(_denoiser_rows(cfg, results, path, trace) for path, trace in others)])
     out = Path(args.out or Path(args.results) / "benchmarks")
     write_csv(frame, out / "trace_target_limits.csv")
     table = frame.pivot(index="estimator", columns="t", values="rel_error")

@@ -52,6 +52,7 @@ __all__ = [
     "dftm_label",
     "markdown_table",
     "write_trace_error",
+    "section_trace_errors",
     "run_trace_error",
     "PAPER_TABLE2",
 ]
@@ -219,6 +220,37 @@ def write_trace_error(
     write_zarr(ds, zarr, attrs=provenance(config, seed, title=title))
 
 
+def section_trace_errors(
+    section: Mapping[str, Any],
+    data_path: str | Path,
+    denoiser: Denoiser,
+    trace_model: TraceModel | None,
+    *,
+    seed: int,
+    extra_trace_models: Mapping[str, TraceModel] | None = None,
+    methods: Sequence[str] | None = None,
+    mixture: Mixture | None = None,
+) -> xr.Dataset:
+    """:func:`trace_errors` on the store ``data_path`` with the settings of a ``trace_error`` section (its times,
+    ``t_zero``, ``methods`` unless ``methods`` is given, ``num_points`` and ``num_probes``), the job's ``seed``
+    (the section's offset already added) and the store's exact distribution as the truth (``mixture``, default
+    :func:`~dfcore.data.store.load_mixture` of the store): so every caller evaluates Table 2's test points."""
+    return trace_errors(
+        load_dataset(data_path),
+        denoiser.schedule,
+        denoiser,
+        trace_model,
+        times=section["times"],
+        t_zero=float(section["t_zero"]),
+        methods=section["methods"] if methods is None else methods,
+        num_points=int(section["num_points"]),
+        num_probes=int(section["num_probes"]),
+        seed=seed,
+        mixture=load_mixture(data_path) if mixture is None else mixture,
+        extra_trace_models=extra_trace_models,
+    )
+
+
 def run_trace_error(
     section: dict[str, Any],
     data_path: str | Path,
@@ -254,20 +286,7 @@ def run_trace_error(
             raise ValueError(f"{path}: its trace network was trained on another denoiser than {trace_path}'s")
         extra[label] = model
     seed = section_seed(seed, cfg)
-    ds = trace_errors(
-        load_dataset(data_path),
-        denoiser.schedule,
-        denoiser,
-        trace_model,
-        times=cfg["times"],
-        t_zero=float(cfg["t_zero"]),
-        methods=cfg["methods"],
-        num_points=int(cfg["num_points"]),
-        num_probes=int(cfg["num_probes"]),
-        seed=seed,
-        mixture=load_mixture(data_path),
-        extra_trace_models=extra,
-    )
+    ds = section_trace_errors(cfg, data_path, denoiser, trace_model, seed=seed, extra_trace_models=extra)
     heading = heading or f"Relative trace error, {cfg['dataset']}"
     title = f"{heading} / {denoiser.schedule.name}"
     write_trace_error(

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.device import resolve_device
+from dfcore.fisher.common import vjp
 from dfcore.io import checkpoint_errors, load_checkpoint
 from dfcore.mixtures import DiracMixture, Mixture
 from dfcore.models.base import Denoiser, TraceModel
@@ -419,9 +420,7 @@ def _jacobian_products(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, 
                 return torch.func.jvp(fn, (x,), (v,))[1]  # (value, J v)
         except NotImplementedError:
             pass
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        return torch.autograd.grad(fn(leaf), leaf, v)[0].detach()
+    return vjp(fn, x, v).detach()
 
 
 def divergence_target(
