@@ -33,8 +33,8 @@ def _mlp_state(schedule="VE", prediction="x0", dim=2):
 def test_eps_and_posterior_mean_satisfy_tweedie(schedule, prediction):
     torch.manual_seed(0)
     den = denoiser_from_state(_mlp_state(schedule, prediction))
-    x = torch.randn(5, 2, dtype=torch.float64)
-    t = torch.tensor([0.01, 0.1, 0.4, 0.7, 1.0], dtype=torch.float64)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    t = torch.tensor([1e-5, 0.01, 0.1, 0.4, 0.7, 1.0], dtype=torch.float64)
     alpha, sigma = den.schedule(t)
     ybar, eps = den.posterior_mean(x, t), den.eps(x, t)
     assert ybar.dtype == eps.dtype == torch.float64

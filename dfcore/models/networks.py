@@ -324,11 +324,18 @@ class LearnedDenoiser(Denoiser):
         return self.eps_from_raw(x, out, pre)
 
     def eps_from_raw(self, x: Tensor, out: Tensor, pre: Preconditioning) -> Tensor:
-        r""":math:`\varepsilon_\theta` from the backbone output F at x (:meth:`raw`)."""
+        r""":math:`\varepsilon_\theta` from the backbone output F at x (:meth:`raw`).
+
+        For x0 prediction :math:`\varepsilon = (x - \alpha\bar y_\theta)/\sigma` with
+        :math:`\bar y_\theta = c_{skip}x/\alpha + c_{out}F`, collected into two coefficients per sample:
+        :math:`\varepsilon = \tilde\sigma c_{in}^2 x/\alpha - \sigma_d c_{in} F` (finite as
+        :math:`\sigma \to 0`; two products and a difference on (B, d), the drift's only full-size work
+        besides the network)."""
         if self.prediction == "eps":
             return out.to(x.dtype)
-        alpha, sigma = expand_like(pre.alpha, x).to(x.dtype), expand_like(pre.sigma, x).to(x.dtype)
-        return (x - alpha * self._x0(x, out, pre)) / sigma
+        coef_x = expand_like(pre.noise * pre.c_in**2 / pre.alpha, x).to(x.dtype)
+        coef_out = expand_like(-self.sigma_data * pre.c_in, x).to(x.dtype)
+        return torch.addcmul(coef_x * x, coef_out, out.to(x.dtype))
 
     def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
         out, pre = self.raw(x, t)
