@@ -817,3 +817,33 @@ def test_train_trace_with_the_denoiser_input_saves_a_two_channel_net(folder, tmp
     with torch.no_grad():
         ybar = model.denoiser.posterior_mean(x, t)
         torch.testing.assert_close(loaded.posterior_variance(x, t), loaded.posterior_variance(x, t, ybar=ybar))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_prediction_target_is_what_the_adapter_reads_as_the_true_noise(prediction_type):
+    """The training target of each prediction type, read back through the adapter's ε conversion at
+    x = α x0 + σ ε, gives the ε that made x (VP: α² + σ² = 1, as in the DDPM's tables)."""
+    from dfcore.integrations.pretrained import eps_from_output
+    from dfcore.integrations.pretrained_train import prediction_target
+
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 1, 8, 8, generator=gen), torch.randn(5, 1, 8, 8, generator=gen)
+    alpha = torch.tensor([0.9999, 0.9, 0.5, 0.1, 0.006], dtype=torch.float64).sqrt()
+    sigma = (1 - alpha**2).sqrt()
+    x0, noise = x0.double(), noise.double()
+    x = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * noise
+    target = prediction_target(prediction_type, x0, noise, alpha.view(-1, 1, 1, 1), sigma.view(-1, 1, 1, 1))
+    torch.testing.assert_close(eps_from_output(target, x, alpha, sigma, prediction_type), noise, rtol=0, atol=1e-9)
+
+
+def test_trained_v_prediction_model_says_so_in_its_scheduler(tmp_path):
+    """pretrained.train.prediction_type reaches the saved scheduler, and the loaded model reads it."""
+    from dfcore.experiments import pretrained as exp
+
+    train = {"block_out_channels": [8, 16], "norm_num_groups": 4, "steps": 2, "batch_size": 4, "warmup_steps": 1}
+    cfg = {**train, "num_train_timesteps": 20, "prediction_type": "v_prediction", "ema_decay": 0.5}
+    model_dir = exp.train_model(cfg, tmp_path / "ddpm")
+    assert (
+        json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    )
+    assert load_model(model_dir).denoiser.prediction_type == "v_prediction"

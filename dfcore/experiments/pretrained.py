@@ -159,7 +159,7 @@ def train_model(section: dict[str, Any] | None, out: str | Path, loss_csv: str |
         int(cfg["norm_num_groups"]),
         int(cfg["seed"]),
     )
-    scheduler = ddpm_scheduler(int(cfg["num_train_timesteps"]))
+    scheduler = ddpm_scheduler(int(cfg["num_train_timesteps"]), str(cfg["prediction_type"]))
     start = time.perf_counter()
     losses = train_ddpm(
         unet,
@@ -170,6 +170,7 @@ def train_model(section: dict[str, Any] | None, out: str | Path, loss_csv: str |
         lr=float(cfg["lr"]),
         warmup_steps=int(cfg["warmup_steps"]),
         seed=int(cfg["seed"]),
+        ema_decay=float(cfg["ema_decay"]),
     )
     seconds = time.perf_counter() - start
     if distributed.is_main():  # under a process group of world size > 1, rank 0 writes while the others wait

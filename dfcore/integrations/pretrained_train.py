@@ -1,9 +1,11 @@
 r"""A small diffusers DDPM made in the project, and exact conversions between prediction types.
 
 **Training** (Ho et al., 2020, Alg. 1): a ``UNet2DModel`` with a ``DDPMScheduler`` (linear
-:math:`\beta \in [10^{-4}, 0.02]`, T = 1000, ``epsilon`` prediction) minimises
+:math:`\beta \in [10^{-4}, 0.02]`, T = 1000, ``epsilon`` prediction by default) minimises
 :math:`\|\varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_i}x_0 + \sqrt{1-\bar\alpha_i}\varepsilon, i)\|^2` over
-integer steps i uniform in {0..T-1}. The data are 8-bit images dequantised afresh at every step,
+integer steps i uniform in {0..T-1}; a ``v_prediction`` scheduler regresses the network onto
+:math:`v = \alpha\varepsilon - \sigma x_0` (Salimans & Ho, 2022), a ``sample`` one onto :math:`x_0`
+(:func:`prediction_target`). The data are 8-bit images dequantised afresh at every step,
 :math:`x_0 = (k + u)/127.5 - 1`, :math:`u \sim U[0, 1)^d` (:func:`dfcore.dequantize.dequantize`), so the model
 learns a continuous density whose bits/dim on the [0, 256) scale is the standard one.
 
@@ -39,6 +41,7 @@ __all__ = [
     "convert_prediction_type",
     "build_unet",
     "ddpm_scheduler",
+    "prediction_target",
     "train_ddpm",
     "build_trace_unet",
     "train_trace_model",
@@ -90,15 +93,24 @@ def convert_prediction_type(unet: Any, scheduler: Any, prediction_type: str) -> 
     return model, new_scheduler
 
 
-def ddpm_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """DDPM's linear schedule, :math:`\\beta \\in [10^{-4}, 0.02]`, ε prediction."""
+def ddpm_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> DDPMScheduler:
+    """DDPM's linear schedule, :math:`\\beta \\in [10^{-4}, 0.02]`, with ``prediction_type`` (ε by default)."""
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_start=1e-4,
         beta_end=0.02,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type=check_prediction_type(prediction_type),
     )
+
+
+def prediction_target(prediction_type: str, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    r"""What a ``prediction_type`` network should output at :math:`x = \alpha x_0 + \sigma\varepsilon`: ε itself,
+    :math:`v = \alpha\varepsilon - \sigma x_0` or :math:`x_0` (``alpha``, ``sigma`` broadcast against ``x0``)."""
+    check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return noise
+    return alpha * noise - sigma * x0 if prediction_type == "v_prediction" else x0
 
 
 def build_unet(
@@ -186,10 +198,12 @@ def train_ddpm(
     warmup_steps: int = 100,
     grad_clip: float = 1.0,
     seed: int = 0,
+    ema_decay: float = 0.0,
 ) -> list[float]:
-    """Train ``unet`` in place on uint8 ``images`` (N, C, H, W) by DDPM's ε loss with fresh uniform dequantisation
-    (module docstring); Adam with linear warm-up and cosine decay. Returns the loss of every step; a non-finite
-    loss raises FloatingPointError naming the step. Under a process group of world size > 1 each rank computes
+    """Train ``unet`` in place on uint8 ``images`` (N, C, H, W) by DDPM's loss for the scheduler's prediction type
+    with fresh uniform dequantisation (module docstring); Adam with linear warm-up and cosine decay. Returns the loss of every step; a non-finite
+    loss raises FloatingPointError naming the step. With ``ema_decay`` > 0 the UNet ends with the exponential
+    moving average of its weights over the steps. Under a process group of world size > 1 each rank computes
     its shard of the same global minibatch, as in :func:`train_trace_model`."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
@@ -197,6 +211,7 @@ def train_ddpm(
     gen = torch.Generator().manual_seed(int(seed))
     abar = scheduler.alphas_cumprod.to(torch.float32)
     num_t = abar.numel()
+    prediction_type = check_prediction_type(str(scheduler.config.get("prediction_type", "epsilon")))
     device = next(unet.parameters()).device
 
     def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
@@ -206,11 +221,19 @@ def train_ddpm(
         i = torch.randint(num_t, (batch_size,), generator=gen)
         a = abar[i].sqrt().view(-1, 1, 1, 1)
         s = (1 - abar[i]).sqrt().view(-1, 1, 1, 1)
-        x, noise, i = (v[part].to(device) for v in (a * x0 + s * noise, noise, i))
-        return (net(x, i).sample - noise).pow(2).mean(), len(x)
+        target = prediction_target(prediction_type, x0, noise, a, s)
+        x, target, i = (v[part].to(device) for v in (a * x0 + s * noise, target, i))
+        return (net(x, i).sample - target).pow(2).mean(), len(x)
 
     return _optimise(
-        unet, batch_loss, steps=steps, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, name="train_ddpm"
+        unet,
+        batch_loss,
+        steps=steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        grad_clip=grad_clip,
+        name="train_ddpm",
+        ema_decay=ema_decay,
     )
 
 
