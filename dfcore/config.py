@@ -755,20 +755,26 @@ def canonical_params(value: Any) -> Any:
     return value
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in key by key, nested dicts merged the same way, other values replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def dataset_section(section: dict[str, Any], dataset: str) -> dict[str, Any]:
     """A config section (``denoiser``, ``trace_net``) as dataset ``dataset`` sees it: ``overrides[dataset]``
-    merged in (one level deep for nested dicts), ``overrides`` itself left out.
+    merged in key by key (nested dicts such as ``mlp`` or a ``targets`` entry too), ``overrides`` itself left out.
 
     It imports no torch: the workflow's training rules declare its result as their params, so a key of
     another dataset's override, or a base key that this dataset overrides, retrains nothing here.
     """
-    merged = copy.deepcopy({k: v for k, v in section.items() if k != "overrides"})
-    for key, value in (section.get("overrides") or {}).get(dataset, {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+    base = {k: v for k, v in section.items() if k != "overrides"}
+    return _merge(base, (section.get("overrides") or {}).get(dataset, {}))
 
 
 def target_section(section: dict[str, Any], target: str) -> dict[str, Any]:

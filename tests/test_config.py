@@ -660,14 +660,15 @@ def test_the_overrides_and_backbone_accept_the_keys_they_override():
 
 def test_a_targets_entry_sets_the_keys_of_its_targets_nets_only():
     """trace_net.targets.<target> accepts the section's keys (no defaults filled in under it); target_section
-    merges it after the data set's overrides, and a data set's own targets entry replaces the base one."""
+    merges it after the data set's overrides, and a data set's own targets entry is merged key by key into the
+    base one."""
     from dfcore.config import target_section
 
     config = validate_config(
         {
             "trace_net": {
                 "steps": 100,
-                "targets": {"divergence": {"steps": 400, "calibration_images": 8}, "residual": {"lr": 0.01}},
+                "targets": {"divergence": {"steps": 400, "calibration_images": 8}, "residual": {"lr": 0.01, "seed": 4}},
                 "overrides": {"digits": {"steps": 50, "targets": {"residual": {"steps": 60}}}},
             }
         }
@@ -678,7 +679,8 @@ def test_a_targets_entry_sets_the_keys_of_its_targets_nets_only():
     assert (divergence["target"], divergence["steps"], divergence["calibration_images"]) == ("divergence", 400, 8)
     assert "targets" not in divergence
     residual = target_section(section, "residual")
-    assert (residual["steps"], residual["lr"]) == (60, section["lr"])  # the data set's entry replaced the base one
+    # the data set's entry sets steps; the base entry's lr and seed stay
+    assert (residual["steps"], residual["lr"], residual["seed"]) == (60, 0.01, 4)
     plain = target_section(section, "sq_norm")
     assert plain == {**{k: v for k, v in section.items() if k != "targets"}, "target": "sq_norm"}
 
