@@ -55,6 +55,7 @@ __all__ = [
     "gaussian_log_prior",
     "moment_matched_prior",
     "log_likelihood",
+    "solver_options",
     "bits_per_dim",
     "gaussian_mixture_log_q0",
     "exact_log_densities",
@@ -174,7 +175,7 @@ def _state_norm(state: tuple[Tensor, Tensor]) -> Tensor:
     return state[0].pow(2).mean().sqrt()
 
 
-def _solver_options(
+def solver_options(
     solver: str, times: Tensor, rtol: float, atol: float, num_steps: int, step_control: str = "all"
 ) -> dict[str, Any]:
     """The keyword arguments of ``torchdiffeq.odeint`` for ``solver`` on ``times`` = (t_min, t_max)."""
@@ -245,7 +246,7 @@ def log_likelihood(
         return pf_ode_velocity(xt, tt, score, schedule), f * dim + 0.5 * g2 * tr
 
     times = torch.tensor([t_min, t_max], dtype=torch.float64, device=x.device)
-    options = _solver_options(solver, times, rtol, atol, num_steps, step_control)
+    options = solver_options(solver, times, rtol, atol, num_steps, step_control)
     state0 = (x, torch.zeros(batch, dtype=torch.float64, device=x.device))
     start = time.perf_counter()
     xs, deltas = odeint(drift, state0, times, **options)

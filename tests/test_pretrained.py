@@ -847,3 +847,26 @@ def test_trained_v_prediction_model_says_so_in_its_scheduler(tmp_path):
         json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
     )
     assert load_model(model_dir).denoiser.prediction_type == "v_prediction"
+
+
+def test_measure_with_anchors_adds_the_anchored_row_from_the_same_solve(folder, tmp_path):
+    """anchors > 0: the dftm rows are those of a measurement without anchors (the anchors do not touch the
+    solve), dftm_anchored comes from the same evaluations, and the summary compares both with vjp."""
+    import pandas as pd
+
+    from dfcore.experiments.pretrained import load_model, measure, train_trace
+
+    images = torch.randint(0, 256, (6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    section = {"steps": 2, "batch_size": 4, "warmup_steps": 0, "block_out_channels": [8, 16], "norm_num_groups": 4}
+    train_trace(folder, tmp_path / "trace", section, images, model=load_model(folder))
+    cfg = {"methods": ["vjp", "dftm"], "trace_dir": str(tmp_path / "trace"), "num_images": 2, "num_steps": 3}
+    cfg |= {"solver_study": None, "dtype": "float64"}
+    plain = measure(folder, tmp_path / "plain", cfg)
+    anchored = measure(folder, tmp_path / "anchored", cfg | {"anchors": 2})
+    a = pd.read_csv(tmp_path / "anchored" / "bpd.csv").pivot(index="image", columns="method", values="bpd")
+    p = pd.read_csv(tmp_path / "plain" / "bpd.csv").pivot(index="image", columns="method", values="bpd")
+    assert set(a.columns) == {"vjp", "dftm", "dftm_anchored"} and set(p.columns) == {"vjp", "dftm"}
+    torch.testing.assert_close(torch.tensor(a["dftm"].values), torch.tensor(p["dftm"].values), rtol=0, atol=1e-12)
+    assert (a["dftm_anchored"] != a["dftm"]).all()
+    assert anchored["methods"]["dftm_anchored"]["nfe"] == anchored["methods"]["dftm"]["nfe"] == 12
+    assert "dftm_anchored_vs_vjp" in anchored and "dftm_anchored_vs_vjp" not in plain

@@ -48,6 +48,7 @@ from dfcore.paths import LogTimeWarp
 from dfcore.schedules import Schedule
 
 if TYPE_CHECKING:
+    from dfcore.anchors import AnchoredLikelihood
     from dfcore.likelihood import LikelihoodResult
 
 __all__ = [
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 
 # The trace estimators this module names (their registry names, dfcore.fisher.TRACE_ESTIMATORS).
 VJP, HUTCHINSON, DFTM = VJPTrace.name, HutchinsonTrace.name, DFTMTrace.name
+DFTM_ANCHORED = f"{DFTM}_anchored"  # the dftm row rescaled by exact anchors (measure key anchors)
 
 
 def _schema_defaults(name: str) -> dict[str, Any]:
@@ -101,6 +103,8 @@ DEFAULTS: dict[str, Any] = {
         },
         "dtype": _MEASURE["dtype"],
         "seed": _MEASURE["seed"],
+        # > 0: the dftm solve also gives dftm_anchored, rescaled per image by the exact trace at this many steps
+        "anchors": 0,
     },
 }
 
@@ -385,6 +389,19 @@ def split_of(model_dir: Path) -> tuple[float, int]:
     return float(train.get("holdout", DEFAULTS["train"]["holdout"])), int(train.get("seed", 0))
 
 
+def _solve_time(
+    model: PretrainedModel, t_min: float, time_warp: str, trace_model: TraceModel | None
+) -> tuple[Schedule, Denoiser, float, TraceModel | None]:
+    """The schedule, denoiser, start time and trace model of a solve in the original time (``none``) or in log
+    time (``log``, :class:`LogTimeWarp`)."""
+    if time_warp == "none":
+        return model.schedule, model.denoiser, t_min, trace_model
+    if time_warp == "log":
+        warp = LogTimeWarp(model.denoiser, t_min)
+        return warp.schedule, warp, warp.s_min, None if trace_model is None else WarpedTraceModel(trace_model, warp)
+    raise ValueError(f"unknown time_warp {time_warp!r}; choose 'none' or 'log'")
+
+
 def model_log_likelihood(
     model: PretrainedModel,
     x: Tensor,
@@ -407,16 +424,7 @@ def model_log_likelihood(
     from dfcore.fisher.trace import trace_estimator_from
     from dfcore.likelihood import gaussian_log_prior, log_likelihood
 
-    schedule: Schedule
-    denoiser: Denoiser
-    if time_warp == "none":
-        schedule, denoiser, s_min = model.schedule, model.denoiser, t_min
-    elif time_warp == "log":
-        warp = LogTimeWarp(model.denoiser, t_min)
-        schedule, denoiser, s_min = warp.schedule, warp, warp.s_min
-        trace_model = None if trace_model is None else WarpedTraceModel(trace_model, warp)
-    else:
-        raise ValueError(f"unknown time_warp {time_warp!r}; choose 'none' or 'log'")
+    schedule, denoiser, s_min, trace_model = _solve_time(model, t_min, time_warp, trace_model)
     trace = trace_estimator_from(
         method,
         {"schedule": schedule, "denoiser": denoiser, "trace_model": trace_model, "generator": generator},
@@ -433,6 +441,81 @@ def model_log_likelihood(
         rtol=rtol,
         atol=atol,
     )
+
+
+def model_anchored_log_likelihood(
+    model: PretrainedModel,
+    x: Tensor,
+    *,
+    trace_model: TraceModel,
+    anchors: int,
+    t_min: float,
+    solver: str,
+    num_steps: int,
+    time_warp: str = "log",
+    data_mean: Tensor | None = None,
+    data_var: float | None = None,
+) -> AnchoredLikelihood:
+    """:func:`model_log_likelihood` with ``dftm``, and the same solve rescaled per image by the model's exact trace at
+    ``anchors`` evenly spaced steps (:func:`dfcore.anchors.anchored_log_likelihood`; fixed-step solvers)."""
+    from dfcore.anchors import anchored_log_likelihood
+    from dfcore.likelihood import gaussian_log_prior
+
+    schedule, denoiser, s_min, warped = _solve_time(model, t_min, time_warp, trace_model)
+    assert warped is not None
+    return anchored_log_likelihood(
+        x,
+        DFTMTrace(denoiser, warped, schedule),
+        VJPTrace(denoiser, schedule=schedule),
+        anchors=anchors,
+        log_prior=gaussian_log_prior(schedule, 1.0, mean=data_mean, var=data_var),
+        t_min=s_min,
+        solver=solver,
+        num_steps=num_steps,
+    )
+
+
+def _method_solves(
+    model: PretrainedModel,
+    x: Tensor,
+    method: str,
+    cfg: dict[str, Any],
+    trace: PositiveTraceModel | None,
+    common: dict[str, Any],
+) -> list[tuple[str, Tensor, int, float]]:
+    """(row name, log q, evaluations, seconds) of ``method`` on ``x``: one row, or for ``dftm`` with ``anchors`` > 0
+    two rows from one solve, ``dftm`` (its time without the anchors) and ``dftm_anchored``."""
+    solver, num_steps, anchors = cfg["solver"], int(cfg["num_steps"]), int(cfg["anchors"])
+    if method == DFTM and anchors > 0:
+        assert trace is not None
+        both = model_anchored_log_likelihood(
+            model,
+            x,
+            trace_model=trace,
+            anchors=anchors,
+            solver=solver,
+            num_steps=num_steps,
+            time_warp=cfg["time_warp"],
+            **common,
+        )
+        total = both.anchored.seconds
+        return [
+            (DFTM, both.plain.log_q, both.plain.nfe, total - both.anchor_seconds),
+            (DFTM_ANCHORED, both.anchored.log_q, both.anchored.nfe, total),
+        ]
+    start = time.perf_counter()
+    res = model_log_likelihood(
+        model,
+        x,
+        method=method,
+        solver=solver,
+        num_steps=num_steps,
+        time_warp=cfg["time_warp"],
+        generator=torch.Generator().manual_seed(int(cfg["seed"]) + 1),
+        trace_model=trace if method == DFTM else None,
+        **common,
+    )
+    return [(method, res.log_q, int(res.nfe), time.perf_counter() - start)]
 
 
 def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -457,42 +540,27 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     for method in cfg["methods"]:
         if method == DFTM and trace is None:
             raise ValueError(f"method {DFTM!r} needs the measure key trace_dir (a folder written by train_trace)")
-        start = time.perf_counter()
-        res = model_log_likelihood(
-            model,
-            deq.x,
-            method=method,
-            solver=cfg["solver"],
-            num_steps=int(cfg["num_steps"]),
-            time_warp=cfg["time_warp"],
-            generator=torch.Generator().manual_seed(int(cfg["seed"]) + 1),
-            trace_model=trace if method == DFTM else None,
-            **common,
-        )
-        seconds = time.perf_counter() - start
-        bpd = image_bits_per_dim(res.log_q, deq, t_min)
-        summary["protocol"] = bpd.protocol() | {"solver": cfg["solver"], "num_steps": int(cfg["num_steps"])}
-        summary["protocol"]["time_warp"] = cfg["time_warp"]
-        per_image = seconds / len(test)
-        summary["methods"][method] = {
-            "bpd_mean": float(bpd.bpd.mean()),
-            "seconds_per_image": per_image,
-            "nfe": int(res.nfe),
-        }
-        for i, value in enumerate(bpd.bpd.tolist()):
-            rows.append({"image": i, "method": method, "bpd": value, "seconds_per_image": per_image, "nfe": res.nfe})
-        log.info("%s: %.4f bits/dim, %.2f s/image", method, float(bpd.bpd.mean()), per_image)
+        for name, log_q, nfe, seconds in _method_solves(model, deq.x, method, cfg, trace, common):
+            bpd = image_bits_per_dim(log_q, deq, t_min)
+            summary["protocol"] = bpd.protocol() | {"solver": cfg["solver"], "num_steps": int(cfg["num_steps"])}
+            summary["protocol"]["time_warp"] = cfg["time_warp"]
+            per_image = seconds / len(test)
+            summary["methods"][name] = {"bpd_mean": float(bpd.bpd.mean()), "seconds_per_image": per_image, "nfe": nfe}
+            for i, value in enumerate(bpd.bpd.tolist()):
+                rows.append({"image": i, "method": name, "bpd": value, "seconds_per_image": per_image, "nfe": nfe})
+            log.info("%s: %.4f bits/dim, %.2f s/image", name, float(bpd.bpd.mean()), per_image)
     if trace is not None:
         summary["dftm_bounds"] = dict(trace.counts) | {"upper_bound": "d w^2/4", "box_width": trace.box_width}
         by = pd.DataFrame(rows).pivot(index="image", columns="method", values="bpd")
-        if {DFTM, VJP} <= set(by.columns):
-            gap = (by[DFTM] - by[VJP]).abs()
-            summary["dftm_vs_vjp"] = {
-                "mean_abs_diff_bpd": float(gap.mean()),
-                "max_abs_diff_bpd": float(gap.max()),
-                "time_ratio": summary["methods"][DFTM]["seconds_per_image"]
-                / summary["methods"][VJP]["seconds_per_image"],
-            }
+        for name in (DFTM, DFTM_ANCHORED):
+            if {name, VJP} <= set(by.columns):
+                gap = (by[name] - by[VJP]).abs()
+                summary[f"{name}_vs_vjp"] = {
+                    "mean_abs_diff_bpd": float(gap.mean()),
+                    "max_abs_diff_bpd": float(gap.max()),
+                    "time_ratio": summary["methods"][name]["seconds_per_image"]
+                    / summary["methods"][VJP]["seconds_per_image"],
+                }
     if rows:
         write_csv(pd.DataFrame(rows), out_dir / "bpd.csv")
     if cfg["solver_study"]:
