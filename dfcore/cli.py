@@ -421,6 +421,13 @@ def _pretrained_options(parser: argparse.ArgumentParser) -> None:
         "Rademacher probe per image) or dftm (the trace net of --trace)",
     )
     group.add_argument("--trace", default=None, help="with --method dftm: trace net folder written by train-trace")
+    group.add_argument(
+        "--anchors",
+        type=int,
+        default=0,
+        help="with --method dftm: also write the rows dftm_anchored, DF-TM rescaled per image by the exact trace at "
+        "this many solver steps (fixed-step solvers; default: 0, none)",
+    )
     group.add_argument("--out", default=None, help="with --model: CSV to write (default: bpd_<method>.csv)")
     group.add_argument("--t-min", type=float, default=None, help="with --model: lowest time (default: 1/T)")
     group.add_argument("--num-draws", type=int, default=1, help="dequantisation draws per image (default: 1)")
@@ -450,6 +457,8 @@ def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--method {dftm} needs --trace DIR (a trace net folder written by python -m dfcore train-trace)")
     if args.method != dftm and args.trace is not None:
         parser.error(f"--trace is used by --method {dftm} only; got --method {args.method}")
+    if args.anchors < 0 or (args.anchors > 0 and args.method != dftm):
+        parser.error(f"--anchors takes a count >= 0 and is used by --method {dftm} only")
     table = image_likelihood(
         args.model,
         args.images,
@@ -467,6 +476,7 @@ def _likelihood_pretrained(parser: argparse.ArgumentParser, args: argparse.Names
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
+        anchors=args.anchors,
     )
     print(table[["image", "method", "bpd", "seconds"]].to_string(index=False))
 

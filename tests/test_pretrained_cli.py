@@ -85,6 +85,14 @@ def test_train_trace_then_dftm(pipeline, tmp_path, capsys, caplog):
     assert len(table) == 3 and np.isfinite(table["bpd"]).all() and set(table["method"]) == {"dftm"}
     counts = json.loads((tmp_path / "dftm.json").read_text())["trace"]["counts"]
     assert counts["evaluations"] > 0 and counts["lower"] == 0  # no tr F above d/sigma^2
+    # --anchors: the dftm rows of the same solves unchanged, and the rows dftm_anchored next to them
+    anchored = _likelihood(
+        model_dir, images, tmp_path / "anch.csv", "--method", "dftm", "--trace", str(trace), "--anchors", "2"
+    )
+    by = anchored.pivot(index="image", columns="method", values="bpd")
+    assert set(by.columns) == {"dftm", "dftm_anchored"} and (anchored["anchors"] == 2).all()
+    np.testing.assert_allclose(by["dftm"].to_numpy(), table.set_index("image")["bpd"].to_numpy(), rtol=0, atol=1e-9)
+    assert np.isfinite(by["dftm_anchored"]).all() and (by["dftm_anchored"] != by["dftm"]).all()
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmapped attention backward
@@ -105,6 +113,9 @@ def test_errors_name_the_problem(pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _likelihood(model_dir, images, tmp_path / "d.csv", "--method", "dftm")
     assert exit_info.value.code == 2 and "--method dftm needs --trace DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        _likelihood(model_dir, images, tmp_path / "a.csv", "--method", "vjp", "--anchors", "2")
+    assert exit_info.value.code == 2 and "--anchors" in capsys.readouterr().err
     (tmp_path / "empty" / "scheduler").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="has no unet/config.json"):
         _likelihood(tmp_path / "empty", images, tmp_path / "e.csv", "--method", "vjp")

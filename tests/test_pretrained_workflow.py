@@ -62,7 +62,7 @@ def runs(scratch, tmp_path_factory) -> Iterator[dict[str, tuple[str, Future]]]:
         images="resources/images",
         trace_images="resources/train_images",
     )
-    measure = {**TINY["measure"], "methods": ["vjp", "dftm"]}
+    measure = {**TINY["measure"], "methods": ["vjp", "dftm"], "anchors": 2}
     cond = _config(
         folder / "cond.yaml", "results_cond", model="resources/cond_model", images="resources/images", measure=measure
     )
@@ -111,7 +111,10 @@ def test_stage_writes_the_bpd_table_of_the_cli(scratch, runs, tmp_path):
 def test_stage_on_a_conditional_unet(scratch, runs):
     runs["cond"][1].result()
     table = pd.read_csv(scratch / "results_cond" / "pretrained" / "bpd.csv")
-    assert len(table) == 6 and set(table["method"]) == {"vjp", "dftm"} and np.isfinite(table["bpd"]).all()
+    methods = {"vjp", "dftm", "dftm_anchored"}  # measure.anchors: 2 adds the anchored rows of the dftm solves
+    assert len(table) == 9 and set(table["method"]) == methods and np.isfinite(table["bpd"]).all()
+    summary = json.loads((scratch / "results_cond" / "pretrained" / "summary.json").read_text())
+    assert set(summary["methods"]) == methods
 
 
 def test_without_a_model_the_stage_trains_the_in_project_ddpm(scratch, tmp_path):

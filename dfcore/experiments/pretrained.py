@@ -103,8 +103,7 @@ DEFAULTS: dict[str, Any] = {
         },
         "dtype": _MEASURE["dtype"],
         "seed": _MEASURE["seed"],
-        # > 0: the dftm solve also gives dftm_anchored, rescaled per image by the exact trace at this many steps
-        "anchors": 0,
+        "anchors": _MEASURE["anchors"],
     },
 }
 

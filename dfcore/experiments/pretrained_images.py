@@ -115,6 +115,34 @@ def _check_method(method: str, trace_dir: str | Path | None) -> None:
         raise FileNotFoundError(f"trace net folder {str(trace_dir)!r} has no trace.json (write it with train-trace)")
 
 
+def _solve_batch(
+    model: PretrainedModel,
+    x: Tensor,
+    method: str,
+    trace: TraceModel | None,
+    settings: dict[str, Any],
+    seed: int,
+    anchors: int,
+) -> dict[str, tuple[Tensor, float]]:
+    """log q and seconds of one batch per row name: ``method``, or for dftm with ``anchors`` > 0 both ``dftm`` (its
+    time without the anchors) and ``dftm_anchored`` from the same solve."""
+    from dfcore.experiments.pretrained import DFTM_ANCHORED, model_anchored_log_likelihood, model_log_likelihood
+
+    clock = time.perf_counter()
+    if anchors > 0:
+        if method != DFTMTrace.name or trace is None:
+            raise ValueError(f"anchors are read by method {DFTMTrace.name!r} with its trace net only; got {method!r}")
+        both = model_anchored_log_likelihood(model, x, trace_model=trace, anchors=anchors, **settings)
+        total = time.perf_counter() - clock
+        return {
+            DFTMTrace.name: (both.plain.log_q, total - both.anchor_seconds),
+            DFTM_ANCHORED: (both.anchored.log_q, total),
+        }
+    generator = torch.Generator().manual_seed(seed)  # probes are drawn on the CPU
+    res = model_log_likelihood(model, x, method=method, generator=generator, trace_model=trace, **settings)
+    return {method: (res.log_q, time.perf_counter() - clock)}
+
+
 def _solve(
     model: PretrainedModel,
     x: Tensor,
@@ -125,32 +153,27 @@ def _solve(
     seed: int,
     batch_size: int,
     progress: bool,
-) -> tuple[Tensor, Tensor]:
-    """log q at t_min of every row of ``x`` (batches of ``batch_size``, Hutchinson probes seeded ``seed + 1 +``
-    the batch's first row) and the wall time of each row (its batch's time divided among its rows), with a
-    progress bar over the rows."""
-    from dfcore.experiments.pretrained import model_log_likelihood
-
+    anchors: int = 0,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per row name (:func:`_solve_batch`), log q at t_min of every row of ``x`` (batches of ``batch_size``,
+    Hutchinson probes seeded ``seed + 1 +`` the batch's first row) and the wall time of each row (its batch's time
+    divided among its rows), with a progress bar over the rows."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive; got {batch_size}")
     param = next(model.unet.parameters())
-    log_q, seconds = torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64)
+    out: dict[str, tuple[Tensor, Tensor]] = {}
     with tqdm(total=len(x), desc=f"{method} bits/dim", unit="draw", disable=not progress) as bar:
         for start in range(0, len(x), batch_size):
             rows = slice(start, min(start + batch_size, len(x)))
-            clock = time.perf_counter()
-            res = model_log_likelihood(
-                model,
-                x[rows].to(device=param.device, dtype=param.dtype),
-                method=method,
-                generator=torch.Generator().manual_seed(int(seed) + 1 + start),  # probes are drawn on the CPU
-                trace_model=trace,
-                **settings,
-            )
-            log_q[rows] = res.log_q.detach().to("cpu", torch.float64)
-            seconds[rows] = (time.perf_counter() - clock) / (rows.stop - rows.start)
+            batch = x[rows].to(device=param.device, dtype=param.dtype)
+            results = _solve_batch(model, batch, method, trace, settings, int(seed) + 1 + start, anchors)
+            for name, (log_q, seconds) in results.items():
+                if name not in out:
+                    out[name] = (torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64))
+                out[name][0][rows] = log_q.detach().to("cpu", torch.float64)
+                out[name][1][rows] = seconds / (rows.stop - rows.start)
             bar.update(rows.stop - rows.start)
-    return log_q, seconds
+    return out
 
 
 def image_likelihood(
@@ -171,12 +194,15 @@ def image_likelihood(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    anchors: int = 0,
 ) -> pd.DataFrame:
     """Bits/dim on the [0, 256) scale of every image of ``images_dir`` under the model of ``model_dir`` with trace
     ``method`` (module docstring). Writes ``out`` (CSV: ``image``, ``method``, ``bpd``, ``seconds`` (the
     solve time of the image's batches divided among its rows), ``dequantization``, ``num_draws``, ``t_min``,
-    ``solver``, ``num_steps``, ``time_warp``, ``seed``) and ``out`` with suffix ``.json`` (the same protocol, the
-    folders, and for dftm the counts of the trace net's out-of-bound evaluations); returns the table."""
+    ``solver``, ``num_steps``, ``time_warp``, ``seed``, ``anchors``) and ``out`` with suffix ``.json`` (the same
+    protocol, the folders, and for dftm the counts of the trace net's out-of-bound evaluations); returns the table.
+    For dftm, ``anchors`` > 0 adds the rows ``dftm_anchored`` from the same solves, rescaled per image by the
+    model's exact trace at that many steps (:mod:`dfcore.anchors`; fixed-step solvers)."""
     from dfcore.experiments.pretrained import load_trace
 
     _check_method(method, trace_dir)
@@ -186,8 +212,14 @@ def image_likelihood(
     deq = dequantize_images(images, torch.Generator().manual_seed(int(seed)), int(num_draws))
     trace = load_trace(trace_dir, model) if trace_dir is not None else None
     solve = {"t_min": t_min, "solver": solver, "num_steps": num_steps, "time_warp": time_warp}
-    log_q, seconds = _solve(model, deq.x, method, trace, solve, seed=seed, batch_size=batch_size, progress=progress)
-    bpd = image_bits_per_dim(log_q, deq, t_min)
+    solved = _solve(
+        model, deq.x, method, trace, solve, seed=seed, batch_size=batch_size, progress=progress, anchors=anchors
+    )
+    tables = []
+    for name, (log_q, seconds) in solved.items():
+        bpd = image_bits_per_dim(log_q, deq, t_min)
+        wall = seconds.reshape(deq.num_draws, -1).sum(0)
+        tables.append(pd.DataFrame({"image": names, "method": name, "bpd": bpd.bpd.numpy(), "seconds": wall.numpy()}))
     protocol = {
         "dequantization": bpd.dequantization,
         "num_draws": bpd.num_draws,
@@ -196,18 +228,20 @@ def image_likelihood(
         "num_steps": num_steps,
         "time_warp": time_warp,
         "seed": int(seed),
+        "anchors": int(anchors),
     }
-    wall = seconds.reshape(deq.num_draws, -1).sum(0)
-    table = pd.DataFrame({"image": names, "method": method, "bpd": bpd.bpd.numpy(), "seconds": wall.numpy()})
-    table = table.assign(**protocol)
+    table = pd.concat(tables, ignore_index=True).assign(**protocol)
     write_csv(table, out)
     record: dict[str, Any] = {"model": str(model_dir), "images": str(images_dir), "method": method} | protocol
-    record |= {"dim": bpd.dim, "mean_bits_per_dim": float(bpd.bpd.mean()), "trace": None}
+    means = table.groupby("method")["bpd"].mean()
+    record |= {"dim": bpd.dim, "mean_bits_per_dim": float(means[method]), "trace": None}
+    if len(means) > 1:
+        record["mean_bits_per_dim_by_method"] = {str(k): float(v) for k, v in means.items()}
     if trace is not None:
         bound = {"lower": "tr F above d/sigma^2 (V < 0)", "upper": "V above d w^2/4 (data box of width w)"}
         record["trace"] = {"folder": str(trace_dir), "counts": dict(trace.counts), "bounds": bound}
     write_text(json.dumps(record, indent=2), Path(out).with_suffix(".json"))
-    log.info("%s: %.4f bits/dim over %d images -> %s", method, float(bpd.bpd.mean()), len(names), out)
+    log.info("%s: %.4f bits/dim over %d images -> %s", method, float(means[method]), len(names), out)
     return table
 
 

@@ -135,10 +135,13 @@ def run_bpd(
                 cond=cond,
                 device=device,
                 progress=False,
+                anchors=int(measure["anchors"]) if dftm else 0,
                 **settings,
             )
             tables.append(table)
-            methods[method] = _method_summary(table, json.loads(path.with_suffix(".json").read_text()))
+            record = json.loads(path.with_suffix(".json").read_text())
+            for name, rows in table.groupby("method", sort=False):
+                methods[str(name)] = _method_summary(rows, record)
     frame = pd.concat(tables, ignore_index=True)
     protocol = settings | {key: frame[key].iloc[0] for key in ("dequantization", "t_min")}
     summary: dict[str, Any] = {
