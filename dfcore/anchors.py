@@ -35,7 +35,13 @@ from dfcore.fisher.trace import DFTMTrace, TraceEstimator
 from dfcore.likelihood import LikelihoodResult, LogPrior, bits_per_dim, log_likelihood, solver_options
 from dfcore.schedules import Schedule
 
-__all__ = ["EVALUATIONS_PER_STEP", "AnchoredLikelihood", "anchor_steps", "anchored_log_likelihood"]
+__all__ = [
+    "EVALUATIONS_PER_STEP",
+    "AnchoredLikelihood",
+    "anchor_steps",
+    "anchored_log_likelihood",
+    "posterior_variance_of_trace",
+]
 
 # drift evaluations per step of torchdiffeq's fixed-grid solvers (its rk4 is the 3/8 rule: 4 stages, no FSAL)
 EVALUATIONS_PER_STEP = {"euler": 1, "rk4": 4}
