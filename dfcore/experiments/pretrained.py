@@ -474,47 +474,33 @@ def model_anchored_log_likelihood(
     )
 
 
-def _method_solves(
+def method_solves(
     model: PretrainedModel,
     x: Tensor,
     method: str,
-    cfg: dict[str, Any],
-    trace: PositiveTraceModel | None,
-    common: dict[str, Any],
-) -> list[tuple[str, Tensor, int, float]]:
-    """(row name, log q, evaluations, seconds) of ``method`` on ``x``: one row, or for ``dftm`` with ``anchors`` > 0
-    two rows from one solve, ``dftm`` (its time without the anchors) and ``dftm_anchored``."""
-    solver, num_steps, anchors = cfg["solver"], int(cfg["num_steps"]), int(cfg["anchors"])
+    *,
+    trace: TraceModel | None,
+    anchors: int,
+    seed: int,
+    **settings: Any,
+) -> dict[str, tuple[Tensor, int, float]]:
+    """Log q, evaluations and seconds of ``method`` on ``x`` per row name, from :func:`model_log_likelihood` with
+    ``settings`` (Hutchinson probes seeded ``seed``): one row, or for ``dftm`` with ``anchors`` > 0 two rows from one
+    solve, ``dftm`` (its time without the anchors) and ``dftm_anchored`` (:func:`model_anchored_log_likelihood`)."""
+    clock = time.perf_counter()
     if method == DFTM and anchors > 0:
-        assert trace is not None
-        both = model_anchored_log_likelihood(
-            model,
-            x,
-            trace_model=trace,
-            anchors=anchors,
-            solver=solver,
-            num_steps=num_steps,
-            time_warp=cfg["time_warp"],
-            **common,
-        )
-        total = both.anchored.seconds
-        return [
-            (DFTM, both.plain.log_q, both.plain.nfe, total - both.anchor_seconds),
-            (DFTM_ANCHORED, both.anchored.log_q, both.anchored.nfe, total),
-        ]
-    start = time.perf_counter()
-    res = model_log_likelihood(
-        model,
-        x,
-        method=method,
-        solver=solver,
-        num_steps=num_steps,
-        time_warp=cfg["time_warp"],
-        generator=torch.Generator().manual_seed(int(cfg["seed"]) + 1),
-        trace_model=trace if method == DFTM else None,
-        **common,
-    )
-    return [(method, res.log_q, int(res.nfe), time.perf_counter() - start)]
+        if trace is None:
+            raise ValueError(f"method {DFTM!r} with anchors needs its trace net")
+        both = model_anchored_log_likelihood(model, x, trace_model=trace, anchors=anchors, **settings)
+        total = time.perf_counter() - clock
+        return {
+            DFTM: (both.plain.log_q, both.plain.nfe, total - both.anchor_seconds),
+            DFTM_ANCHORED: (both.anchored.log_q, both.anchored.nfe, total),
+        }
+    generator = torch.Generator().manual_seed(int(seed))  # probes are drawn on the CPU
+    trace_model = trace if method == DFTM else None
+    res = model_log_likelihood(model, x, method=method, generator=generator, trace_model=trace_model, **settings)
+    return {method: (res.log_q, int(res.nfe), time.perf_counter() - clock)}
 
 
 def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -539,7 +525,18 @@ def measure(model_dir: str | Path, out_dir: str | Path, section: dict[str, Any] 
     for method in cfg["methods"]:
         if method == DFTM and trace is None:
             raise ValueError(f"method {DFTM!r} needs the measure key trace_dir (a folder written by train_trace)")
-        for name, log_q, nfe, seconds in _method_solves(model, deq.x, method, cfg, trace, common):
+        settings = {key: cfg[key] for key in ("solver", "time_warp")} | {"num_steps": int(cfg["num_steps"])}
+        solves = method_solves(
+            model,
+            deq.x,
+            method,
+            trace=trace,
+            anchors=int(cfg["anchors"]),
+            seed=int(cfg["seed"]) + 1,
+            **settings,
+            **common,
+        )
+        for name, (log_q, nfe, seconds) in solves.items():
             bpd = image_bits_per_dim(log_q, deq, t_min)
             summary["protocol"] = bpd.protocol() | {"solver": cfg["solver"], "num_steps": int(cfg["num_steps"])}
             summary["protocol"]["time_warp"] = cfg["time_warp"]

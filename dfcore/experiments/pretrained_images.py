@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,34 +114,6 @@ def _check_method(method: str, trace_dir: str | Path | None) -> None:
         raise FileNotFoundError(f"trace net folder {str(trace_dir)!r} has no trace.json (write it with train-trace)")
 
 
-def _solve_batch(
-    model: PretrainedModel,
-    x: Tensor,
-    method: str,
-    trace: TraceModel | None,
-    settings: dict[str, Any],
-    seed: int,
-    anchors: int,
-) -> dict[str, tuple[Tensor, float]]:
-    """log q and seconds of one batch per row name: ``method``, or for dftm with ``anchors`` > 0 both ``dftm`` (its
-    time without the anchors) and ``dftm_anchored`` from the same solve."""
-    from dfcore.experiments.pretrained import DFTM_ANCHORED, model_anchored_log_likelihood, model_log_likelihood
-
-    clock = time.perf_counter()
-    if anchors > 0:
-        if method != DFTMTrace.name or trace is None:
-            raise ValueError(f"anchors are read by method {DFTMTrace.name!r} with its trace net only; got {method!r}")
-        both = model_anchored_log_likelihood(model, x, trace_model=trace, anchors=anchors, **settings)
-        total = time.perf_counter() - clock
-        return {
-            DFTMTrace.name: (both.plain.log_q, total - both.anchor_seconds),
-            DFTM_ANCHORED: (both.anchored.log_q, total),
-        }
-    generator = torch.Generator().manual_seed(seed)  # probes are drawn on the CPU
-    res = model_log_likelihood(model, x, method=method, generator=generator, trace_model=trace, **settings)
-    return {method: (res.log_q, time.perf_counter() - clock)}
-
-
 def _solve(
     model: PretrainedModel,
     x: Tensor,
@@ -155,9 +126,11 @@ def _solve(
     progress: bool,
     anchors: int = 0,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per row name (:func:`_solve_batch`), log q at t_min of every row of ``x`` (batches of ``batch_size``,
+    """Per row name (:func:`~dfcore.experiments.pretrained.method_solves`), log q at t_min of every row of ``x`` (batches of ``batch_size``,
     Hutchinson probes seeded ``seed + 1 +`` the batch's first row) and the wall time of each row (its batch's time
     divided among its rows), with a progress bar over the rows."""
+    from dfcore.experiments.pretrained import method_solves
+
     if batch_size < 1:
         raise ValueError(f"batch size must be positive; got {batch_size}")
     param = next(model.unet.parameters())
@@ -166,8 +139,10 @@ def _solve(
         for start in range(0, len(x), batch_size):
             rows = slice(start, min(start + batch_size, len(x)))
             batch = x[rows].to(device=param.device, dtype=param.dtype)
-            results = _solve_batch(model, batch, method, trace, settings, int(seed) + 1 + start, anchors)
-            for name, (log_q, seconds) in results.items():
+            results = method_solves(
+                model, batch, method, trace=trace, anchors=anchors, seed=int(seed) + 1 + start, **settings
+            )
+            for name, (log_q, _, seconds) in results.items():
                 if name not in out:
                     out[name] = (torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64))
                 out[name][0][rows] = log_q.detach().to("cpu", torch.float64)
@@ -206,6 +181,8 @@ def image_likelihood(
     from dfcore.experiments.pretrained import load_trace
 
     _check_method(method, trace_dir)
+    if anchors < 0 or (anchors > 0 and method != DFTMTrace.name):
+        raise ValueError(f"anchors takes a count >= 0 and is read by method {DFTMTrace.name!r} only; got {method!r}")
     model = load_for_images(model_dir, cond=cond, device=device, dtype=dtype)
     names, images = read_images(images_dir, model.sample_shape)
     t_min = 1.0 / model.schedule.num_steps if t_min is None else float(t_min)
