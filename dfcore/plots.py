@@ -212,6 +212,13 @@ def _log_x_ticks(ax: Axes) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
+def _log_y_labels(ax: Axes) -> None:
+    """Tick labels of a log y axis as plain numbers (``%g``), minor ones too where the range is short of a
+    decade (matplotlib's default writes those as powers of ten, e.g. 1.775×10⁰)."""
+    ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
 def _step_ticks(ax: Axes, steps: Sequence[Any]) -> None:
     """Ticks at exactly the step counts of a log x axis, labelled as integers."""
     steps = sorted(steps)
@@ -259,6 +266,7 @@ def plot_trace_budget(frame: pd.DataFrame, path: str | Path, title: str = "") ->
         sns.lineplot(data=data, x="steps", y="rel_error", hue="trace_target", hue_order=hue_order, marker="o", ax=ax)
         ax.set(xscale="log", yscale="log", xlabel="training steps", ylabel="relative trace error (%)", title=label)
         _step_ticks(ax, steps)
+        _log_y_labels(ax)
     for ax in axes.flat[len(panels) :]:
         ax.remove()
     fig.suptitle(title)
