@@ -7,7 +7,9 @@ the model's split, dequantised with seed 0. Per solver evaluation (one time t) a
 mean over images of the exact trace over its bound d/sigma^2 (``exact_over_bound``), and of the relative error
 (net - exact)/|exact|: its mean (``rel_error``, the bias) and mean absolute value (``abs_rel_error``).
 
-Writes results/benchmarks/trace_path_error.csv. Run, with a model folder and one or more trace folders of
+Writes results/benchmarks/trace_path_error.csv, and with ``--per-image`` also trace_path_error_per_image.csv: the
+relative error per state, one row per (trace folder, evaluation, image), which shows whether a net's error on one
+image keeps its sign along the path. Run, with a model folder and one or more trace folders of
 ``python -m dfcore.experiments.pretrained train-trace``:
 ``python benchmarks/trace_path_error.py --model R/ddpm8k R/trace8k_var_ode R/trace8k_fisher_p4``.
 """
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--num-steps", type=int, default=20)
     parser.add_argument("--out", default="results/benchmarks/trace_path_error.csv")
+    parser.add_argument("--per-image", action="store_true", help="also write the error per image and state")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)
@@ -51,10 +54,14 @@ def main() -> None:
     _, sigma = model.schedule(t)
     bound = (states[0].numel() / sigma**2).view(-1, len(x))
     times = t.view(-1, len(x))[:, 0]
-    rows = []
+    rows, per_image = [], []
     for folder in args.traces:
         net = _traces("dftm", states, t, denoiser=model.denoiser, trace_model=load_trace(folder, model))
         rel = (net.view(-1, len(x)) - exact) / exact.abs()
+        if args.per_image:
+            frame = pd.DataFrame(rel.numpy(), index=times.numpy()).rename_axis("t").reset_index()
+            frame = frame.melt(id_vars="t", var_name="image", value_name="rel_error")
+            per_image.append(frame.assign(trace=folder, evaluation=frame.index % len(times)))
         for k, tk in enumerate(times.tolist()):
             rows.append(
                 {
@@ -67,7 +74,10 @@ def main() -> None:
                 }
             )
     frame = pd.DataFrame(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, args.out)
+    if per_image:
+        write_csv(pd.concat(per_image), Path(args.out).with_name(Path(args.out).stem + "_per_image.csv"))
     print(frame.pivot_table(index="t", columns="trace", values="abs_rel_error").iloc[::4].to_string())
 
 
