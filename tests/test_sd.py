@@ -82,6 +82,29 @@ def test_cfg_denoiser_matches_pipeline_unet_call(pipe64, scale):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+def test_a_v_prediction_pipeline_is_read_as_v(pipe64):
+    """SD goes through the diffusers adapter: with the scheduler set to v_prediction, ε of the wrapper is
+    α o + σ x for the UNet's output o (Salimans & Ho, 2022), computed here from the pipeline's own UNet call."""
+    from diffusers import DDIMScheduler
+
+    i = 300
+    v_pipe = type(pipe64)(
+        **{
+            **pipe64.components,
+            "scheduler": DDIMScheduler.from_config(pipe64.scheduler.config, prediction_type="v_prediction"),
+        }
+    )
+    den = sd.CFGDenoiser.from_pipeline(v_pipe, "a cat", 1.0)
+    assert den.prediction_type == "v_prediction"
+    z = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    t = torch.full((2,), (i + 1) / 1000, dtype=torch.float64)
+    cond, _ = pipe64.encode_prompt("a cat", "cpu", 2, False)
+    with torch.no_grad():
+        o = pipe64.unet(z, i, encoder_hidden_states=cond).sample
+    abar = pipe64.scheduler.alphas_cumprod[i].double()
+    torch.testing.assert_close(den.eps(z, t), abar.sqrt() * o + (1 - abar).sqrt() * z, rtol=1e-9, atol=1e-9)
+
+
 def test_sampler_matches_diffusers_ddim(pipe64):
     """Our DDIM steps on t = (i+1)/T reproduce DDIMScheduler.step on the same timesteps (η = 0)."""
     den = sd.CFGDenoiser.from_pipeline(pipe64, "a cat", 3.0)

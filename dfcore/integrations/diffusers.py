@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.fisher.trace import DFTMTrace, TraceEstimator
-from dfcore.integrations.pretrained import PositiveTraceModel
+from dfcore.integrations.pretrained import PositiveTraceModel, PretrainedDenoiser
 from dfcore.logs import drop_log_messages
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
@@ -154,16 +154,13 @@ def encode_prompt(pipe: Any, prompts: Sequence[str]) -> Tensor:
     return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
 
 
-class CFGDenoiser(Denoiser):
-    r"""SD's UNet as :math:`\varepsilon_\theta(z, t)` on the continuous schedule, with classifier-free guidance
+class CFGDenoiser(PretrainedDenoiser):
+    r"""SD's UNet with a text conditioning: the diffusers adapter
+    :class:`~dfcore.integrations.pretrained.PretrainedDenoiser` with ``cond``/``uncond`` text embeddings (1 or B,
+    L, D) and classifier-free guidance
     :math:`\varepsilon_\varnothing + w(\varepsilon_c - \varepsilon_\varnothing)` (``guidance_scale`` w; w = 1 is the
-    conditional model alone, w = 0 the unconditional one).
-
-    ``cond`` / ``uncond`` are text embeddings (1 or B, L, D). Inputs of any float dtype are cast to the
-    UNet's dtype, and the output back to the input's, so float64 ODE solvers and autograd both pass through.
-    """
-
-    schedule: DiscreteSchedule
+    conditional model alone, w = 0 the unconditional one). The scheduler's ``prediction_type`` is honoured as
+    for any other pipeline; this class only names SD's arguments in their usual order."""
 
     def __init__(
         self,
@@ -172,45 +169,21 @@ class CFGDenoiser(Denoiser):
         cond: Tensor,
         uncond: Tensor | None = None,
         guidance_scale: float = 7.5,
+        prediction_type: str = "epsilon",
     ) -> None:
-        if guidance_scale != 1.0 and uncond is None:
-            raise ValueError("classifier-free guidance with guidance_scale != 1 needs the unconditional embedding")
-        self.unet = unet
-        self.schedule = schedule
-        self.cond = cond
-        self.uncond = uncond
-        self.guidance_scale = float(guidance_scale)
+        super().__init__(unet, schedule, prediction_type, cond=cond, uncond=uncond, guidance_scale=guidance_scale)
 
     @classmethod
     def from_pipeline(
         cls, pipe: Any, prompt: str, guidance_scale: float = 7.5, negative_prompt: str = ""
     ) -> CFGDenoiser:
-        """Build from a loaded pipeline and one prompt (the unconditional text is ``negative_prompt``)."""
+        """Build from a loaded pipeline and one prompt (the unconditional text is ``negative_prompt``), with the
+        prediction type of the pipeline's scheduler."""
         cond = encode_prompt(pipe, [prompt])
         uncond = encode_prompt(pipe, [negative_prompt]) if guidance_scale != 1.0 else None
-        return cls(pipe.unet, DiscreteSchedule.from_scheduler(pipe.scheduler), cond, uncond, guidance_scale)
-
-    def _context(self, emb: Tensor, batch: int) -> Tensor:
-        return emb.expand(batch, *emb.shape[1:]) if emb.shape[0] == 1 else emb
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        dtype = next(self.unet.parameters()).dtype
-        batch = x.shape[0]
-        t = batch_time(t, x, torch.float64)
-        step = self.schedule.timestep(t).clamp(0.0, self.schedule.num_steps - 1).to(torch.float32)
-        z = x.to(dtype)
-        cond = self._context(self.cond, batch).to(dtype)
-        if self.guidance_scale == 1.0:
-            out = self.unet(z, step, encoder_hidden_states=cond).sample
-        else:
-            assert self.uncond is not None  # __init__ requires it when guidance_scale != 1
-            uncond = self._context(self.uncond, batch).to(dtype)
-            both = self.unet(
-                torch.cat([z, z]), torch.cat([step, step]), encoder_hidden_states=torch.cat([uncond, cond])
-            ).sample
-            eps_u, eps_c = both.chunk(2)
-            out = eps_u + self.guidance_scale * (eps_c - eps_u)
-        return out.to(x.dtype)
+        schedule = DiscreteSchedule.from_scheduler(pipe.scheduler)
+        prediction_type = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+        return cls(pipe.unet, schedule, cond, uncond, guidance_scale, prediction_type)
 
 
 # ----------------------------------------------------------------------------------------------
