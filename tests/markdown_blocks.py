@@ -18,12 +18,14 @@ _FENCE = re.compile(
 
 @dataclass(frozen=True)
 class CodeBlock:
-    """One fenced block: the file, the 1-based line of its opening fence, its language, and its dedented code."""
+    """One fenced block: the file, the 1-based line of its opening fence, its language, its dedented code, and the
+    words of its info string after the language (``tags``)."""
 
     path: Path
     line: int
     language: str
     code: str
+    tags: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -35,10 +37,12 @@ def code_blocks(path: Path, language: str | None = None) -> list[CodeBlock]:
     text = path.read_text()
     blocks = []
     for match in _FENCE.finditer(text):
-        lang = match["info"].strip().split(" ")[0].lower()
+        lang, *tags = match["info"].strip().split(" ") or [""]
+        lang = lang.lower()
         if language is not None and lang != language:
             continue
         indent = len(match["indent"])
         lines = [line[indent:] if line[:indent].strip() == "" else line for line in match["body"].splitlines()]
-        blocks.append(CodeBlock(path, text.count("\n", 0, match.start()) + 1, lang, "\n".join(lines) + "\n"))
+        line = text.count("\n", 0, match.start()) + 1
+        blocks.append(CodeBlock(path, line, lang, "\n".join(lines) + "\n", tuple(tag for tag in tags if tag)))
     return blocks

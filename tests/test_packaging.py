@@ -202,7 +202,8 @@ def test_wheel_in_a_fresh_venv_without_extras(tmp_path):
         timeout=600,
         env=env,
     )
-    tour = [block for block in code_blocks(REPO / "README.md", "python")]
+    # the block tagged your-model needs diffusers and a pipeline folder (tests/test_pretrained_api.py runs it)
+    tour = [block for block in code_blocks(REPO / "README.md", "python") if "your-model" not in block.tags]
     assert tour, "README.md has no python block"
     script = "\n".join(block.code for block in tour)
     check = (

@@ -34,9 +34,9 @@ def _likelihood(model, images, out, *extra):
 
 def test_vjp_matches_the_python_api_and_hutchinson(pipeline, tmp_path):
     from dfcore.dequantize import dequantize_images, image_bits_per_dim
-    from dfcore.experiments.pretrained import model_log_likelihood
     from dfcore.experiments.pretrained_images import read_images
     from dfcore.integrations.pretrained import load_model
+    from dfcore.integrations.pretrained_likelihood import model_log_likelihood
 
     model_dir, images = pipeline
     vjp = _likelihood(model_dir, images, tmp_path / "vjp.csv", "--method", "vjp", "--seed", "3")

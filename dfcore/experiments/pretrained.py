@@ -38,18 +38,15 @@ from dfcore.fisher.trace import DFTMTrace, HutchinsonTrace, VJPTrace
 from dfcore.integrations.pretrained import (
     PositiveTraceModel,
     PretrainedModel,
-    WarpedTraceModel,
     load_model,
 )
+from dfcore.integrations.pretrained_likelihood import model_anchored_log_likelihood, model_log_likelihood
 from dfcore.io import write_csv, write_text
-from dfcore.models.base import Denoiser, TraceModel
+from dfcore.models.base import TraceModel
 from dfcore.models.trace_output import calibration_from_lists, calibration_to_lists
-from dfcore.paths import LogTimeWarp
-from dfcore.schedules import Schedule
 
 if TYPE_CHECKING:
-    from dfcore.anchors import AnchoredLikelihood
-    from dfcore.likelihood import LikelihoodResult
+    pass
 
 __all__ = [
     "DEFAULTS",
@@ -59,7 +56,6 @@ __all__ = [
     "convert_model",
     "train_trace",
     "load_trace",
-    "model_log_likelihood",
     "measure",
     "main",
 ]
@@ -386,92 +382,6 @@ def split_of(model_dir: Path) -> tuple[float, int]:
     info = json.loads((model_dir / "dfcore.json").read_text()) if (model_dir / "dfcore.json").is_file() else {}
     train = info.get("train", {})
     return float(train.get("holdout", DEFAULTS["train"]["holdout"])), int(train.get("seed", 0))
-
-
-def _solve_time(
-    model: PretrainedModel, t_min: float, time_warp: str, trace_model: TraceModel | None
-) -> tuple[Schedule, Denoiser, float, TraceModel | None]:
-    """The schedule, denoiser, start time and trace model of a solve in the original time (``none``) or in log
-    time (``log``, :class:`LogTimeWarp`)."""
-    if time_warp == "none":
-        return model.schedule, model.denoiser, t_min, trace_model
-    if time_warp == "log":
-        warp = LogTimeWarp(model.denoiser, t_min)
-        return warp.schedule, warp, warp.s_min, None if trace_model is None else WarpedTraceModel(trace_model, warp)
-    raise ValueError(f"unknown time_warp {time_warp!r}; choose 'none' or 'log'")
-
-
-def model_log_likelihood(
-    model: PretrainedModel,
-    x: Tensor,
-    *,
-    method: str,
-    t_min: float,
-    solver: str,
-    num_steps: int = 40,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    time_warp: str = "log",
-    data_mean: Tensor | None = None,
-    data_var: float | None = None,
-    generator: torch.Generator | None = None,
-    trace_model: TraceModel | None = None,
-) -> LikelihoodResult:
-    """:func:`dfcore.likelihood.log_likelihood` of model-scale ``x`` from ``t_min`` to 1 with the adapter as the
-    denoiser, in the original time (``time_warp: none``) or log time (:class:`LogTimeWarp`: uniform solver steps
-    in :math:`\\log t`)."""
-    from dfcore.fisher.trace import trace_estimator_from
-    from dfcore.likelihood import gaussian_log_prior, log_likelihood
-
-    schedule, denoiser, s_min, trace_model = _solve_time(model, t_min, time_warp, trace_model)
-    trace = trace_estimator_from(
-        method,
-        {"schedule": schedule, "denoiser": denoiser, "trace_model": trace_model, "generator": generator},
-    )
-    log_prior = gaussian_log_prior(schedule, 1.0, mean=data_mean, var=data_var)
-    return log_likelihood(
-        x,
-        trace,
-        log_prior=log_prior,
-        t_min=s_min,
-        t_max=1.0,
-        solver=solver,
-        num_steps=num_steps,
-        rtol=rtol,
-        atol=atol,
-    )
-
-
-def model_anchored_log_likelihood(
-    model: PretrainedModel,
-    x: Tensor,
-    *,
-    trace_model: TraceModel,
-    anchors: int,
-    t_min: float,
-    solver: str,
-    num_steps: int,
-    time_warp: str = "log",
-    data_mean: Tensor | None = None,
-    data_var: float | None = None,
-) -> AnchoredLikelihood:
-    """:func:`model_log_likelihood` with ``dftm``, and the same solve rescaled per image by the model's exact trace at
-    ``anchors`` evenly spaced steps (:func:`dfcore.anchors.anchored_log_likelihood`; fixed-step solvers)."""
-    from dfcore.anchors import anchored_log_likelihood
-    from dfcore.likelihood import gaussian_log_prior
-
-    schedule, denoiser, s_min, warped = _solve_time(model, t_min, time_warp, trace_model)
-    assert warped is not None
-    return anchored_log_likelihood(
-        x,
-        DFTMTrace(denoiser, warped, schedule),
-        VJPTrace(denoiser, schedule=schedule),
-        anchors=anchors,
-        log_prior=gaussian_log_prior(schedule, 1.0, mean=data_mean, var=data_var),
-        t_min=s_min,
-        solver=solver,
-        num_steps=num_steps,
-    )
 
 
 def method_solves(

@@ -5,7 +5,7 @@ r"""Bits/dim of an image folder under a user's diffusers pipeline folder, and it
   refused, not resized.
 * :func:`image_likelihood`: uniform dequantisation of the images (one generator seeded ``seed`` over all files in
   order, ``num_draws`` draws each, :func:`dfcore.dequantize.dequantize_images`), then
-  :func:`dfcore.experiments.pretrained.model_log_likelihood` from ``t_min`` (default 1/T) to 1 with the prior
+  :func:`dfcore.integrations.pretrained_likelihood.model_log_likelihood` from ``t_min`` (default 1/T) to 1 with the prior
   :math:`\mathcal N(0, \sigma_1^2 I)`, and bits/dim on the [0, 256) scale per image
   (:func:`dfcore.dequantize.image_bits_per_dim`). Writes a CSV with one row per image and a JSON record.
 * :func:`train_image_trace`: :func:`dfcore.experiments.pretrained.train_trace` on the image folder.

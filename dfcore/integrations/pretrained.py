@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,10 @@ from dfcore.models.trace_output import (
 from dfcore.paths import LogTimeWarp
 from dfcore.schedules import DiscreteSchedule
 from dfcore.sde import batch_time, expand_like, noise_ratio
+
+if TYPE_CHECKING:
+    from dfcore.adjoint import GuidedSample
+    from dfcore.dequantize import BitsPerDim
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -475,6 +479,22 @@ class PretrainedModel:
     def dim(self) -> int:
         """d, the number of coordinates of one sample."""
         return math.prod(self.sample_shape)
+
+    def log_likelihood(self, images: Tensor, method: str = "vjp", **kwargs: Any) -> BitsPerDim:
+        """Bits/dim on the [0, 256) scale of uint8 ``images`` (B, C, H, W) with trace ``method`` (``vjp``,
+        ``hutchinson``, or ``dftm`` with ``trace=`` a trace net): uniform dequantisation, t_min = 1/T, RK4 with 20
+        steps uniform in log t unless ``kwargs`` say otherwise
+        (:func:`~dfcore.integrations.pretrained_likelihood.images_bits_per_dim`)."""
+        from dfcore.integrations.pretrained_likelihood import images_bits_per_dim
+
+        return images_bits_per_dim(self, images, method, **kwargs)
+
+    def guided_sample(self, reward: Callable[[Tensor], Tensor], **kwargs: Any) -> GuidedSample:
+        """Samples guided towards a higher ``reward`` of the decoded images in [-1, 1], by DF-EA adjoint guidance
+        unless ``method="vjp"`` (:func:`~dfcore.integrations.pretrained_guidance.reward_guided_sample`)."""
+        from dfcore.integrations.pretrained_guidance import reward_guided_sample
+
+        return reward_guided_sample(self, reward, **kwargs)
 
     def encode(self, images: Tensor) -> Tensor:
         if self.vae is None:
