@@ -228,6 +228,18 @@ def test_latent_pipeline_folder(tmp_path):
     eps = model.denoiser.eps(z, torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert eps.shape == z.shape and torch.isfinite(eps).all() and not math.isnan(float(eps.sum()))
 
+    # reward guidance through the decoder: brighter decoded images than the unguided sample of the same noise
+    def brightness(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3))
+
+    kw = dict(num_samples=2, num_steps=6, seed=1, update_steps=(3, 2), method="vjp")
+    plain = model.guided_sample(brightness, step_size=0.0, **kw)
+    guided = model.guided_sample(brightness, step_size=0.5, **kw)
+    assert guided.x_final.shape == (2, *model.sample_shape)
+    assert (brightness(model.decode(guided.x_final)) > brightness(model.decode(plain.x_final))).all()
+    with pytest.raises(ValueError, match="latent pipeline"):
+        model.log_likelihood(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+
 
 def test_log_time_warp_is_the_same_ode():
     """The warped schedule's f and g2 are the autograd derivatives of its alpha and sigma in s, and the
