@@ -34,6 +34,7 @@ __all__ = [
     "ode_step",
     "sample_trajectory",
     "with_posterior_mean",
+    "seeded_noise",
 ]
 
 SAMPLERS = ("ddim", "heun")
@@ -154,3 +155,9 @@ def with_posterior_mean(traj: Trajectory, mixture: Mixture, schedule: Schedule) 
             exact.ybar_pred = mean(cache.x_pred, traj.times[k + 1])
         caches.append(exact)
     return Trajectory(traj.times, list(traj.xs), caches, traj.sampler)
+
+
+def seeded_noise(seed: int, shape: tuple[int, ...]) -> Tensor:
+    """The standard normal start x_1 of a sampler for a seed (drawn by a CPU generator, so the same on every device),
+    float64."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)

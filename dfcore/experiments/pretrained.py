@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
@@ -44,9 +44,6 @@ from dfcore.integrations.pretrained_likelihood import model_anchored_log_likelih
 from dfcore.io import write_csv, write_text
 from dfcore.models.base import TraceModel
 from dfcore.models.trace_output import calibration_from_lists, calibration_to_lists
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DEFAULTS",

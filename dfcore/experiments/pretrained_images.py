@@ -31,6 +31,7 @@ from dfcore.dequantize import dequantize_images, image_bits_per_dim
 from dfcore.device import resolve_device, resolve_dtype
 from dfcore.fisher.trace import DFTMTrace, HutchinsonTrace, VJPTrace
 from dfcore.integrations.pretrained import PretrainedModel, check_model_dir, load_model
+from dfcore.integrations.pretrained_likelihood import check_pixel_space
 from dfcore.io import write_csv, write_text
 from dfcore.models.base import TraceModel
 
@@ -96,8 +97,7 @@ def load_for_images(
     the conditioning of the module docstring; a latent pipeline (``vae/``) is refused."""
     folder = Path(model_dir)
     parts = check_model_dir(folder)
-    if "vae" in parts:
-        raise ValueError(f"{folder} is a latent pipeline (vae/); bits/dim of images needs a pixel-space UNet")
+    check_pixel_space(folder, "vae" in parts)
     torch_dtype = resolve_dtype(dtype)
     states = _conditioning(folder, cond, torch_dtype)
     return load_model(folder, device=resolve_device(device), dtype=torch_dtype, cond=states)

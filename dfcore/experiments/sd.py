@@ -32,15 +32,11 @@ from dfcore.integrations import diffusers as sd
 from dfcore.integrations.pretrained import PositiveTraceModel
 from dfcore.io import load_checkpoint, provenance, write_csv, write_zarr
 from dfcore.plots import plot_sd_adjoint, plot_sd_nll_seeds, plot_sd_nll_vs_guidance, thumbnail
+from dfcore.sampling import seeded_noise
 
 __all__ = ["run_trace_net", "run_sd_nll", "run_adjoint", "run_tiny_pipeline"]
 
 log = logging.getLogger(__name__)
-
-
-def initial_latent(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The initial latent z_T of a seed (CPU generator, so the same on every device), float64."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
 
 
 def latent_shape(pipe: Any) -> tuple[int, int, int]:
@@ -156,7 +152,7 @@ def run_sd_nll(
     for i, prompt in enumerate(prompts):
         for j, w in enumerate(scales):
             den = sd.CFGDenoiser.from_pipeline(pipe, prompt, w, cfg["negative_prompt"])
-            z_T = torch.cat([initial_latent(s, (1, *shape)) for s in seeds]).to(dev)
+            z_T = torch.cat([seeded_noise(s, (1, *shape)) for s in seeds]).to(dev)
             z0 = sd.sample_latents(den, z_T, int(cfg["num_steps"]))
             with torch.no_grad():
                 imgs = sd.to_uint8(sd.decode_latents(pipe, z0)).numpy()
@@ -282,7 +278,7 @@ def run_adjoint(
     for prompt, seed, method in tqdm(jobs, desc="sd adjoint"):
         den = sd.CFGDenoiser.from_pipeline(pipe, prompt, float(acfg["guidance_scale"]), cfg["negative_prompt"])
         reward.set_prompt(prompt)
-        z_T = initial_latent(int(seed), (1, *shape)).to(dev)
+        z_T = seeded_noise(int(seed), (1, *shape)).to(dev)
         with torch.no_grad():
             before = reward(sd.sample_latents(den, z_T, int(acfg["num_steps"]))).item()
         with PeakMemory(dev) as mem:
@@ -335,7 +331,7 @@ def run_tiny_pipeline(cfg: dict[str, Any], out_pipeline: str, out_clip: str, out
     prompts = cfg["prompts"]
     for i in tqdm(range(int(cfg["tiny_images"])), desc="sd tiny images"):
         den = sd.CFGDenoiser.from_pipeline(pipe, prompts[i % len(prompts)], cfg["nll"]["guidance_scales"][-1])
-        z0 = sd.sample_latents(den, initial_latent(seed + 1000 + i, (1, *latent_shape(pipe))), int(cfg["num_steps"]))
+        z0 = sd.sample_latents(den, seeded_noise(seed + 1000 + i, (1, *latent_shape(pipe))), int(cfg["num_steps"]))
         with torch.no_grad():
             img = sd.to_uint8(sd.decode_latents(pipe, z0))[0].numpy()
         Image.fromarray(img).save(Path(out_images) / f"image_{i:03d}.png")

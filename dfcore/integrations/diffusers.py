@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcore.fisher.trace import DFTMTrace, TraceEstimator
-from dfcore.integrations.pretrained import PositiveTraceModel, PretrainedDenoiser
+from dfcore.integrations.pretrained import PositiveTraceModel, PretrainedDenoiser, scheduler_prediction_type
 from dfcore.logs import drop_log_messages
 from dfcore.models.base import Denoiser, TraceModel
 from dfcore.schedules import DiscreteSchedule
@@ -182,8 +182,7 @@ class CFGDenoiser(PretrainedDenoiser):
         cond = encode_prompt(pipe, [prompt])
         uncond = encode_prompt(pipe, [negative_prompt]) if guidance_scale != 1.0 else None
         schedule = DiscreteSchedule.from_scheduler(pipe.scheduler)
-        prediction_type = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
-        return cls(pipe.unet, schedule, cond, uncond, guidance_scale, prediction_type)
+        return cls(pipe.unet, schedule, cond, uncond, guidance_scale, scheduler_prediction_type(pipe.scheduler))
 
 
 # ----------------------------------------------------------------------------------------------

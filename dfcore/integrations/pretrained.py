@@ -63,6 +63,7 @@ __all__ = [
     "Conditioning",
     "eps_from_output",
     "output_from_eps",
+    "scheduler_prediction_type",
     "PretrainedDenoiser",
     "PretrainedModel",
     "PositiveTraceModel",
@@ -87,6 +88,12 @@ def check_prediction_type(prediction_type: str) -> str:
             f"scheduler config prediction_type {prediction_type!r} is not supported; choose one of {list(PREDICTION_TYPES)}"
         )
     return prediction_type
+
+
+def scheduler_prediction_type(scheduler: Any) -> str:
+    """The ``prediction_type`` of a diffusers scheduler's config (``epsilon`` when it names none), checked by
+    :func:`check_prediction_type`."""
+    return check_prediction_type(str(scheduler.config.get("prediction_type", "epsilon")))
 
 
 def eps_from_output(out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> Tensor:
@@ -549,7 +556,7 @@ def load_model(
     if scheduler_cls is None:
         raise ValueError(f"{folder}/scheduler: unknown diffusers scheduler class {parts['scheduler']!r}")
     scheduler = scheduler_cls.from_pretrained(str(folder), subfolder="scheduler", local_files_only=True)
-    prediction_type = check_prediction_type(str(scheduler.config.get("prediction_type", "epsilon")))
+    prediction_type = scheduler_prediction_type(scheduler)
     schedule = DiscreteSchedule.from_scheduler(scheduler)
     load = {"local_files_only": True, "dtype": dtype}
     unet = _unet_class(parts["unet"]).from_pretrained(str(folder), subfolder="unet", **load)

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from dfcore.adjoint import GuidedSample, guided_sample
 from dfcore.integrations.pretrained import PretrainedModel
+from dfcore.sampling import seeded_noise
 from dfcore.sde import time_grid
 
 __all__ = ["Reward", "reward_guided_sample"]
@@ -47,7 +47,7 @@ def reward_guided_sample(
         raise ValueError(f"num_samples and num_steps must be positive; got {num_samples} and {num_steps}")
     param = next(model.unet.parameters())
     shape = (int(num_samples), *model.sample_shape)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+    x = seeded_noise(int(seed), shape)
     times = time_grid(int(num_steps), 1.0 / model.schedule.num_steps, t_max=1.0).to(param.device)
 
     def loss(x0: Tensor) -> Tensor:

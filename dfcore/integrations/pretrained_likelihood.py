@@ -12,6 +12,7 @@ rescales it per image by the model's exact trace at a few solver steps (:mod:`df
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from dfcore.anchors import AnchoredLikelihood
     from dfcore.likelihood import LikelihoodResult
 
-__all__ = ["model_log_likelihood", "model_anchored_log_likelihood", "images_bits_per_dim"]
+__all__ = ["model_log_likelihood", "model_anchored_log_likelihood", "check_pixel_space", "images_bits_per_dim"]
 
 DEFAULT_SOLVE: dict[str, Any] = {"solver": "rk4", "num_steps": 20, "time_warp": "log"}
 
@@ -119,6 +120,13 @@ def model_anchored_log_likelihood(
     )
 
 
+def check_pixel_space(folder: str | Path, latent: bool) -> None:
+    """ValueError for the ``latent`` pipeline of ``folder`` (one with ``vae/``): bits/dim of images needs a
+    pixel-space UNet."""
+    if latent:
+        raise ValueError(f"{folder} is a latent pipeline (vae/); bits/dim of images needs a pixel-space UNet")
+
+
 def images_bits_per_dim(
     model: PretrainedModel,
     images: Tensor,
@@ -135,8 +143,7 @@ def images_bits_per_dim(
     ``num_draws`` uniform dequantisations seeded ``seed``, Hutchinson probes seeded ``seed + 1``, t_min = 1/T unless
     given, and ``solve`` over :data:`DEFAULT_SOLVE` (RK4, 20 steps uniform in log t). The same protocol as
     ``python -m dfcore likelihood`` with one batch."""
-    if model.vae is not None:
-        raise ValueError(f"{model.folder} is a latent pipeline (vae/); bits/dim of images needs a pixel-space UNet")
+    check_pixel_space(model.folder, model.vae is not None)
     if (method == DFTMTrace.name) != (trace is not None):
         raise ValueError(f"a trace net is needed by method {DFTMTrace.name!r} and read by it alone; got {method!r}")
     t_min = 1.0 / model.schedule.num_steps if t_min is None else float(t_min)

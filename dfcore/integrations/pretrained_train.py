@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from dfcore import distributed
 from dfcore.dequantize import dequantize
-from dfcore.integrations.pretrained import check_prediction_type, output_from_eps
+from dfcore.integrations.pretrained import check_prediction_type, output_from_eps, scheduler_prediction_type
 from dfcore.paths import TRACE_STATES, PathStates
 from dfcore.schedules import DiscreteSchedule
 from dfcore.train import copy_parameters, ema_average, learning_rate
@@ -211,7 +211,7 @@ def train_ddpm(
     gen = torch.Generator().manual_seed(int(seed))
     abar = scheduler.alphas_cumprod.to(torch.float32)
     num_t = abar.numel()
-    prediction_type = check_prediction_type(str(scheduler.config.get("prediction_type", "epsilon")))
+    prediction_type = scheduler_prediction_type(scheduler)
     device = next(unet.parameters()).device
 
     def batch_loss(net: torch.nn.Module) -> tuple[Tensor, int]:
