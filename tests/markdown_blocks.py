@@ -7,7 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CodeBlock", "code_blocks"]
+__all__ = ["PIPELINE_TAG", "CodeBlock", "code_blocks"]
+
+# A python block tagged with this word (```python your-model) reads a user's pipeline folder: the docs test and the
+# wheel check leave it out, and tests/test_pretrained_api.py runs it on a tiny pipeline.
+PIPELINE_TAG = "your-model"
 
 # An opening fence (up to 3 spaces of indent, or more inside a list item), its info string, the body, and a
 # closing fence with the same indent and at least as many backticks.
@@ -37,7 +41,7 @@ def code_blocks(path: Path, language: str | None = None) -> list[CodeBlock]:
     text = path.read_text()
     blocks = []
     for match in _FENCE.finditer(text):
-        lang, *tags = match["info"].strip().split(" ") or [""]
+        lang, *tags = match["info"].strip().split(" ")
         lang = lang.lower()
         if language is not None and lang != language:
             continue

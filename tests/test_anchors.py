@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stand_ins import ScaledPosteriorVariance
 
 from dfcore.anchors import anchor_steps, anchored_log_likelihood
 from dfcore.fisher.trace import AnalyticTrace, DFTMTrace, VJPTrace
 from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.mixtures import GaussianMixture
-from dfcore.models.base import ExactDenoiser, TraceModel
+from dfcore.models.base import ExactDenoiser
 from dfcore.schedules import get_schedule
 
 D, STEPS, T_MIN = 3, 12, 1e-3
-
-
-class _ScaledPosteriorVariance(TraceModel):
-    """A stand-in trace net whose posterior variance is the mixture's exact one times a factor along the path,
-    ``factor(t)``."""
-
-    def __init__(self, mixture, schedule, factor):
-        self.mixture, self.schedule, self.factor = mixture, schedule, factor
-
-    def posterior_variance(self, x, t, denoiser=None):
-        v = self.mixture.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
-        return self.factor(t) * v
-
-    def mean_sq_norm(self, x, t):
-        raise NotImplementedError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +35,7 @@ def setup():
 def _anchored(setup, factor, anchors, solver="rk4"):
     mixture, schedule, x, prior, _ = setup
     denoiser = ExactDenoiser(mixture, schedule)
-    dftm = DFTMTrace(denoiser, _ScaledPosteriorVariance(mixture, schedule, factor))
+    dftm = DFTMTrace(denoiser, ScaledPosteriorVariance(mixture, schedule, factor))
     return anchored_log_likelihood(
         x, dftm, VJPTrace(denoiser), anchors=anchors, log_prior=prior, t_min=T_MIN, solver=solver, num_steps=STEPS
     )

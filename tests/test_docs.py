@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for markdown_blocks and workflow_helpers
 
-from markdown_blocks import CodeBlock, code_blocks  # noqa: E402
+from markdown_blocks import PIPELINE_TAG, CodeBlock, code_blocks  # noqa: E402
 from workflow_helpers import REPO, SNAKEMAKE, copy_repo  # noqa: E402
 
 DOCUMENTS = [
@@ -44,11 +44,6 @@ SKIPPED = {
     "tests/test_pretrained_cli.py runs the same commands on a tiny pipeline",
     r"^(pip|\.venv/bin/pip) install ": "an installation (make does it; tests/test_packaging.py checks the wheel)",
 }
-
-
-# A python block tagged with this word (```python your-model) reads a user's pipeline folder; it is run by
-# tests/test_pretrained_api.py on a tiny pipeline instead.
-PIPELINE_TAG = "your-model"
 
 
 def _python_blocks(path: Path) -> list[CodeBlock]:

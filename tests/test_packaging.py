@@ -24,7 +24,7 @@ from packaging.version import Version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for markdown_blocks
 
-from markdown_blocks import code_blocks  # noqa: E402
+from markdown_blocks import PIPELINE_TAG, code_blocks  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -202,8 +202,8 @@ def test_wheel_in_a_fresh_venv_without_extras(tmp_path):
         timeout=600,
         env=env,
     )
-    # the block tagged your-model needs diffusers and a pipeline folder (tests/test_pretrained_api.py runs it)
-    tour = [block for block in code_blocks(REPO / "README.md", "python") if "your-model" not in block.tags]
+    # the block tagged PIPELINE_TAG needs diffusers and a pipeline folder (tests/test_pretrained_api.py runs it)
+    tour = [block for block in code_blocks(REPO / "README.md", "python") if PIPELINE_TAG not in block.tags]
     assert tour, "README.md has no python block"
     script = "\n".join(block.code for block in tour)
     check = (

@@ -88,10 +88,10 @@ def test_the_readme_block_runs_on_a_pipeline_folder(pipeline, tmp_path, monkeypa
     from dfcore.experiments import pretrained
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from markdown_blocks import code_blocks
+    from markdown_blocks import PIPELINE_TAG, code_blocks
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
-    (block,) = [b for b in code_blocks(readme, "python") if "your-model" in b.tags]
+    (block,) = [b for b in code_blocks(readme, "python") if PIPELINE_TAG in b.tags]
     model_dir, images = pipeline
     code = block.code.replace('"my-model"', repr(str(model_dir))).replace('"my-images"', repr(str(images)))
     code = code.replace('"my-trace"', repr(str(tmp_path / "trace")))

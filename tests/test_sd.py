@@ -19,6 +19,7 @@ from dfcore.integrations import diffusers as sd
 from dfcore.io import read_zarr
 from dfcore.mixtures import GaussianMixture
 from dfcore.models.base import ExactDenoiser, TraceModel
+from dfcore.sampling import seeded_noise
 from dfcore.schedules import DiscreteSchedule
 
 
@@ -390,7 +391,7 @@ def trained_tiny(tmp_path_factory):
     )
     pipe = sd.load_pipeline(root / "pipe")
     den = sd_cli.unconditional_denoiser(pipe, cfg)
-    z_T = torch.cat([sd_cli.initial_latent(s, (1, *sd_cli.latent_shape(pipe))) for s in (0, 1)])
+    z_T = torch.cat([seeded_noise(s, (1, *sd_cli.latent_shape(pipe))) for s in (0, 1)])
     return cfg, model, den, sd.sample_latents(den, z_T, int(cfg["num_steps"]))
 
 

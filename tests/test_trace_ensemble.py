@@ -9,30 +9,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from stand_ins import ScaledPosteriorVariance
 
 from dfcore.fisher.trace import DFTMTrace
 from dfcore.likelihood import gaussian_log_prior, log_likelihood
 from dfcore.mixtures import GaussianMixture
-from dfcore.models.base import ExactDenoiser, TraceModel
+from dfcore.models.base import ExactDenoiser
 from dfcore.schedules import get_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import trace_ensemble  # noqa: E402  (benchmarks/trace_ensemble.py)
-
-
-class _Scaled(TraceModel):
-    """A stand-in trace net: the mixture's exact posterior variance times ``factor(t)``."""
-
-    def __init__(self, mixture, schedule, factor):
-        self.mixture, self.schedule, self.factor = mixture, schedule, factor
-
-    def posterior_variance(self, x, t, denoiser=None):
-        v = self.mixture.posterior_variance(x.flatten(1).to(torch.float64), t.to(torch.float64), self.schedule)
-        return self.factor(t) * v
-
-    def mean_sq_norm(self, x, t):
-        raise NotImplementedError
 
 
 @pytest.mark.parametrize("solver", ["rk4", "dopri5"])
@@ -51,8 +38,11 @@ def test_the_average_of_two_nets_gives_the_average_of_their_log_likelihoods(solv
     factors = [lambda t: torch.full_like(t, 1.3), lambda t: 0.8 + 0.5 * t]
     kw = dict(log_prior=gaussian_log_prior(schedule, 1.0), t_min=1e-3, solver=solver, num_steps=10)
     kw |= {"step_control": "state", "rtol": 1e-6, "atol": 1e-6} if solver == "dopri5" else {}
-    single = [log_likelihood(x, DFTMTrace(denoiser, _Scaled(mixture, schedule, f)), **kw).log_q for f in factors]
-    mean = _Scaled(mixture, schedule, lambda t: 0.5 * (factors[0](t) + factors[1](t)))
+    single = [
+        log_likelihood(x, DFTMTrace(denoiser, ScaledPosteriorVariance(mixture, schedule, f)), **kw).log_q
+        for f in factors
+    ]
+    mean = ScaledPosteriorVariance(mixture, schedule, lambda t: 0.5 * (factors[0](t) + factors[1](t)))
     together = log_likelihood(x, DFTMTrace(denoiser, mean), **kw).log_q
     assert (single[0] - single[1]).abs().min() > 1e-3
     torch.testing.assert_close(together, 0.5 * (single[0] + single[1]), rtol=0, atol=1e-9)
